@@ -1,0 +1,369 @@
+"""Tests of the SupCon loss family against a looped float64 NumPy reference written from the formula."""
+
+import itertools
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from supcon_tf.losses import (
+    PerAnchorLoss,
+    SupConLoss,
+    reduce_per_anchor,
+    supcon_loss,
+    supcon_per_anchor_loss,
+)
+
+
+def reference_supcon(
+    features,
+    labels=None,
+    mask=None,
+    temperature=0.1,
+    base_temperature=None,
+    contrast_mode="all",
+    variant="out",
+    normalize=False,
+):
+    """Straight from DESIGN.md: explicit loops over anchors, A(i) and P(i), float64."""
+    z = np.asarray(features, np.float64)
+    if normalize:
+        z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    batch, views, _ = z.shape
+    base_temperature = temperature if base_temperature is None else base_temperature
+
+    def is_positive(s, t):  # sample-level weight
+        if mask is not None:
+            return float(mask[s][t])
+        if labels is None:
+            return 1.0 if s == t else 0.0
+        lab = np.asarray(labels)
+        if lab.ndim == 1:
+            return 1.0 if lab[s] == lab[t] else 0.0
+        return 1.0 if np.dot(lab[s], lab[t]) > 0 else 0.0
+
+    contrast = [(v, s) for v in range(views) for s in range(batch)]
+    anchor_views = 1 if contrast_mode == "one" else views
+    losses = np.zeros((batch, anchor_views))
+    has_pos = np.zeros((batch, anchor_views), bool)
+    for s in range(batch):
+        for v in range(anchor_views):
+            others = [(vv, ss) for (vv, ss) in contrast if (vv, ss) != (v, s)]
+            sims = np.array([np.dot(z[s, v], z[ss, vv]) / temperature for (vv, ss) in others])
+            log_denominator = math.log(sum(math.exp(x) for x in sims)) if len(sims) else 0.0
+            weights = np.array([is_positive(s, ss) for (vv, ss) in others])
+            num_pos = weights.sum()
+            if num_pos <= 0:
+                continue
+            has_pos[s, v] = True
+            log_probs = sims - log_denominator
+            if variant == "out":
+                value = -(weights * log_probs).sum() / num_pos
+            else:
+                value = -math.log((weights * np.exp(log_probs)).sum() / num_pos)
+            losses[s, v] = (temperature / base_temperature) * value
+    mean = losses[has_pos].mean() if has_pos.any() else 0.0
+    return losses, has_pos, mean
+
+
+def _random_case(rng, batch, views, dim, num_classes, kind):
+    z = rng.normal(size=(batch, views, dim))
+    z /= np.linalg.norm(z, axis=-1, keepdims=True)
+    labels = mask = None
+    if kind == "labels":
+        labels = rng.integers(0, num_classes, size=batch)
+    elif kind == "multi_hot":
+        labels = (rng.random((batch, num_classes)) < 0.35).astype(np.float32)
+    elif kind == "mask":
+        m = (rng.random((batch, batch)) < 0.3).astype(np.float32)
+        mask = np.maximum(m, m.T)
+        np.fill_diagonal(mask, 1.0)
+    return z.astype(np.float32), labels, mask
+
+
+# 24 randomised cases: every kind x views 1/2/3 x mode x variant is covered
+# across the grid, temperatures spread from 0.005 to 1.0.
+_KINDS = ("labels", "none", "mask", "multi_hot")
+_CASES = [
+    (kind, views, mode, variant)
+    for kind, views, (mode, variant) in itertools.product(
+        _KINDS, (1, 2, 3), [("all", "out"), ("one", "in")]
+    )
+]
+_TEMPERATURES = (0.005, 0.01, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("case_id", range(len(_CASES)))
+def test_matches_reference_on_random_cases(case_id):
+    kind, views, mode, variant = _CASES[case_id]
+    # Flip mode/variant pairing for odd ids so "all"+"in" and "one"+"out" are covered too.
+    if case_id % 4 == 1:
+        mode = "one" if mode == "all" else "all"
+    rng = np.random.default_rng(case_id)
+    temperature = _TEMPERATURES[case_id % len(_TEMPERATURES)]
+    z, labels, mask = _random_case(rng, batch=7, views=views, dim=5, num_classes=3, kind=kind)
+    if kind == "labels":
+        labels[0] = 99  # a class that appears once
+        labels = labels * 10  # ids need not be contiguous
+    if case_id % 3 == 0:
+        z[2] = z[1]  # duplicate vectors, possibly with different labels
+        if labels is not None and labels.ndim == 1:
+            labels[2] = labels[1] + 1
+    base = None if case_id % 2 else 0.07
+    ref_losses, ref_has_pos, ref_mean = reference_supcon(
+        z, labels, mask, temperature, base, mode, variant
+    )
+    per_anchor = supcon_per_anchor_loss(
+        z, labels, mask, temperature=temperature, base_temperature=base, contrast_mode=mode, variant=variant
+    )
+    np.testing.assert_array_equal(per_anchor.has_positive.numpy(), ref_has_pos)
+    # float32 logits at tau=0.005 reach |200|: relative precision is what float32 gives.
+    tol = 2e-5 * max(1.0, 1.0 / temperature)
+    np.testing.assert_allclose(per_anchor.loss.numpy(), ref_losses, rtol=1e-4, atol=tol)
+    loss = supcon_loss(z, labels, mask, temperature=temperature, base_temperature=base, contrast_mode=mode, variant=variant)
+    np.testing.assert_allclose(loss.numpy(), ref_mean, rtol=1e-4, atol=tol)
+    assert np.isfinite(loss.numpy())
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("mode", ["all", "one"])
+def test_float64_matches_reference_tightly(mode, variant):
+    rng = np.random.default_rng(7)
+    z, labels, _ = _random_case(rng, batch=6, views=2, dim=4, num_classes=2, kind="labels")
+    z = z.astype(np.float64)
+    _, _, ref = reference_supcon(z, labels, temperature=0.3, contrast_mode=mode, variant=variant)
+    got = supcon_loss(tf.constant(z), labels, temperature=0.3, contrast_mode=mode, variant=variant)
+    assert got.dtype == tf.float64
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12)
+
+
+def test_normalize_option_matches_reference():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(5, 2, 4)).astype(np.float32) * 3.0
+    labels = np.array([0, 1, 0, 1, 1])
+    _, _, ref = reference_supcon(z, labels, temperature=0.2, normalize=True)
+    got = supcon_loss(z, labels, temperature=0.2, normalize=True)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- exact geometry
+
+
+def test_orthogonal_simclr_pairs_give_log_of_contrast_size():
+    # 2 samples x 2 views; both views of a sample identical, samples orthogonal, tau=1:
+    # each anchor has 3 others with logits 1 (positive), 0, 0 -> -log(e / (e + 2)).
+    z = np.array([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]], np.float32)
+    got = supcon_loss(z, temperature=1.0)
+    np.testing.assert_allclose(got.numpy(), -math.log(math.e / (math.e + 2)), rtol=1e-6)
+
+
+def test_all_equal_embeddings_give_log_of_contrast_size_minus_one():
+    # Every embedding identical: softmax is uniform over the 2n-1 others (n = 4 samples, V = 2):
+    # L = -log(1 / (2n - 1)) = log 7 whatever the labels or temperature.
+    z = np.ones((4, 2, 3), np.float32) / math.sqrt(3.0)
+    for labels in (None, [0, 0, 1, 1], [0, 1, 2, 3]):
+        for variant in ("out", "in"):
+            got = supcon_loss(z, labels, temperature=0.05, variant=variant)
+            np.testing.assert_allclose(got.numpy(), math.log(7.0), rtol=1e-5)
+
+
+def test_in_and_out_differ_and_out_is_upper_bound():
+    # Jensen: L_in <= L_out, with equality only if all positives have equal probability.
+    rng = np.random.default_rng(0)
+    z, labels, _ = _random_case(rng, batch=8, views=2, dim=6, num_classes=2, kind="labels")
+    out_loss = supcon_loss(z, labels, variant="out").numpy()
+    in_loss = supcon_loss(z, labels, variant="in").numpy()
+    assert in_loss < out_loss - 1e-3
+
+
+def test_identity_labels_equal_no_labels():
+    rng = np.random.default_rng(1)
+    z, _, _ = _random_case(rng, batch=6, views=3, dim=8, num_classes=1, kind="none")
+    for mode, variant in itertools.product(("all", "one"), ("out", "in")):
+        a = supcon_loss(z, None, contrast_mode=mode, variant=variant)
+        b = supcon_loss(z, np.arange(6), contrast_mode=mode, variant=variant)
+        c = supcon_loss(z, mask=np.eye(6, dtype=np.float32), contrast_mode=mode, variant=variant)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(a.numpy(), c.numpy(), rtol=1e-6)
+
+
+def test_labels_equal_the_mask_they_induce_and_one_hot():
+    rng = np.random.default_rng(2)
+    z, labels, _ = _random_case(rng, batch=8, views=2, dim=4, num_classes=3, kind="labels")
+    mask = (labels[:, None] == labels[None, :]).astype(np.float32)
+    one_hot = np.eye(3, dtype=np.float32)[labels]
+    a = supcon_loss(z, labels).numpy()
+    np.testing.assert_allclose(supcon_loss(z, mask=mask).numpy(), a, rtol=1e-6)
+    np.testing.assert_allclose(supcon_loss(z, one_hot).numpy(), a, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- edge cases
+
+
+def test_no_positive_anchor_gives_zero_loss_and_zero_gradients():
+    z = tf.Variable(tf.math.l2_normalize(tf.random.normal([4, 1, 3]), axis=-1))
+    with tf.GradientTape() as tape:
+        loss = supcon_loss(z, labels=[0, 1, 2, 3])
+    grad = tape.gradient(loss, z)
+    assert loss.numpy() == 0.0
+    np.testing.assert_array_equal(grad.numpy(), np.zeros((4, 1, 3)))
+
+
+def test_single_view_simclr_has_no_positives():
+    per_anchor = supcon_per_anchor_loss(tf.math.l2_normalize(tf.ones([3, 1, 2]), -1))
+    assert not per_anchor.has_positive.numpy().any()
+
+
+def test_anchors_without_positive_are_excluded_not_averaged_in():
+    rng = np.random.default_rng(4)
+    z, _, _ = _random_case(rng, batch=5, views=1, dim=4, num_classes=1, kind="none")
+    labels = np.array([0, 0, 1, 1, 2])  # sample 4 has no positive with one view
+    per_anchor = supcon_per_anchor_loss(z, labels)
+    assert per_anchor.has_positive.numpy().ravel().tolist() == [True, True, True, True, False]
+    assert per_anchor.loss.numpy()[4, 0] == 0.0
+    np.testing.assert_allclose(
+        supcon_loss(z, labels).numpy(), per_anchor.loss.numpy()[:4].mean(), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_tiny_temperature_is_finite_in_float32(variant):
+    rng = np.random.default_rng(5)
+    z, labels, _ = _random_case(rng, batch=16, views=2, dim=8, num_classes=4, kind="labels")
+    z = tf.Variable(z)
+    with tf.GradientTape() as tape:
+        loss = supcon_loss(z, labels, temperature=0.005, variant=variant)
+    grad = tape.gradient(loss, z)
+    assert np.isfinite(loss.numpy())
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+def test_half_precision_features_are_computed_in_float32():
+    rng = np.random.default_rng(6)
+    z, labels, _ = _random_case(rng, batch=6, views=2, dim=4, num_classes=2, kind="labels")
+    got16 = supcon_loss(tf.constant(z, tf.float16), labels)
+    got32 = supcon_loss(tf.constant(z.astype(np.float16).astype(np.float32)), labels)
+    assert got16.dtype == tf.float32
+    np.testing.assert_allclose(got16.numpy(), got32.numpy(), rtol=1e-6)
+
+
+def test_anchor_offset_selects_anchor_rows_of_the_full_contrast_set():
+    rng = np.random.default_rng(8)
+    z, labels, _ = _random_case(rng, batch=6, views=2, dim=4, num_classes=2, kind="labels")
+    full = supcon_per_anchor_loss(z, labels)
+    part = supcon_per_anchor_loss(z, labels, anchor_offset=2, num_anchor_samples=3)
+    np.testing.assert_allclose(part.loss.numpy(), full.loss.numpy()[2:5], rtol=1e-6)
+    np.testing.assert_array_equal(part.has_positive.numpy(), full.has_positive.numpy()[2:5])
+
+
+def test_works_under_tf_function_with_unknown_batch():
+    fn = tf.function(
+        lambda z, y: supcon_loss(z, y),
+        input_signature=[tf.TensorSpec([None, 2, 4], tf.float32), tf.TensorSpec([None], tf.int32)],
+    )
+    rng = np.random.default_rng(9)
+    z, labels, _ = _random_case(rng, batch=5, views=2, dim=4, num_classes=2, kind="labels")
+    np.testing.assert_allclose(
+        fn(z, labels.astype(np.int32)).numpy(), reference_supcon(z, labels)[2], rtol=1e-5
+    )
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("kind", ["labels", "none"])
+def test_gradients_match_finite_differences(variant, kind):
+    rng = np.random.default_rng(10)
+    z, labels, _ = _random_case(rng, batch=4, views=2, dim=3, num_classes=2, kind=kind)
+    z64 = z.astype(np.float64)
+
+    def f(x):
+        return supcon_loss(x, labels, temperature=0.5, variant=variant, normalize=True)
+
+    x = tf.Variable(z64)
+    with tf.GradientTape() as tape:
+        value = f(x)
+    analytic = tape.gradient(value, x).numpy()
+    numeric = np.zeros_like(z64)
+    eps = 1e-6
+    for idx in np.ndindex(*z64.shape):
+        plus, minus = z64.copy(), z64.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric[idx] = (f(tf.constant(plus)).numpy() - f(tf.constant(minus)).numpy()) / (2 * eps)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(features=np.zeros((4, 8), np.float32)), "features"),
+        (dict(features=np.zeros((4, 2, 8), np.int32)), "features"),
+        (dict(labels=[0, 1, 0, 1], mask=np.eye(4)), "labels"),
+        (dict(labels=[0, 1, 0]), "labels"),
+        (dict(labels=np.zeros((4, 2, 2))), "labels"),
+        (dict(mask=np.eye(3)), "mask"),
+        (dict(mask=np.ones(4)), "mask"),
+        (dict(mask=-np.eye(4)), "mask"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature="hot"), "temperature"),
+        (dict(base_temperature=0.0), "base_temperature"),
+        (dict(contrast_mode="some"), "contrast_mode"),
+        (dict(variant="middle"), "variant"),
+        (dict(features=np.full((4, 2, 8), np.nan, np.float32)), "features"),
+        (dict(features=np.full((4, 2, 8), np.inf, np.float32)), "features"),
+        (dict(anchor_offset=-1), "anchor_offset"),
+        (dict(anchor_offset=3, num_anchor_samples=2), "num_anchor_samples"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(kwargs, message):
+    args = dict(features=np.ones((4, 2, 8), np.float32) / math.sqrt(8))
+    args.update(kwargs)
+    features = args.pop("features")
+    with pytest.raises(ValueError, match=message):
+        supcon_per_anchor_loss(features, **args)
+
+
+def test_reduce_rejects_non_per_anchor_input():
+    with pytest.raises(ValueError, match="per_anchor"):
+        reduce_per_anchor(tf.ones([3]))
+    assert float(reduce_per_anchor(PerAnchorLoss(tf.zeros([2, 1]), tf.zeros([2, 1], bool)))) == 0.0
+
+
+# ---------------------------------------------------------------- Keras wrapper
+
+
+def test_keras_loss_wrapper_matches_function_and_round_trips():
+    rng = np.random.default_rng(11)
+    z, labels, _ = _random_case(rng, batch=6, views=2, dim=4, num_classes=3, kind="labels")
+    loss_fn = SupConLoss(temperature=0.2, variant="in", contrast_mode="one")
+    expected = supcon_loss(z, labels, temperature=0.2, variant="in", contrast_mode="one").numpy()
+    np.testing.assert_allclose(loss_fn(labels, z).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(loss_fn(labels[:, None], z).numpy(), expected, rtol=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss_fn))
+    assert isinstance(restored, SupConLoss)
+    assert restored.get_config() == loss_fn.get_config()
+    np.testing.assert_allclose(restored(labels, z).numpy(), expected, rtol=1e-6)
+
+
+def test_keras_loss_wrapper_without_labels_is_simclr():
+    rng = np.random.default_rng(12)
+    z, labels, _ = _random_case(rng, batch=6, views=2, dim=4, num_classes=3, kind="labels")
+    simclr = SupConLoss(temperature=0.5, use_labels=False)
+    np.testing.assert_allclose(
+        simclr(labels, z).numpy(), supcon_loss(z, temperature=0.5).numpy(), rtol=1e-6
+    )
+
+
+def test_keras_loss_wrapper_validates_arguments():
+    with pytest.raises(ValueError, match="temperature"):
+        SupConLoss(temperature=0)
+    with pytest.raises(ValueError, match="variant"):
+        SupConLoss(variant="both")

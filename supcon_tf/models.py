@@ -1,0 +1,409 @@
+"""Keras models of the two-stage protocol: SupConModel (pre-training), LinearProbe and CrossEntropyModel.
+
+Stage 1, `SupConModel`: encoder + projection head trained with the SupCon (or
+SimCLR) loss by a custom `train_step`, so plain `model.fit` works.
+Stage 2, `LinearProbe`: the head is dropped, the encoder frozen and called
+with `training=False`, and a linear classifier is trained with cross-entropy.
+Baseline, `CrossEntropyModel`: the same encoder + a linear classifier trained
+end to end with cross-entropy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from supcon_tf import losses as losses_lib
+
+# Output keys of SupConModel.call (STYLE.md 12).
+REPRESENTATION = "representation"
+EMBEDDING = "embedding"
+# Output keys of the classifiers' `predict_all`.
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+
+METHODS = ("supcon", "simclr")
+
+
+def _check_model(name, value):
+    if not isinstance(value, keras.layers.Layer):
+        raise ValueError(f"`{name}` must be a Keras layer or model, received: {name}={value!r}")
+
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an int >= 2, received: num_classes={num_classes!r}")
+
+
+def _check_compile_kwargs(model_name, kwargs, forbidden):
+    for key in forbidden:
+        if key in kwargs:
+            raise ValueError(
+                f"{model_name}.compile() computes its own {key}; do not pass it. "
+                f"Received: {key}={kwargs[key]!r}"
+            )
+
+
+def _encoder_output_dim(encoder):
+    shape = encoder.output_shape
+    if isinstance(shape, list) or len(shape) != 2:
+        raise ValueError(
+            f"`encoder` must map images to a [batch, dim] representation, received: an encoder with output shape {shape}"
+        )
+    return int(shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class SupConModel(keras.Model):
+    """Encoder + projection head trained with a supervised (or self-supervised) contrastive loss.
+
+    Args:
+      encoder: a built Keras model from images `[batch, H, W, C]` to a
+        representation `[batch, rep_dim]` (e.g. `encoders.build_encoder`).
+      head: a layer from `[batch, rep_dim]` to L2-normalised embeddings
+        `[batch, dim]` (e.g. `layers.ProjectionHead`).
+      method: `"supcon"` (labels define positives) or `"simclr"` (labels
+        ignored; positives are the other views of the same sample).
+      temperature: tau > 0. The paper uses 0.1 for SupCon, SimCLR 0.5 on CIFAR.
+      base_temperature: loss scale `temperature / base_temperature`; `None`
+        (default) leaves eq. 2 unscaled.
+      contrast_mode: `"all"` or `"one"` (see `losses.supcon_per_anchor_loss`).
+      variant: `"out"` (eq. 2, default) or `"in"` (eq. 3).
+      **kwargs: forwarded to `keras.Model`.
+
+    Call arguments:
+      images: `[batch, H, W, C]` float images.
+      training: bool.
+    Returns a dict `{REPRESENTATION: [batch, rep_dim], EMBEDDING: [batch, dim]}`.
+
+    Training data: `fit` expects `(views, labels)` with views
+    `[batch, views, H, W, C]` and labels `[batch]` int (ignored for SimCLR),
+    as produced by `data.make_multiview_dataset`. The logged `loss` is the
+    SupCon batch loss, plus any regularisation losses of the layers.
+
+    Example:
+
+    >>> encoder = encoders.build_encoder("small_cnn", (8, 8, 1))
+    >>> model = SupConModel(encoder, layers.ProjectionHead((128,), 64))
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    >>> model.fit(train_views_dataset, epochs=10)
+
+    Reference:
+      Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        head,
+        method="supcon",
+        temperature=0.1,
+        base_temperature=None,
+        contrast_mode="all",
+        variant="out",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_model("encoder", encoder)
+        _check_model("head", head)
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
+        # Validates temperature, base_temperature, contrast_mode and variant.
+        self.loss_fn = losses_lib.SupConLoss(
+            temperature=temperature,
+            base_temperature=base_temperature,
+            contrast_mode=contrast_mode,
+            variant=variant,
+            use_labels=method == "supcon",
+        )
+        self.encoder = encoder
+        self.head = head
+        self.method = method
+        self.temperature = float(temperature)
+        self.base_temperature = None if base_temperature is None else float(base_temperature)
+        self.contrast_mode = contrast_mode
+        self.variant = variant
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def compile(self, optimizer="sgd", **kwargs):
+        """Configures the optimizer. The loss is the model's own.
+
+        Args:
+          optimizer: a Keras optimizer or its name.
+          **kwargs: forwarded to `keras.Model.compile` (e.g. `jit_compile`,
+            `steps_per_execution`, `run_eagerly`). `loss`, `metrics`,
+            `loss_weights` are rejected with a `ValueError`.
+        """
+        _check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
+        super().compile(optimizer=optimizer, **kwargs)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def build(self, input_shape):
+        if not self.encoder.built:
+            self.encoder.build(input_shape)
+        if not self.head.built:
+            self.head.build((None, _encoder_output_dim(self.encoder)))
+        self.built = True
+
+    def call(self, images, training=False):
+        representation = self.encoder(images, training=training)
+        embedding = self.head(representation, training=training)
+        return {REPRESENTATION: representation, EMBEDDING: embedding}
+
+    def embed_views(self, views, training=False):
+        """Embeds every view: `[batch, views, H, W, C]` -> `[batch, views, dim]`.
+
+        All views go through the encoder as one batch of `batch * views`
+        images, so batch normalisation sees every view.
+        """
+        views = tf.convert_to_tensor(views)
+        if views.shape.rank != 5:
+            raise ValueError(
+                f"`views` must be [batch, views, height, width, channels], received: views with shape {views.shape}"
+            )
+        shape = tf.shape(views)
+        flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
+        embedding = self(flat, training=training)[EMBEDDING]
+        return tf.reshape(embedding, [shape[0], shape[1], -1])
+
+    def _unpack(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if self.method == "supcon" and y is None:
+            raise ValueError(
+                "SupConModel(method='supcon') needs labels: feed (views, labels) pairs, "
+                "or use method='simclr'. Received: data without labels"
+            )
+        return x, y
+
+    def compute_contrastive_loss(self, embeddings, labels):
+        """SupCon / SimCLR loss of `[batch, views, dim]` embeddings (labels ignored for SimCLR)."""
+        if labels is None:
+            labels = tf.zeros(tf.shape(embeddings)[:1], tf.int32)
+        return self.loss_fn(labels, embeddings)
+
+    def train_step(self, data):
+        views, labels = self._unpack(data)
+        with tf.GradientTape() as tape:
+            embeddings = self.embed_views(views, training=True)
+            loss = self.compute_contrastive_loss(embeddings, labels)
+            if self.losses:
+                loss = loss + tf.add_n(self.losses)
+            # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        self.loss_tracker.update_state(loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        views, labels = self._unpack(data)
+        embeddings = self.embed_views(views, training=False)
+        loss = self.compute_contrastive_loss(embeddings, labels)
+        if self.losses:
+            loss = loss + tf.add_n(self.losses)
+        self.loss_tracker.update_state(loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            head=keras.saving.serialize_keras_object(self.head),
+            method=self.method,
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            contrast_mode=self.contrast_mode,
+            variant=self.variant,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = copy.deepcopy(config)  # deserialisation consumes nested dicts
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        return cls(**config)
+
+
+class _Classifier(keras.Model):
+    """Shared parts of the two classifiers: an encoder and a linear `Dense` head giving logits."""
+
+    def __init__(self, encoder, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        _check_model("encoder", encoder)
+        _check_num_classes(num_classes)
+        _encoder_output_dim(encoder)
+        self.encoder = encoder
+        self.num_classes = int(num_classes)
+        self.classifier = keras.layers.Dense(self.num_classes, name="classifier", dtype="float32")
+
+    def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
+        """Cross-entropy on logits and accuracy by default.
+
+        Args:
+          optimizer: a Keras optimizer or its name.
+          loss: default `SparseCategoricalCrossentropy(from_logits=True)`.
+          metrics: default `["accuracy"]`.
+          **kwargs: forwarded to `keras.Model.compile`.
+        """
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics is None:
+            metrics = ["accuracy"]
+        self._metric_specs = list(metrics)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def build(self, input_shape):
+        if not self.encoder.built:
+            self.encoder.build(input_shape)
+        if not self.classifier.built:
+            self.classifier.build((None, _encoder_output_dim(self.encoder)))
+        self.built = True
+
+    def predict_all(self, images):
+        """Returns `{LOGITS, PROBABILITIES, REPRESENTATION}` for `[batch, H, W, C]` images (inference mode)."""
+        representation = self.encoder(images, training=False)
+        logits = self.classifier(representation)
+        return {LOGITS: logits, PROBABILITIES: tf.nn.softmax(logits), REPRESENTATION: representation}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(encoder=keras.saving.serialize_keras_object(self.encoder), num_classes=self.num_classes)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = copy.deepcopy(config)  # deserialisation consumes nested dicts
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class LinearProbe(_Classifier):
+    """Linear evaluation: a frozen encoder (called with `training=False`) and a trainable `Dense` classifier.
+
+    The probe is its own model, so nothing of it leaks into pre-training
+    (STYLE.md 8). Constructing it sets `encoder.trainable = False`: from this
+    point the encoder is an evaluation-only feature extractor (also for any
+    other model that shares it).
+
+    Args:
+      encoder: a built Keras model from images to `[batch, rep_dim]`.
+      num_classes: int >= 2.
+      **kwargs: forwarded to `keras.Model`.
+
+    Call arguments:
+      images: `[batch, H, W, C]` float images.
+      training: bool; only affects the classifier (the encoder always runs
+        in inference mode).
+    Returns logits `[batch, num_classes]` float32.
+
+    Example:
+
+    >>> probe = LinearProbe(pretrained.encoder, num_classes=10)
+    >>> probe.compile(keras.optimizers.Adam(1e-2))
+    >>> probe.fit_cached(train_images_dataset, epochs=50)  # features computed once
+    >>> probe.evaluate(test_images_dataset)
+    """
+
+    def __init__(self, encoder, num_classes, **kwargs):
+        super().__init__(encoder, num_classes, **kwargs)
+        self.encoder.trainable = False
+
+    def call(self, images, training=False):
+        representation = tf.stop_gradient(self.encoder(images, training=False))
+        return self.classifier(representation, training=training)
+
+    def extract_features(self, dataset):
+        """Runs the frozen encoder once over `(images, labels)` batches.
+
+        Args:
+          dataset: a `tf.data.Dataset` of `(images [B, H, W, C], labels [B])`.
+
+        Returns:
+          `(features [N, rep_dim] float32 NumPy, labels [N] NumPy)`.
+        """
+        if not isinstance(dataset, tf.data.Dataset):
+            raise ValueError(f"`dataset` must be a tf.data.Dataset, received: dataset={dataset!r}")
+        encode = tf.function(lambda images: self.encoder(images, training=False))
+        features, labels = [], []
+        for images, batch_labels in dataset:
+            features.append(encode(images).numpy())
+            labels.append(np.asarray(batch_labels))
+        if not features:
+            raise ValueError("`dataset` must not be empty, received: a dataset with no batches")
+        return np.concatenate(features).astype(np.float32), np.concatenate(labels)
+
+    def fit_cached(self, dataset, *, epochs, batch_size=256, validation_data=None, shuffle_seed=0, **fit_kwargs):
+        """Trains the classifier on features computed once (for un-augmented training data).
+
+        The encoder is frozen and deterministic at inference, so with
+        augmentation off the features of every epoch are the same: computing
+        them once makes the probe orders of magnitude cheaper. Uses the
+        optimizer, loss and metrics given to `compile`.
+
+        Args:
+          dataset: `tf.data.Dataset` of `(images, labels)` batches.
+          epochs: positive int.
+          batch_size: classifier batch size over the cached features.
+          validation_data: optional dataset like `dataset`.
+          shuffle_seed: seed of the per-epoch shuffling of the cached features.
+          **fit_kwargs: forwarded to `keras.Model.fit` (callbacks, verbose).
+
+        Returns:
+          The `keras.callbacks.History` of the classifier training.
+        """
+        if not self.compiled:
+            raise ValueError("Call `compile()` before `fit_cached()`. Received: an uncompiled LinearProbe")
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"`epochs` must be a positive int, received: epochs={epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, received: batch_size={batch_size!r}")
+        features, labels = self.extract_features(dataset)
+        inputs = keras.Input((features.shape[-1],))
+        head_only = keras.Model(inputs, self.classifier(inputs), name=f"{self.name}_cached")
+        # Fresh metric objects (a metric keeps state); the optimizer is shared
+        # on purpose: it updates the same classifier variables.
+        metrics = [m if isinstance(m, str) else m.__class__.from_config(m.get_config()) for m in self._metric_specs]
+        head_only.compile(optimizer=self.optimizer, loss=self.loss, metrics=metrics)
+        validation = None
+        if validation_data is not None:
+            validation = self.extract_features(validation_data)
+        train = (
+            tf.data.Dataset.from_tensor_slices((features, labels))
+            .shuffle(len(features), seed=shuffle_seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+        )
+        fit_kwargs.setdefault("shuffle", False)  # `train` shuffles itself
+        return head_only.fit(train, epochs=epochs, validation_data=validation, **fit_kwargs)
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class CrossEntropyModel(_Classifier):
+    """The cross-entropy baseline: encoder + linear classifier, trained end to end.
+
+    Args:
+      encoder: a Keras model from images to `[batch, rep_dim]`.
+      num_classes: int >= 2.
+      **kwargs: forwarded to `keras.Model`.
+
+    Call arguments:
+      images: `[batch, H, W, C]` float images.
+      training: bool.
+    Returns logits `[batch, num_classes]` float32.
+
+    Example:
+
+    >>> model = CrossEntropyModel(encoders.build_encoder("small_cnn", (8, 8, 1)), 10)
+    >>> model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
+    >>> model.fit(train_images_dataset, epochs=30)
+    """
+
+    def call(self, images, training=False):
+        return self.classifier(self.encoder(images, training=training), training=training)

@@ -17,7 +17,7 @@ from supcon_tf.models import (
     LinearProbe,
     SupConModel,
 )
-from tests.helpers import assert_serialization_roundtrip
+from helpers import assert_serialization_roundtrip
 
 IMAGE_SHAPE = (8, 8, 1)
 

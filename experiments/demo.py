@@ -150,7 +150,7 @@ def run(config: DemoConfig):
                 temperature=temperature,
             )
             model.compile(optimizer=_optimizer(config, total_steps))
-            model.fit(views_dataset(config.views), epochs=config.epochs, verbose=config.verbose)
+            model.fit(views_dataset(config.views), epochs=config.epochs, shuffle=False, verbose=config.verbose)
             _log(f"{method}: linear probe {config.probe_epochs} epochs on cached features")
             classifier = models.LinearProbe(encoder, num_classes=data.DIGITS_NUM_CLASSES)
             classifier.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -160,7 +160,7 @@ def run(config: DemoConfig):
             classifier = models.CrossEntropyModel(encoder, num_classes=data.DIGITS_NUM_CLASSES)
             classifier.compile(optimizer=_optimizer(config, total_steps))
             single_view = views_dataset(1).map(lambda v, y: (v[:, 0], y))
-            classifier.fit(single_view, epochs=config.epochs, verbose=config.verbose)
+            classifier.fit(single_view, epochs=config.epochs, shuffle=False, verbose=config.verbose)
         train_seconds = time.time() - start
         _, test_top1 = classifier.evaluate(plain_test, verbose=0)
         encoder.save(os.path.join(method_dir, "encoder.keras"))

@@ -127,7 +127,7 @@ def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
         raise ValueError(f"`anchor_offset` must be an int, received: anchor_offset={anchor_offset!r}")
     if isinstance(anchor_offset, (int, np.integer)) and anchor_offset < 0:
         raise ValueError(f"`anchor_offset` must be >= 0, received: anchor_offset={anchor_offset}")
-    if num_anchor_samples is not None:
+    if num_anchor_samples is not None and not tf.is_tensor(num_anchor_samples):
         if not isinstance(num_anchor_samples, (int, np.integer)) or num_anchor_samples < 1:
             raise ValueError(
                 f"`num_anchor_samples` must be a positive int, received: num_anchor_samples={num_anchor_samples!r}"
@@ -222,7 +222,7 @@ def supcon_per_anchor_loss(
     if num_anchor_samples is None:
         num_anchor = num_samples - anchor_offset
     else:
-        num_anchor = tf.constant(num_anchor_samples, tf.int32)
+        num_anchor = tf.cast(num_anchor_samples, tf.int32)
     anchor_views = 1 if contrast_mode == "one" else num_views
 
     # Contrast set, view-major: row v * N + s.

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from supcon_tf import distribute
 from supcon_tf import losses as losses_lib
 
 # Output keys of SupConModel.call (STYLE.md 12).
@@ -72,6 +73,10 @@ class SupConModel(keras.Model):
         (default) leaves eq. 2 unscaled.
       contrast_mode: `"all"` or `"one"` (see `losses.supcon_per_anchor_loss`).
       variant: `"out"` (eq. 2, default) or `"in"` (eq. 3).
+      cross_replica: under a distribution strategy, contrast every replica's
+        anchors against the gathered *global* batch (default True, the exact
+        SupCon objective). False contrasts each replica's anchors with its own
+        local batch only: a different, weaker objective, kept for comparisons.
       **kwargs: forwarded to `keras.Model`.
 
     Call arguments:
@@ -104,15 +109,19 @@ class SupConModel(keras.Model):
         base_temperature=None,
         contrast_mode="all",
         variant="out",
+        cross_replica=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_model("encoder", encoder)
         _check_model("head", head)
+        if not isinstance(cross_replica, bool):
+            raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
-        # Validates temperature, base_temperature, contrast_mode and variant.
-        self.loss_fn = losses_lib.SupConLoss(
+        # Validates temperature, base_temperature, contrast_mode and variant
+        # with the loss's own messages.
+        losses_lib.SupConLoss(
             temperature=temperature,
             base_temperature=base_temperature,
             contrast_mode=contrast_mode,
@@ -126,6 +135,7 @@ class SupConModel(keras.Model):
         self.base_temperature = None if base_temperature is None else float(base_temperature)
         self.contrast_mode = contrast_mode
         self.variant = variant
+        self.cross_replica = cross_replica
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     def compile(self, optimizer="sgd", **kwargs):
@@ -182,32 +192,83 @@ class SupConModel(keras.Model):
         return x, y
 
     def compute_contrastive_loss(self, embeddings, labels):
-        """SupCon / SimCLR loss of `[batch, views, dim]` embeddings (labels ignored for SimCLR)."""
-        if labels is None:
-            labels = tf.zeros(tf.shape(embeddings)[:1], tf.int32)
-        return self.loss_fn(labels, embeddings)
+        """Contrastive loss of this replica's anchors against the global batch.
+
+        Args:
+          embeddings: `[local_batch, views, dim]` this replica's embeddings.
+          labels: `[local_batch]` labels (ignored for SimCLR).
+
+        Returns:
+          `(replica_loss, global_loss)`: `replica_loss` is this replica's
+          share, whose sum over replicas is the global-batch loss (so the
+          cross-replica *sum* of gradients that Keras 3 applies is exactly the
+          gradient of the global loss); `global_loss` is the global-batch loss
+          itself, identical on every replica, for logging. With one replica
+          both are the plain `supcon_loss`.
+        """
+        use_labels = self.method == "supcon"
+        labels = labels if use_labels else None
+        if self.cross_replica:
+            gathered = distribute.gather_global(embeddings, labels)
+        else:  # each replica contrasts only its own batch: a weaker objective, for comparison only
+            gathered = distribute.GatheredBatch(embeddings, labels, tf.constant(0), tf.shape(embeddings)[0])
+        per_anchor = losses_lib.supcon_per_anchor_loss(
+            gathered.features,
+            gathered.labels,
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            contrast_mode=self.contrast_mode,
+            variant=self.variant,
+            anchor_offset=gathered.offset,
+            num_anchor_samples=gathered.num_local,
+        )
+        local_sum = tf.reduce_sum(per_anchor.loss)
+        local_count = tf.reduce_sum(tf.cast(per_anchor.has_positive, per_anchor.loss.dtype))
+        # The global loss is the mean over *all* replicas' anchors with a
+        # positive. Dividing the local sum by the global count is the one and
+        # only 1/num_replicas scaling (global count = replicas x local count
+        # when counts are equal), and it stays exact when they are not.
+        global_count = distribute.all_reduce_sum(local_count)
+        replica_loss = tf.math.divide_no_nan(local_sum, global_count)
+        global_loss = distribute.all_reduce_sum(tf.stop_gradient(replica_loss))
+        return replica_loss, global_loss
+
+    def _regularization_loss(self):
+        if not self.losses:
+            return 0.0
+        # Every replica adds the same weight penalty and Keras sums gradients
+        # over replicas: divide by the replica count once.
+        return tf.add_n(self.losses) / distribute.num_replicas_in_sync()
+
+    def _check_batch(self, views):
+        if distribute.num_replicas_in_sync() > 1 and views.shape[0] is None:
+            raise ValueError(
+                "Under a distribution strategy every replica needs the same batch size: build the dataset "
+                "with `drop_remainder=True` (data.make_multiview_dataset does by default). Received: views "
+                f"with unknown batch size, shape {views.shape}"
+            )
 
     def train_step(self, data):
         views, labels = self._unpack(data)
+        self._check_batch(views)
         with tf.GradientTape() as tape:
             embeddings = self.embed_views(views, training=True)
-            loss = self.compute_contrastive_loss(embeddings, labels)
-            if self.losses:
-                loss = loss + tf.add_n(self.losses)
+            loss, global_loss = self.compute_contrastive_loss(embeddings, labels)
+            regularization = self._regularization_loss()
+            loss = loss + regularization
             # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        self.loss_tracker.update_state(loss)
+        self.loss_tracker.update_state(global_loss + regularization * distribute.num_replicas_in_sync())
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
         views, labels = self._unpack(data)
+        self._check_batch(views)
         embeddings = self.embed_views(views, training=False)
-        loss = self.compute_contrastive_loss(embeddings, labels)
-        if self.losses:
-            loss = loss + tf.add_n(self.losses)
-        self.loss_tracker.update_state(loss)
+        _, global_loss = self.compute_contrastive_loss(embeddings, labels)
+        self.loss_tracker.update_state(global_loss + self._regularization_loss() * distribute.num_replicas_in_sync())
         return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
@@ -220,6 +281,7 @@ class SupConModel(keras.Model):
             base_temperature=self.base_temperature,
             contrast_mode=self.contrast_mode,
             variant=self.variant,
+            cross_replica=self.cross_replica,
         )
         return config
 

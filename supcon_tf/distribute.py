@@ -1,0 +1,171 @@
+"""tf.distribute plumbing: strategy construction, cross-replica gathering of the contrast set, replica offsets.
+
+SupCon needs the whole *global* batch as its contrast set. Under a
+distribution strategy every replica embeds only its local views; the
+helpers here gather the embeddings (and labels) of all replicas, in replica
+order, so each replica can compute the exact loss of its own anchors against
+the global contrast set. `ReplicaContext.all_gather` back-propagates
+correctly: its gradient all-reduces the upstream gradient and slices out the
+local rows, so gradients reach the replica that produced each embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple
+
+import tensorflow as tf
+
+STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+class GatheredBatch(NamedTuple):
+    """The global contrast set as seen from one replica.
+
+    Attributes:
+      features: `[global_batch, ...]`, all replicas' rows in replica order.
+      labels: `[global_batch, ...]` or None.
+      offset: int32 scalar, index of this replica's first row in `features`.
+      num_local: int32 scalar, this replica's number of rows.
+    """
+
+    features: tf.Tensor
+    labels: tf.Tensor | None
+    offset: tf.Tensor
+    num_local: tf.Tensor
+
+
+def num_replicas_in_sync():
+    """Number of replicas of the current strategy (1 outside any strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _replica_context(caller):
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        raise ValueError(
+            f"`{caller}` must be called in a replica context (e.g. inside train_step or strategy.run), "
+            "received: a call in the cross-replica context"
+        )
+    return context
+
+
+def gather_global(features, labels=None):
+    """Gathers all replicas' `features` (and `labels`) along axis 0, in replica order.
+
+    With one replica this returns the inputs unchanged (no collective op).
+
+    Args:
+      features: `[local_batch, ...]` tensor, equal `local_batch` on every
+        replica (use `drop_remainder=True`).
+      labels: optional `[local_batch, ...]` tensor.
+
+    Returns:
+      `GatheredBatch(features [R * local_batch, ...], labels, offset, num_local)`
+      where `offset = replica_id * local_batch`.
+
+    Raises:
+      ValueError: outside a replica context, or for a scalar `features`.
+    """
+    features = tf.convert_to_tensor(features)
+    if features.shape.rank is not None and features.shape.rank < 1:
+        raise ValueError(f"`features` must have a batch axis, received: features with shape {features.shape}")
+    labels = None if labels is None else tf.convert_to_tensor(labels)
+    context = _replica_context("gather_global")
+    num_local = tf.shape(features)[0]
+    if context.num_replicas_in_sync == 1:
+        return GatheredBatch(features, labels, tf.constant(0, tf.int32), num_local)
+    global_features = context.all_gather(features, axis=0)
+    global_labels = None if labels is None else context.all_gather(labels, axis=0)
+    replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    return GatheredBatch(global_features, global_labels, replica_id * num_local, num_local)
+
+
+def all_reduce_sum(value):
+    """Sum of `value` over all replicas (identity with one replica). Call in a replica context."""
+    context = _replica_context("all_reduce_sum")
+    if context.num_replicas_in_sync == 1:
+        return tf.convert_to_tensor(value)
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _gpus():
+    return tf.config.list_logical_devices("GPU")
+
+
+def get_strategy(name="default", *, device=None, devices=None, tpu=None, communication="auto"):
+    """Builds a `tf.distribute.Strategy` by name.
+
+    Args:
+      name: one of `STRATEGY_NAMES`:
+        - "default": the current (default, no-op) strategy;
+        - "one_device": `OneDeviceStrategy` on `device` (default: first GPU,
+          else the CPU);
+        - "mirrored": `MirroredStrategy` over `devices` (default: all GPUs,
+          else all logical CPUs);
+        - "multi_worker": `MultiWorkerMirroredStrategy`; needs the
+          `TF_CONFIG` environment variable (cluster and task); `communication`
+          "auto" picks NCCL when this host has a GPU and RING otherwise;
+        - "tpu": `TPUStrategy` on the TPU named by `tpu` ("" or "local" for a
+          TPU VM), connecting and initialising the TPU system first.
+      device: device string for "one_device".
+      devices: list of device strings for "mirrored".
+      tpu: TPU name or address for "tpu".
+      communication: "auto", "ring" or "nccl" for "multi_worker".
+
+    Returns:
+      The strategy.
+
+    Raises:
+      ValueError: unknown name or communication, missing/invalid TF_CONFIG
+        for "multi_worker", missing `tpu` for "tpu".
+    """
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"`name` must be one of {STRATEGY_NAMES}, received: name={name!r}")
+    if communication not in ("auto", "ring", "nccl"):
+        raise ValueError(f"`communication` must be 'auto', 'ring' or 'nccl', received: communication={communication!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        if device is None:
+            device = "/gpu:0" if _gpus() else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "mirrored":
+        if devices is None:
+            gpus = _gpus()
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        if not devices:
+            raise ValueError(f"`devices` must name at least one device, received: devices={devices!r}")
+        cross_device_ops = None if _gpus() else tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross_device_ops)
+    if name == "multi_worker":
+        raw = os.environ.get("TF_CONFIG")
+        if not raw:
+            raise ValueError(
+                "`multi_worker` needs the TF_CONFIG environment variable (cluster and task), received: TF_CONFIG unset"
+            )
+        try:
+            tf_config = json.loads(raw)
+            tf_config["cluster"]["worker"]
+            tf_config["task"]["type"], tf_config["task"]["index"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                "TF_CONFIG must be JSON with cluster.worker and task.type/index, received: "
+                f"TF_CONFIG={raw!r}"
+            ) from None
+        if communication == "auto":
+            communication = "nccl" if tf.config.list_physical_devices("GPU") else "ring"
+        implementation = {
+            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+        }[communication]
+        options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # tpu
+    if tpu is None:
+        raise ValueError("`tpu` must name the TPU ('' or 'local' on a TPU VM), received: tpu=None")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)

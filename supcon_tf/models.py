@@ -57,8 +57,21 @@ def _encoder_output_dim(encoder):
     return int(shape[-1])
 
 
+def _build_from_encoder(model):
+    """Builds `model` at construction when its encoder is a built functional model.
+
+    A built model never needs Keras to trace it on a data batch to create
+    its state (which would pass `[batch, views, ...]` training data to
+    `call`, and which under multi-worker training goes through
+    `MultiWorkerFitMixin`).
+    """
+    encoder = model.encoder
+    if encoder.built and isinstance(getattr(encoder, "inputs", None), list) and len(encoder.inputs) == 1:
+        model.build(tuple(encoder.inputs[0].shape))
+
+
 @keras.saving.register_keras_serializable(package="supcon_tf")
-class SupConModel(keras.Model):
+class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     """Encoder + projection head trained with a supervised (or self-supervised) contrastive loss.
 
     Args:
@@ -137,6 +150,7 @@ class SupConModel(keras.Model):
         self.variant = variant
         self.cross_replica = cross_replica
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        _build_from_encoder(self)
 
     def compile(self, optimizer="sgd", **kwargs):
         """Configures the optimizer. The loss is the model's own.
@@ -241,12 +255,23 @@ class SupConModel(keras.Model):
         return tf.add_n(self.losses) / distribute.num_replicas_in_sync()
 
     def _check_batch(self, views):
-        if distribute.num_replicas_in_sync() > 1 and views.shape[0] is None:
-            raise ValueError(
+        """Under several replicas, fails unless every replica got the same batch size.
+
+        The gathered contrast set and the replica offsets assume equal local
+        batches; a final short batch (no `drop_remainder=True`) splits unevenly.
+        """
+        if distribute.num_replicas_in_sync() == 1:
+            return
+        sizes = distribute.gather_global(tf.shape(views)[:1]).features
+        tf.debugging.assert_equal(
+            tf.reduce_min(sizes),
+            tf.reduce_max(sizes),
+            message=(
                 "Under a distribution strategy every replica needs the same batch size: build the dataset "
-                "with `drop_remainder=True` (data.make_multiview_dataset does by default). Received: views "
-                f"with unknown batch size, shape {views.shape}"
-            )
+                "with `drop_remainder=True` (data.make_multiview_dataset does by default). Received: "
+                "unequal per-replica batch sizes"
+            ),
+        )
 
     def train_step(self, data):
         views, labels = self._unpack(data)
@@ -261,7 +286,7 @@ class SupConModel(keras.Model):
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         self.loss_tracker.update_state(global_loss + regularization * distribute.num_replicas_in_sync())
-        return {m.name: m.result() for m in self.metrics}
+        return self._finalize_logs({m.name: m.result() for m in self.metrics})
 
     def test_step(self, data):
         views, labels = self._unpack(data)
@@ -269,7 +294,7 @@ class SupConModel(keras.Model):
         embeddings = self.embed_views(views, training=False)
         _, global_loss = self.compute_contrastive_loss(embeddings, labels)
         self.loss_tracker.update_state(global_loss + self._regularization_loss() * distribute.num_replicas_in_sync())
-        return {m.name: m.result() for m in self.metrics}
+        return self._finalize_logs({m.name: m.result() for m in self.metrics})
 
     def get_config(self):
         config = super().get_config()
@@ -293,7 +318,7 @@ class SupConModel(keras.Model):
         return cls(**config)
 
 
-class _Classifier(keras.Model):
+class _Classifier(distribute.MultiWorkerFitMixin, keras.Model):
     """Shared parts of the two classifiers: an encoder and a linear `Dense` head giving logits."""
 
     def __init__(self, encoder, num_classes, **kwargs):
@@ -304,6 +329,7 @@ class _Classifier(keras.Model):
         self.encoder = encoder
         self.num_classes = int(num_classes)
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier", dtype="float32")
+        _build_from_encoder(self)
 
     def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
         """Cross-entropy on logits and accuracy by default.

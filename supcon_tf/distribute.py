@@ -201,16 +201,19 @@ class MultiWorkerFitMixin:
     """Makes Keras 3 `fit`/`evaluate` work under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
 
     THE ONE PLACE where supcon_tf overrides private Keras behaviour. Two
-    things in Keras 3.15's TensorFlow trainer fail under multi-worker
-    training (one device per worker), and are replaced here:
+    things in Keras 3.15's TensorFlow trainer go wrong under a distribution
+    strategy, and are replaced here:
 
-    1. Before the first step, `_maybe_symbolic_build(iterator=...)` takes one
-       distributed data batch and "reduces" it across replicas with
-       `strategy.reduce("MEAN", batch)` just to learn its shapes; across
-       workers that is a collective on a `PerReplica` and fails with
-       "Attempt to convert a value (PerReplica...) ... to a Tensor". The
-       batch is only needed for its shapes, so Keras gets this worker's
-       local batch instead.
+    1. Before the first step, `_maybe_symbolic_build(iterator=...)` pulls one
+       distributed batch from a *new* iterator over the dataset and
+       "reduces" it across replicas with `strategy.reduce("MEAN", batch)`,
+       only to learn its shapes. Across workers that reduction is a
+       collective on a `PerReplica` and fails ("Attempt to convert a value
+       (PerReplica...) ... to a Tensor"); and on any strategy the extra pass
+       advances a `shuffle(reshuffle_each_iteration=True)`, so training sees
+       other batches than a one-device run with the same seed. Here Keras
+       gets the dataset's element spec instead (shapes and dtypes are all it
+       needs), and no data is read.
     2. After each step the logs are reduced with
        `strategy.reduce("MEAN", value, axis=0)` (the reduction is hard-coded
        to "auto" in the step function), which fails on scalar logs
@@ -229,17 +232,8 @@ class MultiWorkerFitMixin:
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is not None and strategy is not None and is_multi_worker(strategy):
-            for _, _, distributed_iterator in iterator:
-                batch = next(distributed_iterator)
-                data_batch = tf.nest.map_structure(
-                    lambda value: strategy.experimental_local_results(value)[0]
-                    if isinstance(value, tf.distribute.DistributedValues)
-                    else value,
-                    batch,
-                )
-                break
+        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
+            data_batch = iterator.data_adapter.get_tf_dataset().element_spec
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
@@ -256,3 +250,16 @@ class MultiWorkerFitMixin:
 
     def test_step(self, data):
         return self._finalize_logs(super().test_step(data))
+
+
+def shard_by_data(dataset):
+    """Sets DATA auto-sharding on `dataset`: every worker reads the same stream and keeps its share of each batch.
+
+    Use it with an identical shuffle seed on every worker, so the global
+    batches of a multi-worker run are those of a one-process run.
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(f"`dataset` must be a tf.data.Dataset, received: dataset={dataset!r}")
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

@@ -57,6 +57,13 @@ def _encoder_output_dim(encoder):
     return int(shape[-1])
 
 
+def _compile_and_build_optimizer(model, config):
+    """`model.compile(**config)`, then creates the optimizer variables so saved optimizer state can load."""
+    model.compile(**config)
+    if model.optimizer is not None and model.built:
+        model.optimizer.build(model.trainable_variables)
+
+
 def _build_from_encoder(model):
     """Builds `model` at construction when its encoder is a built functional model.
 
@@ -163,6 +170,13 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         """
         _check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
         super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model (optimizer and its state) from its saved compile config."""
+        config = keras.saving.deserialize_keras_object(config)
+        for key in ("loss", "loss_weights", "metrics", "weighted_metrics"):
+            config.pop(key, None)
+        _compile_and_build_optimizer(self, config)
 
     @property
     def metrics(self):
@@ -346,6 +360,10 @@ class _Classifier(distribute.MultiWorkerFitMixin, keras.Model):
             metrics = ["accuracy"]
         self._metric_specs = list(metrics)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model (optimizer, loss, metrics) from its saved compile config."""
+        _compile_and_build_optimizer(self, keras.saving.deserialize_keras_object(config))
 
     def build(self, input_shape):
         if not self.encoder.built:

@@ -1,0 +1,120 @@
+"""Flags of the training binaries, and the one place where flags (and a preset) become a `RunConfig`.
+
+Resolution order: `RunConfig` defaults < `--preset` < explicit flags. Every
+`RunConfig` field has a flag of the same name; a flag left unset does not
+override the preset. Bad values end the program with one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+# CPU speed default (BUILD_NOTES.md): must be set before TensorFlow is imported.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from experiments import presets  # noqa: E402
+from supcon_tf.config import RunConfig  # noqa: E402  (pure Python: no TensorFlow import)
+
+FLAGS = flags.FLAGS
+
+_HELP = {
+    "method": "supcon | simclr (pretrain), ce (train_ce), linear (linear_eval).",
+    "model_dir": "Run folder: config.json, checkpoints/, backup/, logs/, model.keras, saved_model/, metrics.json.",
+    "dataset": "digits | cifar10 | cifar100 | imagenet2012 (TFDS, prepared under --data_dir) | folder.",
+    "data_dir": "TFDS data_dir, or the image-folder root holding train/<class>/ and test/<class>/.",
+    "num_classes": "Number of classes (folders: default = number of class sub-folders).",
+    "image_size": "Square training/eval image size in pixels.",
+    "augmentation": "simclr | autoaugment | randaugment | stacked_randaugment | none.",
+    "crop_scale_min": "Lower bound of the random-resized-crop area fraction.",
+    "flip": "Random horizontal flips.",
+    "num_views": "Augmented views per image (contrastive methods).",
+    "encoder": "small_cnn | resnet18 | resnet34 | resnet50 | imagenet_resnet50 | ViT names (see encoders.py).",
+    "encoder_width": "Channel multiplier of small_cnn.",
+    "head_hidden": "Projection head hidden width (0: linear head).",
+    "embedding_dim": "Projection (embedding) dimension.",
+    "synchronized_bn": "Cross-replica BatchNormalization.",
+    "temperature": "Loss temperature tau (> 0).",
+    "base_temperature": "Loss scale tau / base_temperature (unset: unscaled, eq. 2).",
+    "contrast_mode": "all | one.",
+    "variant": "out (eq. 2) | in (eq. 3).",
+    "optimizer": "sgd | lars | adam.",
+    "learning_rate": "Peak learning rate (> 0), reached after the warm-up.",
+    "momentum": "SGD / LARS momentum.",
+    "weight_decay": "Weight decay (>= 0).",
+    "warmup_epochs": "Linear warm-up epochs before the cosine decay.",
+    "epochs": "Training epochs.",
+    "batch_size": "Global batch size (divisible by the number of replicas).",
+    "steps_per_epoch": "Steps per epoch (default: one pass over the training split).",
+    "pretrained": "linear_eval: the pre-trained model (.keras) whose encoder is probed.",
+    "cache_features": "linear_eval: compute the frozen features once (no augmentation).",
+    "strategy": "default | one_device | mirrored | multi_worker (TF_CONFIG) | tpu.",
+    "tpu": "TPU name or address for --strategy=tpu ('local' on a TPU VM).",
+    "mixed_precision": "mixed_float16 compute (GPU/TPU speed-up; slower on CPU).",
+    "jit_compile": "XLA-compile the train step.",
+    "seed": "Random seed (initialisation, data order, augmentation).",
+    "checkpoint_every": "Save checkpoints/latest.keras every N epochs.",
+    "export": "Write a SavedModel under model_dir/saved_model at the end.",
+    "verbose": "0 silent, 1 progress bar, 2 one line per epoch.",
+}
+
+
+def _define_config_flags():
+    flags.DEFINE_string("preset", None, f"Named recipe; explicit flags override it. One of: {', '.join(presets.PRESETS)}.")
+    for field in dataclasses.fields(RunConfig):
+        kind = str(field.type).replace(" | None", "")
+        help_text = _HELP.get(field.name, field.name) + f" (default: {field.default!r})"
+        if kind == "bool":
+            flags.DEFINE_bool(field.name, None, help_text)
+        elif kind == "int":
+            flags.DEFINE_integer(field.name, None, help_text)
+        elif kind == "float":
+            flags.DEFINE_float(field.name, None, help_text)
+        else:
+            flags.DEFINE_string(field.name, None, help_text)
+
+
+_define_config_flags()
+
+
+def config_from_flags(**fixed) -> RunConfig:
+    """Defaults < preset < explicit flags < `fixed` (what the binary itself decides, e.g. method)."""
+    values = presets.get_preset(FLAGS.preset) if FLAGS.preset else {}
+    for field in dataclasses.fields(RunConfig):
+        value = FLAGS[field.name].value
+        if value is not None:
+            values[field.name] = value
+    for name, value in fixed.items():
+        if values.get(name, value) != value:
+            raise ValueError(
+                f"`{name}` is fixed to {value!r} by this binary, received: {name}={values[name]!r} "
+                f"(from {'--' + name if FLAGS[name].value is not None else '--preset ' + str(FLAGS.preset)})"
+            )
+        values[name] = value
+    return RunConfig.from_dict(values)
+
+
+def _fail(error):
+    program = os.path.basename(sys.argv[0]) or "supcon"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    print(f"{program}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_binary(main_fn):
+    """`absl.app.run` with input errors turned into one line on stderr and exit status 2."""
+
+    def wrapped(argv):
+        if len(argv) > 1:
+            return _fail(ValueError(f"unexpected positional arguments: {argv[1:]}"))
+        try:
+            return main_fn()
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            return _fail(error)
+
+    app.run(wrapped)

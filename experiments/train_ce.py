@@ -1,0 +1,23 @@
+r"""The cross-entropy baseline: encoder + linear classifier trained end to end.
+
+    supcon-train-ce --preset digits_ce --model_dir runs/digits_ce
+"""
+
+from experiments import common
+
+
+def main():
+    config = common.config_from_flags(method="ce")
+    from supcon_tf import runner
+
+    metrics = runner.run(config)
+    print(f"cross-entropy: test top-1 {metrics['test_top1']:.4f}; outputs in {config.model_dir}")
+    return 0
+
+
+def entry():
+    common.run_binary(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,166 @@
+"""Frozen, validated run configuration (`RunConfig`) shared by every training stage.
+
+The binaries in `experiments/` turn flags and named presets into a
+`RunConfig` in exactly one place; the library only ever sees this object.
+Validation happens at construction, so a bad value fails before anything is
+built or written, with a message naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+METHODS = ("supcon", "simclr", "ce", "linear")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "folder")
+TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
+OPTIMIZERS = ("sgd", "lars", "adam")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+AUGMENTATIONS = ("simclr", "autoaugment", "randaugment", "stacked_randaugment", "none")
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one training stage needs. Field units are in the comments.
+
+    `method`: "supcon" / "simclr" pre-train encoder + head; "ce" trains the
+    cross-entropy baseline; "linear" trains a linear probe on the frozen
+    encoder of the pre-trained model at `pretrained`.
+    """
+
+    method: str = "supcon"
+    model_dir: str = "runs/default"
+    # Data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    num_classes: int | None = None  # required for "folder"; known for the others
+    image_size: int = 16  # pixels, square
+    augmentation: str = "simclr"
+    crop_scale_min: float = 0.2
+    flip: bool = True
+    num_views: int = 2
+    # Model
+    encoder: str = "small_cnn"
+    encoder_width: float = 1.0  # small_cnn only
+    head_hidden: int = 128  # 0 gives a linear head
+    embedding_dim: int = 64
+    synchronized_bn: bool = False
+    # Loss
+    temperature: float = 0.1
+    base_temperature: float | None = None
+    contrast_mode: str = "all"
+    variant: str = "out"
+    # Optimisation
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05  # at batch_size; not rescaled
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    epochs: int = 60
+    batch_size: int = 128  # global, across all replicas
+    steps_per_epoch: int | None = None  # None: one pass over the training split
+    # Linear evaluation
+    pretrained: str | None = None  # .keras file of a pre-trained SupConModel / encoder
+    cache_features: bool = True  # probe on features computed once (no augmentation)
+    # Runtime
+    strategy: str = "default"
+    tpu: str | None = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs
+    export: bool = True
+    verbose: int = 1  # Keras: 0 silent, 1 progress bar, 2 one line per epoch
+
+    def __post_init__(self):
+        _choice("method", self.method, METHODS)
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("contrast_mode", self.contrast_mode, ("all", "one"))
+        _choice("variant", self.variant, ("out", "in"))
+        if not self.model_dir:
+            raise ValueError("`model_dir` must be a non-empty path, received: model_dir=''")
+        for name in ("image_size", "num_views", "embedding_dim", "epochs", "batch_size", "checkpoint_every"):
+            _positive_int(name, getattr(self, name))
+        for name in ("head_hidden", "warmup_epochs", "seed"):
+            _non_negative_int(name, getattr(self, name))
+        if self.steps_per_epoch is not None:
+            _positive_int("steps_per_epoch", self.steps_per_epoch)
+        for name in ("learning_rate", "temperature", "encoder_width"):
+            _positive_number(name, getattr(self, name))
+        if self.base_temperature is not None:
+            _positive_number("base_temperature", self.base_temperature)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1), received: momentum={self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"`weight_decay` must be >= 0, received: weight_decay={self.weight_decay}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"`crop_scale_min` must be in (0, 1], received: crop_scale_min={self.crop_scale_min}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"`warmup_epochs` must be <= epochs ({self.epochs}), received: warmup_epochs={self.warmup_epochs}"
+            )
+        if self.method in ("supcon", "simclr") and self.num_views < 2:
+            raise ValueError(f"`num_views` must be >= 2 for {self.method}, received: num_views={self.num_views}")
+        if self.method == "linear" and not self.pretrained:
+            raise ValueError("`pretrained` must name the pre-trained model (.keras) for method='linear', received: None")
+        if self.dataset == "folder" and not self.data_dir:
+            raise ValueError("`data_dir` must be the image folder root for dataset='folder', received: None")
+        if self.num_classes is not None:
+            _positive_int("num_classes", self.num_classes)
+            if self.num_classes < 2:
+                raise ValueError(f"`num_classes` must be >= 2, received: num_classes={self.num_classes}")
+        if self.strategy == "tpu" and self.tpu is None:
+            raise ValueError("`tpu` must name the TPU ('local' on a TPU VM) for strategy='tpu', received: None")
+        if self.verbose not in (0, 1, 2):
+            raise ValueError(f"`verbose` must be 0, 1 or 2, received: verbose={self.verbose}")
+
+    @property
+    def classes(self):
+        """Number of classes: `num_classes` if given, else the dataset's known count (None for folders)."""
+        return self.num_classes if self.num_classes is not None else NUM_CLASSES.get(self.dataset)
+
+    def replace(self, **changes):
+        """A validated copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Builds a config from a dict, rejecting unknown keys by name."""
+        if not isinstance(values, dict):
+            raise ValueError(f"`values` must be a dict, received: {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown config fields: {unknown}")
+        return cls(**values)
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(choices)}; received: {name}={value!r}")
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
+
+
+def _non_negative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, received: {name}={value!r}")
+
+
+def _positive_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number, received: {name}={value!r}")

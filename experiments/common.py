@@ -54,6 +54,7 @@ _HELP = {
     "pretrained": "linear_eval: the pre-trained model (.keras) whose encoder is probed.",
     "cache_features": "linear_eval: compute the frozen features once (no augmentation).",
     "strategy": "default | one_device | mirrored | multi_worker (TF_CONFIG) | tpu.",
+    "cpu_devices": "Split the CPU into N logical devices (N > 1), e.g. to try --strategy=mirrored without GPUs.",
     "tpu": "TPU name or address for --strategy=tpu ('local' on a TPU VM).",
     "mixed_precision": "mixed_float16 compute (GPU/TPU speed-up; slower on CPU).",
     "jit_compile": "XLA-compile the train step.",

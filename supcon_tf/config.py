@@ -66,6 +66,7 @@ class RunConfig:
     cache_features: bool = True  # probe on features computed once (no augmentation)
     # Runtime
     strategy: str = "default"
+    cpu_devices: int = 0  # >1 splits the CPU into that many logical devices (try mirrored without GPUs)
     tpu: str | None = None
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -86,7 +87,7 @@ class RunConfig:
             raise ValueError("`model_dir` must be a non-empty path, received: model_dir=''")
         for name in ("image_size", "num_views", "embedding_dim", "epochs", "batch_size", "checkpoint_every"):
             _positive_int(name, getattr(self, name))
-        for name in ("head_hidden", "warmup_epochs", "seed"):
+        for name in ("head_hidden", "warmup_epochs", "seed", "cpu_devices"):
             _non_negative_int(name, getattr(self, name))
         if self.steps_per_epoch is not None:
             _positive_int("steps_per_epoch", self.steps_per_epoch)

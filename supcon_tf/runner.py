@@ -35,6 +35,9 @@ def _write_json_atomically(path, payload):
 
 def build_strategy(config):
     """The configured strategy; checks that the global batch splits evenly over its replicas."""
+    if config.cpu_devices > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
     strategy = distribute.get_strategy(config.strategy, tpu=config.tpu)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:

@@ -1,0 +1,82 @@
+"""RunConfig validation, presets, and the flag -> config resolution."""
+
+import dataclasses
+
+import pytest
+
+from experiments import presets
+from supcon_tf.config import RunConfig
+
+
+def test_defaults_are_valid_and_round_trip_through_json_dict():
+    config = RunConfig()
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert '"method": "supcon"' in config.to_json()
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_preset_builds_a_valid_config(name):
+    values = presets.get_preset(name)
+    if values["method"] == "linear":
+        values["pretrained"] = "runs/x/model.keras"
+    config = RunConfig.from_dict(values)
+    assert config.method == values["method"]
+    assert name in presets.PAPER_TARGETS
+
+
+def test_paper_recipes_hold_the_papers_numbers():
+    c10 = presets.get_preset("cifar10_supcon")
+    assert (c10["batch_size"], c10["learning_rate"], c10["temperature"], c10["epochs"]) == (1024, 0.5, 0.1, 1000)
+    assert (c10["momentum"], c10["weight_decay"], c10["warmup_epochs"], c10["augmentation"]) == (0.9, 1e-4, 10, "simclr")
+    assert c10["encoder"] == "resnet50" and (c10["head_hidden"], c10["embedding_dim"]) == (2048, 128)
+    assert presets.get_preset("cifar100_simclr")["temperature"] == 0.5
+    r50 = presets.get_preset("imagenet_supcon_resnet50")
+    assert (r50["optimizer"], r50["augmentation"], r50["batch_size"], r50["epochs"]) == ("lars", "autoaugment", 6144, 350)
+    r200 = presets.get_preset("imagenet_supcon_resnet200")
+    assert (r200["augmentation"], r200["epochs"]) == ("stacked_randaugment", 700)
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ValueError, match="preset.*cifar10_supcon"):
+        presets.get_preset("cifar11")
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(method="byol"), "method"),
+        (dict(dataset="mnist"), "dataset"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(epochs=0), "epochs"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(warmup_epochs=5, epochs=2), "warmup_epochs"),
+        (dict(num_views=1), "num_views"),
+        (dict(method="linear"), "pretrained"),
+        (dict(dataset="folder"), "data_dir"),
+        (dict(strategy="tpu"), "tpu"),
+        (dict(strategy="horovod"), "strategy"),
+        (dict(augmentation="mixup"), "augmentation"),
+        (dict(crop_scale_min=0.0), "crop_scale_min"),
+        (dict(num_classes=1), "num_classes"),
+        (dict(model_dir=""), "model_dir"),
+        (dict(verbose=3), "verbose"),
+        (dict(image_size=True), "image_size"),
+    ],
+)
+def test_invalid_values_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        RunConfig(**changes)
+
+
+def test_config_is_frozen_and_rejects_unknown_fields():
+    config = RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+    with pytest.raises(ValueError, match="learning_rte"):
+        RunConfig.from_dict({"learning_rte": 0.1})
+    assert config.replace(epochs=3).epochs == 3

@@ -4,4 +4,4 @@ __version__ = "0.1.0"
 
 # Importing the package registers every serialisable supcon_tf class with
 # Keras, so `keras.saving.load_model` works after a plain `import supcon_tf`.
-from supcon_tf import layers, losses, models  # noqa: E402,F401
+from supcon_tf import layers, losses, models, optimizers  # noqa: E402,F401

@@ -276,6 +276,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         """
         if distribute.num_replicas_in_sync() == 1:
             return
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy):
+            return  # TPUs need static, equal shapes anyway (drop_remainder=True); no Assert op in TPU graphs
         sizes = distribute.gather_global(tf.shape(views)[:1]).features
         tf.debugging.assert_equal(
             tf.reduce_min(sizes),

@@ -1,4 +1,4 @@
-"""Reusable Keras layers for SupCon: L2 normalisation, the projection head, input preprocessing.
+"""Reusable Keras layers: L2 normalisation, projection head, input preprocessing, ViT blocks.
 
 Every layer here follows the keras-hub layer contract (STYLE.md 10): it is
 registered for serialisation under the package name ``supcon_tf``, keeps one
@@ -10,6 +10,14 @@ in half precision (a dot product of unit vectors divided by a temperature of
 0.1 amplifies float16 rounding by 10x). ``L2Normalize`` therefore computes in
 at least float32 and returns at least float32, and ``ProjectionHead`` returns
 at least float32 even under a ``mixed_float16`` / ``mixed_bfloat16`` policy.
+
+Vision Transformer building blocks (used by the ViT encoders in
+``supcon_tf.encoders``): ``ClassToken`` (prepends a learned token),
+``PositionEmbedding`` (adds learned position embeddings), ``TransformerBlock``
+(pre-norm self-attention + MLP block) and ``TokenPooling`` (class token or mean
+of the other tokens). They act on token sequences ``[batch, tokens, dim]`` and
+take ``dim`` (and, for ``PositionEmbedding``, ``tokens``) from their input
+shape when they are built.
 """
 
 import numbers
@@ -25,6 +33,12 @@ BN_EPSILON = 1e-5
 # keras.applications ResNet50 ("caffe" preprocessing): per-channel means of
 # ImageNet on the 0-255 scale, in BGR order.
 IMAGENET_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# Vision Transformer defaults (Dosovitskiy et al. 2021, and the reference
+# google-research/vision_transformer code): LayerNormalization epsilon, and the
+# standard deviation of the normal initialiser of the position embeddings.
+VIT_LAYER_NORM_EPSILON = 1e-6
+VIT_POSITION_EMBEDDING_STDDEV = 0.02
 
 
 def _is_int(value):
@@ -373,3 +387,394 @@ class CaffeImageNetPreprocessing(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (3,)
+
+
+# ---------------------------------------------------------------------------
+# Vision Transformer building blocks.
+
+
+def _validate_rate(value, arg):
+    if not _is_real(value) or not (0.0 <= float(value) < 1.0):
+        raise ValueError(f"`{arg}` must be a float in [0, 1), received: {arg}={value!r}")
+    return float(value)
+
+
+def _validate_initializer(value, arg):
+    try:
+        initializer = keras.initializers.get(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"`{arg}` must be a keras initializer (name, config dict or instance), "
+            f"received: {arg}={value!r}"
+        ) from error
+    if initializer is None:
+        raise ValueError(
+            f"`{arg}` must be a keras initializer (name, config dict or instance), "
+            f"received: {arg}={value!r}"
+        )
+    return initializer
+
+
+def _check_token_shape(layer, input_shape, need_length=False):
+    """Raises unless `input_shape` is [batch, tokens, dim] with a known dim (and tokens)."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] is None or (need_length and shape[1] is None):
+        known = "tokens and dim" if need_length else "dim"
+        raise ValueError(
+            f"`{type(layer).__name__}` expects inputs of shape [batch, tokens, dim] with a "
+            f"known {known}, received: input_shape={shape}"
+        )
+    return shape
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class ClassToken(keras.layers.Layer):
+    """Prepends one learned token (ViT's ``[class]`` token) to a token sequence.
+
+    The token is a trainable ``[1, 1, dim]`` weight named ``token``, created
+    when the layer is built (``dim`` from the input), broadcast over the batch
+    and concatenated in front of the inputs, so the output has one token more.
+
+    Args:
+        initializer: keras initializer (name, config dict or instance) of the
+            token. Defaults to ``"zeros"`` (as the reference ViT code).
+        **kwargs: standard ``keras.layers.Layer`` arguments (``name``,
+            ``dtype``, ``trainable``).
+
+    Call arguments:
+        inputs: ``[batch, tokens, dim]`` float tensor.
+
+    Returns:
+        ``[batch, tokens + 1, dim]`` tensor; ``output[:, 0]`` is the class token
+        and ``output[:, 1:]`` equals ``inputs``.
+
+    Example:
+
+    >>> layer = ClassToken()
+    >>> tuple(layer(np.zeros((2, 64, 192), "float32")).shape)
+    (2, 65, 192)
+
+    Reference:
+        Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for
+        Image Recognition at Scale", ICLR 2021, arXiv 2010.11929, Sec. 3.1,
+        Eq. 1 (``x_class``).
+    """
+
+    def __init__(self, initializer="zeros", **kwargs):
+        initializer = _validate_initializer(initializer, "initializer")
+        super().__init__(**kwargs)
+        self.initializer = initializer
+
+    def build(self, input_shape):
+        shape = _check_token_shape(self, input_shape)
+        self.token = self.add_weight(
+            shape=(1, 1, shape[-1]), initializer=self.initializer, name="token"
+        )
+
+    def call(self, inputs):
+        token = ops.cast(self.token, inputs.dtype)
+        token = ops.broadcast_to(token, (ops.shape(inputs)[0], 1, self.token.shape[-1]))
+        return ops.concatenate([token, inputs], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        batch, length, dim = tuple(input_shape)
+        return (batch, None if length is None else length + 1, dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"initializer": keras.initializers.serialize(self.initializer)})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding to every position of a fixed-length token sequence.
+
+    The embeddings are a trainable ``[tokens, dim]`` weight named
+    ``embeddings``, one row per position, sized from the input shape when the
+    layer is built; the sequence length must therefore be known then, and
+    every later input must have that length (no interpolation to other
+    lengths).
+
+    Args:
+        initializer: keras initializer (name, config dict or instance) of the
+            embeddings, or ``None`` for ``RandomNormal(stddev=0.02)`` (the
+            reference ViT initialiser). Defaults to ``None``.
+        **kwargs: standard ``keras.layers.Layer`` arguments (``name``,
+            ``dtype``, ``trainable``).
+
+    Call arguments:
+        inputs: ``[batch, tokens, dim]`` float tensor.
+
+    Returns:
+        ``[batch, tokens, dim]`` tensor, ``inputs + embeddings`` (broadcast
+        over the batch).
+
+    Example:
+
+    >>> layer = PositionEmbedding()
+    >>> y = layer(np.zeros((2, 65, 192), "float32"))
+    >>> tuple(layer.embeddings.shape)
+    (65, 192)
+
+    Reference:
+        Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for
+        Image Recognition at Scale", ICLR 2021, arXiv 2010.11929, Sec. 3.1,
+        Eq. 1 (``E_pos``).
+    """
+
+    def __init__(self, initializer=None, **kwargs):
+        if initializer is None:
+            # A fresh instance per layer: an unseeded keras initializer fixes
+            # its seed at construction, so a shared default would give every
+            # layer the same values.
+            initializer = keras.initializers.RandomNormal(stddev=VIT_POSITION_EMBEDDING_STDDEV)
+        initializer = _validate_initializer(initializer, "initializer")
+        super().__init__(**kwargs)
+        self.initializer = initializer
+
+    def build(self, input_shape):
+        shape = _check_token_shape(self, input_shape, need_length=True)
+        self.embeddings = self.add_weight(
+            shape=shape[1:], initializer=self.initializer, name="embeddings"
+        )
+
+    def call(self, inputs):
+        return inputs + ops.cast(self.embeddings, inputs.dtype)[None]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"initializer": keras.initializers.serialize(self.initializer)})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class TransformerBlock(keras.layers.Layer):
+    """A pre-norm Transformer encoder block: self-attention and an MLP, each residual.
+
+    With ``x`` of shape ``[batch, tokens, dim]``:
+
+        y   = x + Dropout(MultiHeadAttention(LayerNorm(x)))
+        out = y + Dropout(Dense_dim(Dropout(activation(Dense_mlp_dim(LayerNorm(y))))))
+
+    (ViT, Eq. 2-3). The attention has ``num_heads`` heads of width
+    ``dim // num_heads`` with biased query/key/value/output projections, and
+    drops attention probabilities at ``attention_dropout_rate``. ``dim`` is
+    taken from the input when the layer is built (it must be divisible by
+    ``num_heads``); the sublayers are created and built then, so their
+    weights are restored by a ``.keras`` save/load. Dense and attention
+    kernels use Keras' default Glorot-uniform initialiser (the reference ViT
+    code's ``xavier_uniform``), biases start at zero.
+
+    Args:
+        num_heads: positive int. Number of attention heads.
+        mlp_dim: positive int. Hidden width of the MLP.
+        dropout_rate: float in [0, 1). Dropout on the attention output, after
+            the MLP activation and on the MLP output. Defaults to ``0.0``.
+        attention_dropout_rate: float in [0, 1). Dropout on the attention
+            probabilities. Defaults to ``0.0``.
+        activation: str or callable. MLP activation (any identifier
+            ``keras.activations.get`` accepts). Defaults to ``"gelu"`` (exact,
+            erf-based GELU).
+        layer_norm_epsilon: positive float. Epsilon of both LayerNorms.
+            Defaults to ``1e-6``.
+        **kwargs: standard ``keras.layers.Layer`` arguments (``name``,
+            ``dtype``, ``trainable``).
+
+    Call arguments:
+        inputs: ``[batch, tokens, dim]`` float tensor.
+        training: bool or None. Enables dropout.
+
+    Returns:
+        ``[batch, tokens, dim]`` tensor.
+
+    Example:
+
+    >>> block = TransformerBlock(num_heads=3, mlp_dim=768)
+    >>> tuple(block(np.zeros((2, 65, 192), "float32")).shape)
+    (2, 65, 192)
+
+    Reference:
+        Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for
+        Image Recognition at Scale", ICLR 2021, arXiv 2010.11929, Sec. 3.1,
+        Eq. 2-3; Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        mlp_dim,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        activation="gelu",
+        layer_norm_epsilon=VIT_LAYER_NORM_EPSILON,
+        **kwargs,
+    ):
+        if not _is_int(num_heads) or num_heads <= 0:
+            raise ValueError(
+                f"`num_heads` must be a positive int, received: num_heads={num_heads!r}"
+            )
+        if not _is_int(mlp_dim) or mlp_dim <= 0:
+            raise ValueError(f"`mlp_dim` must be a positive int, received: mlp_dim={mlp_dim!r}")
+        dropout_rate = _validate_rate(dropout_rate, "dropout_rate")
+        attention_dropout_rate = _validate_rate(attention_dropout_rate, "attention_dropout_rate")
+        try:
+            activation_fn = keras.activations.get(activation)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "`activation` must be a keras activation name or callable, "
+                f"received: activation={activation!r}"
+            ) from error
+        if not _is_real(layer_norm_epsilon) or not (
+            0.0 < float(layer_norm_epsilon) < float("inf")
+        ):
+            raise ValueError(
+                "`layer_norm_epsilon` must be a positive finite float, "
+                f"received: layer_norm_epsilon={layer_norm_epsilon!r}"
+            )
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.mlp_dim = int(mlp_dim)
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.activation = activation_fn
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        # Sublayers are created in `build`: their widths depend on `dim`.
+
+    def build(self, input_shape):
+        shape = _check_token_shape(self, input_shape)
+        dim = shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(
+                f"`TransformerBlock` needs the input width divisible by `num_heads`, "
+                f"received: input_shape={shape}, num_heads={self.num_heads}"
+            )
+        policy = self.dtype_policy
+        self._attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="attention_norm"
+        )
+        self._attention = keras.layers.MultiHeadAttention(
+            num_heads=self.num_heads,
+            key_dim=dim // self.num_heads,
+            dropout=self.attention_dropout_rate,
+            dtype=policy,
+            name="attention",
+        )
+        self._attention_dropout = keras.layers.Dropout(
+            self.dropout_rate, dtype=policy, name="attention_dropout"
+        )
+        self._mlp_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="mlp_norm"
+        )
+        self._mlp_dense_1 = keras.layers.Dense(
+            self.mlp_dim, activation=self.activation, dtype=policy, name="mlp_dense_1"
+        )
+        self._mlp_dropout_1 = keras.layers.Dropout(
+            self.dropout_rate, dtype=policy, name="mlp_dropout_1"
+        )
+        self._mlp_dense_2 = keras.layers.Dense(dim, dtype=policy, name="mlp_dense_2")
+        self._mlp_dropout_2 = keras.layers.Dropout(
+            self.dropout_rate, dtype=policy, name="mlp_dropout_2"
+        )
+        self._attention_norm.build(shape)
+        self._attention.build(shape, shape)
+        self._mlp_norm.build(shape)
+        self._mlp_dense_1.build(shape)
+        self._mlp_dense_2.build(shape[:-1] + (self.mlp_dim,))
+
+    def call(self, inputs, training=None):
+        x = self._attention_norm(inputs)
+        x = self._attention(query=x, value=x, key=x, training=training)
+        x = inputs + self._attention_dropout(x, training=training)
+        y = self._mlp_norm(x)
+        y = self._mlp_dropout_1(self._mlp_dense_1(y), training=training)
+        y = self._mlp_dropout_2(self._mlp_dense_2(y), training=training)
+        return x + y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "mlp_dim": self.mlp_dim,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout_rate": self.attention_dropout_rate,
+                "activation": keras.activations.serialize(self.activation),
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+
+TOKEN_POOLING_MODES = ("cls", "mean")
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class TokenPooling(keras.layers.Layer):
+    """Pools a token sequence whose first token is a class token into one vector.
+
+    ``mode="cls"`` returns the first (class) token, ``inputs[:, 0]``, the ViT
+    representation; ``mode="mean"`` returns the mean of the other tokens,
+    ``mean(inputs[:, 1:], axis=1)`` (the class token excluded, as in the
+    "global average pooling" ViT variants).
+
+    Args:
+        mode: ``"cls"`` or ``"mean"``. Defaults to ``"cls"``.
+        **kwargs: standard ``keras.layers.Layer`` arguments (``name``,
+            ``dtype``, ``trainable``).
+
+    Call arguments:
+        inputs: ``[batch, tokens, dim]`` float tensor, token 0 the class
+            token; ``tokens >= 2`` for ``mode="mean"``.
+
+    Returns:
+        ``[batch, dim]`` tensor.
+
+    Example:
+
+    >>> layer = TokenPooling("mean")
+    >>> tuple(layer(np.zeros((2, 65, 192), "float32")).shape)
+    (2, 192)
+
+    Reference:
+        Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for
+        Image Recognition at Scale", ICLR 2021, arXiv 2010.11929, Eq. 4 (the
+        class token output ``z_L^0`` is the image representation) and
+        Appendix D.3 (class token vs. global average pooling).
+    """
+
+    def __init__(self, mode="cls", **kwargs):
+        if not isinstance(mode, str) or mode not in TOKEN_POOLING_MODES:
+            raise ValueError(
+                f"`mode` must be one of {TOKEN_POOLING_MODES}, received: mode={mode!r}"
+            )
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def build(self, input_shape):
+        shape = _check_token_shape(self, input_shape)
+        if self.mode == "mean" and shape[1] is not None and shape[1] < 2:
+            raise ValueError(
+                '`TokenPooling(mode="mean")` needs at least 2 tokens (a class token and '
+                f"one more), received: input_shape={shape}"
+            )
+
+    def call(self, inputs):
+        if self.mode == "cls":
+            return inputs[:, 0, :]
+        return ops.mean(inputs[:, 1:, :], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        return (shape[0], shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode})
+        return config

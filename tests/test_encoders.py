@@ -50,8 +50,17 @@ def _error_message(fn, *args, **kwargs):
 
 
 def test_encoder_names_and_representation_dims():
-    assert ENCODER_NAMES == ("resnet18", "resnet34", "resnet50", "imagenet_resnet50", "small_cnn")
-    assert [representation_dim(n) for n in ENCODER_NAMES] == [512, 512, 2048, 2048, 128]
+    assert ENCODER_NAMES == (
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "imagenet_resnet50",
+        "imagenet_resnet200",
+        "small_cnn",
+        "vit_tiny_patch4_32",
+        "vit_b16",
+    )
+    assert [representation_dim(n) for n in ENCODER_NAMES] == [512, 512, 2048, 2048, 2048, 128, 192, 768]
     assert representation_dim("small_cnn", width=0.5) == 64
     assert representation_dim("small_cnn", width=2) == 256
 
@@ -254,3 +263,18 @@ def test_bad_keyword_arguments_raise():
         message = _error_message(build_encoder, "small_cnn", (8, 8, 1), width=width)
         assert "`width`" in message and f"width={width!r}" in message
         assert "`width`" in _error_message(representation_dim, "small_cnn", width=width)
+
+
+@pytest.mark.slow
+def test_imagenet_resnet200_layout_and_size():
+    model = build_encoder("imagenet_resnet200", (64, 64, 3))
+    assert model.output_shape == (None, 2048)
+    blocks = {layer.name.split("_")[0] + "_" + layer.name.split("_")[1] for layer in model.layers if layer.name.startswith("stage")}
+    per_stage = [len([b for b in blocks if b.startswith(f"stage{i}_")]) for i in range(1, 5)]
+    assert per_stage == [3, 24, 36, 3]
+    # He et al. 2016 (Table in "Identity Mappings"): ResNet-200 has ~64.7M parameters with
+    # its 1000-way classifier (2048 * 1000 + 1000 = 2.05M); the backbone here is v1.5 (stride on the 3x3).
+    params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert 62.0e6 < params < 63.5e6, params
+    out = model(np.random.rand(1, 64, 64, 3).astype("float32"), training=False)
+    assert out.shape == (1, 2048)

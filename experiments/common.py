@@ -102,7 +102,7 @@ def config_from_flags(**fixed) -> RunConfig:
 
 def _fail(error):
     program = os.path.basename(sys.argv[0]) or "supcon"
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    message = " ".join(str(error).split()) or type(error).__name__
     print(f"{program}: error: {message}", file=sys.stderr)
     return 2
 

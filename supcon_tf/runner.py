@@ -169,7 +169,7 @@ def run(config: RunConfig):
 
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
     steps_per_epoch = config.steps_per_epoch or max(1, num_train // config.batch_size)
-    fit_kwargs = dict(epochs=config.epochs, verbose=config.verbose, shuffle=False)
+    fit_kwargs = dict(verbose=config.verbose)
 
     with strategy.scope():
         optimizer = build_optimizer(config, steps_per_epoch)
@@ -198,7 +198,12 @@ def run(config: RunConfig):
         )
     else:
         history = model.fit(
-            train_dataset(config, train_source), steps_per_epoch=steps_per_epoch, callbacks=callbacks, **fit_kwargs
+            train_dataset(config, train_source),
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself
+            **fit_kwargs,
         )
     train_seconds = time.time() - start
 

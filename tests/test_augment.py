@@ -227,7 +227,7 @@ def test_get_augmentation_builds_registered_policies():
 @pytest.mark.parametrize(
     "call, argument",
     [
-        (lambda: augment.get_augmentation("autoaugment", 8), "name"),
+        (lambda: augment.get_augmentation("trivialaugment", 8), "name"),
         (lambda: augment.get_augmentation("none", 8, hue=0.1), "hue"),
         (lambda: augment.SimCLRAugment(0), "image_size"),
         (lambda: augment.SimCLRAugment((8, 8, 3)), "image_size"),

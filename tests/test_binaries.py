@@ -50,7 +50,8 @@ def test_pretrain_writes_everything_and_shows_progress(pretrained):
     assert config["method"] == "supcon" and config["epochs"] == 1 and config["temperature"] == 0.1
     assert config["crop_scale_min"] == 0.4  # from the preset
     assert np.isfinite(metrics["final_train_loss"])
-    assert "Epoch 1/1" in result.stdout and "pre-training done" in result.stdout
+    assert "2/2 - " in result.stdout and "loss:" in result.stdout  # Keras per-epoch progress line
+    assert "pre-training done" in result.stdout
 
 
 def test_linear_eval_on_the_pretrained_encoder(pretrained, tmp_path):
@@ -83,8 +84,8 @@ def test_train_ce_and_export_binary(tmp_path):
 
 
 def test_helpfull_is_readable():
-    result = _run("pretrain", "--helpfull")
-    assert result.returncode == 0
+    result = _run("pretrain", "--helpfull")  # absl exits with status 1 after printing the help
+    assert "Traceback" not in result.stderr
     assert "--preset" in result.stdout and "--temperature" in result.stdout and "cifar10_supcon" in result.stdout
 
 

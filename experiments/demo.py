@@ -5,10 +5,15 @@ probe on each frozen encoder, trains the cross-entropy baseline on the same
 encoder architecture, evaluates all three on the held-out test split, prints
 a table (method, test top-1, train time) and writes under `--output_dir`:
 
-    metrics.json                      the table, plus the resolved config
-    config.json                       the resolved config of this run
-    <method>/encoder.keras            the trained encoder
-    <method>/classifier.keras         the probe (or the CE model)
+    metrics.json                      the table, plus the demo's config
+    config.json                       the demo's config
+    supcon/, simclr/                  pre-training run folders (model.keras = encoder + head, ...)
+    supcon/linear/, simclr/linear/    linear-probe run folders (model.keras = frozen encoder + classifier)
+    ce/                               cross-entropy run folder (model.keras = encoder + classifier)
+
+Every stage is one `supcon_tf.runner.run` of a `digits_*` preset (the same
+code as the training binaries), so each run folder also holds config.json,
+checkpoints/, logs/, training_log.csv and metrics.json.
 
 Usage:
 
@@ -41,7 +46,7 @@ flags.DEFINE_integer("verbose", 2, "Keras verbosity: 0 silent, 1 progress bar, 2
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Resolved, validated settings of one demo run."""
+    """Resolved, validated settings of one demo run (the recipes are the `digits_*` presets)."""
 
     output_dir: str
     epochs: int = 60
@@ -51,16 +56,6 @@ class DemoConfig:
     seed: int = 0
     methods: tuple = ("supcon", "simclr", "ce")
     verbose: int = 2
-    # Fixed recipe (not flags): what works for 8x8 digits on a CPU in minutes.
-    encoder: str = "small_cnn"
-    head_hidden: int = 128
-    embedding_dim: int = 64
-    supcon_temperature: float = 0.1
-    simclr_temperature: float = 0.5
-    learning_rate: float = 0.05
-    weight_decay: float = 1e-4
-    views: int = 2
-    crop_scale: tuple = (0.4, 1.0)
 
     def __post_init__(self):
         for name in ("epochs", "probe_epochs", "batch_size", "image_size"):
@@ -76,6 +71,24 @@ class DemoConfig:
             )
         if not self.output_dir:
             raise ValueError("`output_dir` must be a non-empty path, received: output_dir=''")
+
+    def run_config(self, preset, model_dir, **overrides):
+        """The `RunConfig` of one stage: the digits preset with this demo's settings."""
+        from experiments import presets
+        from supcon_tf.config import RunConfig
+
+        values = presets.get_preset(preset)
+        values.update(
+            model_dir=model_dir,
+            image_size=self.image_size,
+            seed=self.seed,
+            verbose=self.verbose,
+            export=False,
+        )
+        if values["method"] != "linear":
+            values.update(epochs=self.epochs, batch_size=self.batch_size)
+        values.update(overrides)
+        return RunConfig.from_dict(values)
 
 
 def config_from_flags() -> DemoConfig:
@@ -96,77 +109,37 @@ def _log(message):
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _optimizer(config, steps):
-    import keras
-
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
-    return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=config.weight_decay)
-
-
 def run(config: DemoConfig):
-    """Runs every method in `config.methods`; returns the list of result rows."""
-    import keras
-
-    from supcon_tf import augment, data, encoders, layers, models
+    """Runs every method in `config.methods` through `supcon_tf.runner`; returns the result rows."""
+    from supcon_tf import runner
 
     os.makedirs(config.output_dir, exist_ok=True)
     with open(os.path.join(config.output_dir, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=2)
 
-    keras.utils.set_random_seed(config.seed)
-    train_x, train_y = data.load_digits("train")
-    test_x, test_y = data.load_digits("test")
-    image_shape = (config.image_size, config.image_size, train_x.shape[-1])
-    _log(f"digits: {len(train_x)} train / {len(test_x)} test images, served at {image_shape}")
-
-    train_source = data.from_arrays(train_x, train_y)
-    test_source = data.from_arrays(test_x, test_y)
-    # Digits are not mirror-symmetric: no flip; saturation/hue do nothing on 1 channel.
-    policy = augment.SimCLRAugment(config.image_size, crop_scale=config.crop_scale, flip=False)
-    plain_train = data.make_eval_dataset(train_source, batch_size=256, image_size=config.image_size)
-    plain_test = data.make_eval_dataset(test_source, batch_size=256, image_size=config.image_size)
-    steps_per_epoch = len(train_x) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
-
-    def views_dataset(num_views):
-        return data.make_multiview_dataset(
-            train_source, batch_size=config.batch_size, num_views=num_views, augment=policy, seed=config.seed
-        )
-
     rows = []
     for method in config.methods:
-        keras.utils.set_random_seed(config.seed)
-        encoder = encoders.build_encoder(config.encoder, image_shape)
         method_dir = os.path.join(config.output_dir, method)
-        os.makedirs(method_dir, exist_ok=True)
-        start = time.time()
-        if method in ("supcon", "simclr"):
-            temperature = config.supcon_temperature if method == "supcon" else config.simclr_temperature
-            _log(f"{method}: pre-training {config.epochs} epochs (tau={temperature})")
-            model = models.SupConModel(
-                encoder,
-                layers.ProjectionHead((config.head_hidden,), config.embedding_dim),
-                method=method,
-                temperature=temperature,
-            )
-            model.compile(optimizer=_optimizer(config, total_steps))
-            model.fit(views_dataset(config.views), epochs=config.epochs, shuffle=False, verbose=config.verbose)
-            _log(f"{method}: linear probe {config.probe_epochs} epochs on cached features")
-            classifier = models.LinearProbe(encoder, num_classes=data.DIGITS_NUM_CLASSES)
-            classifier.compile(optimizer=keras.optimizers.Adam(1e-2))
-            classifier.fit_cached(plain_train, epochs=config.probe_epochs, verbose=0)
-        else:
+        if method == "ce":
             _log(f"ce: training {config.epochs} epochs end to end")
-            classifier = models.CrossEntropyModel(encoder, num_classes=data.DIGITS_NUM_CLASSES)
-            classifier.compile(optimizer=_optimizer(config, total_steps))
-            single_view = views_dataset(1).map(lambda v, y: (v[:, 0], y))
-            classifier.fit(single_view, epochs=config.epochs, shuffle=False, verbose=config.verbose)
-        train_seconds = time.time() - start
-        _, test_top1 = classifier.evaluate(plain_test, verbose=0)
-        encoder.save(os.path.join(method_dir, "encoder.keras"))
-        classifier.save(os.path.join(method_dir, "classifier.keras"))
-        row = {"method": method, "test_top1": float(test_top1), "train_seconds": round(train_seconds, 1)}
-        _log(f"{method}: test top-1 {test_top1:.4f}, train time {train_seconds:.0f} s")
+            metrics = runner.run(config.run_config("digits_ce", method_dir))
+            train_seconds = metrics["train_seconds"]
+        else:
+            _log(f"{method}: pre-training {config.epochs} epochs")
+            pretrain = runner.run(config.run_config(f"digits_{method}", method_dir))
+            _log(f"{method}: linear probe {config.probe_epochs} epochs on cached features")
+            metrics = runner.run(
+                config.run_config(
+                    "digits_linear",
+                    os.path.join(method_dir, "linear"),
+                    pretrained=os.path.join(method_dir, "model.keras"),
+                    epochs=config.probe_epochs,
+                    verbose=0,
+                )
+            )
+            train_seconds = pretrain["train_seconds"] + metrics["train_seconds"]
+        row = {"method": method, "test_top1": metrics["test_top1"], "train_seconds": round(train_seconds, 1)}
+        _log(f"{method}: test top-1 {row['test_top1']:.4f}, train time {train_seconds:.0f} s")
         rows.append(row)
 
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:

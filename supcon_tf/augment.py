@@ -35,6 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from supcon_tf._checks import as_size as _as_size
+from supcon_tf._checks import is_int as _is_int
+
 # ITU-R 601-2 luma weights, as torchvision uses them (they sum to 1, so a gray image keeps its luma;
 # `tf.image.rgb_to_grayscale` rounds them to 0.2989, 0.5870, 0.1140).
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -49,28 +52,11 @@ _NUM_JITTER_OPS = 4
 # ---------------------------------------------------------------------------
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
 
 def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _as_size(value, name):
-    """Returns `value` (int or pair of ints) as a `(height, width)` tuple of positive ints."""
-    if _is_int(value):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(_is_int(v) and v >= 1 for v in value)
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive int or a pair (height, width) of positive ints, "
-            f"received: {name}={value!r}"
-        )
-    return int(value[0]), int(value[1])
 
 
 def _check_probability(value, name):

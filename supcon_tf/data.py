@@ -21,6 +21,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from supcon_tf._checks import as_size as _as_size
+from supcon_tf._checks import is_int as _is_int
+
 from supcon_tf import augment as augment_lib
 
 DIGITS_NUM_CLASSES = 10
@@ -42,9 +45,6 @@ _PIPELINE_SEED_SALT = 0x5C0
 # ---------------------------------------------------------------------------
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
 
 def _check_positive_int(value, name):
     if not _is_int(value) or value < 1:
@@ -58,20 +58,6 @@ def _check_bool(value, name):
     return value
 
 
-def _as_size(value, name):
-    """Returns `value` (int or pair of ints) as a `(height, width)` tuple of positive ints."""
-    if _is_int(value):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(_is_int(v) and v >= 1 for v in value)
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive int or a pair (height, width) of positive ints, "
-            f"received: {name}={value!r}"
-        )
-    return int(value[0]), int(value[1])
 
 
 def _check_seed(seed, name="seed"):

@@ -4,7 +4,8 @@ Outputs under `config.model_dir` (written by the chief only, atomically):
 
     config.json                the resolved config
     checkpoints/latest.keras   the model after the last finished epoch (every `checkpoint_every` epochs)
-    backup/<task>/             Keras BackupAndRestore state, one folder per worker (resume after a crash)
+    backup/<task>/             Keras BackupAndRestore state, one folder per worker, while a run is
+                               unfinished (resume after a crash by running the same command again)
     logs/<task>/               TensorBoard event files
     training_log.csv           per-epoch metrics
     model.keras                the final model
@@ -131,7 +132,7 @@ def build_callbacks(config):
         keras.callbacks.BackupAndRestore(
             checkpointing.worker_backup_dir(os.path.join(config.model_dir, "backup")),
             double_checkpoint=True,
-            delete_checkpoint=False,
+            delete_checkpoint=True,  # a finished run leaves none: re-running starts afresh
         ),
         checkpointing.ChiefModelCheckpoint(
             os.path.join(config.model_dir, "checkpoints", "latest.keras"), period=config.checkpoint_every

@@ -32,9 +32,10 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert [row["method"] for row in metrics["results"]] == ["supcon", "ce"]
     assert all(0.0 <= row["test_top1"] <= 1.0 for row in metrics["results"])
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 1
-    for method in ("supcon", "ce"):
-        assert (tmp_path / method / "encoder.keras").stat().st_size > 0
-        assert (tmp_path / method / "classifier.keras").stat().st_size > 0
+    assert (tmp_path / "supcon" / "model.keras").stat().st_size > 0  # encoder + head
+    assert (tmp_path / "supcon" / "linear" / "model.keras").stat().st_size > 0  # frozen encoder + classifier
+    assert (tmp_path / "ce" / "model.keras").stat().st_size > 0  # encoder + classifier
+    assert not os.path.exists(tmp_path / "ce" / "backup" / "worker_0")  # finished runs leave no backup
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,46 @@ def _sample_positive_mask(labels, mask, num_samples, dtype):
     return tf.cast(tf.matmul(multi_hot, multi_hot, transpose_b=True) > 0, dtype)
 
 
+def _cross_positive_mask(row_labels, column_labels, dtype):
+    """`[rows, columns]` 1 where a row's label matches a column's (shared class for multi-hot)."""
+    if row_labels.shape.rank == 1:
+        return tf.cast(tf.equal(row_labels[:, None], tf.cast(column_labels, row_labels.dtype)[None, :]), dtype)
+    product = tf.matmul(tf.cast(row_labels, dtype), tf.cast(column_labels, dtype), transpose_b=True)
+    return tf.cast(product > 0, dtype)
+
+
+def _validate_queue(features, labels, mask, queue_features, queue_labels):
+    if queue_features is None:
+        if queue_labels is not None:
+            raise ValueError("`queue_labels` needs `queue_features`, received: queue_features=None")
+        return None, None
+    queue_features = tf.convert_to_tensor(queue_features)
+    if queue_features.shape.rank != 2 or (
+        features.shape[-1] is not None and queue_features.shape[-1] not in (None, features.shape[-1])
+    ):
+        raise ValueError(
+            f"`queue_features` must be [queue_size, dim] with dim={features.shape[-1]}, "
+            f"received: queue_features with shape {queue_features.shape}"
+        )
+    if mask is not None:
+        raise ValueError("A memory queue needs `labels` (or none), not a `mask`; received: mask and queue_features")
+    if labels is None:
+        return queue_features, None
+    if queue_labels is None:
+        raise ValueError("`queue_labels` must be given with `labels` and `queue_features`, received: queue_labels=None")
+    queue_labels = tf.convert_to_tensor(queue_labels)
+    if queue_labels.shape.rank != labels.shape.rank or (
+        queue_features.shape[0] is not None
+        and queue_labels.shape[0] is not None
+        and queue_labels.shape[0] != queue_features.shape[0]
+    ):
+        raise ValueError(
+            f"`queue_labels` must match `labels` in form ({labels.shape.rank}-d) and `queue_features` in length "
+            f"({queue_features.shape[0]}), received: queue_labels with shape {queue_labels.shape}"
+        )
+    return queue_features, queue_labels
+
+
 def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
     if features.shape.rank != 3:
         raise ValueError(
@@ -160,6 +200,8 @@ def supcon_per_anchor_loss(
     normalize=False,
     anchor_offset=0,
     num_anchor_samples=None,
+    queue_features=None,
+    queue_labels=None,
 ):
     """SupCon loss of every anchor, and which anchors have a positive.
 
@@ -190,6 +232,13 @@ def supcon_per_anchor_loss(
         the contrast set is always all of `features`. Used for cross-replica
         training, where `features` is the gathered global batch.
       num_anchor_samples: number of anchor samples; default: all of them.
+      queue_features: optional `[K, dim]` extra contrast entries (a memory
+        queue of earlier embeddings). They join A(i) for every anchor, carry
+        no gradient (`stop_gradient`), and are positives by `queue_labels`.
+        Normalised like `features` when `normalize=True`.
+      queue_labels: `[K]` ids or `[K, classes]` multi-hot, in the same form
+        as `labels`; required when `labels` is given. Without `labels`
+        (SimCLR) every queue entry is a negative. Not supported with `mask`.
 
     Returns:
       `PerAnchorLoss(loss, has_positive)`, both
@@ -211,6 +260,7 @@ def supcon_per_anchor_loss(
     labels = None if labels is None else tf.convert_to_tensor(labels)
     mask = None if mask is None else tf.convert_to_tensor(mask)
     _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples)
+    queue_features, queue_labels = _validate_queue(features, labels, mask, queue_features, queue_labels)
 
     dtype = _compute_dtype(features)
     features = tf.cast(features, dtype)
@@ -241,6 +291,19 @@ def supcon_per_anchor_loss(
     self_index = view_ids * num_samples + sample_ids
     not_self = 1.0 - tf.one_hot(self_index, num_views * num_samples, dtype=dtype)
     positive = positive * not_self
+
+    if queue_features is not None:
+        queue = tf.stop_gradient(tf.cast(queue_features, dtype))
+        if normalize:
+            queue = tf.math.l2_normalize(queue, axis=-1, epsilon=1e-12)
+        if labels is None:
+            queue_positive = tf.zeros([tf.shape(anchors)[0], tf.shape(queue)[0]], dtype)
+        else:
+            anchor_labels = labels[anchor_offset : anchor_offset + num_anchor]
+            queue_positive = tf.tile(_cross_positive_mask(anchor_labels, queue_labels, dtype), [anchor_views, 1])
+        contrast = tf.concat([contrast, queue], axis=0)
+        positive = tf.concat([positive, queue_positive], axis=1)
+        not_self = tf.concat([not_self, tf.ones_like(queue_positive)], axis=1)
 
     logits = tf.matmul(anchors, contrast, transpose_b=True) / tf.constant(temperature, dtype)
     masked_logits = tf.where(not_self > 0, logits, tf.constant(_MASKED_LOGIT, dtype))
@@ -290,6 +353,8 @@ def supcon_loss(
     contrast_mode="all",
     variant="out",
     normalize=False,
+    queue_features=None,
+    queue_labels=None,
 ):
     """Scalar SupCon batch loss: mean of L(i) over anchors with a positive.
 
@@ -307,6 +372,8 @@ def supcon_loss(
       contrast_mode: "all" or "one".
       variant: "out" (eq. 2) or "in" (eq. 3).
       normalize: L2-normalise `features` first.
+      queue_features: optional `[K, dim]` memory-queue entries (constants).
+      queue_labels: their labels (with `labels`).
 
     Returns:
       Scalar float32 (float64 for float64 features) loss; 0 with zero
@@ -327,6 +394,8 @@ def supcon_loss(
             contrast_mode=contrast_mode,
             variant=variant,
             normalize=normalize,
+            queue_features=queue_features,
+            queue_labels=queue_labels,
         )
     )
 

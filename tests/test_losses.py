@@ -26,8 +26,14 @@ def reference_supcon(
     contrast_mode="all",
     variant="out",
     normalize=False,
+    queue=None,
+    queue_labels=None,
 ):
-    """Straight from DESIGN.md: explicit loops over anchors, A(i) and P(i), float64."""
+    """Straight from DESIGN.md: explicit loops over anchors, A(i) and P(i), float64.
+
+    A memory queue adds entries ("q", k) to the contrast set: never the anchor,
+    positive when their label matches (always negative without labels).
+    """
     z = np.asarray(features, np.float64)
     if normalize:
         z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
@@ -45,15 +51,34 @@ def reference_supcon(
         return 1.0 if np.dot(lab[s], lab[t]) > 0 else 0.0
 
     contrast = [(v, s) for v in range(views) for s in range(batch)]
+    q = None if queue is None else np.asarray(queue, np.float64)
+    if q is not None:
+        if normalize:
+            q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+        contrast += [("q", k) for k in range(len(q))]
+
+    def embedding(vv, ss):
+        return q[ss] if vv == "q" else z[ss, vv]
+
+    def positive_weight(s, vv, ss):
+        if vv != "q":
+            return is_positive(s, ss)
+        if labels is None:
+            return 0.0
+        lab, qlab = np.asarray(labels), np.asarray(queue_labels)
+        if lab.ndim == 1:
+            return 1.0 if lab[s] == qlab[ss] else 0.0
+        return 1.0 if np.dot(lab[s], qlab[ss]) > 0 else 0.0
+
     anchor_views = 1 if contrast_mode == "one" else views
     losses = np.zeros((batch, anchor_views))
     has_pos = np.zeros((batch, anchor_views), bool)
     for s in range(batch):
         for v in range(anchor_views):
             others = [(vv, ss) for (vv, ss) in contrast if (vv, ss) != (v, s)]
-            sims = np.array([np.dot(z[s, v], z[ss, vv]) / temperature for (vv, ss) in others])
+            sims = np.array([np.dot(z[s, v], embedding(vv, ss)) / temperature for (vv, ss) in others])
             log_denominator = math.log(sum(math.exp(x) for x in sims)) if len(sims) else 0.0
-            weights = np.array([is_positive(s, ss) for (vv, ss) in others])
+            weights = np.array([positive_weight(s, vv, ss) for (vv, ss) in others])
             num_pos = weights.sum()
             if num_pos <= 0:
                 continue
@@ -367,3 +392,62 @@ def test_keras_loss_wrapper_validates_arguments():
         SupConLoss(temperature=0)
     with pytest.raises(ValueError, match="variant"):
         SupConLoss(variant="both")
+
+
+# ---------------------------------------------------------------- memory queue
+
+
+@pytest.mark.parametrize("kind", ["labels", "multi_hot", "none"])
+@pytest.mark.parametrize("variant, mode", [("out", "all"), ("in", "one")])
+def test_queue_matches_reference_with_queue_entries_as_extra_contrast(kind, variant, mode):
+    rng = np.random.default_rng(20)
+    z, labels, _ = _random_case(rng, batch=6, views=2, dim=5, num_classes=3, kind=kind)
+    queue = rng.normal(size=(9, 5)).astype(np.float32)
+    queue /= np.linalg.norm(queue, axis=-1, keepdims=True)
+    if kind == "labels":
+        queue_labels = rng.integers(0, 3, size=9)
+    elif kind == "multi_hot":
+        queue_labels = (rng.random((9, 3)) < 0.35).astype(np.float32)
+    else:
+        queue_labels = None
+    ref_losses, ref_has, ref_mean = reference_supcon(
+        z, labels, temperature=0.2, contrast_mode=mode, variant=variant, queue=queue, queue_labels=queue_labels
+    )
+    per_anchor = supcon_per_anchor_loss(
+        z, labels, temperature=0.2, contrast_mode=mode, variant=variant, queue_features=queue, queue_labels=queue_labels
+    )
+    np.testing.assert_array_equal(per_anchor.has_positive.numpy(), ref_has)
+    np.testing.assert_allclose(per_anchor.loss.numpy(), ref_losses, rtol=1e-4, atol=1e-5)
+    got = supcon_loss(z, labels, temperature=0.2, contrast_mode=mode, variant=variant,
+                      queue_features=queue, queue_labels=queue_labels)
+    np.testing.assert_allclose(got.numpy(), ref_mean, rtol=1e-4, atol=1e-5)
+
+
+def test_queue_gets_no_gradient_and_empty_queue_equals_no_queue():
+    rng = np.random.default_rng(21)
+    z, labels, _ = _random_case(rng, batch=6, views=2, dim=4, num_classes=2, kind="labels")
+    queue = tf.Variable(rng.normal(size=(5, 4)).astype(np.float32))
+    features = tf.Variable(z)
+    with tf.GradientTape(persistent=True) as tape:
+        loss = supcon_loss(features, labels, queue_features=queue, queue_labels=np.arange(5) % 2)
+    assert tape.gradient(loss, queue) is None
+    assert np.all(np.isfinite(tape.gradient(loss, features).numpy()))
+    empty = supcon_loss(z, labels, queue_features=np.zeros((0, 4), np.float32), queue_labels=np.zeros(0, np.int64))
+    np.testing.assert_allclose(empty.numpy(), supcon_loss(z, labels).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(queue_labels=[0, 1]), "queue_features"),
+        (dict(queue_features=np.zeros((3, 5), np.float32), queue_labels=[0, 1, 0]), "queue_features"),
+        (dict(queue_features=np.zeros((3, 8), np.float32)), "queue_labels"),
+        (dict(queue_features=np.zeros((3, 8), np.float32), queue_labels=[0, 1]), "queue_labels"),
+    ],
+)
+def test_queue_bad_input(kwargs, match):
+    z = np.ones((4, 2, 8), np.float32) / math.sqrt(8)
+    with pytest.raises(ValueError, match=match):
+        supcon_per_anchor_loss(z, [0, 1, 0, 1], **kwargs)
+    with pytest.raises(ValueError, match="mask"):
+        supcon_per_anchor_loss(z, mask=np.eye(4), queue_features=np.zeros((3, 8), np.float32))

@@ -30,6 +30,12 @@ import tensorflow as tf
 
 CONTRAST_MODES = ("all", "one")
 VARIANTS = ("out", "in")
+IMPLEMENTATIONS = ("auto", "dense", "blockwise")
+# "auto" switches to the blockwise form from this many contrast rows (views x
+# global batch + queue): below it the dense form is as fast and small enough.
+# See benchmarks/RESULTS.md for the measurements behind the number.
+BLOCKWISE_THRESHOLD = 4096
+DEFAULT_BLOCK_SIZE = 1024
 
 # Added to logits that are not in A(i). Finite on purpose: -inf would give
 # inf - inf = NaN for a row with nothing to contrast, and NaN in the unused
@@ -188,6 +194,177 @@ def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
             raise ValueError("`mask` must be non-negative, received: a mask with negative entries")
 
 
+def _dense_core(
+    anchors, contrast, queue, labels, mask, queue_labels, self_index, num_samples, num_views,
+    anchor_offset, num_anchor, anchor_views, temperature, variant, dtype,
+):
+    """Dense form: `(-(mean log-probability of the positives) [A], has_positive [A])`."""
+    sample_mask = _sample_positive_mask(labels, mask, num_samples, dtype)
+    sample_mask = sample_mask[anchor_offset : anchor_offset + num_anchor]  # [b, N]
+    positive = tf.tile(sample_mask, [anchor_views, num_views])  # [Va*b, V*N]
+    not_self = 1.0 - tf.one_hot(self_index, num_views * num_samples, dtype=dtype)
+    positive = positive * not_self
+    if queue is not None:
+        if labels is None:
+            queue_positive = tf.zeros([tf.shape(anchors)[0], tf.shape(queue)[0]], dtype)
+        else:
+            anchor_labels = labels[anchor_offset : anchor_offset + num_anchor]
+            queue_positive = tf.tile(_cross_positive_mask(anchor_labels, queue_labels, dtype), [anchor_views, 1])
+        contrast = tf.concat([contrast, queue], axis=0)
+        positive = tf.concat([positive, queue_positive], axis=1)
+        not_self = tf.concat([not_self, tf.ones_like(queue_positive)], axis=1)
+
+    logits = tf.matmul(anchors, contrast, transpose_b=True) / tf.constant(temperature, dtype)
+    masked_logits = tf.where(not_self > 0, logits, tf.constant(_MASKED_LOGIT, dtype))
+    log_normaliser = tf.reduce_logsumexp(masked_logits, axis=1)  # log sum_{a in A(i)} exp
+
+    num_positive = tf.reduce_sum(positive, axis=1)
+    has_positive = num_positive > 0
+    safe_num_positive = tf.where(has_positive, num_positive, tf.ones_like(num_positive))
+    if variant == "out":
+        mean_log_prob = tf.reduce_sum(positive * logits, axis=1) / safe_num_positive - log_normaliser
+    else:
+        # log sum_p w_p exp(logit_p), without ever taking log 0 on a selected entry.
+        safe_weight = tf.where(positive > 0, positive, tf.ones_like(positive))
+        positive_logits = tf.where(positive > 0, logits + tf.math.log(safe_weight), tf.constant(_MASKED_LOGIT, dtype))
+        mean_log_prob = (
+            tf.reduce_logsumexp(positive_logits, axis=1) - tf.math.log(safe_num_positive) - log_normaliser
+        )
+    return -mean_log_prob, has_positive
+
+
+def _blockwise_ids(labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views):
+    """Per-row and per-column keys: rows i and columns j are positives when their keys match.
+
+    Integer labels (and SimCLR's sample indices) are compared for equality;
+    multi-hot labels are positives when they share a class. Queue columns
+    without labels get the key -1, which no anchor has.
+    """
+    if labels is None:
+        sample_keys = tf.range(num_samples)
+        queue_keys = None if queue is None else -tf.ones([tf.shape(queue)[0]], tf.int32)
+    else:
+        sample_keys = labels
+        queue_keys = None if queue is None else tf.cast(queue_labels, labels.dtype)
+    anchor_keys = sample_keys[anchor_offset : anchor_offset + num_anchor]
+    multiples = [anchor_views] + [1] * (sample_keys.shape.rank - 1)
+    anchor_keys = tf.tile(anchor_keys, multiples)
+    column_keys = tf.tile(sample_keys, [num_views] + [1] * (sample_keys.shape.rank - 1))
+    if queue_keys is not None:
+        column_keys = tf.concat([column_keys, queue_keys], axis=0)
+    return anchor_keys, column_keys
+
+
+def _blockwise_core(anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size):
+    """Streaming form: `(-(mean log-probability of the positives) [A], number of positives [A])`.
+
+    Forward: one pass over column blocks keeps, per anchor, an online
+    log-sum-exp over A(i), the sum and count of positive logits, and (for
+    "in") an online log-sum-exp over P(i). Backward: a second pass recomputes
+    each block's logits and probabilities and accumulates
+    dL/d anchors = G C / tau and dL/d contrast = G^T A / tau, with
+    G = dL/d logits (p - pos/|P| for "out", p - q for "in"). Peak memory is a
+    few [anchors, block_size] matrices.
+    """
+    dtype = anchors.dtype
+    multi_hot = anchor_keys.shape.rank == 2
+    num_rows = tf.shape(anchors)[0]
+    if contrast.shape[0] is not None:  # static sizes: what XLA needs (fixed trip count and TensorArray size)
+        num_columns = contrast.shape[0]
+        num_blocks = max(1, -(-num_columns // block_size))
+    else:
+        num_columns = tf.shape(contrast)[0]
+        num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
+    padding = num_blocks * block_size - num_columns
+    key_padding = [[0, padding]] + [[0, 0]] * (column_keys.shape.rank - 1)
+    keys_padded = tf.pad(column_keys, key_padding)
+    inverse_temperature = tf.constant(1.0 / temperature, dtype)
+    masked = tf.constant(_MASKED_LOGIT, dtype)
+    anchor_keys = tf.stop_gradient(anchor_keys)
+
+    def block(anchor_matrix, contrast_padded, k):
+        start = k * block_size
+        columns = tf.slice(contrast_padded, [start, 0], [block_size, -1])
+        keys = tf.slice(keys_padded, [start] + [0] * (column_keys.shape.rank - 1), [block_size] + [-1] * (column_keys.shape.rank - 1))
+        logits = tf.matmul(anchor_matrix, columns, transpose_b=True) * inverse_temperature
+        column_index = start + tf.range(block_size)
+        valid = (column_index[None, :] < num_columns) & (column_index[None, :] != self_index[:, None])
+        if multi_hot:
+            match = tf.matmul(tf.cast(anchor_keys, dtype), tf.cast(keys, dtype), transpose_b=True) > 0
+        else:
+            match = tf.equal(anchor_keys[:, None], keys[None, :])
+        positive = tf.cast(match & valid, dtype)
+        return columns, logits, valid, positive
+
+    def forward(anchor_matrix, contrast_padded):
+        def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum):
+            _, logits, valid, positive = block(anchor_matrix, contrast_padded, k)
+            masked_logits = tf.where(valid, logits, masked)
+            new_max = tf.maximum(row_max, tf.reduce_max(masked_logits, axis=1))
+            row_sum = row_sum * tf.exp(row_max - new_max) + tf.reduce_sum(
+                tf.exp(masked_logits - new_max[:, None]) * tf.cast(valid, dtype), axis=1
+            )
+            positive_logits = tf.where(positive > 0, logits, masked)
+            new_pos_max = tf.maximum(pos_max, tf.reduce_max(positive_logits, axis=1))
+            pos_exp_sum = pos_exp_sum * tf.exp(pos_max - new_pos_max) + tf.reduce_sum(
+                tf.exp(positive_logits - new_pos_max[:, None]) * positive, axis=1
+            )
+            pos_sum += tf.reduce_sum(positive * logits, axis=1)
+            pos_count += tf.reduce_sum(positive, axis=1)
+            return [k + 1, new_max, row_sum, pos_sum, pos_count, new_pos_max, pos_exp_sum]
+
+        lowest, zeros = tf.fill([num_rows], masked), tf.zeros([num_rows], dtype)
+        start = [lowest, zeros, zeros, zeros, lowest, zeros]  # row max/sum, pos sum/count, pos max/sum
+        _, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum = tf.while_loop(
+            lambda k, *_: k < num_blocks, body, [tf.constant(0)] + start, maximum_iterations=num_blocks
+        )
+        tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
+        log_normaliser = row_max + tf.math.log(tf.maximum(row_sum, tiny))
+        log_positive = pos_max + tf.math.log(tf.maximum(pos_exp_sum, tiny))
+        return log_normaliser, log_positive, pos_sum, pos_count
+
+    @tf.custom_gradient
+    def core(anchor_matrix, contrast_matrix):
+        contrast_padded = tf.pad(contrast_matrix, [[0, padding], [0, 0]])
+        log_normaliser, log_positive, pos_sum, pos_count = forward(anchor_matrix, contrast_padded)
+        has_positive = pos_count > 0
+        safe_count = tf.where(has_positive, pos_count, tf.ones_like(pos_count))
+        if variant == "out":
+            mean_log_prob = pos_sum / safe_count - log_normaliser
+        else:
+            mean_log_prob = log_positive - tf.math.log(safe_count) - log_normaliser
+        neg = tf.where(has_positive, -mean_log_prob, tf.zeros_like(mean_log_prob))
+
+        def grad(upstream):
+            weight = tf.where(has_positive, upstream, tf.zeros_like(upstream)) * inverse_temperature
+
+            def body(k, anchor_grad, contrast_grads):
+                columns, logits, valid, positive = block(anchor_matrix, contrast_padded, k)
+                probability = tf.exp(tf.where(valid, logits, masked) - log_normaliser[:, None]) * tf.cast(valid, dtype)
+                if variant == "out":
+                    target = positive / safe_count[:, None]
+                else:
+                    target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
+                g = (probability - target) * weight[:, None]
+                anchor_grad += tf.matmul(g, columns)
+                contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
+                return [k + 1, anchor_grad, contrast_grads]
+
+            grads = tf.TensorArray(dtype, size=num_blocks, element_shape=tf.TensorShape([block_size, None]))
+            _, anchor_grad, grads = tf.while_loop(
+                lambda k, *_: k < num_blocks,
+                body,
+                [tf.constant(0), tf.zeros_like(anchor_matrix), grads],
+                maximum_iterations=num_blocks,
+            )
+            contrast_grad = grads.concat()[:num_columns]
+            return anchor_grad, contrast_grad
+
+        return (neg, tf.stop_gradient(pos_count)), lambda upstream, _unused: grad(upstream)
+
+    return core(anchors, contrast)
+
+
 def supcon_per_anchor_loss(
     features,
     labels=None,
@@ -202,6 +379,8 @@ def supcon_per_anchor_loss(
     num_anchor_samples=None,
     queue_features=None,
     queue_labels=None,
+    implementation="auto",
+    block_size=DEFAULT_BLOCK_SIZE,
 ):
     """SupCon loss of every anchor, and which anchors have a positive.
 
@@ -239,6 +418,14 @@ def supcon_per_anchor_loss(
       queue_labels: `[K]` ids or `[K, classes]` multi-hot, in the same form
         as `labels`; required when `labels` is given. Without `labels`
         (SimCLR) every queue entry is a negative. Not supported with `mask`.
+      implementation: "dense" materialises the [anchors, contrast] logit
+        matrix; "blockwise" streams over blocks of `block_size` contrast
+        columns with an online log-sum-exp and recomputes the blocks in a
+        custom backward pass, so memory grows like anchors x block_size;
+        "auto" (default) picks blockwise when the contrast set has at least
+        `BLOCKWISE_THRESHOLD` rows and no `mask` is given (a mask is always
+        dense). Both give the same values and gradients to float32 precision.
+      block_size: contrast columns per block for "blockwise".
 
     Returns:
       `PerAnchorLoss(loss, has_positive)`, both
@@ -256,6 +443,9 @@ def supcon_per_anchor_loss(
     )
     _check_choice("contrast_mode", contrast_mode, CONTRAST_MODES)
     _check_choice("variant", variant, VARIANTS)
+    _check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"`block_size` must be a positive int, received: block_size={block_size!r}")
     features = tf.convert_to_tensor(features)
     labels = None if labels is None else tf.convert_to_tensor(labels)
     mask = None if mask is None else tf.convert_to_tensor(mask)
@@ -281,47 +471,43 @@ def supcon_per_anchor_loss(
     anchor_block = features[anchor_offset : anchor_offset + num_anchor, :anchor_views]
     anchors = tf.reshape(tf.transpose(anchor_block, [1, 0, 2]), [-1, dim])
 
-    sample_mask = _sample_positive_mask(labels, mask, num_samples, dtype)
-    sample_mask = sample_mask[anchor_offset : anchor_offset + num_anchor]  # [b, N]
-    positive = tf.tile(sample_mask, [anchor_views, num_views])  # [Va*b, V*N]
-
     # Index of each anchor in the contrast set, to remove it from A(i) and P(i).
     view_ids = tf.repeat(tf.range(anchor_views), num_anchor)
     sample_ids = tf.tile(tf.range(num_anchor), [anchor_views]) + anchor_offset
     self_index = view_ids * num_samples + sample_ids
-    not_self = 1.0 - tf.one_hot(self_index, num_views * num_samples, dtype=dtype)
-    positive = positive * not_self
 
+    queue = None
     if queue_features is not None:
         queue = tf.stop_gradient(tf.cast(queue_features, dtype))
         if normalize:
             queue = tf.math.l2_normalize(queue, axis=-1, epsilon=1e-12)
-        if labels is None:
-            queue_positive = tf.zeros([tf.shape(anchors)[0], tf.shape(queue)[0]], dtype)
-        else:
-            anchor_labels = labels[anchor_offset : anchor_offset + num_anchor]
-            queue_positive = tf.tile(_cross_positive_mask(anchor_labels, queue_labels, dtype), [anchor_views, 1])
-        contrast = tf.concat([contrast, queue], axis=0)
-        positive = tf.concat([positive, queue_positive], axis=1)
-        not_self = tf.concat([not_self, tf.ones_like(queue_positive)], axis=1)
 
-    logits = tf.matmul(anchors, contrast, transpose_b=True) / tf.constant(temperature, dtype)
-    masked_logits = tf.where(not_self > 0, logits, tf.constant(_MASKED_LOGIT, dtype))
-    log_normaliser = tf.reduce_logsumexp(masked_logits, axis=1)  # log sum_{a in A(i)} exp
-
-    num_positive = tf.reduce_sum(positive, axis=1)
-    has_positive = num_positive > 0
-    safe_num_positive = tf.where(has_positive, num_positive, tf.ones_like(num_positive))
-    if variant == "out":
-        mean_log_prob = tf.reduce_sum(positive * logits, axis=1) / safe_num_positive - log_normaliser
+    if implementation == "auto":
+        contrast_rows = features.shape[0] * features.shape[1] if features.shape.is_fully_defined() else None
+        if queue is not None and contrast_rows is not None:
+            contrast_rows = None if queue.shape[0] is None else contrast_rows + queue.shape[0]
+        use_blockwise = mask is None and contrast_rows is not None and contrast_rows >= BLOCKWISE_THRESHOLD
     else:
-        # log sum_p w_p exp(logit_p), without ever taking log 0 on a selected entry.
-        safe_weight = tf.where(positive > 0, positive, tf.ones_like(positive))
-        positive_logits = tf.where(positive > 0, logits + tf.math.log(safe_weight), tf.constant(_MASKED_LOGIT, dtype))
-        mean_log_prob = (
-            tf.reduce_logsumexp(positive_logits, axis=1) - tf.math.log(safe_num_positive) - log_normaliser
+        use_blockwise = implementation == "blockwise"
+        if use_blockwise and mask is not None:
+            raise ValueError("implementation='blockwise' does not take a `mask`; use 'dense' or 'auto'")
+
+    if use_blockwise:
+        anchor_ids, column_ids = _blockwise_ids(
+            labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views
         )
-    loss = -(temperature / base_temperature) * mean_log_prob
+        if queue is not None:
+            contrast = tf.concat([contrast, queue], axis=0)
+        neg_mean_log_prob, num_positive = _blockwise_core(
+            anchors, contrast, anchor_ids, column_ids, self_index, temperature, variant, block_size
+        )
+        has_positive = num_positive > 0
+    else:
+        neg_mean_log_prob, has_positive = _dense_core(
+            anchors, contrast, queue, labels, mask, queue_labels, self_index, num_samples, num_views,
+            anchor_offset, num_anchor, anchor_views, temperature, variant, dtype,
+        )
+    loss = (temperature / base_temperature) * neg_mean_log_prob
     loss = tf.where(has_positive, loss, tf.zeros_like(loss))
 
     to_sample_major = lambda t: tf.transpose(tf.reshape(t, [anchor_views, num_anchor]))  # noqa: E731
@@ -355,6 +541,8 @@ def supcon_loss(
     normalize=False,
     queue_features=None,
     queue_labels=None,
+    implementation="auto",
+    block_size=DEFAULT_BLOCK_SIZE,
 ):
     """Scalar SupCon batch loss: mean of L(i) over anchors with a positive.
 
@@ -374,6 +562,8 @@ def supcon_loss(
       normalize: L2-normalise `features` first.
       queue_features: optional `[K, dim]` memory-queue entries (constants).
       queue_labels: their labels (with `labels`).
+      implementation: "auto" (default), "dense" or "blockwise".
+      block_size: contrast columns per block for the blockwise form.
 
     Returns:
       Scalar float32 (float64 for float64 features) loss; 0 with zero
@@ -396,6 +586,8 @@ def supcon_loss(
             normalize=normalize,
             queue_features=queue_features,
             queue_labels=queue_labels,
+            implementation=implementation,
+            block_size=block_size,
         )
     )
 

@@ -451,3 +451,104 @@ def test_queue_bad_input(kwargs, match):
         supcon_per_anchor_loss(z, [0, 1, 0, 1], **kwargs)
     with pytest.raises(ValueError, match="mask"):
         supcon_per_anchor_loss(z, mask=np.eye(4), queue_features=np.zeros((3, 8), np.float32))
+
+
+# ---------------------------------------------------------------- blockwise form
+
+
+@pytest.mark.parametrize("case_id", range(len(_CASES)))
+def test_blockwise_matches_reference_and_dense_gradients(case_id):
+    kind, views, mode, variant = _CASES[case_id]
+    if kind == "mask":
+        pytest.skip("a mask is always computed densely")
+    if case_id % 4 == 1:
+        mode = "one" if mode == "all" else "all"
+    rng = np.random.default_rng(100 + case_id)
+    temperature = _TEMPERATURES[case_id % len(_TEMPERATURES)]
+    z, labels, _ = _random_case(rng, batch=7, views=views, dim=5, num_classes=3, kind=kind)
+    if case_id % 3 == 0:
+        z[2] = z[1]
+    kwargs = dict(temperature=temperature, contrast_mode=mode, variant=variant)
+    ref_losses, ref_has_pos, ref_mean = reference_supcon(z, labels, **kwargs)
+    # block_size 3 over 7 * views columns: several blocks and a padded last one.
+    per_anchor = supcon_per_anchor_loss(z, labels, implementation="blockwise", block_size=3, **kwargs)
+    np.testing.assert_array_equal(per_anchor.has_positive.numpy(), ref_has_pos)
+    tol = 2e-5 * max(1.0, 1.0 / temperature)
+    np.testing.assert_allclose(per_anchor.loss.numpy(), ref_losses, rtol=1e-4, atol=tol)
+
+    def grad(implementation):
+        x = tf.Variable(z)
+        with tf.GradientTape() as tape:
+            loss = supcon_loss(x, labels, implementation=implementation, block_size=3, normalize=True, **kwargs)
+        return loss.numpy(), tape.gradient(loss, x).numpy()
+
+    dense_loss, dense_grad = grad("dense")
+    block_loss, block_grad = grad("blockwise")
+    np.testing.assert_allclose(block_loss, dense_loss, rtol=1e-5, atol=tol)
+    scale = max(1.0, float(np.abs(dense_grad).max()))
+    np.testing.assert_allclose(block_grad, dense_grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_blockwise_float64_gradients_match_finite_differences(variant):
+    rng = np.random.default_rng(30)
+    z, labels, _ = _random_case(rng, batch=4, views=2, dim=3, num_classes=2, kind="labels")
+    z64 = z.astype(np.float64)
+
+    def f(x):
+        return supcon_loss(x, labels, temperature=0.5, variant=variant, normalize=True,
+                           implementation="blockwise", block_size=3)
+
+    x = tf.Variable(z64)
+    with tf.GradientTape() as tape:
+        value = f(x)
+    analytic = tape.gradient(value, x).numpy()
+    numeric = np.zeros_like(z64)
+    eps = 1e-6
+    for idx in np.ndindex(*z64.shape):
+        plus, minus = z64.copy(), z64.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric[idx] = (f(tf.constant(plus)).numpy() - f(tf.constant(minus)).numpy()) / (2 * eps)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_blockwise_with_queue_offset_under_tf_function_and_xla(jit):
+    rng = np.random.default_rng(31)
+    z, labels, _ = _random_case(rng, batch=8, views=2, dim=4, num_classes=3, kind="labels")
+    queue = rng.normal(size=(5, 4)).astype(np.float32)
+    queue_labels = rng.integers(0, 3, size=5)
+    kwargs = dict(anchor_offset=2, num_anchor_samples=4, queue_features=queue, queue_labels=queue_labels)
+
+    @tf.function(jit_compile=jit)
+    def both(x):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            dense = supcon_per_anchor_loss(x, labels, implementation="dense", **kwargs).loss
+            block = supcon_per_anchor_loss(x, labels, implementation="blockwise", block_size=4, **kwargs).loss
+            dense_sum, block_sum = tf.reduce_sum(dense), tf.reduce_sum(block)
+        return dense, block, tape.gradient(dense_sum, x), tape.gradient(block_sum, x)
+
+    dense, block, dense_grad, block_grad = both(tf.constant(z))
+    np.testing.assert_allclose(block.numpy(), dense.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(block_grad.numpy(), dense_grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_blockwise_above_the_threshold_and_rejects_bad_choices():
+    from supcon_tf import losses
+
+    rng = np.random.default_rng(32)
+    z = rng.normal(size=(losses.BLOCKWISE_THRESHOLD // 2, 2, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, size=len(z))
+    auto = supcon_loss(z, labels, normalize=True)
+    dense = supcon_loss(z, labels, normalize=True, implementation="dense")
+    blockwise = supcon_loss(z, labels, normalize=True, implementation="blockwise")
+    np.testing.assert_allclose(auto.numpy(), blockwise.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(blockwise.numpy(), dense.numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="implementation"):
+        supcon_loss(z[:4], labels[:4], implementation="sparse")
+    with pytest.raises(ValueError, match="block_size"):
+        supcon_loss(z[:4], labels[:4], block_size=0)
+    with pytest.raises(ValueError, match="mask"):
+        supcon_loss(z[:4], mask=np.eye(4), implementation="blockwise")

@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from supcon_tf import distribute
 from supcon_tf import losses as losses_lib
+from supcon_tf import memory as memory_lib
+from supcon_tf._checks import is_int
 
 # Output keys of SupConModel.call (STYLE.md 12).
 REPRESENTATION = "representation"
@@ -97,6 +99,26 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         anchors against the gathered *global* batch (default True, the exact
         SupCon objective). False contrasts each replica's anchors with its own
         local batch only: a different, weaker objective, kept for comparisons.
+      queue_size: int >= 0, entries K of a memory queue (`memory.MemoryQueue`)
+        of past embeddings and labels that joins every anchor's contrast set
+        as constants (positives by label; all negatives for SimCLR). 0
+        (default) disables it: exactly the plain SupCon step. After each
+        optimizer step the *global* batch (gathered over replicas) is
+        written, all `views` embeddings of each sample (`global_batch *
+        views` entries per step, sample-major), so every replica holds the
+        same queue. Slots not yet written are never contrasted.
+      queue_warmup_steps: int >= 0; the queue is written from the first step
+        but joins the loss only from step `queue_warmup_steps` on (XBM's
+        warm-up: the earliest embeddings drift too fast to be useful).
+      key_momentum: `None` (default) or m in [0, 1). `None`: the queue entries
+        are the online embeddings of the step (cross-batch memory). m: a
+        momentum copy of encoder + head (MoCo) produces the queue entries and
+        nothing else: after each optimizer step its weights become
+        `m * key + (1 - m) * online` (trainable weights; its batch-norm
+        statistics are its own), then it embeds the step's views in training
+        mode (batch statistics) and those keys are enqueued. The current
+        batch's contrast set stays the online embeddings. Needs
+        `queue_size > 0`.
       **kwargs: forwarded to `keras.Model`.
 
     Call arguments:
@@ -106,8 +128,18 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
 
     Training data: `fit` expects `(views, labels)` with views
     `[batch, views, H, W, C]` and labels `[batch]` int (ignored for SimCLR),
-    as produced by `data.make_multiview_dataset`. The logged `loss` is the
-    SupCon batch loss, plus any regularisation losses of the layers.
+    as produced by `data.make_multiview_dataset` or
+    `data.make_class_balanced_dataset`. The logged `loss` is the SupCon
+    batch loss (over batch and queue while the queue is in use), plus any
+    regularisation losses of the layers. `evaluate` reports the plain batch
+    loss: it neither reads nor writes the queue.
+
+    State: the queue (`model.memory`) and the momentum networks
+    (`model.key_encoder`, `model.key_head`) are variables of the model, so
+    `.keras` files, `save_weights` (and `BackupAndRestore`) and
+    `tf.train.Checkpoint` save and restore them. The key networks' variables
+    are marked non-trainable (`compile` re-asserts it); `export` and
+    `LinearProbe` use `model.encoder`, the online encoder.
 
     Example:
 
@@ -116,8 +148,15 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     >>> model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     >>> model.fit(train_views_dataset, epochs=10)
 
+    Small batches with a memory of 4096 embeddings filled by a momentum encoder:
+
+    >>> model = SupConModel(encoder, head, queue_size=4096, key_momentum=0.99)
+
     Reference:
       Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
+      Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020.
+      He et al., "Momentum Contrast for Unsupervised Visual Representation
+      Learning", CVPR 2020.
     """
 
     def __init__(
@@ -130,6 +169,9 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         contrast_mode="all",
         variant="out",
         cross_replica=True,
+        queue_size=0,
+        queue_warmup_steps=0,
+        key_momentum=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -137,6 +179,19 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         _check_model("head", head)
         if not isinstance(cross_replica, bool):
             raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
+        if not is_int(queue_size) or queue_size < 0:
+            raise ValueError(f"`queue_size` must be an int >= 0, received: queue_size={queue_size!r}")
+        if not is_int(queue_warmup_steps) or queue_warmup_steps < 0:
+            raise ValueError(
+                f"`queue_warmup_steps` must be an int >= 0, received: queue_warmup_steps={queue_warmup_steps!r}"
+            )
+        if key_momentum is not None:
+            key_momentum = memory_lib.check_momentum(key_momentum, "key_momentum")
+            if queue_size == 0:
+                raise ValueError(
+                    "`key_momentum` only fills the memory queue; it needs queue_size > 0. "
+                    f"Received: key_momentum={key_momentum!r} with queue_size=0"
+                )
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
         # Validates temperature, base_temperature, contrast_mode and variant
@@ -156,6 +211,17 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         self.contrast_mode = contrast_mode
         self.variant = variant
         self.cross_replica = cross_replica
+        self.queue_size = int(queue_size)
+        self.queue_warmup_steps = int(queue_warmup_steps)
+        self.key_momentum = key_momentum
+        self.memory = None
+        self.key_encoder = self.key_head = None
+        self._momentum_copied = False
+        if self.queue_size:
+            self.memory = memory_lib.MemoryQueue(self.queue_size, self.queue_warmup_steps, name="memory_queue")
+        if self.key_momentum is not None:
+            self.key_encoder = memory_lib.momentum_copy(encoder, f"{encoder.name}_key")
+            self.key_head = memory_lib.momentum_copy(head, f"{head.name}_key")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         _build_from_encoder(self)
 
@@ -169,6 +235,12 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             `loss_weights` are rejected with a `ValueError`.
         """
         _check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
+        if self.key_encoder is not None and self.built:
+            # A `model.trainable = True` since the build would have handed the
+            # key networks to the optimizer: take them back.
+            for key in (self.key_encoder, self.key_head):
+                for variable in key.weights:
+                    variable.trainable = False
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config):
@@ -185,8 +257,20 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     def build(self, input_shape):
         if not self.encoder.built:
             self.encoder.build(input_shape)
+        rep_dim = _encoder_output_dim(self.encoder)
         if not self.head.built:
-            self.head.build((None, _encoder_output_dim(self.encoder)))
+            self.head.build((None, rep_dim))
+        if self.memory is not None and not self.memory.built:
+            embedding_dim = self.head.compute_output_shape((None, rep_dim))[-1]
+            self.memory.build((None, embedding_dim))
+        if self.key_encoder is not None and not self._momentum_copied:
+            if not self.key_encoder.built:  # a functional encoder's copy is built already
+                self.key_encoder.build(input_shape)
+            if not self.key_head.built:
+                self.key_head.build((None, rep_dim))
+            memory_lib.freeze_for_momentum(self.key_encoder, self.encoder)
+            memory_lib.freeze_for_momentum(self.key_head, self.head)
+            self._momentum_copied = True
         self.built = True
 
     def call(self, images, training=False):
@@ -194,21 +278,55 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         embedding = self.head(representation, training=training)
         return {REPRESENTATION: representation, EMBEDDING: embedding}
 
-    def embed_views(self, views, training=False):
-        """Embeds every view: `[batch, views, H, W, C]` -> `[batch, views, dim]`.
-
-        All views go through the encoder as one batch of `batch * views`
-        images, so batch normalisation sees every view.
-        """
+    @staticmethod
+    def _flatten_views(views):
+        """`[batch, views, H, W, C]` -> `[batch * views, H, W, C]` (sample-major) and the original shape."""
         views = tf.convert_to_tensor(views)
         if views.shape.rank != 5:
             raise ValueError(
                 f"`views` must be [batch, views, height, width, channels], received: views with shape {views.shape}"
             )
         shape = tf.shape(views)
-        flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
+        return tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0)), shape
+
+    def embed_views(self, views, training=False):
+        """Embeds every view: `[batch, views, H, W, C]` -> `[batch, views, dim]`.
+
+        All views go through the encoder as one batch of `batch * views`
+        images, so batch normalisation sees every view.
+        """
+        flat, shape = self._flatten_views(views)
         embedding = self(flat, training=training)[EMBEDDING]
         return tf.reshape(embedding, [shape[0], shape[1], -1])
+
+    def embed_keys(self, views):
+        """Momentum-network embeddings of every view, `[batch, views, dim]`, in training mode, without gradient.
+
+        Training mode: batch normalisation uses the batch statistics, as the
+        online network does on the same batch (and updates the key
+        network's own moving statistics). Needs `key_momentum`.
+        """
+        if self.key_encoder is None:
+            raise ValueError("`embed_keys` needs a momentum encoder: construct the model with key_momentum=m")
+        flat, shape = self._flatten_views(views)
+        keys = self.key_head(self.key_encoder(flat, training=True), training=True)
+        return tf.stop_gradient(tf.reshape(keys, [shape[0], shape[1], -1]))
+
+    def update_memory(self, embeddings, labels):
+        """Writes this step's global batch into the queue: `[local_batch, views, dim]` per replica.
+
+        The embeddings of all replicas are gathered (replica order), so every
+        replica writes the same `global_batch * views` entries, sample-major
+        (`[s0 v0, s0 v1, ..., s1 v0, ...]`), each with its sample's label
+        (`memory.EMPTY_LABEL` when there are no labels). No gradient.
+        """
+        embeddings = tf.stop_gradient(tf.convert_to_tensor(embeddings))
+        if labels is None:
+            labels = tf.fill(tf.shape(embeddings)[:1], tf.constant(memory_lib.EMPTY_LABEL, tf.int64))
+        gathered = distribute.gather_global(embeddings, tf.cast(labels, tf.int64))
+        num_views = tf.shape(gathered.features)[1]
+        features = tf.reshape(gathered.features, [-1, tf.shape(gathered.features)[-1]])
+        return self.memory.enqueue(features, tf.repeat(gathered.labels, num_views))
 
     def _unpack(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -219,12 +337,14 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             )
         return x, y
 
-    def compute_contrastive_loss(self, embeddings, labels):
-        """Contrastive loss of this replica's anchors against the global batch.
+    def compute_contrastive_loss(self, embeddings, labels, use_queue=False):
+        """Contrastive loss of this replica's anchors against the global batch (and the queue).
 
         Args:
           embeddings: `[local_batch, views, dim]` this replica's embeddings.
           labels: `[local_batch]` labels (ignored for SimCLR).
+          use_queue: add the memory queue's valid entries to the contrast set
+            (constants), once its warm-up is over. Needs `queue_size > 0`.
 
         Returns:
           `(replica_loss, global_loss)`: `replica_loss` is this replica's
@@ -240,6 +360,10 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             gathered = distribute.gather_global(embeddings, labels)
         else:  # each replica contrasts only its own batch: a weaker objective, for comparison only
             gathered = distribute.GatheredBatch(embeddings, labels, tf.constant(0), tf.shape(embeddings)[0])
+        queue = {}
+        if use_queue:
+            queue_features, queue_labels = self.memory.entries()
+            queue = dict(queue_features=queue_features, queue_labels=queue_labels if use_labels else None)
         per_anchor = losses_lib.supcon_per_anchor_loss(
             gathered.features,
             gathered.labels,
@@ -249,6 +373,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             variant=self.variant,
             anchor_offset=gathered.offset,
             num_anchor_samples=gathered.num_local,
+            **queue,
         )
         local_sum = tf.reduce_sum(per_anchor.loss)
         local_count = tf.reduce_sum(tf.cast(per_anchor.has_positive, per_anchor.loss.dtype))
@@ -294,15 +419,29 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         self._check_batch(views)
         with tf.GradientTape() as tape:
             embeddings = self.embed_views(views, training=True)
-            loss, global_loss = self.compute_contrastive_loss(embeddings, labels)
+            loss, global_loss = self.compute_contrastive_loss(embeddings, labels, use_queue=self.memory is not None)
             regularization = self._regularization_loss()
             loss = loss + regularization
             # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
+        if self.memory is not None:
+            # After the optimizer step (the queue was read above, before this write).
+            if self.key_encoder is not None:
+                memory_lib.ema_update(self._momentum_pairs(), self.key_momentum)
+                keys = self.embed_keys(views)
+            else:
+                keys = embeddings
+            self.update_memory(keys, labels if self.method == "supcon" else None)
         self.loss_tracker.update_state(global_loss + regularization * distribute.num_replicas_in_sync())
         return self._finalize_logs({m.name: m.result() for m in self.metrics})
+
+    def _momentum_pairs(self):
+        """`(online, key)` variable pairs of encoder and head, in matching order."""
+        return list(zip(self.encoder.weights, self.key_encoder.weights)) + list(
+            zip(self.head.weights, self.key_head.weights)
+        )
 
     def test_step(self, data):
         views, labels = self._unpack(data)
@@ -323,6 +462,9 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             contrast_mode=self.contrast_mode,
             variant=self.variant,
             cross_replica=self.cross_replica,
+            queue_size=self.queue_size,
+            queue_warmup_steps=self.queue_warmup_steps,
+            key_momentum=self.key_momentum,
         )
         return config
 

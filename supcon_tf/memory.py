@@ -1,0 +1,226 @@
+"""Cross-batch memory for small-batch contrastive training: a FIFO queue of past embeddings and their labels, and the momentum (EMA) key networks that can fill it.
+
+SupCon improves with the number of contrast entries per anchor (Khosla et
+al. 2020, Sec. 4: batch sizes up to 6144). A memory queue makes that number
+independent of the batch: the last `size` embeddings (and their labels) are
+kept in non-trainable variables and join every anchor's contrast set A(i),
+as positives when their label matches and as negatives otherwise
+(`losses.supcon_per_anchor_loss(queue_features=..., queue_labels=...)`),
+without gradient. The queue entries come either from the online network
+itself (cross-batch memory, XBM: Wang et al., CVPR 2020) or from a momentum
+copy of encoder + head (MoCo: He et al., CVPR 2020), whose weights follow the
+online weights as an exponential moving average, so that entries written at
+different steps stay consistent with each other.
+
+Everything here is state of a Keras layer or model (plain variables), so it
+is saved and restored by `.keras` files, `save_weights`/`BackupAndRestore`
+and `tf.train.Checkpoint` like any other weight.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from supcon_tf._checks import is_int
+
+# Label of a slot that was never written (the slots are excluded anyway; see MemoryQueue.entries).
+EMPTY_LABEL = -1
+
+
+def _check_size(size):
+    if not is_int(size) or size < 1:
+        raise ValueError(f"`size` must be an int >= 1, received: size={size!r}")
+    return int(size)
+
+
+def _check_non_negative_int(name, value):
+    if not is_int(value) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0, received: {name}={value!r}")
+    return int(value)
+
+
+def check_momentum(momentum, name="momentum"):
+    """Returns `momentum` as a float in [0, 1); ValueError naming `name` otherwise."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating, np.integer)):
+        raise ValueError(f"`{name}` must be a number in [0, 1), received: {name}={momentum!r}")
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1), received: {name}={momentum!r}")
+    return float(momentum)
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class MemoryQueue(keras.layers.Layer):
+    """A FIFO memory of the last `size` embeddings and their integer labels.
+
+    State (non-trainable variables, created by `build((None, dim))`):
+      `features` `[size, dim]` float32, `labels` `[size]` int64,
+      `position` (next slot to write), `filled` (number of valid slots,
+      `min(size, entries written so far)`) and `steps` (number of `enqueue`
+      calls), all int64 scalars.
+
+    The queue is a ring buffer: until it is full, the valid entries are the
+    slots `[0, filled)`; after that, every slot is valid and `position` is
+    the oldest. `entries()` returns only valid slots, so empty slots never
+    reach a loss; `contents()` returns them oldest first (for inspection and
+    tests). An enqueue of `n >= size` entries keeps only the last `size`.
+
+    Under a distribution strategy the variables are mirrored and every
+    replica writes its own copy; write the same values on every replica
+    (e.g. the gathered global batch, see `SupConModel`) and the copies stay
+    identical.
+
+    Args:
+      size: int >= 1, the number of entries K kept.
+      warmup_steps: int >= 0; `in_use()` is False for the first
+        `warmup_steps` enqueue calls (the queue still records them, so it is
+        full of recent entries when it starts being used).
+      **kwargs: forwarded to `keras.layers.Layer` (e.g. `name`).
+
+    Example:
+
+    >>> queue = MemoryQueue(4096)
+    >>> queue.build((None, 128))
+    >>> queue.enqueue(embeddings, labels)   # [n, 128] float, [n] int
+    >>> features, labels = queue.entries()  # [filled, 128], [filled]
+
+    Reference:
+      Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020;
+      He et al., "Momentum Contrast for Unsupervised Visual Representation
+      Learning", CVPR 2020.
+    """
+
+    def __init__(self, size, warmup_steps=0, **kwargs):
+        super().__init__(**kwargs)
+        self.size = _check_size(size)
+        self.warmup_steps = _check_non_negative_int("warmup_steps", warmup_steps)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if not is_int(dim) or dim < 1:
+            raise ValueError(f"`input_shape` must end in the embedding dim, received: input_shape={input_shape!r}")
+        self.dim = int(dim)
+        # autocast=False: the queue keeps float32 under mixed precision.
+        self.features = self.add_weight(
+            shape=(self.size, self.dim), initializer="zeros", dtype="float32",
+            trainable=False, autocast=False, name="features",
+        )
+        self.labels = self.add_weight(
+            shape=(self.size,), initializer=keras.initializers.Constant(EMPTY_LABEL), dtype="int64",
+            trainable=False, name="labels",
+        )
+        # int64 counters (int32 variables do not live on GPUs).
+        self.position = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="position")
+        self.filled = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="filled")
+        self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="steps")
+        self.built = True
+
+    def in_use(self):
+        """Bool scalar: True once `warmup_steps` enqueue calls have happened."""
+        return self.steps.value >= self.warmup_steps
+
+    def entries(self, only_in_use=True):
+        """The valid entries: `(features [filled, dim] float32, labels [filled] int64)`.
+
+        Args:
+          only_in_use: if True (default), zero entries during the warm-up.
+
+        The number of rows is dynamic; slot order (not chronological).
+        """
+        count = self.filled.value
+        if only_in_use:
+            count = tf.where(self.in_use(), count, tf.zeros_like(count))
+        return self.features.value[:count], self.labels.value[:count]
+
+    def contents(self):
+        """`(features, labels)` of the valid entries, oldest first."""
+        features, labels = self.features.value, self.labels.value
+        full = self.filled.value >= self.size
+        shift = tf.where(full, self.position.value, tf.zeros_like(self.position.value))
+        count = self.filled.value
+        return tf.roll(features, -shift, axis=0)[:count], tf.roll(labels, -shift, axis=0)[:count]
+
+    def enqueue(self, features, labels):
+        """Writes `features` `[n, dim]` and `labels` `[n]` (int) as the newest entries; no gradient.
+
+        Returns the new `filled` count.
+        """
+        features = tf.stop_gradient(tf.cast(features, self.features.dtype))
+        labels = tf.cast(labels, tf.int64)
+        if features.shape.rank != 2 or (features.shape[-1] is not None and features.shape[-1] != self.dim):
+            raise ValueError(
+                f"`features` must be [n, {self.dim}], received: features with shape {features.shape}"
+            )
+        if labels.shape.rank != 1:
+            raise ValueError(f"`labels` must be [n] class ids, received: labels with shape {labels.shape}")
+        n = tf.shape(features, out_type=tf.int64)[0]
+        keep = tf.minimum(n, self.size)
+        skipped = n - keep  # entries that would be overwritten within this same call
+        slots = (self.position.value + skipped + tf.range(keep, dtype=tf.int64)) % self.size
+        self.features.assign(tf.tensor_scatter_nd_update(self.features.value, slots[:, None], features[skipped:]))
+        self.labels.assign(tf.tensor_scatter_nd_update(self.labels.value, slots[:, None], labels[skipped:]))
+        self.position.assign((self.position.value + n) % self.size)
+        self.filled.assign(tf.minimum(self.filled.value + n, self.size))
+        self.steps.assign_add(tf.ones_like(self.steps.value))
+        return self.filled.value
+
+    def call(self, inputs):
+        raise NotImplementedError("MemoryQueue is state, not a transformation: use enqueue() and entries().")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size, warmup_steps=self.warmup_steps)
+        return config
+
+
+def momentum_copy(layer, name):
+    """A new, unbuilt layer with `layer`'s architecture (from its config) and name `name`.
+
+    Args:
+      layer: a serialisable Keras layer or model (e.g. a functional encoder).
+      name: the copy's name.
+    """
+    serialized = keras.saving.serialize_keras_object(layer)
+    if isinstance(serialized.get("config"), dict) and "name" in serialized["config"]:
+        serialized["config"]["name"] = name
+    return keras.saving.deserialize_keras_object(serialized)
+
+
+def freeze_for_momentum(key, online):
+    """Makes `key` a momentum copy of `online`: copies the weights, takes its variables away from the optimizer.
+
+    The key network stays `trainable` as a *layer*, so that its batch
+    normalisation uses batch statistics in `training=True` calls (like the
+    online network on the same batch; MoCo does the same), but each of its
+    variables is marked non-trainable, so it never appears in
+    `trainable_variables` and never gets a gradient or optimizer state.
+
+    Returns the `(online_variable, key_variable)` pairs, in matching order.
+    """
+    online_weights, key_weights = online.weights, key.weights
+    if len(online_weights) != len(key_weights) or any(
+        tuple(o.shape) != tuple(k.shape) for o, k in zip(online_weights, key_weights)
+    ):
+        raise ValueError(
+            f"The momentum copy of `{online.name}` does not match it weight for weight; "
+            "the layer must be re-creatable from its config."
+        )
+    for online_variable, key_variable in zip(online_weights, key_weights):
+        key_variable.assign(online_variable.value)
+        key_variable.trainable = False
+    return list(zip(online_weights, key_weights))
+
+
+def ema_update(pairs, momentum):
+    """`key <- momentum * key + (1 - momentum) * online` for every pair whose online variable is trainable.
+
+    Non-trainable online state (batch-norm moving statistics, frozen layers)
+    is left to the key network itself. Under a distribution strategy each
+    replica updates its own copy from identical values.
+    """
+    for online_variable, key_variable in pairs:
+        if online_variable.trainable:
+            key_variable.assign(
+                momentum * key_variable.value + (1.0 - momentum) * tf.cast(online_variable.value, key_variable.dtype)
+            )

@@ -10,6 +10,8 @@ Pipelines turn a source into batches:
 * `make_multiview_dataset`: training batches `(views [B, V, H', W', C]
   float32 in [0, 1], labels [B] int32)`, V independently augmented views per
   sample (Khosla et al. 2020, Sec. 3.1: "multiviewed batch");
+* `make_class_balanced_dataset`: the same batches drawn P classes x K
+  samples per class (`class_balanced_indices`), for small batches;
 * `make_eval_dataset`: evaluation batches `(images [B, H', W', C] float32 in
   [0, 1], labels [B] int32)`, resized only.
 """
@@ -457,6 +459,15 @@ def make_multiview_dataset(
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
         dataset = dataset.repeat()
+    return _add_views(dataset, num_views=num_views, augment=augment, seed=seed)
+
+
+def _add_views(batches, *, num_views, augment, seed):
+    """`(images [B, ...], labels [B])` batches -> `(views float32 [B, V, ...], labels int32 [B])`, prefetched.
+
+    Batch `i` of the stream gets the stateless seed `fold_in([seed, salt], i)`,
+    split into one sub-seed per view.
+    """
     base_seed = tf.constant([seed, _PIPELINE_SEED_SALT], tf.int64)
 
     def make_views(index, batch):
@@ -474,10 +485,189 @@ def make_multiview_dataset(
             views.append(tf.cast(out, tf.float32))
         return tf.stack(views, axis=1), tf.cast(labels, tf.int32)
 
-    dataset = dataset.enumerate().map(
+    batches = batches.enumerate().map(
         make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def class_balanced_indices(labels, *, classes_per_batch, samples_per_class, seed=0, epoch=0):
+    """One epoch of P x K batches: sample indices, P distinct classes with K samples each per batch.
+
+    Every sample appears at least once per epoch. Per class, the samples are
+    shuffled and cut into chunks of K; a class whose count is not a multiple
+    of K tops its last chunk up with other samples of the same class (with
+    repetition only when the class has fewer than K samples). With M =
+    max(ceil(chunks / P), largest class's chunks) batches, the epoch is
+    topped up with random extra chunks (at most M per class) to M * P chunks,
+    which are then dealt out so that no batch holds a class twice: chunks
+    listed class by class are striped over the batches (chunk j goes to
+    batch j mod M). Finally the batches, and the samples inside each batch,
+    are shuffled, so a per-replica slice of a batch mixes classes.
+
+    Args:
+      labels: `[N]` integer class ids (any values).
+      classes_per_batch: P, int >= 1, at most the number of distinct labels.
+      samples_per_class: K, int >= 1.
+      seed: int in [0, 2**31).
+      epoch: int >= 0; the epoch's shuffle is drawn from `(seed, epoch)`.
+
+    Returns:
+      int64 `[num_batches, P * K]` indices into `labels`; in each row P
+      classes appear exactly K times each.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] < 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"`labels` must be a non-empty [N] integer array, received: labels with shape {labels.shape} "
+            f"and dtype {labels.dtype}"
+        )
+    classes_per_batch = _check_positive_int(classes_per_batch, "classes_per_batch")
+    samples_per_class = _check_positive_int(samples_per_class, "samples_per_class")
+    seed = _check_seed(seed)
+    if not _is_int(epoch) or epoch < 0:
+        raise ValueError(f"`epoch` must be an int >= 0, received: epoch={epoch!r}")
+    classes = np.unique(labels)
+    if len(classes) < classes_per_batch:
+        raise ValueError(
+            f"`classes_per_batch` must be at most the number of classes in the data ({len(classes)}), "
+            f"received: classes_per_batch={classes_per_batch}"
+        )
+    rng = np.random.default_rng([seed, int(epoch), _PIPELINE_SEED_SALT])
+    k = samples_per_class
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+
+    def random_chunk(c):
+        return rng.choice(members[c], k, replace=len(members[c]) < k)
+
+    chunks = {}
+    for c in classes:
+        order = rng.permutation(members[c])
+        full, rest = divmod(len(order), k)
+        class_chunks = [order[i * k : (i + 1) * k] for i in range(full)]
+        if rest:
+            last = order[full * k :]
+            others = order[: full * k]
+            fill = rng.choice(others, k - rest, replace=False) if len(others) >= k - rest else (
+                rng.choice(order, k - rest, replace=True)
+            )
+            class_chunks.append(np.concatenate([last, fill]))
+        chunks[c] = class_chunks
+    num_batches = max(
+        -(-sum(len(v) for v in chunks.values()) // classes_per_batch), max(len(v) for v in chunks.values())
+    )
+    missing = num_batches * classes_per_batch - sum(len(v) for v in chunks.values())
+    if missing:
+        # Extra chunks from classes with room (fewer than num_batches chunks), drawn uniformly over that room.
+        room = np.concatenate([np.full(num_batches - len(chunks[c]), i) for i, c in enumerate(classes)])
+        for i in rng.choice(room, missing, replace=False):
+            chunks[classes[i]].append(random_chunk(classes[i]))
+    ordered = [chunk for i in rng.permutation(len(classes)) for chunk in chunks[classes[i]]]
+    # Chunk j -> batch j mod M: a class's (at most M, contiguous) chunks land in distinct batches.
+    batches = np.stack(
+        [np.concatenate(ordered[b::num_batches]) for b in range(num_batches)]
+    ).astype(np.int64)
+    batches = batches[rng.permutation(num_batches)]
+    return np.stack([row[rng.permutation(len(row))] for row in batches])
+
+
+def _materialize(dataset):
+    """Reads a source once into NumPy `(images [N, H, W, C], labels [N])`."""
+    images, labels = [], []
+    for image_batch, label_batch in dataset.batch(4096).as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch)
+    if not images:
+        raise ValueError("`dataset` must not be empty, received: a dataset with no elements")
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def make_class_balanced_dataset(
+    dataset,
+    *,
+    classes_per_batch,
+    samples_per_class,
+    num_views=2,
+    augment,
+    seed=0,
+    repeat=False,
+):
+    """Builds P x K training batches: P classes, K samples of each, V augmented views per sample.
+
+    A class-balanced sampler gives every anchor K - 1 other samples (times V
+    views) of its class in the batch, so small batches never leave an anchor
+    without positives. Batches follow `class_balanced_indices` (every sample
+    at least once per epoch; epochs reshuffled with `(seed, epoch)`), and
+    the views are made exactly as in `make_multiview_dataset` (stateless
+    per-batch seeds), so the same arguments give the same batches.
+
+    The source is read into memory once (fine for digits and CIFAR; not for
+    ImageNet-sized data), and the index stream is drawn in Python
+    (`tf.data.Dataset.from_generator`), so the dataset cannot be serialised
+    (e.g. for the tf.data service).
+
+    Distribution strategies: the global batch is P * K samples (make it
+    divisible by the number of replicas). Keras splits each batch into
+    consecutive slices, one per replica; the samples inside a batch are in
+    random order, so each replica gets a mix of classes, and with
+    `SupConModel(cross_replica=True)` every anchor still sees all its
+    positives in the gathered global batch. Under multi-worker training
+    every worker draws the same batches (same seed) and keeps its slice
+    (`distribute.shard_by_data`).
+
+    Args:
+      dataset: a source: `(image [H, W, C] uint8 (or float), label int [])`.
+      classes_per_batch: P, int >= 1, at most the number of classes.
+      samples_per_class: K, int >= 1.
+      num_views: int >= 1, views per sample.
+      augment: callable `(images [B, H, W, C], seed int64 [2]) -> [B, H', W', C]`.
+      seed: int in [0, 2**31), seeds the sampler and the augmentations.
+      repeat: draw epochs forever (each reshuffled); else one epoch.
+
+    Returns:
+      A `tf.data.Dataset` of `(views float32 [P*K, V, H', W', C], labels
+      int32 [P*K])`, prefetched.
+    """
+    _check_source(dataset)
+    classes_per_batch = _check_positive_int(classes_per_batch, "classes_per_batch")
+    samples_per_class = _check_positive_int(samples_per_class, "samples_per_class")
+    num_views = _check_positive_int(num_views, "num_views")
+    if not callable(augment):
+        raise ValueError(
+            "`augment` must be a callable (images, seed) -> images, "
+            f"received: augment={augment!r}"
+        )
+    seed = _check_seed(seed)
+    repeat = _check_bool(repeat, "repeat")
+    images, labels = _materialize(dataset)
+    # Fails now (not inside the generator) on too few classes.
+    class_balanced_indices(labels, classes_per_batch=classes_per_batch, samples_per_class=samples_per_class, seed=seed)
+    batch_size = classes_per_batch * samples_per_class
+
+    def index_batches():
+        epoch = 0
+        while True:
+            yield from class_balanced_indices(
+                labels,
+                classes_per_batch=classes_per_batch,
+                samples_per_class=samples_per_class,
+                seed=seed,
+                epoch=epoch,
+            )
+            if not repeat:
+                return
+            epoch += 1
+
+    images = tf.convert_to_tensor(images)
+    labels_tensor = tf.convert_to_tensor(labels.astype(np.int32))
+    batches = tf.data.Dataset.from_generator(
+        index_batches, output_signature=tf.TensorSpec([batch_size], tf.int64)
+    ).map(
+        lambda index: (tf.gather(images, index), tf.gather(labels_tensor, index)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return _add_views(batches, num_views=num_views, augment=augment, seed=seed)
 
 
 def make_eval_dataset(dataset, *, batch_size, image_size):

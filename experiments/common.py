@@ -43,6 +43,12 @@ _HELP = {
     "base_temperature": "Loss scale tau / base_temperature (unset: unscaled, eq. 2).",
     "contrast_mode": "all | one.",
     "variant": "out (eq. 2) | in (eq. 3).",
+    "queue_size": "Memory queue: contrast every anchor also with the last N embeddings (and labels) of earlier steps; 0: off.",
+    "queue_warmup_steps": "Optimizer steps before the memory queue joins the loss (it is filled from the start).",
+    "key_momentum": "Momentum m in [0, 1) of an EMA copy of encoder + head that fills the queue (MoCo); unset: the "
+    "online embeddings fill it. Needs --queue_size.",
+    "sampler": "random | class_balanced (each batch: batch_size / samples_per_class classes x samples_per_class samples).",
+    "samples_per_class": "K of the class_balanced (P x K) sampler; must divide --batch_size.",
     "optimizer": "sgd | lars | adam.",
     "learning_rate": "Peak learning rate (> 0), reached after the warm-up.",
     "momentum": "SGD / LARS momentum.",

@@ -18,6 +18,7 @@ TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
 OPTIMIZERS = ("sgd", "lars", "adam")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 AUGMENTATIONS = ("simclr", "autoaugment", "randaugment", "stacked_randaugment", "none")
+SAMPLERS = ("random", "class_balanced")
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 
 
@@ -52,6 +53,12 @@ class RunConfig:
     base_temperature: float | None = None
     contrast_mode: str = "all"
     variant: str = "out"
+    # Small batches (SupConModel's memory queue and momentum encoder; data.make_class_balanced_dataset)
+    queue_size: int = 0  # memory-queue entries, embeddings of earlier steps (0: no queue)
+    queue_warmup_steps: int = 0  # optimizer steps before the queue joins the loss
+    key_momentum: float | None = None  # EMA momentum of the key encoder that fills the queue (None: no key encoder)
+    sampler: str = "random"  # "random" batches, or "class_balanced" P x K batches
+    samples_per_class: int = 4  # K of the P x K sampler; P = batch_size / K
     # Optimisation
     optimizer: str = "sgd"
     learning_rate: float = 0.05  # at batch_size; not rescaled
@@ -83,11 +90,14 @@ class RunConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("contrast_mode", self.contrast_mode, ("all", "one"))
         _choice("variant", self.variant, ("out", "in"))
+        _choice("sampler", self.sampler, SAMPLERS)
         if not self.model_dir:
             raise ValueError("`model_dir` must be a non-empty path, received: model_dir=''")
-        for name in ("image_size", "num_views", "embedding_dim", "epochs", "batch_size", "checkpoint_every"):
+        for name in (
+            "image_size", "num_views", "embedding_dim", "epochs", "batch_size", "checkpoint_every", "samples_per_class"
+        ):
             _positive_int(name, getattr(self, name))
-        for name in ("head_hidden", "warmup_epochs", "seed", "cpu_devices"):
+        for name in ("head_hidden", "warmup_epochs", "seed", "cpu_devices", "queue_size", "queue_warmup_steps"):
             _non_negative_int(name, getattr(self, name))
         if self.steps_per_epoch is not None:
             _positive_int("steps_per_epoch", self.steps_per_epoch)
@@ -117,8 +127,44 @@ class RunConfig:
                 raise ValueError(f"`num_classes` must be >= 2, received: num_classes={self.num_classes}")
         if self.strategy == "tpu" and self.tpu is None:
             raise ValueError("`tpu` must name the TPU ('local' on a TPU VM) for strategy='tpu', received: None")
+        self._check_small_batch_options()
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2, received: verbose={self.verbose}")
+
+    def _check_small_batch_options(self):
+        contrastive = self.method in ("supcon", "simclr")
+        if self.queue_size and not contrastive:
+            raise ValueError(
+                f"`queue_size` is for supcon / simclr pre-training, received: queue_size={self.queue_size} "
+                f"with method={self.method!r}"
+            )
+        if self.key_momentum is not None:
+            value = self.key_momentum
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"`key_momentum` must be in [0, 1) or unset, received: key_momentum={value!r}")
+            if not self.queue_size:
+                raise ValueError(
+                    "`key_momentum` sets the encoder that fills the memory queue; it needs queue_size > 0. "
+                    f"Received: key_momentum={value} with queue_size=0"
+                )
+        if self.sampler == "class_balanced":
+            if self.batch_size % self.samples_per_class:
+                raise ValueError(
+                    f"`samples_per_class` must divide batch_size ({self.batch_size}) for sampler='class_balanced', "
+                    f"received: samples_per_class={self.samples_per_class}"
+                )
+            classes = self.classes
+            if classes is not None and self.batch_size // self.samples_per_class > classes:
+                raise ValueError(
+                    f"`samples_per_class` must leave at most {classes} classes per batch "
+                    f"(batch_size / samples_per_class), received: samples_per_class={self.samples_per_class} "
+                    f"with batch_size={self.batch_size}"
+                )
+            if self.dataset == "imagenet2012":
+                raise ValueError(
+                    "`sampler`='class_balanced' holds the training set in memory: not for imagenet2012, "
+                    "received: sampler='class_balanced' with dataset='imagenet2012'"
+                )
 
     @property
     def classes(self):

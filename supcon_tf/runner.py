@@ -81,16 +81,32 @@ def _augmentation(config):
 
 
 def train_dataset(config, source):
-    """Training batches: `(views [B, V, ...], labels)` for contrastive methods, `(images, labels)` for CE."""
+    """Training batches: `(views [B, V, ...], labels)` for contrastive methods, `(images, labels)` for CE.
+
+    `config.sampler` picks shuffled batches (`data.make_multiview_dataset`) or
+    P x K class-balanced ones (`data.make_class_balanced_dataset`, P =
+    batch_size / samples_per_class).
+    """
     num_views = config.num_views if config.method in ("supcon", "simclr") else 1
-    dataset = data.make_multiview_dataset(
-        source,
-        batch_size=config.batch_size,
-        num_views=num_views,
-        augment=_augmentation(config),
-        seed=config.seed,
-        repeat=True,
-    )
+    if config.sampler == "class_balanced":
+        dataset = data.make_class_balanced_dataset(
+            source,
+            classes_per_batch=config.batch_size // config.samples_per_class,
+            samples_per_class=config.samples_per_class,
+            num_views=num_views,
+            augment=_augmentation(config),
+            seed=config.seed,
+            repeat=True,
+        )
+    else:
+        dataset = data.make_multiview_dataset(
+            source,
+            batch_size=config.batch_size,
+            num_views=num_views,
+            augment=_augmentation(config),
+            seed=config.seed,
+            repeat=True,
+        )
     if num_views == 1:
         dataset = dataset.map(lambda views, labels: (views[:, 0], labels))
     return distribute.shard_by_data(dataset)
@@ -183,6 +199,9 @@ def run(config: RunConfig):
                 base_temperature=config.base_temperature,
                 contrast_mode=config.contrast_mode,
                 variant=config.variant,
+                queue_size=config.queue_size,
+                queue_warmup_steps=config.queue_warmup_steps,
+                key_momentum=config.key_momentum,
             )
             model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         elif config.method == "ce":

@@ -316,17 +316,54 @@ def _blockwise_core(anchors, contrast, anchor_keys, column_keys, self_index, tem
         lowest, zeros = tf.fill([num_rows], masked), tf.zeros([num_rows], dtype)
         start = [lowest, zeros, zeros, zeros, lowest, zeros]  # row max/sum, pos sum/count, pos max/sum
         _, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum = tf.while_loop(
-            lambda k, *_: k < num_blocks, body, [tf.constant(0)] + start, maximum_iterations=num_blocks
+            lambda k, *_: k < num_blocks, body, [tf.constant(0)] + start, maximum_iterations=num_blocks,
+            parallel_iterations=1,  # one block in flight: memory stays ~ anchors x block_size
         )
         tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
         log_normaliser = row_max + tf.math.log(tf.maximum(row_sum, tiny))
         log_positive = pos_max + tf.math.log(tf.maximum(pos_exp_sum, tiny))
         return log_normaliser, log_positive, pos_sum, pos_count
 
+    def backward(anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count):
+        def body(k, anchor_grad, contrast_grads):
+            columns, logits, valid, positive = block(anchor_matrix, contrast_padded, k)
+            probability = tf.exp(tf.where(valid, logits, masked) - log_normaliser[:, None]) * tf.cast(valid, dtype)
+            if variant == "out":
+                target = positive / safe_count[:, None]
+            else:
+                target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
+            g = (probability - target) * weight[:, None]
+            anchor_grad += tf.matmul(g, columns)
+            contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
+            return [k + 1, anchor_grad, contrast_grads]
+
+        grads = tf.TensorArray(dtype, size=num_blocks, element_shape=tf.TensorShape([block_size, None]))
+        _, anchor_grad, grads = tf.while_loop(
+            lambda k, *_: k < num_blocks,
+            body,
+            [tf.constant(0), tf.zeros_like(anchor_matrix), grads],
+            maximum_iterations=num_blocks,
+            parallel_iterations=1,
+        )
+        return anchor_grad, grads.concat()[:num_columns]
+
+    # Inside a graph with static sizes, each pass is compiled with XLA: the
+    # loop then fuses the per-block exp/compare/reduce work and keeps one block
+    # of temporaries alive (measured: benchmarks/RESULTS.md). Eagerly, or with
+    # dynamic sizes, the passes run as plain TensorFlow ops.
+    if isinstance(num_blocks, int) and tf.inside_function():
+        forward = tf.function(forward, jit_compile=True, autograph=False)
+        backward = tf.function(backward, jit_compile=True, autograph=False)
+
     @tf.custom_gradient
     def core(anchor_matrix, contrast_matrix):
         contrast_padded = tf.pad(contrast_matrix, [[0, padding], [0, 0]])
-        log_normaliser, log_positive, pos_sum, pos_count = forward(anchor_matrix, contrast_padded)
+        # The passes are never differentiated by autodiff (the custom gradient
+        # below is the derivative); cutting their inputs keeps tapes from
+        # asking for while-loop gradients of an XLA function.
+        log_normaliser, log_positive, pos_sum, pos_count = forward(
+            tf.stop_gradient(anchor_matrix), tf.stop_gradient(contrast_padded)
+        )
         has_positive = pos_count > 0
         safe_count = tf.where(has_positive, pos_count, tf.ones_like(pos_count))
         if variant == "out":
@@ -337,28 +374,8 @@ def _blockwise_core(anchors, contrast, anchor_keys, column_keys, self_index, tem
 
         def grad(upstream):
             weight = tf.where(has_positive, upstream, tf.zeros_like(upstream)) * inverse_temperature
-
-            def body(k, anchor_grad, contrast_grads):
-                columns, logits, valid, positive = block(anchor_matrix, contrast_padded, k)
-                probability = tf.exp(tf.where(valid, logits, masked) - log_normaliser[:, None]) * tf.cast(valid, dtype)
-                if variant == "out":
-                    target = positive / safe_count[:, None]
-                else:
-                    target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
-                g = (probability - target) * weight[:, None]
-                anchor_grad += tf.matmul(g, columns)
-                contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
-                return [k + 1, anchor_grad, contrast_grads]
-
-            grads = tf.TensorArray(dtype, size=num_blocks, element_shape=tf.TensorShape([block_size, None]))
-            _, anchor_grad, grads = tf.while_loop(
-                lambda k, *_: k < num_blocks,
-                body,
-                [tf.constant(0), tf.zeros_like(anchor_matrix), grads],
-                maximum_iterations=num_blocks,
-            )
-            contrast_grad = grads.concat()[:num_columns]
-            return anchor_grad, contrast_grad
+            inputs = (anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count)
+            return backward(*[tf.stop_gradient(t) for t in inputs])
 
         return (neg, tf.stop_gradient(pos_count)), lambda upstream, _unused: grad(upstream)
 

@@ -1,0 +1,254 @@
+r"""Loss forward+backward benchmark: supcon_tf (dense / blockwise, graph / XLA) vs PyTorch, and the matmul floor.
+
+Every configuration runs in a fresh process (so peak memory is its own);
+the driver prints a markdown table and writes it with the raw JSON rows.
+
+    .venv/bin/python benchmarks/loss_benchmark.py --out benchmarks/results/loss.md
+    .venv/bin/python benchmarks/loss_benchmark.py --batches 1024 --classes 10 --impls tf_dense,torch_dense
+
+Implementations (features [batch, 2 views, 128], L2-normalised, tau 0.1):
+  tf_dense, tf_dense_xla          supcon_tf.losses.supcon_loss(implementation="dense"), tf.function (XLA)
+  tf_blockwise, tf_blockwise_xla  the same with implementation="blockwise"
+  tf_auto                         the default (implementation="auto")
+  torch_dense                     the same formula written densely in PyTorch (below), autograd backward
+  pml                             pytorch_metric_learning.losses.SupConLoss (temperature 0.1)
+  floor                           the three matrix products any exact implementation needs:
+                                  logits A C^T, and the two gradient products G C and G^T A (TensorFlow)
+Time: median of --repeats forward+backward passes after one warm-up.
+Memory: peak resident set size of the process from the first (warm-up) pass
+to the last, minus the resident size just before the first pass (libraries
+and inputs excluded; TensorFlow's tracing and XLA compilation included).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+DIM = 128
+VIEWS = 2
+TEMPERATURE = 0.1
+ALL_IMPLS = ("floor", "tf_dense", "tf_dense_xla", "tf_blockwise", "tf_blockwise_xla", "tf_auto", "torch_dense", "pml")
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakRss:
+    """Samples /proc/self/statm in a thread: the peak RSS over a code region."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self.peak = _rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _inputs(batch, classes, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(batch, VIEWS, DIM)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=-1, keepdims=True)
+    y = rng.integers(0, classes, size=batch).astype(np.int64)
+    return z, y
+
+
+def _tf_step(impl, z, y):
+    import tensorflow as tf
+
+    from supcon_tf.losses import supcon_loss
+
+    if impl == "floor":
+        anchors = tf.constant(z.transpose(1, 0, 2).reshape(-1, DIM))
+
+        @tf.function
+        def step(a):
+            logits = tf.matmul(a, a, transpose_b=True)
+            g = logits * 1e-3  # stands in for dL/dlogits (same shape)
+            return tf.reduce_sum(tf.matmul(g, a)) + tf.reduce_sum(tf.matmul(g, a, transpose_a=True))
+
+        return lambda: step(anchors).numpy()
+    implementation = {"tf_dense": "dense", "tf_blockwise": "blockwise", "tf_auto": "auto"}[impl.replace("_xla", "")]
+    features, labels = tf.constant(z), tf.constant(y)
+
+    @tf.function(jit_compile=impl.endswith("_xla"))
+    def step(x, lab):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = supcon_loss(x, lab, temperature=TEMPERATURE, implementation=implementation)
+        return loss, tape.gradient(loss, x)
+
+    def run():
+        loss, grad = step(features, labels)
+        return float(loss.numpy()) + float(grad[0, 0, 0].numpy())
+
+    return run
+
+
+def torch_supcon_dense(features, labels, temperature):
+    """SupCon L_out (eq. 2), dense, written from the formula in PyTorch (the comparison baseline)."""
+    import torch
+
+    batch, views, dim = features.shape
+    contrast = features.transpose(0, 1).reshape(views * batch, dim)
+    all_labels = labels.repeat(views)
+    logits = contrast @ contrast.T / temperature
+    self_mask = torch.eye(views * batch, dtype=torch.bool)
+    logits = logits.masked_fill(self_mask, -1e9)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (all_labels[:, None] == all_labels[None, :]) & ~self_mask
+    count = positive.sum(1)
+    mean_log_prob = (log_prob * positive).sum(1) / count.clamp(min=1)
+    return -(mean_log_prob[count > 0]).mean()
+
+
+def _torch_step(impl, z, y):
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    features, labels = torch.from_numpy(z), torch.from_numpy(y)
+    if impl == "torch_dense":
+        loss_fn = lambda x: torch_supcon_dense(x, labels, TEMPERATURE)  # noqa: E731
+    else:
+        from pytorch_metric_learning.losses import SupConLoss
+
+        pml_loss = SupConLoss(temperature=TEMPERATURE)
+        flat_labels = labels.repeat(VIEWS)
+        loss_fn = lambda x: pml_loss(x.transpose(0, 1).reshape(-1, DIM), flat_labels)  # noqa: E731
+
+    def run():
+        x = features.clone().requires_grad_(True)
+        loss = loss_fn(x)
+        loss.backward()
+        return float(loss) + float(x.grad[0, 0, 0])
+
+    return run
+
+
+def run_one(impl, batch, classes, repeats):
+    z, y = _inputs(batch, classes)
+    step = _torch_step(impl, z, y) if impl in ("torch_dense", "pml") else _tf_step(impl, z, y)
+    times = []
+    with _PeakRss() as rss:
+        base = _rss_bytes()
+        step()  # warm-up (tracing / compilation / allocator growth): counted in memory, not in time
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return {
+        "impl": impl,
+        "batch": batch,
+        "classes": classes,
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "peak_delta_mib": (rss.peak - base) / 2**20,
+    }
+
+
+def _versions():
+    versions = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    for module in ("tensorflow", "keras", "torch", "pytorch_metric_learning"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - optional
+            versions[module] = "not installed"
+    return versions
+
+
+def drive(args):
+    rows = []
+    for batch in args.batches:
+        for classes in args.classes:
+            for impl in args.impls:
+                repeats = args.repeats if batch < 8192 else max(2, args.repeats - 1)
+                command = [sys.executable, __file__, "--single", impl, str(batch), str(classes), str(repeats)]
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+                result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
+                line = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]
+                row = json.loads(line[-1]) if result.returncode == 0 and line else {
+                    "impl": impl, "batch": batch, "classes": classes, "error": result.stderr.strip()[-300:]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows):
+    header = "| batch | classes | implementation | median fwd+bwd (s) | peak memory (MiB) | time / floor | time / torch dense | memory / torch dense |"
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    by_key = {(r["batch"], r["classes"], r["impl"]): r for r in rows}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['batch']} | {r['classes']} | {r['impl']} | error: {r['error'][:60]} | | | | |")
+            continue
+        floor = by_key.get((r["batch"], r["classes"], "floor"))
+        torch = by_key.get((r["batch"], r["classes"], "torch_dense"))
+        ratio = lambda a, b, k: f"{a[k] / b[k]:.2f}" if b and "error" not in b and b[k] > 0 else "-"  # noqa: E731
+        lines.append(
+            f"| {r['batch']} | {r['classes']} | {r['impl']} | {r['median_s']:.3f} | {r['peak_delta_mib']:.0f} | "
+            f"{ratio(r, floor, 'median_s')} | {ratio(r, torch, 'median_s')} | {ratio(r, torch, 'peak_delta_mib')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[256, 1024, 4096, 8192])
+    parser.add_argument("--classes", type=lambda s: [int(x) for x in s.split(",")], default=[10, 100])
+    parser.add_argument("--impls", type=lambda s: s.split(","), default=list(ALL_IMPLS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--out", default=None, help="Write the markdown table and raw rows here.")
+    parser.add_argument("--single", nargs=4, metavar=("IMPL", "BATCH", "CLASSES", "REPEATS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.single:
+        impl, batch, classes, repeats = args.single
+        print(json.dumps(run_one(impl, int(batch), int(classes), int(repeats))))
+        return 0
+    unknown = set(args.impls) - set(ALL_IMPLS)
+    if unknown:
+        parser.error(f"unknown --impls {sorted(unknown)}; valid: {ALL_IMPLS}")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = drive(args)
+    load = os.getloadavg()
+    text = (
+        f"Run {started}; {json.dumps(_versions())}; load average after the run {load[0]:.2f}\n\n"
+        f"Command: `.venv/bin/python benchmarks/loss_benchmark.py {' '.join(argv)}`\n\n{table(rows)}\n"
+    )
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main(sys.argv[1:]))

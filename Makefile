@@ -12,7 +12,7 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: venv demo test test-all test-slow clean
+.PHONY: venv demo test test-all test-slow bench clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,14 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# Benchmarks (benchmarks/RESULTS.md): installs the optional `bench` extra
+# (torch, pytorch-metric-learning) into .venv, then runs the three scripts.
+bench: $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q "torch==2.13.0" "pytorch-metric-learning==2.9.0"
+	$(PY) benchmarks/loss_benchmark.py --out benchmarks/results/loss.md
+	$(PY) benchmarks/train_step_benchmark.py --out benchmarks/results/train_step.md
+	$(PY) benchmarks/pipeline_benchmark.py --out benchmarks/results/pipeline.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -362,6 +362,9 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             gathered = distribute.GatheredBatch(embeddings, labels, tf.constant(0), tf.shape(embeddings)[0])
         queue = {}
         if use_queue:
+            # Only the slots written so far (none during the warm-up): a dynamic
+            # number of rows, which tf.function and XLA handle alike (the loss
+            # picks its dense form for a queue of unknown length).
             queue_features, queue_labels = self.memory.entries()
             queue = dict(queue_features=queue_features, queue_labels=queue_labels if use_labels else None)
         per_anchor = losses_lib.supcon_per_anchor_loss(

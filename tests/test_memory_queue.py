@@ -110,6 +110,45 @@ def test_loss_and_step_with_a_partly_filled_queue_match_the_float64_reference(me
     assert abs(logged - reference_supcon(z.numpy(), labels)[2]) > 1e-3
 
 
+@pytest.mark.parametrize("filled", [3000, 4096])
+def test_a_large_queue_filling_or_full_gives_the_dense_loss_and_step(filled):
+    # 8 + 4096 contrast rows: a full queue is passed whole (static shape, so the loss may go
+    # blockwise); a filling one as its written slots. Both must be the dense loss with constants.
+    model = _model(queue_size=4096)
+    rng = np.random.default_rng(2)
+    base = model.embed_views(_batches(1, batch=4, seed=9)[0], training=True).numpy().reshape(8, DIM)
+    q = base[rng.integers(0, 8, filled)] + 0.05 * rng.normal(size=(filled, DIM)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    q_labels = rng.integers(0, 3, filled)
+    model.memory.enqueue(q, q_labels)
+    x, y = _batches(1, batch=4)
+    with tf.GradientTape() as tape:
+        loss = supcon_loss(
+            model.embed_views(x, training=True), y, queue_features=tf.constant(q), queue_labels=q_labels,
+            implementation="dense",
+        )
+    grads = tape.gradient(loss, model.trainable_variables)
+    before = _weights(model.trainable_variables)
+    logged = _fit(model, x, y, batch=4, lr=0.1)[0]
+    np.testing.assert_allclose(logged, loss.numpy(), rtol=1e-5)
+    for var, old, grad in zip(model.trainable_variables, before, grads):
+        np.testing.assert_allclose(var.numpy(), old - 0.1 * grad.numpy(), atol=1e-6, err_msg=var.path)
+
+
+@pytest.mark.slow
+def test_xla_compiled_steps_match_plain_graph_steps_while_the_queue_fills_and_when_full():
+    x, y = _batches(4, batch=4)  # queue of 16, 8 entries per step: empty, half, full, full (wrapped)
+    runs = {}
+    for jit in (False, True):
+        model = _model(queue_size=16, key_momentum=0.9)
+        model.compile(optimizer=keras.optimizers.SGD(0.2), jit_compile=jit)
+        losses = [_fit(model, x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4], batch=4)[0] for i in range(4)]
+        runs[jit] = losses, model.get_weights()
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    for a, b in zip(runs[False][1], runs[True][1]):
+        np.testing.assert_allclose(b, a, atol=1e-4)
+
+
 def test_queue_joins_the_loss_only_after_the_warmup():
     x, y = _batches(3, batch=4)
     plain, warm = _model(), _model(queue_size=64, queue_warmup_steps=2)

@@ -111,10 +111,10 @@ def extract_features(model, dataset, output=REPRESENTATION):
             raise ValueError(
                 f"output='embedding' needs a model with a projection head (SupConModel), received: {type(model).__name__}"
             )
-        forward = tf.function(lambda images: model(images, training=False)[EMBEDDING])
+        forward = tf.function(lambda images: model(images, training=False)[EMBEDDING], reduce_retracing=True)
     else:
         encoder = encoder_of(model)
-        forward = tf.function(lambda images: encoder(images, training=False))
+        forward = tf.function(lambda images: encoder(images, training=False), reduce_retracing=True)
     features, labels = [], []
     for images, batch_labels in dataset:
         features.append(np.asarray(forward(images), np.float32))
@@ -124,6 +124,13 @@ def extract_features(model, dataset, output=REPRESENTATION):
     return np.concatenate(features), np.concatenate(labels)
 
 
+def _classifier_forward(model):
+    """Images -> softmax probabilities of a classifier that returns logits (inference mode)."""
+    return tf.function(
+        lambda images: tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)), reduce_retracing=True
+    )
+
+
 def predict_probabilities(model, dataset):
     """Softmax class probabilities of a classifier (returns logits) over `(images, labels)` batches.
 
@@ -131,7 +138,7 @@ def predict_probabilities(model, dataset):
       `(probabilities [N, K] float64, labels [N] int)` NumPy arrays.
     """
     _check_dataset(dataset)
-    forward = tf.function(lambda images: tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)))
+    forward = _classifier_forward(model)
     probabilities, labels = [], []
     for images, batch_labels in dataset:
         probabilities.append(np.asarray(forward(images), np.float64))
@@ -405,8 +412,13 @@ class CorruptionResult:
         }
 
 
+def _score(probabilities, labels, num_bins):
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    return 1.0 - accuracy(probabilities, labels), expected_calibration_error(probabilities, labels, num_bins)
+
+
 def evaluate_corruptions(
-    model,
+    models,
     dataset,
     *,
     corruptions=corruptions_lib.CORRUPTION_NAMES,
@@ -414,22 +426,24 @@ def evaluate_corruptions(
     seed=0,
     num_bins=ECE_BINS,
 ):
-    """Top-1 error and ECE of a classifier on `dataset`, clean and under each corruption and severity.
+    """Top-1 error and ECE of classifiers on `dataset`, clean and under each corruption and severity.
 
     Args:
-      model: a classifier returning logits (`CrossEntropyModel`, `LinearProbe`).
+      models: a classifier returning logits (`CrossEntropyModel`,
+        `LinearProbe`), or a dict `{name: classifier}`: every corrupted batch
+        is then made once and fed to all of them (identical inputs, less work).
       dataset: `tf.data.Dataset` of `(images [B, H, W, C] float in [0, 1],
         labels [B])` (e.g. `data.make_eval_dataset` of the test split).
         Corrupted batches are seeded by `seed` and the batch index
-        (`corruptions.corrupt_dataset`), so two models evaluated on the same
-        dataset and seed see exactly the same corrupted images.
+        (`corruptions.corrupt_dataset`), so models evaluated on the same
+        dataset and seed, in one call or not, see the same corrupted images.
       corruptions: names from `corruptions.CORRUPTION_NAMES`.
       severities: subset of 1..5.
       seed: int, seeds the noise corruptions.
       num_bins: ECE bins.
 
     Returns:
-      `CorruptionResult`.
+      A `CorruptionResult`, or `{name: CorruptionResult}` for a dict of models.
     """
     _check_dataset(dataset)
     if not corruptions or any(c not in corruptions_lib.CORRUPTIONS for c in corruptions):
@@ -439,20 +453,40 @@ def evaluate_corruptions(
         )
     if not severities or any(s not in corruptions_lib.SEVERITIES for s in severities):
         raise ValueError(f"`severities` must be a non-empty subset of 1..5, received: severities={severities!r}")
-    probabilities, labels = predict_probabilities(model, dataset)
-    clean_error = 1.0 - accuracy(probabilities, labels)
-    clean_ece = expected_calibration_error(probabilities, labels, num_bins)
-    errors, eces = {}, {}
-    for name in corruptions:
-        error_row, ece_row = [], []
+    single = not isinstance(models, dict)
+    named = {"model": models} if single else dict(models)
+    if not named:
+        raise ValueError("`models` must be a classifier or a non-empty dict of classifiers, received: {}")
+    forwards = {name: _classifier_forward(model) for name, model in named.items()}
+
+    def run(batches):
+        probabilities = {name: [] for name in forwards}
+        labels = []
+        for images, batch_labels in batches:
+            for name, forward in forwards.items():
+                probabilities[name].append(np.asarray(forward(images), np.float64))
+            labels.append(np.asarray(batch_labels))
+        if not labels:
+            raise ValueError("`dataset` must not be empty, received: a dataset with no batches")
+        return {name: _score(p, labels, num_bins) for name, p in probabilities.items()}
+
+    clean = run(dataset)
+    errors = {name: {} for name in forwards}
+    eces = {name: {} for name in forwards}
+    for corruption in corruptions:
+        rows = {name: [] for name in forwards}
         for severity in severities:
-            corrupted = corruptions_lib.corrupt_dataset(dataset, name, severity, seed=seed)
-            probabilities, labels = predict_probabilities(model, corrupted)
-            error_row.append(1.0 - accuracy(probabilities, labels))
-            ece_row.append(expected_calibration_error(probabilities, labels, num_bins))
-        errors[name] = np.asarray(error_row)
-        eces[name] = np.asarray(ece_row)
-    return CorruptionResult(clean_error, clean_ece, errors, eces, tuple(severities))
+            scores = run(corruptions_lib.corrupt_dataset(dataset, corruption, severity, seed=seed))
+            for name, score in scores.items():
+                rows[name].append(score)
+        for name in forwards:
+            errors[name][corruption] = np.asarray([error for error, _ in rows[name]])
+            eces[name][corruption] = np.asarray([ece for _, ece in rows[name]])
+    results = {
+        name: CorruptionResult(clean[name][0], clean[name][1], errors[name], eces[name], tuple(severities))
+        for name in forwards
+    }
+    return results["model"] if single else results
 
 
 def _check_error_tables(model_errors, baseline_errors):

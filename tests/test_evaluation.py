@@ -231,9 +231,9 @@ def test_knn_monitor_logs_every_n_epochs():
 class FixedClassifier(keras.Model):
     """Logits = a fixed linear map of the flattened image (no training needed)."""
 
-    def __init__(self, size, num_classes=10):
-        super().__init__(name="fixed_classifier")
-        rng = np.random.default_rng(0)
+    def __init__(self, size, num_classes=10, seed=0):
+        super().__init__(name=f"fixed_classifier_{seed}")
+        rng = np.random.default_rng(seed)
         self.kernel = tf.constant(rng.normal(size=(size * size, num_classes)), tf.float32)
 
     def call(self, images, training=False):
@@ -259,6 +259,13 @@ def test_evaluate_corruptions_matches_manual_and_is_deterministic():
     assert by_severity.shape == (3,) and by_severity[0] == pytest.approx(1 - result.clean_error)
     assert result.ece_by_severity().shape == (3,)
     assert set(result.to_dict()) == {"clean_error", "clean_ece", "errors", "eces", "severities"}
+    # Several models in one call: same numbers as one at a time.
+    other = FixedClassifier(8, seed=1)
+    both = evaluation.evaluate_corruptions({"a": model, "b": other}, test_plain, corruptions=names, severities=(1, 5), seed=3)
+    np.testing.assert_array_equal(both["a"].errors["gaussian_noise"], result.errors["gaussian_noise"])
+    alone = evaluation.evaluate_corruptions(other, test_plain, corruptions=names, severities=(1, 5), seed=3)
+    np.testing.assert_array_equal(both["b"].eces["contrast"], alone.eces["contrast"])
+    assert both["b"].clean_error == alone.clean_error
     with pytest.raises(ValueError, match="corruptions"):
         evaluation.evaluate_corruptions(model, test_plain, corruptions=("fog",))
     with pytest.raises(ValueError, match="severities"):

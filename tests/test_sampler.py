@@ -214,3 +214,58 @@ def test_runner_trains_with_pk_batches_a_queue_and_a_momentum_encoder(tmp_path):
     assert model.queue_size == 48 and model.key_momentum == 0.9
     assert int(model.memory.filled.numpy()) == 48  # 3 steps x 16 samples x 2 views, wrapped
     assert int(model.memory.steps.numpy()) == 3
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(steps=0), "steps"),
+        (dict(seeds=()), "seeds"),
+        (dict(seeds=(1, 1)), "seeds"),
+        (dict(arms=("b16_plain", "b32_plain")), "arms"),
+        (dict(samples_per_class=3), "samples_per_class"),
+        (dict(key_momentum=1.0), "key_momentum"),
+        (dict(queue_warmup_steps=-1), "queue_warmup_steps"),
+    ],
+)
+def test_small_batch_experiment_rejects_bad_settings(changes, match):
+    from experiments.small_batch import SmallBatchConfig
+
+    with pytest.raises(ValueError, match=match):
+        SmallBatchConfig(output_dir="runs/x", **changes)
+
+
+def test_small_batch_experiment_arms_differ_only_in_their_small_batch_options():
+    from experiments.small_batch import ARMS, SmallBatchConfig
+
+    config = SmallBatchConfig(output_dir="runs/x", steps=7)
+    runs = {arm: config.pretrain_config(arm, 0, f"runs/x/{arm}").to_dict() for arm in ARMS}
+    varying = {"model_dir", "batch_size", "queue_size", "queue_warmup_steps", "key_momentum", "sampler", "samples_per_class"}
+    for arm, values in runs.items():
+        assert values["steps_per_epoch"] == 7 and values["epochs"] == 1  # same optimizer steps for every arm
+        assert {k: v for k, v in values.items() if k not in varying} == {
+            k: v for k, v in runs["b16_plain"].items() if k not in varying
+        }
+    assert runs["b256_plain"]["batch_size"] == 256 and runs["b16_pk"]["sampler"] == "class_balanced"
+    assert runs["b16_queue_momentum"]["key_momentum"] == 0.95 and runs["b16_queue"]["key_momentum"] is None
+
+
+@pytest.mark.slow
+def test_small_batch_experiment_runs_end_to_end_tiny(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.small_batch", f"--output_dir={tmp_path}", "--steps=2", "--seeds=0,1",
+         "--probe_epochs=1", "--arms=b16_queue_momentum,b16_pk"],
+        cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| b16_queue_momentum | 16 | 31 + 512 queued |" in result.stdout and "| b16_pk |" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["arm"], r["seed"]) for r in results["runs"]] == [
+        ("b16_queue_momentum", 0), ("b16_queue_momentum", 1), ("b16_pk", 0), ("b16_pk", 1)
+    ]
+    assert (tmp_path / "results.md").read_text().startswith("| arm |")

@@ -45,16 +45,25 @@ SMALL_BATCH = 16
 LARGE_BATCH = 256
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "runs/small_batch", "Where run folders, results.json and results.md are written.")
-flags.DEFINE_integer("steps", 150, "Optimizer steps of every pre-training arm.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every arm runs once per seed.")
-flags.DEFINE_list("arms", list(ARMS), f"Arms to run, a subset of: {', '.join(ARMS)}.")
-flags.DEFINE_integer("queue_size", 512, "Memory-queue entries of the queue arms (512 = the 256 x 2 views of b256).")
-flags.DEFINE_integer("queue_warmup_steps", 0, "Steps before the queue joins the loss.")
-flags.DEFINE_float("key_momentum", 0.95, "EMA momentum of the key encoder in b16_queue_momentum.")
-flags.DEFINE_integer("samples_per_class", 4, "K of the b16_pk arm (P = 16 / K classes per batch).")
-flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (cached features).")
-flags.DEFINE_integer("verbose", 0, "Keras verbosity of each run: 0 silent, 2 one line per epoch.")
+
+
+def define_flags():
+    """Defines this binary's flags; called only when it runs as a program.
+
+    Several names (queue_size, key_momentum, ...) are also `RunConfig` flags of
+    experiments/common.py, so defining them at import would clash with it in
+    one process (e.g. a test session that imports both).
+    """
+    flags.DEFINE_string("output_dir", "runs/small_batch", "Where run folders, results.json and results.md are written.")
+    flags.DEFINE_integer("steps", 150, "Optimizer steps of every pre-training arm.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every arm runs once per seed.")
+    flags.DEFINE_list("arms", list(ARMS), f"Arms to run, a subset of: {', '.join(ARMS)}.")
+    flags.DEFINE_integer("queue_size", 512, "Memory-queue entries of the queue arms (512 = the 256 x 2 views of b256).")
+    flags.DEFINE_integer("queue_warmup_steps", 0, "Steps before the queue joins the loss.")
+    flags.DEFINE_float("key_momentum", 0.95, "EMA momentum of the key encoder in b16_queue_momentum.")
+    flags.DEFINE_integer("samples_per_class", 4, "K of the b16_pk arm (P = 16 / K classes per batch).")
+    flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (cached features).")
+    flags.DEFINE_integer("verbose", 0, "Keras verbosity of each run: 0 silent, 2 one line per epoch.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,4 +253,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -34,15 +34,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "runs/demo", "Where metrics, config and models are written.")
-flags.DEFINE_integer("epochs", 60, "Pre-training epochs for SupCon / SimCLR and training epochs for CE.")
-flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (on cached features).")
-flags.DEFINE_integer("batch_size", 128, "Training batch size (samples; each gives `views` images).")
-flags.DEFINE_integer("image_size", 16, "Digits (8x8) are resized to this size.")
-flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
-flags.DEFINE_list("methods", ["supcon", "simclr", "ce"], "Which methods to run.")
-flags.DEFINE_integer("verbose", 2, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
+
+def define_flags():
+    """Defines the demo's flags (only when run as a program, so importing the module defines none)."""
+    flags.DEFINE_string("output_dir", "runs/demo", "Where metrics, config and models are written.")
+    flags.DEFINE_integer("epochs", 60, "Pre-training epochs for SupCon / SimCLR and training epochs for CE.")
+    flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (on cached features).")
+    flags.DEFINE_integer("batch_size", 128, "Training batch size (samples; each gives `views` images).")
+    flags.DEFINE_integer("image_size", 16, "Digits (8x8) are resized to this size.")
+    flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
+    flags.DEFINE_list("methods", ["supcon", "simclr", "ce"], "Which methods to run.")
+    flags.DEFINE_integer("verbose", 2, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
@@ -171,4 +174,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -14,6 +14,8 @@ Implementations (features [batch, 2 views, 128], L2-normalised, tau 0.1):
   pml                             pytorch_metric_learning.losses.SupConLoss (temperature 0.1)
   floor                           the three matrix products any exact implementation needs:
                                   logits A C^T, and the two gradient products G C and G^T A (TensorFlow)
+Block size: the library default (losses.DEFAULT_BLOCK_SIZE), or the
+environment variable BENCH_BLOCK_SIZE (block-size sweeps).
 Time: median of --repeats forward+backward passes after one warm-up.
 Memory: peak resident set size of the process from the first (warm-up) pass
 to the last, minus the resident size just before the first pass (libraries
@@ -94,12 +96,17 @@ def _tf_step(impl, z, y):
         return lambda: step(anchors).numpy()
     implementation = {"tf_dense": "dense", "tf_blockwise": "blockwise", "tf_auto": "auto"}[impl.replace("_xla", "")]
     features, labels = tf.constant(z), tf.constant(y)
+    from supcon_tf import losses
+
+    block_size = int(os.environ.get("BENCH_BLOCK_SIZE", losses.DEFAULT_BLOCK_SIZE))
 
     @tf.function(jit_compile=impl.endswith("_xla"))
     def step(x, lab):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = supcon_loss(x, lab, temperature=TEMPERATURE, implementation=implementation)
+            loss = supcon_loss(
+                x, lab, temperature=TEMPERATURE, implementation=implementation, block_size=block_size
+            )
         return loss, tape.gradient(loss, x)
 
     def run():

@@ -183,24 +183,9 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
 
     The learning-rate schedule spans `config.epochs` epochs.
     """
-    from supcon_tf import layers, models, runner
+    from supcon_tf import runner
 
-    optimizer = runner.build_optimizer(config, steps_per_epoch)
-    encoder = runner.build_encoder(config, image_shape)
-    if config.method == "ce":
-        model = models.CrossEntropyModel(encoder, num_classes)
-    else:
-        model = models.SupConModel(
-            encoder,
-            layers.ProjectionHead((config.head_hidden,) if config.head_hidden else (), config.embedding_dim),
-            method=config.method,
-            temperature=config.temperature,
-            base_temperature=config.base_temperature,
-            contrast_mode=config.contrast_mode,
-            variant=config.variant,
-        )
-    model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-    return model
+    return runner.build_model(config, image_shape, num_classes, steps_per_epoch)
 
 
 def _steps_per_epoch(config, split):

@@ -35,7 +35,7 @@ IMPLEMENTATIONS = ("auto", "dense", "blockwise")
 # global batch + queue): below it the dense form is as fast and small enough.
 # See benchmarks/RESULTS.md for the measurements behind the number.
 BLOCKWISE_THRESHOLD = 4096
-DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_BLOCK_SIZE = 256
 
 # Added to logits that are not in A(i). Finite on purpose: -inf would give
 # inf - inf = NaN for a row with nothing to contrast, and NaN in the unused

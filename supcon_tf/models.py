@@ -584,7 +584,9 @@ class LinearProbe(_Classifier):
         """
         if not isinstance(dataset, tf.data.Dataset):
             raise ValueError(f"`dataset` must be a tf.data.Dataset, received: dataset={dataset!r}")
-        encode = tf.function(lambda images: self.encoder(images, training=False))
+        if getattr(self, "_encode_fn", None) is None:  # one traced function per probe, not one per call
+            self._encode_fn = tf.function(lambda images: self.encoder(images, training=False), reduce_retracing=True)
+        encode = self._encode_fn
         features, labels = [], []
         for images, batch_labels in dataset:
             features.append(encode(images).numpy())

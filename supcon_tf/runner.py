@@ -160,6 +160,36 @@ def build_callbacks(config):
     return callbacks
 
 
+def build_model(config, image_shape, num_classes, steps_per_epoch):
+    """The compiled model of `config.method` (call inside the strategy's scope).
+
+    "supcon" / "simclr": SupConModel (encoder + projection head, memory queue
+    and momentum encoder when configured); "ce": CrossEntropyModel; "linear":
+    LinearProbe on the frozen encoder of `config.pretrained`. The optimizer's
+    schedule spans `config.epochs` epochs of `steps_per_epoch` steps.
+    """
+    optimizer = build_optimizer(config, steps_per_epoch)
+    if config.method in ("supcon", "simclr"):
+        model = models.SupConModel(
+            build_encoder(config, image_shape),
+            layers.ProjectionHead((config.head_hidden,) if config.head_hidden else (), config.embedding_dim),
+            method=config.method,
+            temperature=config.temperature,
+            base_temperature=config.base_temperature,
+            contrast_mode=config.contrast_mode,
+            variant=config.variant,
+            queue_size=config.queue_size,
+            queue_warmup_steps=config.queue_warmup_steps,
+            key_momentum=config.key_momentum,
+        )
+    elif config.method == "ce":
+        model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
+    else:
+        model = models.LinearProbe(_load_pretrained_encoder(config.pretrained), num_classes)
+    model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+    return model
+
+
 def _load_pretrained_encoder(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"`pretrained` does not exist: {path}")
@@ -189,27 +219,7 @@ def run(config: RunConfig):
     fit_kwargs = dict(verbose=config.verbose)
 
     with strategy.scope():
-        optimizer = build_optimizer(config, steps_per_epoch)
-        if config.method in ("supcon", "simclr"):
-            model = models.SupConModel(
-                build_encoder(config, image_shape),
-                layers.ProjectionHead((config.head_hidden,) if config.head_hidden else (), config.embedding_dim),
-                method=config.method,
-                temperature=config.temperature,
-                base_temperature=config.base_temperature,
-                contrast_mode=config.contrast_mode,
-                variant=config.variant,
-                queue_size=config.queue_size,
-                queue_warmup_steps=config.queue_warmup_steps,
-                key_momentum=config.key_momentum,
-            )
-            model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-        elif config.method == "ce":
-            model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
-            model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-        else:
-            model = models.LinearProbe(_load_pretrained_encoder(config.pretrained), num_classes)
-            model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        model = build_model(config, image_shape, num_classes, steps_per_epoch)
 
     callbacks = build_callbacks(config)
     if config.method == "linear" and config.cache_features:

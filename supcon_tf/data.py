@@ -54,6 +54,14 @@ def _check_positive_int(value, name):
     return int(value)
 
 
+def _check_augment(augment):
+    if not callable(augment):
+        raise ValueError(
+            "`augment` must be a callable (images, seed) -> images, "
+            f"received: augment={augment!r}"
+        )
+
+
 def _check_bool(value, name):
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be a bool, received: {name}={value!r}")
@@ -444,11 +452,7 @@ def make_multiview_dataset(
     batch_size = _check_positive_int(batch_size, "batch_size")
     num_views = _check_positive_int(num_views, "num_views")
     shuffle_buffer = _check_positive_int(shuffle_buffer, "shuffle_buffer")
-    if not callable(augment):
-        raise ValueError(
-            "`augment` must be a callable (images, seed) -> images, "
-            f"received: augment={augment!r}"
-        )
+    _check_augment(augment)
     seed = _check_seed(seed)
     shuffle = _check_bool(shuffle, "shuffle")
     drop_remainder = _check_bool(drop_remainder, "drop_remainder")
@@ -632,11 +636,7 @@ def make_class_balanced_dataset(
     classes_per_batch = _check_positive_int(classes_per_batch, "classes_per_batch")
     samples_per_class = _check_positive_int(samples_per_class, "samples_per_class")
     num_views = _check_positive_int(num_views, "num_views")
-    if not callable(augment):
-        raise ValueError(
-            "`augment` must be a callable (images, seed) -> images, "
-            f"received: augment={augment!r}"
-        )
+    _check_augment(augment)
     seed = _check_seed(seed)
     repeat = _check_bool(repeat, "repeat")
     images, labels = _materialize(dataset)

@@ -298,6 +298,21 @@ def test_works_under_tf_function_with_unknown_batch():
 # ---------------------------------------------------------------- gradients
 
 
+def _assert_gradient_matches_finite_differences(f, z64, eps=1e-6):
+    """Autodiff gradient of scalar `f` at float64 `z64` against central differences."""
+    x = tf.Variable(z64)
+    with tf.GradientTape() as tape:
+        value = f(x)
+    analytic = tape.gradient(value, x).numpy()
+    numeric = np.zeros_like(z64)
+    for idx in np.ndindex(*z64.shape):
+        plus, minus = z64.copy(), z64.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric[idx] = (f(tf.constant(plus)).numpy() - f(tf.constant(minus)).numpy()) / (2 * eps)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("variant", ["out", "in"])
 @pytest.mark.parametrize("kind", ["labels", "none"])
 def test_gradients_match_finite_differences(variant, kind):
@@ -308,18 +323,7 @@ def test_gradients_match_finite_differences(variant, kind):
     def f(x):
         return supcon_loss(x, labels, temperature=0.5, variant=variant, normalize=True)
 
-    x = tf.Variable(z64)
-    with tf.GradientTape() as tape:
-        value = f(x)
-    analytic = tape.gradient(value, x).numpy()
-    numeric = np.zeros_like(z64)
-    eps = 1e-6
-    for idx in np.ndindex(*z64.shape):
-        plus, minus = z64.copy(), z64.copy()
-        plus[idx] += eps
-        minus[idx] -= eps
-        numeric[idx] = (f(tf.constant(plus)).numpy() - f(tf.constant(minus)).numpy()) / (2 * eps)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+    _assert_gradient_matches_finite_differences(f, z64)
 
 
 # ---------------------------------------------------------------- bad input
@@ -499,18 +503,7 @@ def test_blockwise_float64_gradients_match_finite_differences(variant):
         return supcon_loss(x, labels, temperature=0.5, variant=variant, normalize=True,
                            implementation="blockwise", block_size=3)
 
-    x = tf.Variable(z64)
-    with tf.GradientTape() as tape:
-        value = f(x)
-    analytic = tape.gradient(value, x).numpy()
-    numeric = np.zeros_like(z64)
-    eps = 1e-6
-    for idx in np.ndindex(*z64.shape):
-        plus, minus = z64.copy(), z64.copy()
-        plus[idx] += eps
-        minus[idx] -= eps
-        numeric[idx] = (f(tf.constant(plus)).numpy() - f(tf.constant(minus)).numpy()) / (2 * eps)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+    _assert_gradient_matches_finite_differences(f, z64)
 
 
 @pytest.mark.parametrize("jit", [False, True])

@@ -62,6 +62,12 @@ def _check_augment(augment):
         )
 
 
+def _check_non_negative_int(value, name):
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0, received: {name}={value!r}")
+    return int(value)
+
+
 def _check_bool(value, name):
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be a bool, received: {name}={value!r}")
@@ -417,6 +423,7 @@ def make_multiview_dataset(
     shuffle_buffer=10000,
     drop_remainder=True,
     repeat=False,
+    start_batch=0,
 ):
     """Builds the training pipeline: shuffle -> batch -> (repeat) -> V augmented views per sample.
 
@@ -427,7 +434,16 @@ def make_multiview_dataset(
     arguments give exactly the same batches, every run: the shuffle is seeded
     with `seed` too (tf.data combines it with TF's global seed, so keep that
     fixed as well, e.g. with `keras.utils.set_random_seed`). With `repeat`,
-    every epoch is reshuffled, deterministically.
+    every pass over the data is reshuffled: the order of pass `p` is a pure
+    function of `(seed, p)` (stateless permutations, `_shuffle_pass`), so any batch of the stream can be rebuilt
+    without replaying the ones before it.
+
+    `start_batch` resumes the stream: the result equals the full stream with
+    its first `start_batch` batches dropped (same images, same augmentation
+    seeds). Only the passes from `start_batch // batches_per_pass` on are
+    built, and at most one pass's worth of un-augmented batches is skipped,
+    so resuming a long run costs at most one pass of reading, never
+    augmentation.
 
     Args:
       dataset: a source: `(image [H, W, C] uint8 (or float in [0, 1]), label
@@ -438,11 +454,13 @@ def make_multiview_dataset(
         C]` float in [0, 1], e.g. `augment.SimCLRAugment(32)`.
       seed: int in [0, 2**31), seeds the shuffle and the augmentations.
       shuffle: whether to shuffle the samples before batching.
-      shuffle_buffer: int >= 1, the shuffle buffer (>= dataset size for a
-        uniform shuffle).
+      shuffle_buffer: int >= 1, the shuffle window (>= dataset size for a
+        uniform shuffle; see `_shuffle_pass`).
       drop_remainder: drop a last, smaller batch (keep True for training, and
         always under a distribution strategy, where batches must be equal).
-      repeat: repeat the (reshuffled) epochs forever.
+      repeat: repeat the (reshuffled) passes forever.
+      start_batch: int >= 0, the index of the first batch to produce (0:
+        the start of the stream); used to resume training at a step.
 
     Returns:
       A `tf.data.Dataset` of `(views float32 [B, V, H', W', C], labels int32
@@ -457,20 +475,74 @@ def make_multiview_dataset(
     shuffle = _check_bool(shuffle, "shuffle")
     drop_remainder = _check_bool(drop_remainder, "drop_remainder")
     repeat = _check_bool(repeat, "repeat")
+    start_batch = _check_non_negative_int(start_batch, "start_batch")
 
-    if shuffle:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    def one_pass(pass_index):
+        source = _shuffle_pass(dataset, shuffle_buffer, seed, pass_index) if shuffle else dataset
+        return source.batch(batch_size, drop_remainder=drop_remainder)
+
+    first_pass, skip = 0, start_batch
     if repeat:
-        dataset = dataset.repeat()
-    return _add_views(dataset, num_views=num_views, augment=augment, seed=seed)
+        if start_batch:
+            per_pass = _batches_per_pass(dataset, batch_size, drop_remainder)
+            first_pass, skip = divmod(start_batch, per_pass)
+        batches = tf.data.Dataset.range(first_pass, _MAX_PASSES).flat_map(one_pass)
+    else:
+        batches = one_pass(0)
+    if skip:
+        batches = batches.skip(skip)
+    return _add_views(batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch)
 
 
-def _add_views(batches, *, num_views, augment, seed):
+_MAX_PASSES = 2**62  # "forever" for Dataset.range
+_SHUFFLE_SEED_SALT = 0x5EED
+
+
+def _shuffle_pass(dataset, window, seed, pass_index):
+    """Pass `pass_index` of `dataset`, shuffled as a pure function of `(seed, pass_index)`.
+
+    The source is cut into consecutive windows of `window` elements, and
+    each window is permuted with a stateless seed folded from `(seed,
+    pass_index, window index)`. With `window` >= the data set size this is a
+    uniform shuffle; otherwise, like a shuffle buffer of that size, it mixes
+    locally (keep the source's own order random, as TFDS' shards are). A
+    stateless permutation (rather than `Dataset.shuffle`, whose seed state
+    advances with each pass) is what lets a resumed run rebuild pass `p`
+    without replaying passes 0..p-1.
+    """
+    base = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, _SHUFFLE_SEED_SALT], tf.int64), tf.cast(pass_index, tf.int64)
+    )
+
+    def permute(window_index, elements):
+        window_seed = tf.random.experimental.stateless_fold_in(base, window_index)
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(elements[1])[0]), seed=window_seed)
+        return tuple(tf.gather(part, order) for part in elements)
+
+    return dataset.batch(window).enumerate().map(permute).unbatch()
+
+
+def _batches_per_pass(dataset, batch_size, drop_remainder):
+    """Batches in one pass over `dataset` (counted once when its cardinality is unknown)."""
+    size = int(dataset.cardinality().numpy())
+    if size == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("`dataset` must be finite to resume a repeated stream, received: an infinite dataset")
+    if size < 0:  # unknown: count it (reads the source once)
+        size = int(dataset.reduce(np.int64(0), lambda count, _: count + 1).numpy())
+    batches = size // batch_size if drop_remainder else -(-size // batch_size)
+    if batches < 1:
+        raise ValueError(
+            f"`batch_size` must be at most the dataset size ({size}) with drop_remainder=True, "
+            f"received: batch_size={batch_size}"
+        )
+    return batches
+
+
+def _add_views(batches, *, num_views, augment, seed, start_batch=0):
     """`(images [B, ...], labels [B])` batches -> `(views float32 [B, V, ...], labels int32 [B])`, prefetched.
 
     Batch `i` of the stream gets the stateless seed `fold_in([seed, salt], i)`,
-    split into one sub-seed per view.
+    split into one sub-seed per view; `batches` starts at batch `start_batch`.
     """
     base_seed = tf.constant([seed, _PIPELINE_SEED_SALT], tf.int64)
 
@@ -489,7 +561,7 @@ def _add_views(batches, *, num_views, augment, seed):
             views.append(tf.cast(out, tf.float32))
         return tf.stack(views, axis=1), tf.cast(labels, tf.int32)
 
-    batches = batches.enumerate().map(
+    batches = batches.enumerate(start=start_batch).map(
         make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     return batches.prefetch(tf.data.AUTOTUNE)
@@ -595,6 +667,7 @@ def make_class_balanced_dataset(
     augment,
     seed=0,
     repeat=False,
+    start_batch=0,
 ):
     """Builds P x K training batches: P classes, K samples of each, V augmented views per sample.
 
@@ -627,6 +700,8 @@ def make_class_balanced_dataset(
       augment: callable `(images [B, H, W, C], seed int64 [2]) -> [B, H', W', C]`.
       seed: int in [0, 2**31), seeds the sampler and the augmentations.
       repeat: draw epochs forever (each reshuffled); else one epoch.
+      start_batch: int >= 0, the first batch to produce; the result equals
+        the full stream without its first `start_batch` batches (resume).
 
     Returns:
       A `tf.data.Dataset` of `(views float32 [P*K, V, H', W', C], labels
@@ -639,24 +714,29 @@ def make_class_balanced_dataset(
     _check_augment(augment)
     seed = _check_seed(seed)
     repeat = _check_bool(repeat, "repeat")
+    start_batch = _check_non_negative_int(start_batch, "start_batch")
     images, labels = _materialize(dataset)
     # Fails now (not inside the generator) on too few classes.
-    class_balanced_indices(labels, classes_per_batch=classes_per_batch, samples_per_class=samples_per_class, seed=seed)
+    per_epoch = len(
+        class_balanced_indices(labels, classes_per_batch=classes_per_batch, samples_per_class=samples_per_class, seed=seed)
+    )
     batch_size = classes_per_batch * samples_per_class
+    first_epoch, skip = divmod(start_batch, per_epoch) if repeat else (0, start_batch)
 
     def index_batches():
-        epoch = 0
+        epoch, to_skip = first_epoch, skip
         while True:
-            yield from class_balanced_indices(
+            batches = class_balanced_indices(
                 labels,
                 classes_per_batch=classes_per_batch,
                 samples_per_class=samples_per_class,
                 seed=seed,
                 epoch=epoch,
             )
+            yield from batches[to_skip:]
             if not repeat:
                 return
-            epoch += 1
+            epoch, to_skip = epoch + 1, 0
 
     images = tf.convert_to_tensor(images)
     labels_tensor = tf.convert_to_tensor(labels.astype(np.int32))
@@ -667,7 +747,7 @@ def make_class_balanced_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    return _add_views(batches, num_views=num_views, augment=augment, seed=seed)
+    return _add_views(batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch)
 
 
 def make_eval_dataset(dataset, *, batch_size, image_size):

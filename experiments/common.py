@@ -9,6 +9,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -66,6 +67,13 @@ _HELP = {
     "jit_compile": "XLA-compile the train step.",
     "seed": "Random seed (initialisation, data order, augmentation).",
     "checkpoint_every": "Save checkpoints/latest.keras every N epochs.",
+    "channels": "Image folders: decode to 1 (grayscale) or 3 (RGB) channels (default 3).",
+    "backup_every_steps": "Write a step-level backup every N steps (and at every epoch end); 0: epoch ends only. "
+    "A killed or preempted run resumes at the newest backup.",
+    "divergence_factor": "Stop (exit 3, last good backup kept) when the loss exceeds this multiple of the run's "
+    "first logged loss; 0: stop on NaN/inf only.",
+    "deterministic": "TensorFlow op determinism: a resumed run ends bit-for-bit like an uninterrupted one on CPU "
+    "(slower).",
     "export": "Write a SavedModel under model_dir/saved_model at the end.",
     "verbose": "0 silent, 1 progress bar, 2 one line per epoch.",
 }
@@ -73,6 +81,10 @@ _HELP = {
 
 def _define_config_flags():
     flags.DEFINE_string("preset", None, f"Named recipe; explicit flags override it. One of: {', '.join(presets.PRESETS)}.")
+    flags.DEFINE_bool(
+        "overwrite", False, "Start afresh in a --model_dir that holds a finished (or unfinished) run; without it a "
+        "finished run is left unchanged and an unfinished one is resumed."
+    )
     for field in dataclasses.fields(RunConfig):
         kind = str(field.type).replace(" | None", "")
         help_text = _HELP.get(field.name, field.name) + f" (default: {field.default!r})"
@@ -89,9 +101,34 @@ def _define_config_flags():
 _define_config_flags()
 
 
+# What a linear evaluation takes from the pre-training run it evaluates (RUN/config.json), unless a flag sets it.
+INHERITED_FROM_PRETRAINED = ("dataset", "data_dir", "image_size", "channels")
+
+
+def _pretrained_run_config(pretrained):
+    """The config.json next to a `--pretrained` model file, or {}."""
+    path = os.path.join(os.path.dirname(os.path.abspath(pretrained)), "config.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:
+        raise ValueError(f"`pretrained` run's config.json is not valid JSON: {path}") from None
+
+
 def config_from_flags(**fixed) -> RunConfig:
-    """Defaults < preset < explicit flags < `fixed` (what the binary itself decides, e.g. method)."""
+    """Defaults < preset < (linear: the pre-training run's data settings) < explicit flags < `fixed`.
+
+    `fixed` is what the binary itself decides, e.g. method.
+    """
     values = presets.get_preset(FLAGS.preset) if FLAGS.preset else {}
+    pretrained = FLAGS.pretrained if FLAGS.pretrained is not None else values.get("pretrained")
+    if fixed.get("method") == "linear" and pretrained:
+        run_config = _pretrained_run_config(pretrained)
+        for name in INHERITED_FROM_PRETRAINED:
+            if name in run_config:
+                values[name] = run_config[name]
     for field in dataclasses.fields(RunConfig):
         value = FLAGS[field.name].value
         if value is not None:
@@ -113,15 +150,45 @@ def _fail(error):
     return 2
 
 
+def run_stage(config):
+    """Runs `config` through `supcon_tf.runner.run` with `--overwrite`; returns its metrics, or None if it was finished.
+
+    Prints one line when the folder was already finished (nothing changed).
+    """
+    from supcon_tf import runner
+
+    metrics = runner.run(config, overwrite=FLAGS.overwrite)
+    if metrics.get("already_finished"):
+        print(f"{config.model_dir} is already finished; nothing changed (pass --overwrite to start afresh)")
+        return None
+    return metrics
+
+
 def run_binary(main_fn):
-    """`absl.app.run` with input errors turned into one line on stderr and exit status 2."""
+    """`absl.app.run` with errors turned into one line on stderr and a documented exit status.
+
+    2: bad input (nothing written). 130 / 143: SIGINT / SIGTERM (a backup at the
+    step is written; run the same command to resume). 3: the loss diverged
+    (the last good backup is kept).
+    """
 
     def wrapped(argv):
         if len(argv) > 1:
             return _fail(ValueError(f"unexpected positional arguments: {argv[1:]}"))
+        from supcon_tf import resilience
+
         try:
             return main_fn()
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             return _fail(error)
+        except resilience.Interrupted as stop:
+            print(stop, file=sys.stderr)
+            return stop.exit_status
+        except resilience.Diverged as stop:
+            print(f"{os.path.basename(sys.argv[0]) or 'supcon'}: {stop}", file=sys.stderr)
+            return stop.exit_status
+        except KeyboardInterrupt:
+            print("interrupted before training started; nothing to resume yet", file=sys.stderr)
+            return resilience.EXIT_SIGINT
 
     app.run(wrapped)

@@ -14,9 +14,9 @@ def main():
     config = common.config_from_flags()
     if config.method not in ("supcon", "simclr"):
         raise ValueError(f"`method` must be supcon or simclr for pre-training, received: method={config.method!r}")
-    from supcon_tf import runner
-
-    metrics = runner.run(config)
+    metrics = common.run_stage(config)
+    if metrics is None:
+        return 0
     print(f"pre-training done: final loss {metrics['final_train_loss']:.4f}; outputs in {config.model_dir}")
     return 0
 

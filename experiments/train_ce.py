@@ -8,9 +8,9 @@ from experiments import common
 
 def main():
     config = common.config_from_flags(method="ce")
-    from supcon_tf import runner
-
-    metrics = runner.run(config)
+    metrics = common.run_stage(config)
+    if metrics is None:
+        return 0
     print(f"cross-entropy: test top-1 {metrics['test_top1']:.4f}; outputs in {config.model_dir}")
     return 0
 

@@ -16,8 +16,13 @@ import json
 import os
 import shutil
 import uuid
+from typing import NamedTuple
+
+import numpy as np
 
 import keras
+
+from supcon_tf import resilience
 
 
 def _tf_config():
@@ -62,7 +67,7 @@ def worker_backup_dir(base_dir):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, fault_point=None):
     """Yields a temporary path next to `path`; on success renames it onto `path`.
 
     Works for files and folders (e.g. a SavedModel). The temporary name keeps
@@ -74,6 +79,8 @@ def atomic_path(path):
 
     Args:
       path: destination file or folder path.
+      fault_point: name of the `resilience.FaultInjector` point reached
+        after the temporary output is written and before the rename (tests).
     """
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"`path` must be a non-empty path, received: path={path!r}")
@@ -87,6 +94,8 @@ def atomic_path(path):
         yield temporary
         if not os.path.exists(temporary):
             raise FileNotFoundError(f"nothing was written to the temporary path {temporary} for {path}")
+        if fault_point:
+            resilience.faults().reached(fault_point)
         if os.path.isdir(temporary) and os.path.isdir(path):
             aside = os.path.join(folder, f".old-{token}-{name}")
             os.replace(path, aside)
@@ -101,7 +110,7 @@ def atomic_path(path):
             os.remove(temporary)
 
 
-def save_model_atomically(model, path):
+def save_model_atomically(model, path, fault_point=None):
     """Saves `model` to `path` (`.keras` or `.weights.h5`) via `atomic_path`, on the chief only.
 
     Returns:
@@ -114,7 +123,7 @@ def save_model_atomically(model, path):
         raise ValueError(f"`path` must end in .keras or .weights.h5, received: path={path!r}")
     if not is_chief():
         return False
-    with atomic_path(path) as temporary:
+    with atomic_path(path, fault_point) as temporary:
         if path.endswith(".weights.h5"):
             model.save_weights(temporary)
         else:
@@ -129,21 +138,25 @@ class ChiefModelCheckpoint(keras.callbacks.Callback):
       filepath: destination; may contain `{epoch}` (1-based, like Keras'
         `ModelCheckpoint`). Must end in `.keras` or `.weights.h5`.
       period: save every `period` epochs (and always after the last one).
+      target: the model to save (default: the model being fit).
 
     Example:
 
     >>> model.fit(ds, epochs=100, callbacks=[ChiefModelCheckpoint("run/ckpt/epoch{epoch:03d}.keras")])
     """
 
-    def __init__(self, filepath, period=1):
+    def __init__(self, filepath, period=1, target=None):
         super().__init__()
         filepath = os.fspath(filepath)
         if not (filepath.endswith(".keras") or filepath.endswith(".weights.h5")):
             raise ValueError(f"`filepath` must end in .keras or .weights.h5, received: filepath={filepath!r}")
         if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ValueError(f"`period` must be a positive int, received: period={period!r}")
+        if target is not None and not isinstance(target, keras.Model):
+            raise ValueError(f"`target` must be a keras.Model or None, received: target={target!r}")
         self.filepath = filepath
         self.period = period
+        self.target = target  # the model to save, when fit runs on a part of it (cached linear probe)
         self._epochs = None
 
     def on_train_begin(self, logs=None):
@@ -152,4 +165,265 @@ class ChiefModelCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         last = self._epochs is not None and epoch + 1 == self._epochs
         if (epoch + 1) % self.period == 0 or last:
-            save_model_atomically(self.model, self.filepath.format(epoch=epoch + 1, **(logs or {})))
+            save_model_atomically(
+                self.target or self.model,
+                self.filepath.format(epoch=epoch + 1, **(logs or {})),
+                fault_point="checkpoint_write",
+            )
+
+
+# ---------------------------------------------------------------------------
+# Step-level backups (resume at the exact step).
+# ---------------------------------------------------------------------------
+
+
+class BackupState(NamedTuple):
+    """One saved training state: weights (model + optimizer) and where training stood.
+
+    `epoch` is 0-based and `step` counts the steps done in it, so `(e, 0)`
+    means "epoch e not started" and `global_step = epoch * steps_per_epoch +
+    step`. `meta` holds the rest (metric state, last epoch's logs, train
+    seconds, the first logged loss).
+    """
+
+    global_step: int
+    epoch: int
+    step: int
+    weights_path: str
+    meta: dict
+
+
+class BackupStore:
+    """The backup folder of one worker: `step-<global step>.weights.h5` + `step-<global step>.json` pairs.
+
+    A state is valid once its JSON exists: the weights are written (atomically)
+    first, the JSON (atomically) second, so a kill at any moment leaves the
+    previous valid state in place. The two newest valid states are kept
+    (`keep`), older ones deleted, so a state that turns out unreadable falls
+    back to the one before. Under multi-worker training each worker writes
+    its own folder (`backup/<task_type>_<index>`), and `restore` picks the
+    newest step that every worker's folder holds, so all workers resume from
+    the same step.
+
+    Args:
+      root: the run's backup folder (`<model_dir>/backup`).
+      keep: int >= 1, valid states kept per worker.
+    """
+
+    def __init__(self, root, keep=2):
+        if not isinstance(root, (str, os.PathLike)) or not str(root):
+            raise ValueError(f"`root` must be a non-empty path, received: root={root!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"`keep` must be a positive int, received: keep={keep!r}")
+        self.root = os.fspath(root)
+        self.folder = worker_backup_dir(self.root)
+        self.keep = keep
+
+    @staticmethod
+    def _steps(folder):
+        if not os.path.isdir(folder):
+            return set()
+        steps = set()
+        for name in os.listdir(folder):
+            if name.startswith("step-") and name.endswith(".json") and name[5:-5].isdigit():
+                if os.path.exists(os.path.join(folder, name[:-5] + ".weights.h5")):
+                    steps.add(int(name[5:-5]))
+        return steps
+
+    def _paths(self, global_step, folder=None):
+        stem = os.path.join(folder or self.folder, f"step-{global_step:010d}")
+        return stem + ".weights.h5", stem + ".json"
+
+    def save(self, model, *, epoch, step, global_step, meta):
+        """Writes a state (weights, then its JSON), then deletes states beyond the newest `keep`."""
+        weights_path, meta_path = self._paths(global_step)
+        os.makedirs(self.folder, exist_ok=True)
+        with atomic_path(weights_path, fault_point="backup_write") as temporary:
+            model.save_weights(temporary)
+        payload = dict(meta, epoch=int(epoch), step=int(step), global_step=int(global_step))
+        with atomic_path(meta_path) as temporary:
+            with open(temporary, "w") as f:
+                json.dump(payload, f)
+        for old in sorted(self._steps(self.folder))[: -self.keep]:
+            for path in self._paths(old):
+                if os.path.exists(path):
+                    os.remove(path)
+
+    def candidates(self):
+        """Valid global steps every worker folder holds, newest first (this worker's own if it is alone)."""
+        folders = [os.path.join(self.root, name) for name in sorted(os.listdir(self.root))] if os.path.isdir(
+            self.root
+        ) else []
+        folders = [f for f in folders if os.path.isdir(f)]
+        if self.folder not in folders:
+            return []
+        common = None
+        for folder in folders:
+            steps = self._steps(folder)
+            common = steps if common is None else common & steps
+        return sorted(common or (), reverse=True)
+
+    def restore(self, model):
+        """Loads the newest state every worker holds into `model` (built, optimizer built); None if there is none.
+
+        A state whose files cannot be read (e.g. a disk error) is skipped for
+        the one before it.
+        """
+        for global_step in self.candidates():
+            weights_path, meta_path = self._paths(global_step)
+            try:
+                with open(meta_path) as f:
+                    meta = json.load(f)
+                model.load_weights(weights_path)
+            except (OSError, ValueError):
+                continue
+            return BackupState(global_step, int(meta["epoch"]), int(meta["step"]), weights_path, meta)
+        return None
+
+    def delete(self):
+        """Removes every worker's backups (the run is finished)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def metric_state(model):
+    """The metrics' variable values (`{metric name: [values]}`), to restore a half-done epoch's running means."""
+    return {
+        metric.name: [keras.ops.convert_to_numpy(v).tolist() for v in metric.variables] for metric in model.metrics
+    }
+
+
+def restore_metric_state(model, state):
+    """Assigns values saved by `metric_state` (metrics not in `state` are left as they are)."""
+    for metric in model.metrics:
+        for variable, value in zip(metric.variables, (state or {}).get(metric.name, ())):
+            variable.assign(value)
+
+
+def all_finite(model):
+    """True when every variable of `model` (weights and optimizer state) is finite."""
+    variables = list(model.variables)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    for variable in variables:
+        if "float" in str(variable.dtype):
+            if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
+                return False
+    return True
+
+
+class StepBackup(keras.callbacks.Callback):
+    """Writes `BackupStore` states every `every_steps` steps and at each epoch end; stops safely on a signal.
+
+    It replaces `keras.callbacks.BackupAndRestore`, whose Keras 3 version
+    records the step but resumes only at an epoch start and writes its files
+    in place (a kill mid-write leaves a torn state). Restoring is the
+    runner's job (`BackupStore.restore`, before `fit`), because resuming at a
+    step needs the input stream to start at that step too.
+
+    Each `fit` call covers epochs `[initial_epoch, epochs)`; the first of
+    them may be a resumed, partial epoch that starts after `first_step`
+    steps (its metric running means are restored from `first_metrics`).
+
+    Args:
+      store: the `BackupStore`.
+      steps_per_epoch: steps of a full epoch.
+      every_steps: backup period in steps (0: epoch ends only).
+      first_step: steps of the first epoch done before this `fit`.
+      first_metrics: `metric_state` saved with the resumed state.
+      target: the model whose state is saved (default: the model being fit).
+      signals: a `resilience.SignalWatcher`; on a signal, a backup is written
+        after the current step and `resilience.Interrupted` is raised.
+      meta: callable returning extra JSON-able metadata for each state.
+      check_finite: refuse to save non-finite weights (raises
+        `resilience.Diverged`), so the last good backup stays.
+    """
+
+    def __init__(
+        self,
+        store,
+        *,
+        steps_per_epoch,
+        every_steps=0,
+        first_step=0,
+        first_metrics=None,
+        target=None,
+        signals=None,
+        meta=None,
+        check_finite=True,
+    ):
+        super().__init__()
+        if not isinstance(store, BackupStore):
+            raise ValueError(f"`store` must be a BackupStore, received: store={store!r}")
+        for name, value, low in (("steps_per_epoch", steps_per_epoch, 1), ("every_steps", every_steps, 0),
+                                 ("first_step", first_step, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, received: {name}={value!r}")
+        self.store = store
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.first_step = first_step
+        self.first_metrics = first_metrics
+        self.target = target
+        self.signals = signals
+        self.meta = meta or (lambda: {})
+        self.check_finite = check_finite
+        self._first_epoch = None
+        self.epoch_logs = None
+
+    def _owner(self):
+        return self.target or self.model
+
+    def position(self, epoch, batch):
+        """`(steps done in epoch, global step)` after batch `batch` (0-based, of this fit) of `epoch`."""
+        offset = self.first_step if epoch == self._first_epoch else 0
+        step = offset + batch + 1
+        return step, epoch * self.steps_per_epoch + step
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+            if self.first_step and self.first_metrics:
+                restore_metric_state(self.model, self.first_metrics)  # fit reset them just before this call
+        self._epoch = epoch
+
+    def save(self, epoch, step, global_step):
+        if self.check_finite and not all_finite(self._owner()):
+            raise resilience.Diverged(
+                epoch, step, float("nan"), resilience.current_learning_rate(self.model), "non-finite weights"
+            )
+        meta = dict(self.meta(), metrics=metric_state(self.model), epoch_logs=self.epoch_logs)
+        self.store.save(self._owner(), epoch=epoch, step=step, global_step=global_step, meta=meta)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        resilience.faults().before_step(self.position(self._epoch, batch - 1)[1])
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, global_step = self.position(self._epoch, batch)
+        if self.signals is not None and self.signals.received is not None:
+            self.save(self._epoch, step, global_step)
+            raise resilience.Interrupted(self.signals.received, self._epoch, step)
+        if self.every_steps and global_step % self.every_steps == 0 and step < self.steps_per_epoch:
+            self.save(self._epoch, step, global_step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.save(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch)
+
+
+class RunCSVLogger(keras.callbacks.CSVLogger):
+    """`keras.callbacks.CSVLogger` (append mode) with the `csv_append` fault point: a torn row, then a kill.
+
+    The runner drops the rows of epochs that will run again (and any torn
+    last line) before training resumes (`run_folder.RunFolder.truncate_log`).
+    """
+
+    def __init__(self, filename):
+        super().__init__(filename, append=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.csv_file is not None:
+            resilience.faults().torn_write("csv_append", self.csv_file, f"{epoch},")
+        super().on_epoch_end(epoch, logs)

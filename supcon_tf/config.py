@@ -38,6 +38,7 @@ class RunConfig:
     data_dir: str | None = None
     num_classes: int | None = None  # required for "folder"; known for the others
     image_size: int = 16  # pixels, square
+    channels: int | None = None  # image folders: 1 or 3 channels to decode to (None: 3)
     augmentation: str = "simclr"
     crop_scale_min: float = 0.2
     flip: bool = True
@@ -79,6 +80,9 @@ class RunConfig:
     jit_compile: bool = False
     seed: int = 0
     checkpoint_every: int = 1  # epochs
+    backup_every_steps: int = 100  # steps between step-level backups (0: epoch ends only)
+    divergence_factor: float = 10.0  # stop when the loss exceeds this x the first logged loss (0: NaN/inf only)
+    deterministic: bool = False  # TensorFlow op determinism (bit-identical resumes on CPU; slower)
     export: bool = True
     verbose: int = 1  # Keras: 0 silent, 1 progress bar, 2 one line per epoch
 
@@ -97,7 +101,10 @@ class RunConfig:
             "image_size", "num_views", "embedding_dim", "epochs", "batch_size", "checkpoint_every", "samples_per_class"
         ):
             _positive_int(name, getattr(self, name))
-        for name in ("head_hidden", "warmup_epochs", "seed", "cpu_devices", "queue_size", "queue_warmup_steps"):
+        for name in (
+            "head_hidden", "warmup_epochs", "seed", "cpu_devices", "queue_size", "queue_warmup_steps",
+            "backup_every_steps",
+        ):
             _non_negative_int(name, getattr(self, name))
         if self.steps_per_epoch is not None:
             _positive_int("steps_per_epoch", self.steps_per_epoch)
@@ -105,6 +112,19 @@ class RunConfig:
             _positive_number(name, getattr(self, name))
         if self.base_temperature is not None:
             _positive_number("base_temperature", self.base_temperature)
+        if (
+            isinstance(self.divergence_factor, bool)
+            or not isinstance(self.divergence_factor, (int, float))
+            or not math.isfinite(self.divergence_factor)
+            or (0 < self.divergence_factor <= 1)
+            or self.divergence_factor < 0
+        ):
+            raise ValueError(
+                "`divergence_factor` must be 0 (off) or a number > 1, received: "
+                f"divergence_factor={self.divergence_factor!r}"
+            )
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"`channels` must be 1 or 3 (or unset), received: channels={self.channels!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"`momentum` must be in [0, 1), received: momentum={self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -333,12 +333,12 @@ def load_image_folder(root, *, image_size=None, channels=3):
     Returns:
       `(dataset, class_names)`: a `tf.data.Dataset` of `(image uint8 [H, W,
       channels], label int32 [])` in class then file order, and the sorted
-      list of class names (its length is the number of classes; an empty
-      class directory still takes an id).
+      list of class names (its length is the number of classes).
 
     Raises:
       FileNotFoundError: `root` is not a directory.
-      ValueError: no class directories, no images, a file that does not
+      ValueError: no class directories, a class directory without images
+        (it would silently become a class no sample has), a file that does not
         decode, or images of different sizes with `image_size=None`.
     """
     if not isinstance(root, (str, os.PathLike)):
@@ -372,6 +372,12 @@ def load_image_folder(root, *, image_size=None, channels=3):
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
             )
         class_files.sort()
+        if not class_files:
+            raise ValueError(
+                f"class folder {os.path.join(root, class_name)!r} has no image files "
+                f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder (every sub-folder of "
+                f"`root` is a class)"
+            )
         paths.extend(class_files)
         labels.extend([label] * len(class_files))
     if not paths:
@@ -774,3 +780,48 @@ def make_eval_dataset(dataset, *, batch_size, image_size):
         deterministic=True,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_feature_batches(features, labels, *, batch_size, seed=0, start_batch=0):
+    """An endless stream of shuffled batches of in-memory `(features, labels)`, for the cached linear probe.
+
+    Pass `p` over the data is a permutation that is a pure function of
+    `(seed, p)`; each pass ends with a smaller batch when `batch_size` does
+    not divide N, so one pass is `ceil(N / batch_size)` batches.
+    `start_batch` drops the first batches of the stream (resume).
+
+    Args:
+      features: `[N, D]` float array.
+      labels: `[N]` int array.
+      batch_size: int >= 1.
+      seed: int in [0, 2**31).
+      start_batch: int >= 0.
+
+    Returns:
+      A `tf.data.Dataset` of `(features float32 [b, D], labels int32 [b])`.
+    """
+    features = np.asarray(features, np.float32)
+    labels = np.asarray(labels)
+    if features.ndim != 2 or labels.shape != features.shape[:1] or not len(labels):
+        raise ValueError(
+            "`features` must be [N, D] and `labels` [N] with N >= 1, received: "
+            f"features shape {features.shape}, labels shape {labels.shape}"
+        )
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    seed = _check_seed(seed)
+    start_batch = _check_non_negative_int(start_batch, "start_batch")
+    count = len(labels)
+    per_pass = -(-count // batch_size)
+    first_pass, skip = divmod(start_batch, per_pass)
+    features_tensor = tf.constant(features)
+    labels_tensor = tf.constant(labels.astype(np.int32))
+    base = tf.constant([seed, _SHUFFLE_SEED_SALT], tf.int64)
+
+    def one_pass(pass_index):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count), seed=tf.random.experimental.stateless_fold_in(base, pass_index)
+        )
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    stream = tf.data.Dataset.range(first_pass, _MAX_PASSES).flat_map(one_pass).skip(skip)
+    return stream.map(lambda index: (tf.gather(features_tensor, index), tf.gather(labels_tensor, index)))

@@ -189,7 +189,7 @@ def _write(path, forward, image_shape, float_name, uint8_name, tracked, overwrit
     ]
     for endpoint in endpoints:
         endpoint.get_concrete_function()
-    with checkpointing.atomic_path(path) as temporary:
+    with checkpointing.atomic_path(path, fault_point="saved_model_export") as temporary:
         archive.write_out(temporary, verbose=False)
     return path
 

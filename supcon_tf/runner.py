@@ -1,37 +1,31 @@
-"""Runs one training stage from a `RunConfig`: builds data, model, optimizer and callbacks, fits, evaluates, saves.
+"""Runs one training stage from a `RunConfig`: checks inputs, builds data, model and optimizer, fits, evaluates, saves.
 
-Outputs under `config.model_dir` (written by the chief only, atomically):
+The run folder (`config.model_dir`) and its lifecycle, new -> running ->
+finishing -> finished, are described once, in `supcon_tf.run_folder`. In short:
+a kill at any moment leaves a folder that the same call resumes at the newest
+step-level backup or completes; a finished folder is left as it is unless
+`overwrite=True`; SIGINT / SIGTERM write a backup after the current step and
+raise `resilience.Interrupted`; a diverging loss raises
+`resilience.Diverged` with the last good backup kept.
 
-    config.json                the resolved config
-    checkpoints/latest.keras   the model after the last finished epoch (every `checkpoint_every` epochs)
-    backup/<task>/             Keras BackupAndRestore state, one folder per worker, while a run is
-                               unfinished (resume after a crash by running the same command again)
-    logs/<task>/               TensorBoard event files
-    training_log.csv           per-epoch metrics
-    model.keras                the final model
-    saved_model/               SavedModel export (encoder, or classifier for "ce" / "linear")
-    metrics.json               test metrics and train time
+Every input check that can fail (flags, data set size against the batch,
+classes) runs before anything is written.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import time
 
 import keras
 import tensorflow as tf
 
-from supcon_tf import augment, checkpointing, data, distribute, encoders, export, layers, models
+import numpy as np
+
+from supcon_tf import augment, checkpointing, data, distribute, encoders, export, layers, models, resilience
 from supcon_tf.config import TFDS_DATASETS, RunConfig
-
-
-def _write_json_atomically(path, payload):
-    if not checkpointing.is_chief():
-        return
-    with checkpointing.atomic_path(path) as temporary:
-        with open(temporary, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
+from supcon_tf.run_folder import RunFolder
 
 
 def build_strategy(config):
@@ -50,7 +44,12 @@ def build_strategy(config):
 
 
 def load_source(config, split):
-    """`(dataset of (uint8 [H, W, C], int32 label), num_examples or None, num_classes)` for `split`."""
+    """`(dataset of (uint8 [H, W, C], int32 label), num_examples or None, num_classes)` for `split`.
+
+    Image folders: the classes are the sub-folders of `<data_dir>/<split>`;
+    an empty class folder, or fewer than two classes for a method that needs
+    labels (supcon, ce, linear), is a ValueError naming the folder.
+    """
     if config.dataset == "digits":
         images, labels = data.load_digits(split)
         return data.from_arrays(images, labels), len(images), data.DIGITS_NUM_CLASSES
@@ -68,7 +67,13 @@ def load_source(config, split):
         return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg
     root = os.path.join(config.data_dir, split)
-    dataset, class_names = data.load_image_folder(root, image_size=config.image_size)
+    dataset, class_names = data.load_image_folder(root, image_size=config.image_size, channels=config.channels or 3)
+    if len(class_names) < 2 and config.method != "simclr":
+        raise ValueError(
+            f"image folder {root!r} has {len(class_names)} class folder ({', '.join(class_names)}): method "
+            f"{config.method!r} needs at least 2 classes (one sub-folder per class); use --method simclr for "
+            "unlabelled images"
+        )
     return dataset, int(dataset.cardinality().numpy()), config.num_classes or len(class_names)
 
 
@@ -80,12 +85,14 @@ def _augmentation(config):
     )
 
 
-def train_dataset(config, source):
+def train_dataset(config, source, start_batch=0):
     """Training batches: `(views [B, V, ...], labels)` for contrastive methods, `(images, labels)` for CE.
 
     `config.sampler` picks shuffled batches (`data.make_multiview_dataset`) or
     P x K class-balanced ones (`data.make_class_balanced_dataset`, P =
-    batch_size / samples_per_class).
+    batch_size / samples_per_class). The stream is endless, and batch `k` is
+    a pure function of `(config.seed, k)`; `start_batch` starts it at batch
+    `k` (resuming at a step).
     """
     num_views = config.num_views if config.method in ("supcon", "simclr") else 1
     if config.sampler == "class_balanced":
@@ -97,6 +104,7 @@ def train_dataset(config, source):
             augment=_augmentation(config),
             seed=config.seed,
             repeat=True,
+            start_batch=start_batch,
         )
     else:
         dataset = data.make_multiview_dataset(
@@ -106,6 +114,7 @@ def train_dataset(config, source):
             augment=_augmentation(config),
             seed=config.seed,
             repeat=True,
+            start_batch=start_batch,
         )
     if num_views == 1:
         dataset = dataset.map(lambda views, labels: (views[:, 0], labels))
@@ -139,25 +148,6 @@ def build_optimizer(config, steps_per_epoch):
 def build_encoder(config, image_shape):
     kwargs = {"width": config.encoder_width} if config.encoder == "small_cnn" else {}
     return encoders.build_encoder(config.encoder, image_shape, synchronized_bn=config.synchronized_bn, **kwargs)
-
-
-def build_callbacks(config):
-    task_type, task_index = checkpointing.task_type_and_index()
-    task = f"{task_type}_{task_index}"
-    callbacks = [
-        keras.callbacks.BackupAndRestore(
-            checkpointing.worker_backup_dir(os.path.join(config.model_dir, "backup")),
-            double_checkpoint=True,
-            delete_checkpoint=True,  # a finished run leaves none: re-running starts afresh
-        ),
-        checkpointing.ChiefModelCheckpoint(
-            os.path.join(config.model_dir, "checkpoints", "latest.keras"), period=config.checkpoint_every
-        ),
-        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", task), update_freq="epoch"),
-    ]
-    if checkpointing.is_chief():
-        callbacks.append(keras.callbacks.CSVLogger(os.path.join(config.model_dir, "training_log.csv"), append=True))
-    return callbacks
 
 
 def build_model(config, image_shape, num_classes, steps_per_epoch):
@@ -200,56 +190,213 @@ def _load_pretrained_encoder(path):
     return encoder
 
 
-def run(config: RunConfig):
-    """Runs the stage `config.method`; returns the metrics dict (also written to metrics.json)."""
+def check_inputs(config, strategy, num_train, num_classes):
+    """The up-front checks that need the data: raises ValueError naming the flag and the fix.
+
+    Returns:
+      steps per epoch of the stage.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if num_classes is not None and num_classes < 2 and config.method != "simclr":
+        raise ValueError(
+            f"`num_classes` of dataset {config.dataset!r} is {num_classes}: method {config.method!r} needs at "
+            "least 2 classes"
+        )
+    if config.method == "linear" and config.cache_features:
+        return -(-num_train // config.batch_size)  # the cached probe keeps the last, smaller batch
+    if num_train is not None and num_train < config.batch_size:
+        raise ValueError(
+            f"`batch_size` ({config.batch_size}, global over {replicas} replica(s)) is larger than the training "
+            f"split ({num_train} examples), which gives zero steps per epoch: use --batch_size <= {num_train}"
+        )
+    if config.batch_size // replicas < 1:
+        raise ValueError(
+            f"`batch_size` ({config.batch_size}) gives fewer than one example per replica ({replicas} replicas)"
+        )
+    return config.steps_per_epoch or max(1, (num_train or config.batch_size) // config.batch_size)
+
+
+def _already_finished(folder):
+    if checkpointing.is_chief() and os.path.isdir(folder.backup_dir):
+        shutil.rmtree(folder.backup_dir, ignore_errors=True)  # a kill after the FINISHED marker left it
+    metrics = dict(folder.metrics() or {})
+    metrics["already_finished"] = True
+    return metrics
+
+
+def run(config: RunConfig, *, overwrite=False):
+    """Runs (or resumes, or completes) the stage `config.method`; returns the metrics dict (also in metrics.json).
+
+    Args:
+      config: the stage's `RunConfig`.
+      overwrite: on a finished (or any existing) run folder, start afresh.
+        Without it a finished folder is left untouched and its metrics are
+        returned with `already_finished=True`.
+
+    Raises:
+      ValueError / FileNotFoundError: bad input, before anything is written.
+      resilience.Interrupted: SIGINT / SIGTERM; a backup at the step is written.
+      resilience.Diverged: non-finite or exploding loss; the last good backup stays.
+    """
     if not isinstance(config, RunConfig):
         raise ValueError(f"`config` must be a RunConfig, received: {type(config).__name__}")
-    start = time.time()
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"`overwrite` must be a bool, received: overwrite={overwrite!r}")
+    folder = RunFolder(config.model_dir)
+    if folder.phase() == "finished" and not overwrite:
+        return _already_finished(folder)
+    if not overwrite:
+        folder.check_resumable(config.to_dict())
+
+    # Reading only, up to the first write: every check that can fail runs here.
+    process_start = time.time()
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(config.seed)  # before any dataset is built (shuffle seeds)
+    keras.utils.set_random_seed(config.seed)  # before any dataset or weight is built
     strategy = build_strategy(config)
     train_source, num_train, num_classes = load_source(config, "train")
     test_source, _, _ = load_source(config, "test")
-    os.makedirs(config.model_dir, exist_ok=True)
-    _write_json_atomically(os.path.join(config.model_dir, "config.json"), config.to_dict())
-
+    steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
-    steps_per_epoch = config.steps_per_epoch or max(1, num_train // config.batch_size)
-    fit_kwargs = dict(verbose=config.verbose)
+
+    if checkpointing.is_chief():
+        if overwrite:
+            folder.clear()
+        restarts = folder.start(config.to_dict())
+    else:
+        restarts = folder.state().get("restarts", 0)
 
     with strategy.scope():
         model = build_model(config, image_shape, num_classes, steps_per_epoch)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
 
-    callbacks = build_callbacks(config)
-    if config.method == "linear" and config.cache_features:
-        history = model.fit_cached(
-            eval_dataset(config, train_source), epochs=config.epochs, batch_size=config.batch_size, **fit_kwargs
-        )
-    else:
-        history = model.fit(
-            train_dataset(config, train_source),
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself
-            **fit_kwargs,
-        )
-    train_seconds = time.time() - start
+    trainer = _StageTrainer(config, folder, model, train_source, steps_per_epoch)
+    history_logs = trainer.train(process_start)
 
-    metrics = {"method": config.method, "train_seconds": round(train_seconds, 1), "epochs": config.epochs}
-    metrics["final_train_loss"] = float(history.history["loss"][-1])
+    # Finishing: every epoch is trained; the final outputs, then the marker.
+    train_seconds = trainer.train_seconds
+    if checkpointing.is_chief():
+        folder.enter_finishing(train_seconds=round(train_seconds, 1))
+    metrics = {
+        "method": config.method,
+        "train_seconds": round(train_seconds, 1),
+        "epochs": config.epochs,
+        "restarts": restarts,
+        "final_train_loss": float(history_logs.get("loss", np.nan)),
+    }
     if config.method in ("ce", "linear"):
         loss, accuracy = model.evaluate(eval_dataset(config, test_source), verbose=0)
         metrics.update(test_loss=float(loss), test_top1=float(accuracy))
+        if not np.isfinite(loss):
+            metrics["warning"] = "the test loss is not finite"
     if checkpointing.is_chief():
-        checkpointing.save_model_atomically(model, os.path.join(config.model_dir, "model.keras"))
+        checkpointing.save_model_atomically(model, folder.path("model.keras"), fault_point="final_model_save")
         if config.export:
-            saved_model = os.path.join(config.model_dir, "saved_model")
+            saved_model = folder.path("saved_model")
             if config.method in ("supcon", "simclr"):
                 export.export_encoder(model, saved_model, overwrite=True)
             else:
                 export.export_classifier(model, saved_model, overwrite=True)
-    _write_json_atomically(os.path.join(config.model_dir, "metrics.json"), metrics)
+        folder.write_json("metrics.json", metrics, fault_point="metrics_write")
+        folder.finish()
     return metrics
 
+
+class _StageTrainer:
+    """Trains a built model through `fit`, from the newest backup to the last epoch (one process's share).
+
+    A resumed run that stopped inside epoch e at step s continues with two
+    `fit` calls: the rest of epoch e (its metric running means restored), then
+    epochs e+1.. with full epochs. The input stream of each call starts at its
+    global step, so the batches are those an uninterrupted run sees.
+    """
+
+    def __init__(self, config, folder, model, train_source, steps_per_epoch):
+        self.config = config
+        self.folder = folder
+        self.model = model
+        self.steps_per_epoch = steps_per_epoch
+        self.store = checkpointing.BackupStore(folder.backup_dir)
+        self.train_seconds = 0.0
+        if config.method == "linear" and config.cache_features:
+            features, labels = model.extract_features(eval_dataset(config, train_source))
+            self.fit_model = model.cached_head()
+            self.stream = lambda start: data.make_feature_batches(
+                features, labels, batch_size=config.batch_size, seed=config.seed, start_batch=start
+            )
+        else:
+            self.fit_model = model
+            self.stream = lambda start: train_dataset(config, train_source, start_batch=start)
+
+    def _callbacks(self, signals, guard, first_step, first_metrics, clock):
+        config, folder = self.config, self.folder
+        task_type, task_index = checkpointing.task_type_and_index()
+        target = self.model if self.fit_model is not self.model else None
+        backup = checkpointing.StepBackup(
+            self.store,
+            steps_per_epoch=self.steps_per_epoch,
+            every_steps=config.backup_every_steps,
+            first_step=first_step,
+            first_metrics=first_metrics,
+            target=target,
+            signals=signals,
+            meta=lambda: {"train_seconds": clock(), "reference_loss": guard.reference},
+        )
+        guard.position = backup.position
+        callbacks = [guard]
+        if checkpointing.is_chief():
+            callbacks.append(checkpointing.RunCSVLogger(folder.csv_path))
+        callbacks += [
+            keras.callbacks.TensorBoard(folder.path("logs", f"{task_type}_{task_index}"), update_freq="epoch"),
+            checkpointing.ChiefModelCheckpoint(
+                folder.path("checkpoints", "latest.keras"), period=config.checkpoint_every, target=target
+            ),
+            backup,  # last: after the CSV row and the checkpoint of an epoch are written
+        ]
+        return callbacks, backup
+
+    def train(self, process_start):
+        """Fits the remaining steps; returns the last epoch's logs."""
+        config, epochs, steps = self.config, self.config.epochs, self.steps_per_epoch
+        target = self.model if self.fit_model is not self.model else self.fit_model
+        resumed = self.store.restore(target)
+        epoch, step, meta = (resumed.epoch, resumed.step, resumed.meta) if resumed else (0, 0, {})
+        seconds_before = float(meta.get("train_seconds", 0.0))
+        self.train_seconds = seconds_before
+        if epoch >= epochs:  # finishing: training was complete
+            return meta.get("epoch_logs") or {}
+        if checkpointing.is_chief():
+            self.folder.truncate_log(epoch)
+        clock_start = time.time()
+
+        def clock():
+            return seconds_before + (time.time() - clock_start)
+
+        guard = resilience.DivergenceGuard(config.divergence_factor, position=None, reference=meta.get("reference_loss"))
+        logs = meta.get("epoch_logs") or {}
+        segments = []
+        if step:
+            segments.append((epoch, epoch + 1, steps - step, step, meta.get("metrics")))
+            epoch += 1
+        if epoch < epochs:
+            segments.append((epoch, epochs, steps, 0, None))
+        with resilience.SignalWatcher() as signals:
+            for first_epoch, end_epoch, segment_steps, first_step, first_metrics in segments:
+                callbacks, backup = self._callbacks(signals, guard, first_step, first_metrics, clock)
+                self.fit_model.fit(
+                    self.stream(first_epoch * steps + first_step),
+                    initial_epoch=first_epoch,
+                    epochs=end_epoch,
+                    steps_per_epoch=segment_steps,
+                    callbacks=callbacks,
+                    shuffle=False,  # the stream shuffles itself
+                    verbose=config.verbose,
+                )
+                logs = backup.epoch_logs or logs
+            if signals.received is not None:  # a signal during the last epoch's end: training is complete
+                raise resilience.Interrupted(signals.received, epochs, 0)
+        self.train_seconds = clock()
+        return logs

@@ -1,0 +1,231 @@
+"""Stopping a run safely: preemption signals, divergence, and the test-only fault injector.
+
+A training process stops early for three reasons, each an exception that
+`supcon_tf.runner` turns into one line and a documented exit status:
+
+    Interrupted  SIGINT (Ctrl-C) or SIGTERM (a scheduler or cloud preempting
+                 the machine). The current step finishes, a backup is written
+                 at that exact step, and the process exits: 130 for SIGINT,
+                 143 for SIGTERM. Running the same command resumes there.
+    Diverged     a non-finite loss, or a loss above `divergence_factor` times
+                 the run's first logged loss. Nothing is saved after the bad
+                 step, so the last good backup stays; exit status 3. Change a
+                 flag (e.g. --learning_rate) and run the command again to
+                 resume from that backup.
+
+`FaultInjector` makes the process SIGKILL itself at a named point; tests use
+it (environment variable `SUPCON_TF_FAULT`) to prove that every write of a run
+folder survives a kill. It does nothing unless that variable is set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+
+import keras
+
+EXIT_DIVERGED = 3
+EXIT_SIGINT = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+FAULT_ENV = "SUPCON_TF_FAULT"
+# Named points where `SUPCON_TF_FAULT=<point>[:<n>]` kills the process (the
+# n-th time the point is reached, 1 by default); `step:<k>` kills before
+# global step k runs, `nan_loss:<k>` makes the divergence guard see NaN at
+# global step k.
+FAULT_POINTS = (
+    "backup_write",
+    "checkpoint_write",
+    "csv_append",
+    "final_model_save",
+    "saved_model_export",
+    "metrics_write",
+    "finished_marker",
+    "step",
+    "nan_loss",
+)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a backup at `(epoch, step)` (0-based epoch, steps done in it)."""
+
+    def __init__(self, signum, epoch, step):
+        self.signum = signum
+        self.epoch = epoch
+        self.step = step
+        self.exit_status = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        super().__init__(f"interrupted at epoch {epoch} step {step}; run the same command to resume")
+
+
+class Diverged(Exception):
+    """Training stopped on a non-finite or exploding loss; the last good backup is kept."""
+
+    exit_status = EXIT_DIVERGED
+
+    def __init__(self, epoch, step, loss, learning_rate, reason):
+        self.epoch = epoch
+        self.step = step
+        self.loss = loss
+        self.learning_rate = learning_rate
+        super().__init__(
+            f"training diverged at epoch {epoch} step {step}: loss {loss:.6g} ({reason}), learning rate "
+            f"{learning_rate:.6g}; the last good backup is kept: change a flag (e.g. --learning_rate) and run "
+            "the same command to resume from it"
+        )
+
+
+class FaultInjector:
+    """Kills this process with SIGKILL at a named point when `SUPCON_TF_FAULT` asks for it (tests only).
+
+    `SUPCON_TF_FAULT=csv_append` kills the first time the CSV row is being
+    appended; `backup_write:3` the third time a backup is written; `step:7`
+    before global step 7 (0-based) runs.
+    """
+
+    def __init__(self, spec=None):
+        spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
+        self.point, self.count = None, 1
+        if spec:
+            point, _, count = spec.partition(":")
+            if point not in FAULT_POINTS or (count and not count.isdigit()):
+                raise ValueError(f"{FAULT_ENV} must be <point>[:<n>] with point one of {FAULT_POINTS}, received: {spec!r}")
+            self.point, self.count = point, int(count or 1)
+        self._seen = 0
+
+    def reached(self, point):
+        """Call at `point`: kills the process if this is the requested occurrence."""
+        if point != self.point:
+            return
+        self._seen += 1
+        if self._seen == self.count:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def before_step(self, global_step):
+        """Call before global step `global_step` runs: kills the process when `step:<global_step>` is set."""
+        if self.point == "step" and self.count == global_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def nan_at(self, global_step):
+        """True when `nan_loss:<global_step>` is set: the divergence guard then sees a NaN loss at that step."""
+        return self.point == "nan_loss" and self.count == global_step
+
+    def torn_write(self, point, file, partial):
+        """At `point`: when it is the requested occurrence, writes `partial` to `file`, flushes, and kills."""
+        if point == self.point and self._seen + 1 == self.count:
+            file.write(partial)
+            file.flush()
+        self.reached(point)
+
+
+_injector = None
+
+
+def faults():
+    """The process-wide `FaultInjector` (reads the environment once)."""
+    global _injector
+    if _injector is None:
+        _injector = FaultInjector()
+    return _injector
+
+
+class SignalWatcher:
+    """Context manager: while active, SIGINT / SIGTERM only set `received` instead of stopping the process.
+
+    The training loop polls `received` after each step (`StepBackup`), writes
+    a backup and raises `Interrupted`. A second SIGINT stops at once (a user
+    who insists). Outside the main thread it does nothing (Python only
+    delivers signals there).
+    """
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        return False
+
+
+def current_learning_rate(model):
+    """The optimizer's learning rate at its current step, as a float (NaN if unknown)."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    try:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except Exception:  # noqa: BLE001 - only for the message
+        return math.nan
+
+
+def check_loss(loss, reference, factor):
+    """The reason `loss` counts as diverged, or None.
+
+    Args:
+      loss: the logged loss (float).
+      reference: the run's first logged loss, or None before it is known.
+      factor: a loss above `factor * reference` diverged; 0 disables the bound.
+    """
+    if not math.isfinite(loss):
+        return "not finite"
+    if factor and reference is not None and reference > 0 and loss > factor * reference:
+        return f"above {factor:g} x the first logged loss {reference:.6g}"
+    return None
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Raises `Diverged` when the logged loss is not finite or exceeds `factor` x the run's first logged loss.
+
+    Like `keras.callbacks.TerminateOnNaN`, but it raises instead of letting
+    `fit` end normally, so nothing after the bad step is saved (put it
+    before the backup callback) and the run stays resumable from its last
+    good backup.
+
+    Args:
+      factor: float >= 0; 0 checks finiteness only.
+      position: callable `(epoch, batch) -> (step in epoch, global step)`
+        (e.g. `StepBackup.position`); None counts batches from epoch starts.
+      reference: the first logged loss of the run, when resuming (None: the
+        first step of this process sets it).
+    """
+
+    def __init__(self, factor, position, reference=None):
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 0:
+            raise ValueError(f"`factor` must be a number >= 0, received: factor={factor!r}")
+        if position is not None and not callable(position):
+            raise ValueError(f"`position` must be callable or None, received: position={position!r}")
+        self.factor = float(factor)
+        self.position = position
+        self.reference = reference
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs or "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        step, global_step = self.position(self._epoch, batch) if self.position else (batch + 1, None)
+        if faults().nan_at(global_step):
+            loss = math.nan
+        reason = check_loss(loss, self.reference, self.factor)
+        if reason:
+            raise Diverged(self._epoch, step, loss, current_learning_rate(self.model), reason)
+        if self.reference is None:
+            self.reference = loss

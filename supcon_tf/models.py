@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from supcon_tf import data as data_lib
 from supcon_tf import distribute
 from supcon_tf import losses as losses_lib
 from supcon_tf import memory as memory_lib
@@ -621,22 +622,35 @@ class LinearProbe(_Classifier):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int, received: batch_size={batch_size!r}")
         features, labels = self.extract_features(dataset)
-        inputs = keras.Input((features.shape[-1],))
-        head_only = keras.Model(inputs, self.classifier(inputs), name=f"{self.name}_cached")
-        # Fresh metric objects (a metric keeps state); the optimizer is shared
-        # on purpose: it updates the same classifier variables.
-        metrics = [m if isinstance(m, str) else m.__class__.from_config(m.get_config()) for m in self._metric_specs]
-        head_only.compile(optimizer=self.optimizer, loss=self.loss, metrics=metrics)
         validation = None
         if validation_data is not None:
             validation = self.extract_features(validation_data)
-        train = (
-            tf.data.Dataset.from_tensor_slices((features, labels))
-            .shuffle(len(features), seed=shuffle_seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-        )
+        train = data_lib.make_feature_batches(features, labels, batch_size=int(batch_size), seed=shuffle_seed)
         fit_kwargs.setdefault("shuffle", False)  # `train` shuffles itself
-        return head_only.fit(train, epochs=epochs, validation_data=validation, **fit_kwargs)
+        return self.cached_head().fit(
+            train,
+            epochs=epochs,
+            steps_per_epoch=-(-len(labels) // int(batch_size)),
+            validation_data=validation,
+            **fit_kwargs,
+        )
+
+    def cached_head(self):
+        """The classifier as a compiled model on `[batch, rep_dim]` features, for training on cached features.
+
+        It shares this probe's classifier variables and optimizer (so the
+        probe is trained by training it, and `self.save_weights` holds its
+        state); the metrics are fresh copies of the compiled ones.
+        """
+        if not self.compiled:
+            raise ValueError("Call `compile()` before `cached_head()`. Received: an uncompiled LinearProbe")
+        if getattr(self, "_cached_head", None) is None:
+            inputs = keras.Input((_encoder_output_dim(self.encoder),))
+            head = keras.Model(inputs, self.classifier(inputs), name=f"{self.name}_cached")
+            metrics = [m if isinstance(m, str) else m.__class__.from_config(m.get_config()) for m in self._metric_specs]
+            head.compile(optimizer=self.optimizer, loss=self.loss, metrics=metrics)
+            self._cached_head = head
+        return self._cached_head
 
 
 @keras.saving.register_keras_serializable(package="supcon_tf")

@@ -17,6 +17,39 @@ where no anchor has a positive gives 0 with zero gradients. The
 self-similarity is masked with a large finite negative number *before* a
 row-wise log-sum-exp, so nothing overflows down to tau = 0.005 in float32 and
 no inf/NaN ever reaches a gradient.
+
+Options of google-research's `supcon/losses.py` (`denominator_mode`,
+`positives_cap`), in our notation. For anchor i (sample s, view v) every
+contrast entry other than i itself is exactly one of:
+
+  P(i)  positives: the other views of s (when s is its own positive: always
+        with integer labels or none, `mask[s, s] > 0`, or a multi-hot row
+        with a class), every view of the other samples that are positives of
+        s and survive the cap, and the matching queue entries that survive it;
+  X(i)  capped out: positives of s removed by `positives_cap` (neither
+        positives nor negatives: they appear in no numerator or denominator);
+  N(i)  negatives: everything else.
+
+With s_ia = z_i.z_a / tau, the log-probability of positive p is
+l(i, p) = s_ip - log Z(i, p), with, by `denominator`:
+
+  "all"            Z(i)    = sum_{a in P(i) u N(i)} exp(s_ia)    (= A(i) without a cap; the paper)
+  "one_positive"   Z(i, p) = exp(s_ip) + sum_{n in N(i)} exp(s_in)
+                   (each positive against the negatives only: N-pair-like;
+                   l(i, p) = -softplus(log sum_N exp - s_ip) <= 0)
+  "only_negatives" Z(i)    = sum_{n in N(i)} exp(s_in)
+                   (not even p itself: l(i, p) may be > 0, so L may be < 0;
+                   an anchor with N(i) empty has no defined loss and is
+                   excluded like an anchor without positives)
+
+and L_out(i) = -(tau / base_tau) / |P(i)| * sum_p l(i, p),
+L_in(i) = -(tau / base_tau) * log(1/|P(i)| * sum_p exp(l(i, p))) (with mask
+weights w_p: weighted sums and |P(i)| = sum_p w_p). "all" without a cap is
+eq. 2 / eq. 3 above. `positives_cap = c >= 0` (a multiple of the number of
+views V) keeps, per anchor sample s, only the first c / V positive samples
+other than s (lowest index in the (gathered) batch, all V views each), then,
+in queue order, the first c - V * (batch samples kept) matching queue
+entries, so i never has more than c positives besides the other views of s.
 """
 
 from __future__ import annotations
@@ -31,6 +64,7 @@ import tensorflow as tf
 CONTRAST_MODES = ("all", "one")
 VARIANTS = ("out", "in")
 IMPLEMENTATIONS = ("auto", "dense", "blockwise")
+DENOMINATORS = ("all", "one_positive", "only_negatives")
 # "auto" switches to the blockwise form from this many contrast rows (views x
 # global batch + queue): below it the dense form is as fast and small enough.
 # See benchmarks/RESULTS.md for the measurements behind the number.
@@ -49,7 +83,9 @@ class PerAnchorLoss(NamedTuple):
     Attributes:
       loss: `[num_anchor_samples, anchor_views]` float, L(i) for each anchor;
         0 where the anchor has no positive.
-      has_positive: `[num_anchor_samples, anchor_views]` bool, |P(i)| > 0.
+      has_positive: `[num_anchor_samples, anchor_views]` bool, |P(i)| > 0
+        (and |N(i)| > 0 with `denominator="only_negatives"`): the anchors
+        that count in the mean.
     """
 
     loss: tf.Tensor
@@ -70,6 +106,44 @@ def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, received: {name}={value!r}")
     return value
+
+
+def _check_positives_cap(positives_cap):
+    if isinstance(positives_cap, bool) or not isinstance(positives_cap, (int, np.integer)) or positives_cap < -1:
+        raise ValueError(
+            f"`positives_cap` must be an int >= -1 (-1: no cap), received: positives_cap={positives_cap!r}"
+        )
+    return int(positives_cap)
+
+
+def _check_cap_against_views(positives_cap, features):
+    """The cap counts whole samples (all their views): it must be a multiple of the number of views."""
+    if positives_cap < 0:
+        return
+    views = _static_dim(features, 1)
+    if views is not None:
+        if views > 0 and positives_cap % views != 0:
+            raise ValueError(
+                f"`positives_cap` must be -1 or a multiple of the number of views ({views}), "
+                f"received: positives_cap={positives_cap}"
+            )
+        return
+    tf.debugging.assert_equal(
+        tf.math.floormod(positives_cap, tf.maximum(tf.shape(features)[1], 1)),
+        0,
+        message=f"`positives_cap` must be -1 or a multiple of the number of views, received: positives_cap={positives_cap}",
+    )
+
+
+def _flatten_trailing(tensor, keep):
+    """`[d_0, ..., d_{keep-1}, ...]` -> `[d_0, ..., d_{keep-1}, -1]`; a tensor of rank <= keep + 1 is returned as is."""
+    rank = tensor.shape.rank
+    if rank is None or rank <= keep + 1:
+        return tensor
+    dynamic = tf.shape(tensor)
+    lead = [d if d is not None else dynamic[i] for i, d in enumerate(tensor.shape[:keep])]
+    trailing = tensor.shape[keep:]
+    return tf.reshape(tensor, lead + [trailing.num_elements() if trailing.is_fully_defined() else -1])
 
 
 def _static_dim(tensor, axis):
@@ -110,7 +184,7 @@ def _validate_queue(features, labels, mask, queue_features, queue_labels):
         if queue_labels is not None:
             raise ValueError("`queue_labels` needs `queue_features`, received: queue_features=None")
         return None, None
-    queue_features = tf.convert_to_tensor(queue_features)
+    queue_features = _flatten_trailing(tf.convert_to_tensor(queue_features), 1)
     if queue_features.shape.rank != 2 or (
         features.shape[-1] is not None and queue_features.shape[-1] not in (None, features.shape[-1])
     ):
@@ -138,9 +212,9 @@ def _validate_queue(features, labels, mask, queue_features, queue_labels):
 
 
 def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
-    if features.shape.rank != 3:
+    if features.shape.rank != 3:  # rank > 3 was flattened per view before
         raise ValueError(
-            "`features` must have rank 3, [batch, views, dim], received: "
+            "`features` must have rank >= 3, [batch, views, dim] or [batch, views, ...], received: "
             f"features with shape {features.shape}"
         )
     if not features.dtype.is_floating:
@@ -194,43 +268,83 @@ def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
             raise ValueError("`mask` must be non-negative, received: a mask with negative entries")
 
 
+def _weighted_log_mean_exp(values, weight, safe_total):
+    """`log(sum_j weight_j exp(values_j) / safe_total)` per row, never taking log 0 on a selected entry."""
+    safe_weight = tf.where(weight > 0, weight, tf.ones_like(weight))
+    selected = tf.where(weight > 0, values + tf.math.log(safe_weight), tf.constant(_MASKED_LOGIT, values.dtype))
+    return tf.reduce_logsumexp(selected, axis=1) - tf.math.log(safe_total)
+
+
 def _dense_core(
     anchors, contrast, queue, labels, mask, queue_labels, self_index, num_samples, num_views,
-    anchor_offset, num_anchor, anchor_views, temperature, variant, dtype,
+    anchor_offset, num_anchor, anchor_views, temperature, variant, dtype, denominator="all", positives_cap=-1,
 ):
-    """Dense form: `(-(mean log-probability of the positives) [A], has_positive [A])`."""
+    """Dense form: `(-(mean log-probability of the positives) [A], anchor counts [A])`.
+
+    An anchor counts when it has a positive (and, for "only_negatives", a
+    negative); the value of one that does not is meaningless (finite).
+    """
     sample_mask = _sample_positive_mask(labels, mask, num_samples, dtype)
-    sample_mask = sample_mask[anchor_offset : anchor_offset + num_anchor]  # [b, N]
+    sample_mask = sample_mask[anchor_offset : anchor_offset + num_anchor]  # [b, N], weights
+    candidate = sample_mask > 0  # positive samples before the cap (own sample included)
+    dropped = tf.zeros_like(candidate)  # capped out
+    if positives_cap >= 0:
+        anchor_ids = tf.range(num_anchor) + anchor_offset
+        own = tf.equal(anchor_ids[:, None], tf.range(num_samples)[None, :])
+        others = candidate & ~own
+        per_sample_cap = positives_cap // num_views
+        # Inclusive rank of each positive sample among the anchor's others, by sample index.
+        rank = tf.cumsum(tf.cast(others, tf.int32), axis=1)
+        dropped = others & (rank > per_sample_cap)
+        sample_mask = tf.where(dropped, tf.zeros_like(sample_mask), sample_mask)
+        kept_samples = tf.minimum(tf.reduce_sum(tf.cast(others, tf.int32), axis=1), per_sample_cap)  # [b]
     positive = tf.tile(sample_mask, [anchor_views, num_views])  # [Va*b, V*N]
     not_self = 1.0 - tf.one_hot(self_index, num_views * num_samples, dtype=dtype)
     positive = positive * not_self
+    is_self = tf.equal(not_self, 0)
+    excluded = tf.tile(dropped, [anchor_views, num_views]) | is_self
+    negative = tf.tile(~candidate, [anchor_views, num_views]) & ~is_self
     if queue is not None:
         if labels is None:
-            queue_positive = tf.zeros([tf.shape(anchors)[0], tf.shape(queue)[0]], dtype)
+            queue_candidate = tf.zeros([num_anchor, tf.shape(queue)[0]], tf.bool)
         else:
             anchor_labels = labels[anchor_offset : anchor_offset + num_anchor]
-            queue_positive = tf.tile(_cross_positive_mask(anchor_labels, queue_labels, dtype), [anchor_views, 1])
+            queue_candidate = _cross_positive_mask(anchor_labels, queue_labels, dtype) > 0  # [b, K]
+        queue_dropped = tf.zeros_like(queue_candidate)
+        if positives_cap >= 0:
+            # Queue entries rank after every batch sample, in queue order, one positive each.
+            budget = positives_cap - num_views * kept_samples
+            queue_rank = tf.cumsum(tf.cast(queue_candidate, tf.int32), axis=1)
+            queue_dropped = queue_candidate & (queue_rank > budget[:, None])
+        queue_positive = tf.cast(queue_candidate & ~queue_dropped, dtype)
         contrast = tf.concat([contrast, queue], axis=0)
-        positive = tf.concat([positive, queue_positive], axis=1)
-        not_self = tf.concat([not_self, tf.ones_like(queue_positive)], axis=1)
+        positive = tf.concat([positive, tf.tile(queue_positive, [anchor_views, 1])], axis=1)
+        excluded = tf.concat([excluded, tf.tile(queue_dropped, [anchor_views, 1])], axis=1)
+        negative = tf.concat([negative, tf.tile(~queue_candidate, [anchor_views, 1])], axis=1)
 
     logits = tf.matmul(anchors, contrast, transpose_b=True) / tf.constant(temperature, dtype)
-    masked_logits = tf.where(not_self > 0, logits, tf.constant(_MASKED_LOGIT, dtype))
-    log_normaliser = tf.reduce_logsumexp(masked_logits, axis=1)  # log sum_{a in A(i)} exp
+    in_denominator = ~excluded if denominator == "all" else negative
+    masked_logits = tf.where(in_denominator, logits, tf.constant(_MASKED_LOGIT, dtype))
+    log_normaliser = tf.reduce_logsumexp(masked_logits, axis=1)  # log sum over the denominator set
 
     num_positive = tf.reduce_sum(positive, axis=1)
-    has_positive = num_positive > 0
-    safe_num_positive = tf.where(has_positive, num_positive, tf.ones_like(num_positive))
-    if variant == "out":
+    counts = num_positive > 0
+    if denominator == "only_negatives":
+        counts = counts & tf.reduce_any(negative, axis=1)
+    safe_num_positive = tf.where(num_positive > 0, num_positive, tf.ones_like(num_positive))
+    if denominator == "one_positive":
+        # l(i, p) = s_ip - log(exp(s_ip) + sum_N exp) = -softplus(log sum_N exp - s_ip).
+        log_prob = -tf.nn.softplus(log_normaliser[:, None] - logits)
+        if variant == "out":
+            mean_log_prob = tf.reduce_sum(positive * log_prob, axis=1) / safe_num_positive
+        else:
+            mean_log_prob = _weighted_log_mean_exp(log_prob, positive, safe_num_positive)
+    elif variant == "out":
         mean_log_prob = tf.reduce_sum(positive * logits, axis=1) / safe_num_positive - log_normaliser
     else:
         # log sum_p w_p exp(logit_p), without ever taking log 0 on a selected entry.
-        safe_weight = tf.where(positive > 0, positive, tf.ones_like(positive))
-        positive_logits = tf.where(positive > 0, logits + tf.math.log(safe_weight), tf.constant(_MASKED_LOGIT, dtype))
-        mean_log_prob = (
-            tf.reduce_logsumexp(positive_logits, axis=1) - tf.math.log(safe_num_positive) - log_normaliser
-        )
-    return -mean_log_prob, has_positive
+        mean_log_prob = _weighted_log_mean_exp(logits, positive, safe_num_positive) - log_normaliser
+    return -mean_log_prob, counts
 
 
 def _blockwise_ids(labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views):
@@ -255,16 +369,101 @@ def _blockwise_ids(labels, queue_labels, queue, num_samples, num_views, anchor_o
     return anchor_keys, column_keys
 
 
-def _blockwise_core(anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size):
-    """Streaming form: `(-(mean log-probability of the positives) [A], number of positives [A])`.
+def _blockwise_cap_bounds(
+    labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views, positives_cap,
+    block_size,
+):
+    """`cap_bounds` of `_blockwise_core` for `positives_cap` >= 0, streamed over key blocks (no [b, N] matrix)."""
+    sample_keys = tf.range(num_samples) if labels is None else labels
+    anchor_samples = tf.range(num_anchor) + anchor_offset
+    anchor_keys = sample_keys[anchor_offset : anchor_offset + num_anchor]
+    per_sample_cap = positives_cap // num_views
+    batch_count, batch_bound = _first_matches_bound(anchor_keys, anchor_samples, sample_keys, per_sample_cap, block_size)
+    queue_bound = tf.zeros_like(batch_bound)
+    if queue is not None and labels is not None:
+        # Queue entries rank after every batch sample, in queue order, one positive each.
+        budget = positives_cap - num_views * tf.minimum(batch_count, per_sample_cap)
+        _, queue_bound = _first_matches_bound(
+            anchor_keys, -tf.ones_like(anchor_samples), tf.cast(queue_labels, labels.dtype), budget, block_size
+        )
+    tile = lambda t: tf.tile(t, [anchor_views])  # noqa: E731  (rows are view-major: v * b + s)
+    return tile(anchor_samples), tile(batch_bound), tile(queue_bound), num_samples, num_views * num_samples
+
+
+def _first_matches_bound(row_keys, row_ids, column_keys, limit, block_size):
+    """Streams over column blocks: how many columns match each row, and where its first `limit` matches end.
+
+    A column matches a row when their keys match (equal ids; multi-hot:
+    a shared class) and its index is not the row's `row_ids` entry (-1:
+    none excluded). Returns `(count, bound)`, `[rows]` int32: `count` is the
+    number of matching columns; the first `limit` of them (by index) are
+    exactly the matching columns with index < `bound` (0 when `limit` <= 0,
+    the number of columns when fewer match). Memory: rows x block_size.
+    """
+    multi_hot = row_keys.shape.rank == 2
+    num_rows = tf.shape(row_keys)[0]
+    if column_keys.shape[0] is not None:
+        num_columns = column_keys.shape[0]
+        num_blocks = max(1, -(-num_columns // block_size))
+    else:
+        num_columns = tf.shape(column_keys)[0]
+        num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
+    tail = [0] * (column_keys.shape.rank - 1)
+    keys_padded = tf.pad(column_keys, [[0, num_blocks * block_size - num_columns]] + [[0, 0]] * len(tail))
+    limit = tf.broadcast_to(tf.cast(limit, tf.int32), [num_rows])
+    row_float = tf.cast(row_keys, tf.float32) if multi_hot else None
+
+    def body(k, count, bound):
+        start = k * block_size
+        keys = tf.slice(keys_padded, [start] + tail, [block_size] + [-1] * len(tail))
+        index = start + tf.range(block_size)
+        if multi_hot:
+            match = tf.matmul(row_float, tf.cast(keys, tf.float32), transpose_b=True) > 0
+        else:
+            match = tf.equal(row_keys[:, None], keys[None, :])
+        match = match & (index[None, :] < num_columns) & (index[None, :] != row_ids[:, None])
+        match_int = tf.cast(match, tf.int32)
+        running = tf.cumsum(match_int, axis=1) + count[:, None]
+        ends_here = match & tf.equal(running, limit[:, None])
+        block_bound = tf.reduce_min(tf.where(ends_here, index[None, :] + 1, num_columns), axis=1)
+        return [k + 1, count + tf.reduce_sum(match_int, axis=1), tf.minimum(bound, block_bound)]
+
+    _, count, bound = tf.while_loop(
+        lambda k, *_: k < num_blocks,
+        body,
+        [tf.constant(0), tf.zeros([num_rows], tf.int32), tf.fill([num_rows], tf.cast(num_columns, tf.int32))],
+        maximum_iterations=num_blocks,
+        parallel_iterations=1,
+    )
+    return count, tf.where(limit > 0, bound, tf.zeros_like(bound))
+
+
+def _blockwise_core(
+    anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size,
+    denominator="all", cap_bounds=None,
+):
+    """Streaming form: `(-(mean log-probability of the positives) [A], anchor counts [A] float)`.
 
     Forward: one pass over column blocks keeps, per anchor, an online
-    log-sum-exp over A(i), the sum and count of positive logits, and (for
-    "in") an online log-sum-exp over P(i). Backward: a second pass recomputes
-    each block's logits and probabilities and accumulates
-    dL/d anchors = G C / tau and dL/d contrast = G^T A / tau, with
-    G = dL/d logits (p - pos/|P| for "out", p - q for "in"). Peak memory is a
-    few [anchors, block_size] matrices.
+    log-sum-exp over the denominator set, the sum and count of positive
+    logits, and (for "in") an online log-sum-exp over P(i); "one_positive"
+    needs a second pass, once the negatives' log-sum-exp n_i is known, for
+    sum_p l(i, p) (or its log-sum-exp) and the weight c_i of the negatives
+    in the gradient. Backward: a second pass recomputes each block's logits
+    and probabilities and accumulates dL/d anchors = G C / tau and
+    dL/d contrast = G^T A / tau, with G = dL/d logits:
+    "all"/"only_negatives": p - pos/|P| ("out") or p - q ("in"), p the
+    softmax over the denominator set; "one_positive": c_i * softmax_N on
+    the negatives and -(1 - sigma_ip)/|P| ("out") or -r_ip (1 - sigma_ip)
+    ("in") on the positives, with sigma_ip = exp(l(i, p)),
+    r_ip = softmax_P(l(i, .)), c_i = sum_p of the positives' factors.
+    Peak memory is a few [anchors, block_size] matrices.
+
+    `cap_bounds`: None, or `(row_sample, batch_bound, queue_bound,
+    num_samples, num_batch_columns)` from `positives_cap`: a matching batch
+    column of sample t stays positive for row r when t is the row's own
+    sample or t < batch_bound[r]; a matching queue column q when
+    q < queue_bound[r]; the other matching columns are capped out.
     """
     dtype = anchors.dtype
     multi_hot = anchor_keys.shape.rank == 2
@@ -281,8 +480,10 @@ def _blockwise_core(anchors, contrast, anchor_keys, column_keys, self_index, tem
     inverse_temperature = tf.constant(1.0 / temperature, dtype)
     masked = tf.constant(_MASKED_LOGIT, dtype)
     anchor_keys = tf.stop_gradient(anchor_keys)
+    one_positive = denominator == "one_positive"
 
     def block(anchor_matrix, contrast_padded, k):
+        """Columns, logits, the denominator set (bool) and the positives (0/1) of block k."""
         start = k * block_size
         columns = tf.slice(contrast_padded, [start, 0], [block_size, -1])
         keys = tf.slice(keys_padded, [start] + [0] * (column_keys.shape.rank - 1), [block_size] + [-1] * (column_keys.shape.rank - 1))
@@ -293,46 +494,106 @@ def _blockwise_core(anchors, contrast, anchor_keys, column_keys, self_index, tem
             match = tf.matmul(tf.cast(anchor_keys, dtype), tf.cast(keys, dtype), transpose_b=True) > 0
         else:
             match = tf.equal(anchor_keys[:, None], keys[None, :])
-        positive = tf.cast(match & valid, dtype)
-        return columns, logits, valid, positive
+        match = match & valid
+        if cap_bounds is None:
+            kept = match
+        else:
+            row_sample, batch_bound, queue_bound, num_samples, num_batch_columns = cap_bounds
+            column_sample = tf.math.floormod(column_index, num_samples)[None, :]
+            in_queue = (column_index >= num_batch_columns)[None, :]
+            keep = tf.where(
+                in_queue,
+                (column_index - num_batch_columns)[None, :] < queue_bound[:, None],
+                tf.equal(column_sample, row_sample[:, None]) | (column_sample < batch_bound[:, None]),
+            )
+            kept = match & keep
+        if denominator == "all":
+            in_denominator = valid & ~(match & ~kept)  # everything but the anchor and the capped out
+        else:
+            in_denominator = valid & ~match  # the negatives
+        return columns, logits, in_denominator, tf.cast(kept, dtype)
+
+    def online_log_sum_exp(old_max, old_sum, values, selected, factor=None):
+        """One block of an online log-sum-exp over `values` where `selected` (optionally a weighted second sum)."""
+        values = tf.where(selected, values, masked)
+        new_max = tf.maximum(old_max, tf.reduce_max(values, axis=1))
+        scaled = tf.exp(values - new_max[:, None]) * tf.cast(selected, dtype)
+        rescale = tf.exp(old_max - new_max)
+        new_sum = old_sum * rescale + tf.reduce_sum(scaled, axis=1)
+        if factor is None:
+            return new_max, new_sum
+        return new_max, new_sum, rescale, tf.reduce_sum(scaled * factor, axis=1)
+
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
 
     def forward(anchor_matrix, contrast_padded):
-        def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum):
-            _, logits, valid, positive = block(anchor_matrix, contrast_padded, k)
-            masked_logits = tf.where(valid, logits, masked)
-            new_max = tf.maximum(row_max, tf.reduce_max(masked_logits, axis=1))
-            row_sum = row_sum * tf.exp(row_max - new_max) + tf.reduce_sum(
-                tf.exp(masked_logits - new_max[:, None]) * tf.cast(valid, dtype), axis=1
-            )
-            positive_logits = tf.where(positive > 0, logits, masked)
-            new_pos_max = tf.maximum(pos_max, tf.reduce_max(positive_logits, axis=1))
-            pos_exp_sum = pos_exp_sum * tf.exp(pos_max - new_pos_max) + tf.reduce_sum(
-                tf.exp(positive_logits - new_pos_max[:, None]) * positive, axis=1
-            )
+        def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count):
+            _, logits, in_denominator, positive = block(anchor_matrix, contrast_padded, k)
+            new_max, row_sum = online_log_sum_exp(row_max, row_sum, logits, in_denominator)
+            new_pos_max, pos_exp_sum = online_log_sum_exp(pos_max, pos_exp_sum, logits, positive > 0)
             pos_sum += tf.reduce_sum(positive * logits, axis=1)
             pos_count += tf.reduce_sum(positive, axis=1)
-            return [k + 1, new_max, row_sum, pos_sum, pos_count, new_pos_max, pos_exp_sum]
+            if denominator == "only_negatives":  # an anchor needs a negative to count
+                den_count += tf.reduce_sum(tf.cast(in_denominator, dtype), axis=1)
+            return [k + 1, new_max, row_sum, pos_sum, pos_count, new_pos_max, pos_exp_sum, den_count]
 
         lowest, zeros = tf.fill([num_rows], masked), tf.zeros([num_rows], dtype)
-        start = [lowest, zeros, zeros, zeros, lowest, zeros]  # row max/sum, pos sum/count, pos max/sum
-        _, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum = tf.while_loop(
+        start = [lowest, zeros, zeros, zeros, lowest, zeros, zeros]  # row max/sum, pos sum/count, pos max/sum, den count
+        _, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count = tf.while_loop(
             lambda k, *_: k < num_blocks, body, [tf.constant(0)] + start, maximum_iterations=num_blocks,
             parallel_iterations=1,  # one block in flight: memory stays ~ anchors x block_size
         )
-        tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
         log_normaliser = row_max + tf.math.log(tf.maximum(row_sum, tiny))
         log_positive = pos_max + tf.math.log(tf.maximum(pos_exp_sum, tiny))
-        return log_normaliser, log_positive, pos_sum, pos_count
+        negative_weight = zeros
+        if one_positive:
+            # Second pass: l(i, p) = -softplus(n_i - s_ip) and 1 - sigma_ip = sigmoid(n_i - s_ip).
+            def second(k, lp_sum, lp_max, lp_exp_sum, miss_sum):
+                _, logits, _, positive = block(anchor_matrix, contrast_padded, k)
+                gap = log_normaliser[:, None] - logits
+                log_prob, miss = -tf.nn.softplus(gap), tf.sigmoid(gap)
+                if variant == "out":
+                    return [k + 1, lp_sum + tf.reduce_sum(positive * log_prob, axis=1), lp_max, lp_exp_sum,
+                            miss_sum + tf.reduce_sum(positive * miss, axis=1)]
+                new_max, lp_exp_sum, rescale, block_miss = online_log_sum_exp(
+                    lp_max, lp_exp_sum, log_prob, positive > 0, factor=miss
+                )
+                return [k + 1, lp_sum, new_max, lp_exp_sum, miss_sum * rescale + block_miss]
 
-    def backward(anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count):
-        def body(k, anchor_grad, contrast_grads):
-            columns, logits, valid, positive = block(anchor_matrix, contrast_padded, k)
-            probability = tf.exp(tf.where(valid, logits, masked) - log_normaliser[:, None]) * tf.cast(valid, dtype)
+            _, lp_sum, lp_max, lp_exp_sum, miss_sum = tf.while_loop(
+                lambda k, *_: k < num_blocks, second, [tf.constant(0), zeros, lowest, zeros, zeros],
+                maximum_iterations=num_blocks, parallel_iterations=1,
+            )
+            safe_count = tf.where(pos_count > 0, pos_count, tf.ones_like(pos_count))
             if variant == "out":
-                target = positive / safe_count[:, None]
+                pos_sum = lp_sum  # sum_p l(i, p)
+                negative_weight = miss_sum / safe_count
             else:
-                target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
-            g = (probability - target) * weight[:, None]
+                log_positive = lp_max + tf.math.log(tf.maximum(lp_exp_sum, tiny))  # log sum_p exp l(i, p)
+                negative_weight = miss_sum / tf.maximum(lp_exp_sum, tiny)
+        return log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight
+
+    def backward(anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight):
+        def body(k, anchor_grad, contrast_grads):
+            columns, logits, in_denominator, positive = block(anchor_matrix, contrast_padded, k)
+            probability = tf.exp(tf.where(in_denominator, logits, masked) - log_normaliser[:, None]) * tf.cast(
+                in_denominator, dtype
+            )
+            if one_positive:
+                gap = log_normaliser[:, None] - logits
+                miss = tf.sigmoid(gap)
+                if variant == "out":
+                    target = positive * miss / safe_count[:, None]
+                else:
+                    log_prob = tf.where(positive > 0, -tf.nn.softplus(gap), masked)
+                    target = positive * tf.exp(log_prob - log_positive[:, None]) * miss
+                g = (negative_weight[:, None] * probability - target) * weight[:, None]
+            else:
+                if variant == "out":
+                    target = positive / safe_count[:, None]
+                else:
+                    target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
+                g = (probability - target) * weight[:, None]
             anchor_grad += tf.matmul(g, columns)
             contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
             return [k + 1, anchor_grad, contrast_grads]
@@ -361,23 +622,27 @@ def _blockwise_core(anchors, contrast, anchor_keys, column_keys, self_index, tem
         # The passes are never differentiated by autodiff (the custom gradient
         # below is the derivative); cutting their inputs keeps tapes from
         # asking for while-loop gradients of an XLA function.
-        log_normaliser, log_positive, pos_sum, pos_count = forward(
+        log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight = forward(
             tf.stop_gradient(anchor_matrix), tf.stop_gradient(contrast_padded)
         )
-        has_positive = pos_count > 0
-        safe_count = tf.where(has_positive, pos_count, tf.ones_like(pos_count))
-        if variant == "out":
+        counts = pos_count > 0
+        if denominator == "only_negatives":
+            counts = counts & (den_count > 0)
+        safe_count = tf.where(pos_count > 0, pos_count, tf.ones_like(pos_count))
+        if one_positive:
+            mean_log_prob = pos_sum / safe_count if variant == "out" else log_positive - tf.math.log(safe_count)
+        elif variant == "out":
             mean_log_prob = pos_sum / safe_count - log_normaliser
         else:
             mean_log_prob = log_positive - tf.math.log(safe_count) - log_normaliser
-        neg = tf.where(has_positive, -mean_log_prob, tf.zeros_like(mean_log_prob))
+        neg = tf.where(counts, -mean_log_prob, tf.zeros_like(mean_log_prob))
 
         def grad(upstream):
-            weight = tf.where(has_positive, upstream, tf.zeros_like(upstream)) * inverse_temperature
-            inputs = (anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count)
+            weight = tf.where(counts, upstream, tf.zeros_like(upstream)) * inverse_temperature
+            inputs = (anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight)
             return backward(*[tf.stop_gradient(t) for t in inputs])
 
-        return (neg, tf.stop_gradient(pos_count)), lambda upstream, _unused: grad(upstream)
+        return (neg, tf.stop_gradient(tf.cast(counts, dtype))), lambda upstream, _unused: grad(upstream)
 
     return core(anchors, contrast)
 
@@ -398,13 +663,17 @@ def supcon_per_anchor_loss(
     queue_labels=None,
     implementation="auto",
     block_size=DEFAULT_BLOCK_SIZE,
+    denominator="all",
+    positives_cap=-1,
 ):
     """SupCon loss of every anchor, and which anchors have a positive.
 
     Args:
       features: `[batch, views, dim]` float (any float dtype; computed in
         float32, or float64 for float64 input). The projected embeddings;
-        expected L2-normalised unless `normalize=True`.
+        expected L2-normalised unless `normalize=True`. Features of rank > 3,
+        `[batch, views, ...]`, are flattened per view to `[batch, views, -1]`
+        first (and `normalize` then normalises the flattened vectors).
       labels: optional `[batch]` integer class ids (any values; equality
         defines positives) or `[batch, classes]` multi-hot matrix (positives
         share at least one class).
@@ -431,7 +700,8 @@ def supcon_per_anchor_loss(
       queue_features: optional `[K, dim]` extra contrast entries (a memory
         queue of earlier embeddings). They join A(i) for every anchor, carry
         no gradient (`stop_gradient`), and are positives by `queue_labels`.
-        Normalised like `features` when `normalize=True`.
+        Normalised like `features` when `normalize=True`. `[K, ...]` is
+        flattened to `[K, -1]` like `features`.
       queue_labels: `[K]` ids or `[K, classes]` multi-hot, in the same form
         as `labels`; required when `labels` is given. Without `labels`
         (SimCLR) every queue entry is a negative. Not supported with `mask`.
@@ -443,16 +713,44 @@ def supcon_per_anchor_loss(
         `BLOCKWISE_THRESHOLD` rows and no `mask` is given (a mask is always
         dense). Both give the same values and gradients to float32 precision.
       block_size: contrast columns per block for "blockwise".
+      denominator: which contrast entries form the softmax denominator of
+        positive p (google-research's `denominator_mode`; see the module
+        docstring for the formulas). `"all"` (default): P(i) and N(i), i.e.
+        every entry but the anchor (and the capped-out ones), eq. 2 / eq. 3.
+        `"one_positive"`: p itself plus N(i), so each positive competes only
+        with the negatives, never with the other positives (the own other
+        views included). `"only_negatives"`: N(i) only, not even p; an anchor
+        without a negative is then excluded like one without a positive. The
+        variants keep their form: "out" averages the log-probabilities
+        l(i, p) over P(i), "in" takes the log of the mean of exp l(i, p).
+      positives_cap: int; -1 (default): no cap. c >= 0 must be a multiple of
+        the number of views V: per anchor sample, only the first c / V
+        positive samples other than its own (lowest index in `features`,
+        i.e. the gathered global batch with `anchor_offset`) stay positives,
+        with all their views; then the first c - V * (samples kept) matching
+        queue entries, in queue order (queue entries rank after every batch
+        sample and count one positive each). The other positives of the
+        anchor are capped out: neither positives nor negatives, in no
+        denominator. The other views of the anchor's own sample do not count
+        and always stay positive (if its own sample is positive at all).
+        With multi-hot `labels`, the candidates are the samples sharing a
+        class; with a `mask`, the samples with `mask > 0`, ranked by index
+        whatever their weight, the kept ones keeping their weight. Without
+        labels or mask (SimCLR) there is nothing to cap.
 
     Returns:
       `PerAnchorLoss(loss, has_positive)`, both
       `[num_anchor_samples, anchor_views]` (anchor_views is `views` for
-      `"all"` and 1 for `"one"`).
+      `"all"` and 1 for `"one"`). `has_positive` says which anchors count
+      in the mean: |P(i)| > 0, and, for `denominator="only_negatives"`,
+      |N(i)| > 0.
 
     Raises:
-      ValueError: for a wrong rank or dtype, both `labels` and `mask`, a batch
-        mismatch, a non-positive temperature, non-finite features (checked
-        when running eagerly), an unknown `contrast_mode` or `variant`.
+      ValueError: for a rank < 3 or a non-float dtype, both `labels` and
+        `mask`, a batch mismatch, a non-positive temperature, non-finite
+        features (checked when running eagerly), an unknown `contrast_mode`,
+        `variant` or `denominator`, a `positives_cap` that is not -1 or a
+        non-negative multiple of the number of views.
     """
     temperature = _check_positive_number("temperature", temperature)
     base_temperature = (
@@ -461,12 +759,15 @@ def supcon_per_anchor_loss(
     _check_choice("contrast_mode", contrast_mode, CONTRAST_MODES)
     _check_choice("variant", variant, VARIANTS)
     _check_choice("implementation", implementation, IMPLEMENTATIONS)
+    _check_choice("denominator", denominator, DENOMINATORS)
+    positives_cap = _check_positives_cap(positives_cap)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive int, received: block_size={block_size!r}")
-    features = tf.convert_to_tensor(features)
+    features = _flatten_trailing(tf.convert_to_tensor(features), 2)
     labels = None if labels is None else tf.convert_to_tensor(labels)
     mask = None if mask is None else tf.convert_to_tensor(mask)
     _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples)
+    _check_cap_against_views(positives_cap, features)
     queue_features, queue_labels = _validate_queue(features, labels, mask, queue_features, queue_labels)
 
     dtype = _compute_dtype(features)
@@ -513,16 +814,24 @@ def supcon_per_anchor_loss(
         anchor_ids, column_ids = _blockwise_ids(
             labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views
         )
+        cap_bounds = None
+        if positives_cap >= 0 and labels is not None:  # without labels there is nothing to cap
+            cap_bounds = _blockwise_cap_bounds(
+                labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views,
+                positives_cap, block_size,
+            )
         if queue is not None:
             contrast = tf.concat([contrast, queue], axis=0)
-        neg_mean_log_prob, num_positive = _blockwise_core(
-            anchors, contrast, anchor_ids, column_ids, self_index, temperature, variant, block_size
+        neg_mean_log_prob, counts = _blockwise_core(
+            anchors, contrast, anchor_ids, column_ids, self_index, temperature, variant, block_size,
+            denominator=denominator, cap_bounds=cap_bounds,
         )
-        has_positive = num_positive > 0
+        has_positive = counts > 0
     else:
         neg_mean_log_prob, has_positive = _dense_core(
             anchors, contrast, queue, labels, mask, queue_labels, self_index, num_samples, num_views,
             anchor_offset, num_anchor, anchor_views, temperature, variant, dtype,
+            denominator=denominator, positives_cap=positives_cap,
         )
     loss = (temperature / base_temperature) * neg_mean_log_prob
     loss = tf.where(has_positive, loss, tf.zeros_like(loss))
@@ -560,6 +869,8 @@ def supcon_loss(
     queue_labels=None,
     implementation="auto",
     block_size=DEFAULT_BLOCK_SIZE,
+    denominator="all",
+    positives_cap=-1,
 ):
     """Scalar SupCon batch loss: mean of L(i) over anchors with a positive.
 
@@ -568,7 +879,8 @@ def supcon_loss(
     `supcon_per_anchor_loss` for the arguments.
 
     Args:
-      features: `[batch, views, dim]` float embeddings.
+      features: `[batch, views, dim]` float embeddings (`[batch, views, ...]`
+        is flattened per view).
       labels: optional `[batch]` int or `[batch, classes]` multi-hot.
       mask: optional `[batch, batch]` positive mask.
       temperature: tau > 0 (paper: 0.1 for SupCon).
@@ -581,6 +893,8 @@ def supcon_loss(
       queue_labels: their labels (with `labels`).
       implementation: "auto" (default), "dense" or "blockwise".
       block_size: contrast columns per block for the blockwise form.
+      denominator: "all" (default), "one_positive" or "only_negatives".
+      positives_cap: -1 (default, no cap) or a multiple of the views.
 
     Returns:
       Scalar float32 (float64 for float64 features) loss; 0 with zero
@@ -605,6 +919,8 @@ def supcon_loss(
             queue_labels=queue_labels,
             implementation=implementation,
             block_size=block_size,
+            denominator=denominator,
+            positives_cap=positives_cap,
         )
     )
 
@@ -622,6 +938,10 @@ class SupConLoss(keras.losses.Loss):
       normalize: L2-normalise `y_pred` first. Default False.
       use_labels: if False, `y_true` is ignored and the loss is SimCLR's
         NT-Xent. Default True.
+      denominator: "all" (default), "one_positive" or "only_negatives"
+        (see `supcon_per_anchor_loss`).
+      positives_cap: -1 (default, no cap) or a non-negative multiple of the
+        number of views (checked against `y_pred` at call time).
       name: loss name.
       **kwargs: forwarded to `keras.losses.Loss` (e.g. `dtype`).
 
@@ -649,6 +969,8 @@ class SupConLoss(keras.losses.Loss):
         variant="out",
         normalize=False,
         use_labels=True,
+        denominator="all",
+        positives_cap=-1,
         name="supcon_loss",
         **kwargs,
     ):
@@ -659,12 +981,15 @@ class SupConLoss(keras.losses.Loss):
             _check_positive_number("base_temperature", base_temperature)
         _check_choice("contrast_mode", contrast_mode, CONTRAST_MODES)
         _check_choice("variant", variant, VARIANTS)
+        _check_choice("denominator", denominator, DENOMINATORS)
         self.temperature = float(temperature)
         self.base_temperature = None if base_temperature is None else float(base_temperature)
         self.contrast_mode = contrast_mode
         self.variant = variant
         self.normalize = bool(normalize)
         self.use_labels = bool(use_labels)
+        self.denominator = denominator
+        self.positives_cap = _check_positives_cap(positives_cap)
 
     def call(self, y_true, y_pred):
         labels = None
@@ -684,6 +1009,8 @@ class SupConLoss(keras.losses.Loss):
             contrast_mode=self.contrast_mode,
             variant=self.variant,
             normalize=self.normalize,
+            denominator=self.denominator,
+            positives_cap=self.positives_cap,
         )
 
     def get_config(self):
@@ -695,5 +1022,7 @@ class SupConLoss(keras.losses.Loss):
             variant=self.variant,
             normalize=self.normalize,
             use_labels=self.use_labels,
+            denominator=self.denominator,
+            positives_cap=self.positives_cap,
         )
         return config

@@ -96,6 +96,14 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         (default) leaves eq. 2 unscaled.
       contrast_mode: `"all"` or `"one"` (see `losses.supcon_per_anchor_loss`).
       variant: `"out"` (eq. 2, default) or `"in"` (eq. 3).
+      denominator: `"all"` (default, the paper), `"one_positive"` or
+        `"only_negatives"`: which contrast entries form each positive's
+        softmax denominator (google-research's `denominator_mode`; see
+        `losses.supcon_per_anchor_loss`).
+      positives_cap: -1 (default, no cap) or a non-negative multiple of the
+        number of views: per anchor, only the first `positives_cap // views`
+        same-class samples of the global batch (then matching queue entries)
+        stay positives; the rest are left out of the loss.
       cross_replica: under a distribution strategy, contrast every replica's
         anchors against the gathered *global* batch (default True, the exact
         SupCon objective). False contrasts each replica's anchors with its own
@@ -169,6 +177,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         base_temperature=None,
         contrast_mode="all",
         variant="out",
+        denominator="all",
+        positives_cap=-1,
         cross_replica=True,
         queue_size=0,
         queue_warmup_steps=0,
@@ -195,14 +205,16 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
                 )
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
-        # Validates temperature, base_temperature, contrast_mode and variant
-        # with the loss's own messages.
+        # Validates temperature, base_temperature, contrast_mode, variant,
+        # denominator and positives_cap with the loss's own messages.
         losses_lib.SupConLoss(
             temperature=temperature,
             base_temperature=base_temperature,
             contrast_mode=contrast_mode,
             variant=variant,
             use_labels=method == "supcon",
+            denominator=denominator,
+            positives_cap=positives_cap,
         )
         self.encoder = encoder
         self.head = head
@@ -211,6 +223,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         self.base_temperature = None if base_temperature is None else float(base_temperature)
         self.contrast_mode = contrast_mode
         self.variant = variant
+        self.denominator = denominator
+        self.positives_cap = int(positives_cap)
         self.cross_replica = cross_replica
         self.queue_size = int(queue_size)
         self.queue_warmup_steps = int(queue_warmup_steps)
@@ -375,6 +389,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             base_temperature=self.base_temperature,
             contrast_mode=self.contrast_mode,
             variant=self.variant,
+            denominator=self.denominator,
+            positives_cap=self.positives_cap,
             anchor_offset=gathered.offset,
             num_anchor_samples=gathered.num_local,
             **queue,
@@ -465,6 +481,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             base_temperature=self.base_temperature,
             contrast_mode=self.contrast_mode,
             variant=self.variant,
+            denominator=self.denominator,
+            positives_cap=self.positives_cap,
             cross_replica=self.cross_replica,
             queue_size=self.queue_size,
             queue_warmup_steps=self.queue_warmup_steps,
@@ -644,13 +662,16 @@ class LinearProbe(_Classifier):
         """
         if not self.compiled:
             raise ValueError("Call `compile()` before `cached_head()`. Received: an uncompiled LinearProbe")
-        if getattr(self, "_cached_head", None) is None:
+        head = self.__dict__.get("_cached_head_model")
+        if head is None:
             inputs = keras.Input((_encoder_output_dim(self.encoder),))
             head = keras.Model(inputs, self.classifier(inputs), name=f"{self.name}_cached")
             metrics = [m if isinstance(m, str) else m.__class__.from_config(m.get_config()) for m in self._metric_specs]
             head.compile(optimizer=self.optimizer, loss=self.loss, metrics=metrics)
-            self._cached_head = head
-        return self._cached_head
+            # Kept outside Keras' attribute tracking: the head is a view of this
+            # probe's own classifier, not a sub-layer to save a second time.
+            self.__dict__["_cached_head_model"] = head
+        return head
 
 
 @keras.saving.register_keras_serializable(package="supcon_tf")

@@ -1,4 +1,5 @@
-# Two entry points (see README.md): `make demo` and `make test`.
+# Two entry points (see README.md): `make demo` and `make test`; CI (.ci/run) runs
+# `make test` and then `make test-slow`.
 # Both create or refresh the local virtual environment .venv from
 # requirements.txt when it is missing or older than requirements.txt / pyproject.toml.
 

@@ -20,7 +20,7 @@ from experiments import common  # noqa: E402
 
 flags.DEFINE_string("model", None, "Trained model file (.keras): SupConModel, encoder, LinearProbe or CrossEntropyModel.")
 flags.DEFINE_string("output", None, "SavedModel folder to write.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing export (atomically).")
+# --overwrite (defined in experiments.common) replaces an existing export, atomically.
 FLAGS = flags.FLAGS
 
 

@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import threading
+import time
 
 import keras
 
@@ -35,7 +36,8 @@ FAULT_ENV = "SUPCON_TF_FAULT"
 # Named points where `SUPCON_TF_FAULT=<point>[:<n>]` kills the process (the
 # n-th time the point is reached, 1 by default); `step:<k>` kills before
 # global step k runs, `nan_loss:<k>` makes the divergence guard see NaN at
-# global step k.
+# global step k, `slow_steps:<ms>` sleeps that long before every step (to
+# signal a tiny run mid-epoch).
 FAULT_POINTS = (
     "backup_write",
     "checkpoint_write",
@@ -46,6 +48,7 @@ FAULT_POINTS = (
     "finished_marker",
     "step",
     "nan_loss",
+    "slow_steps",
 )
 
 
@@ -107,6 +110,8 @@ class FaultInjector:
         """Call before global step `global_step` runs: kills the process when `step:<global_step>` is set."""
         if self.point == "step" and self.count == global_step:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.point == "slow_steps":
+            time.sleep(self.count / 1000)
 
     def nan_at(self, global_step):
         """True when `nan_loss:<global_step>` is set: the divergence guard then sees a NaN loss at that step."""

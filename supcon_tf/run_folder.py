@@ -183,6 +183,12 @@ class RunFolder:
         state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.write_json(STATE, state)
 
+    def record_resume(self, epoch, step, global_step):
+        """Appends where this start resumed (from the newest backup) to run_state.json's "resumes"."""
+        state = self.state()
+        resumes = list(state.get("resumes", [])) + [{"epoch": epoch, "step": step, "global_step": global_step}]
+        self._write_state(resumes=resumes)
+
     def enter_finishing(self, **fields):
         self._write_state(phase="finishing", **fields)
 

@@ -364,6 +364,8 @@ class _StageTrainer:
         target = self.model if self.fit_model is not self.model else self.fit_model
         resumed = self.store.restore(target)
         epoch, step, meta = (resumed.epoch, resumed.step, resumed.meta) if resumed else (0, 0, {})
+        if resumed is not None and checkpointing.is_chief():
+            self.folder.record_resume(epoch, step, resumed.global_step)
         seconds_before = float(meta.get("train_seconds", 0.0))
         self.train_seconds = seconds_before
         if epoch >= epochs:  # finishing: training was complete

@@ -27,8 +27,12 @@ def _run(module, *flags, timeout=300):
 
 def _assert_run_folder(model_dir, saved_model=True):
     names = set(os.listdir(model_dir))
-    expected = {"config.json", "checkpoints", "backup", "logs", "training_log.csv", "model.keras", "metrics.json"}
+    expected = {
+        "config.json", "run_state.json", "checkpoints", "logs", "training_log.csv", "model.keras", "metrics.json",
+        "FINISHED",
+    }
     assert expected <= names, names
+    assert "backup" not in names  # deleted after the FINISHED marker
     assert ("saved_model" in names) == saved_model
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "latest.keras"))
     assert os.listdir(os.path.join(model_dir, "logs", "worker_0"))  # TensorBoard event files

@@ -35,8 +35,17 @@ _HELP = {
     "crop_scale_min": "Lower bound of the random-resized-crop area fraction.",
     "flip": "Random horizontal flips.",
     "num_views": "Augmented views per image (contrastive methods).",
-    "encoder": "small_cnn | resnet18 | resnet34 | resnet50 | imagenet_resnet50 | ViT names (see encoders.py).",
+    "encoder": "small_cnn | resnet18 | resnet34 | resnet50 | imagenet_resnet50 | imagenet_resnet200 | "
+    "vit_tiny_patch4_32 | vit_b16, or any keras.applications:<Name> (e.g. keras.applications:EfficientNetV2B0; "
+    "random init), or your own build function <module>:<function> / <path/to/file.py>:<function>, called as "
+    "function(image_shape) -> keras.Model (this imports and runs that module). See docs/backbones.md.",
     "encoder_width": "Channel multiplier of small_cnn.",
+    "encoder_weights": "Initialise the encoder from this file: a .weights.h5 written by encoder.save_weights, or a "
+    ".keras model whose encoder is taken (e.g. a run's model.keras); shapes must match.",
+    "vit_hidden_dim": "vit_tiny_patch4_32: token width (divisible by --vit_num_heads; unset: 192).",
+    "vit_depth": "vit_tiny_patch4_32: transformer blocks (unset: 6).",
+    "vit_num_heads": "vit_tiny_patch4_32: attention heads (unset: 3).",
+    "vit_mlp_dim": "vit_tiny_patch4_32: MLP hidden width (unset: 768).",
     "head_hidden": "Projection head hidden width (0: linear head).",
     "embedding_dim": "Projection (embedding) dimension.",
     "synchronized_bn": "Cross-replica BatchNormalization.",
@@ -44,6 +53,10 @@ _HELP = {
     "base_temperature": "Loss scale tau / base_temperature (unset: unscaled, eq. 2).",
     "contrast_mode": "all | one.",
     "variant": "out (eq. 2) | in (eq. 3).",
+    "denominator": "all (the paper) | one_positive (each positive against the negatives only) | only_negatives "
+    "(the negatives alone): google-research's denominator_mode.",
+    "positives_cap": "Per anchor, keep only the first N positives of the global batch (a multiple of --num_views; "
+    "the anchor's own other views always stay); -1: no cap.",
     "queue_size": "Memory queue: contrast every anchor also with the last N embeddings (and labels) of earlier steps; 0: off.",
     "queue_warmup_steps": "Optimizer steps before the memory queue joins the loss (it is filled from the start).",
     "key_momentum": "Momentum m in [0, 1) of an EMA copy of encoder + head that fills the queue (MoCo); unset: the "
@@ -51,13 +64,21 @@ _HELP = {
     "sampler": "random | class_balanced (each batch: batch_size / samples_per_class classes x samples_per_class samples).",
     "samples_per_class": "K of the class_balanced (P x K) sampler; must divide --batch_size.",
     "optimizer": "sgd | lars | adam.",
-    "learning_rate": "Peak learning rate (> 0), reached after the warm-up.",
+    "learning_rate": "Peak learning rate (> 0) at --reference_batch_size, reached after the warm-up.",
+    "learning_rate_scaling": "linear | sqrt | none: how the learning rate follows --batch_size when it differs from "
+    "--reference_batch_size (linear: lr x batch / reference). The resolved value is written to config.json.",
+    "reference_batch_size": "The batch --learning_rate is given for (default: a preset's own batch_size, else "
+    "--batch_size itself, i.e. no scaling).",
     "momentum": "SGD / LARS momentum.",
     "weight_decay": "Weight decay (>= 0).",
     "warmup_epochs": "Linear warm-up epochs before the cosine decay.",
     "epochs": "Training epochs.",
     "batch_size": "Global batch size (divisible by the number of replicas).",
     "steps_per_epoch": "Steps per epoch (default: one pass over the training split).",
+    "online_eval": "Pre-training: train a linear classifier on the stop-gradient representation alongside "
+    "(its own Adam optimizer) and log online_top1, online_loss, contrast_top1 and contrast_entropy.",
+    "validation_fraction": "Carve this fraction of the TRAINING split for validation (val_* metrics each epoch; "
+    "the test split is never used for it); 0: none.",
     "pretrained": "linear_eval: the pre-trained model (.keras) whose encoder is probed.",
     "cache_features": "linear_eval: compute the frozen features once (no augmentation).",
     "strategy": "default | one_device | mirrored | multi_worker (TF_CONFIG) | tpu.",
@@ -123,6 +144,8 @@ def config_from_flags(**fixed) -> RunConfig:
     `fixed` is what the binary itself decides, e.g. method.
     """
     values = presets.get_preset(FLAGS.preset) if FLAGS.preset else {}
+    if "batch_size" in values:  # a recipe's learning rate is given for its own batch
+        values.setdefault("reference_batch_size", values["batch_size"])
     pretrained = FLAGS.pretrained if FLAGS.pretrained is not None else values.get("pretrained")
     if fixed.get("method") == "linear" and pretrained:
         run_config = _pretrained_run_config(pretrained)

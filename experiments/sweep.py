@@ -127,50 +127,12 @@ class SweepConfig:
 # ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainValidationSplit:
-    """Sources `(image uint8, label)` carved from the training split, with their sizes."""
-
-    train: object
-    validation: object
-    num_train: int
-    num_validation: int
-    num_classes: int
-
-
+# The split itself lives in the library (one function for the sweep and the binaries' --validation_fraction).
 def split_train_validation(base, fraction, seed):
-    """Carves a validation split out of the dataset's TRAIN split (the test split is never read).
+    """`runner.split_train_validation`: a validation split carved from the TRAIN split (the test split is never read)."""
+    from supcon_tf import runner
 
-    Digits: a stratified split (`sklearn.model_selection.train_test_split`
-    with `random_state=seed`) of `data.load_digits("train")`. Other datasets:
-    the first `fraction` of the training source is the validation split (TFDS
-    training files are stored shuffled; image folders are in class order, so
-    prefer a shuffled folder tree).
-    """
-    from supcon_tf import data, runner
-
-    if base.dataset == "digits":
-        from sklearn.model_selection import train_test_split
-
-        images, labels = data.load_digits("train")
-        train_index, val_index = train_test_split(
-            range(len(labels)), test_size=fraction, random_state=seed, stratify=labels
-        )
-        train_index, val_index = sorted(train_index), sorted(val_index)
-        return TrainValidationSplit(
-            data.from_arrays(images[train_index], labels[train_index]),
-            data.from_arrays(images[val_index], labels[val_index]),
-            len(train_index),
-            len(val_index),
-            data.DIGITS_NUM_CLASSES,
-        )
-    source, size, num_classes = runner.load_source(base, "train")
-    if not size:
-        raise ValueError(f"the training split of {base.dataset!r} has unknown size; cannot carve a validation split")
-    num_validation = max(1, int(round(fraction * size)))
-    return TrainValidationSplit(
-        source.skip(num_validation), source.take(num_validation), size - num_validation, num_validation, num_classes
-    )
+    return runner.split_train_validation(base, fraction, seed)
 
 
 # ---------------------------------------------------------------------------
@@ -410,7 +372,7 @@ def _define_flags():
     flags.DEFINE_list("learning_rate_grid", [], "Learning rates to search (empty: --learning_rate).")
     flags.DEFINE_list("batch_size_grid", [], "Batch sizes to search (empty: --batch_size).")
     flags.DEFINE_list("augmentation_grid", [], f"Augmentation policies to search, of {', '.join(AUGMENTATIONS)}.")
-    flags.DEFINE_float("validation_fraction", 0.2, "Fraction of the TRAIN split held out for the objective.")
+    # --validation_fraction is the training binaries' flag (experiments.common); the sweep defaults it to 0.2.
     flags.DEFINE_integer("split_seed", 0, "Seed of the train/validation split and of the tuner.")
     flags.DEFINE_integer("hyperband_factor", 3, "Hyperband's reduction factor.")
     flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (contrastive methods).")
@@ -438,7 +400,7 @@ def config_from_flags():
         learning_rates=_parse_list("learning_rate_grid", FLAGS.learning_rate_grid, float),
         batch_sizes=_parse_list("batch_size_grid", FLAGS.batch_size_grid, int),
         augmentations=tuple(FLAGS.augmentation_grid),
-        validation_fraction=FLAGS.validation_fraction,
+        validation_fraction=0.2 if FLAGS.validation_fraction is None else FLAGS.validation_fraction,
         split_seed=FLAGS.split_seed,
         hyperband_factor=FLAGS.hyperband_factor,
         probe_epochs=FLAGS.probe_epochs,

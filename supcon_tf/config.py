@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 METHODS = ("supcon", "simclr", "ce", "linear")
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "folder")
@@ -19,7 +20,17 @@ OPTIMIZERS = ("sgd", "lars", "adam")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 AUGMENTATIONS = ("simclr", "autoaugment", "randaugment", "stacked_randaugment", "none")
 SAMPLERS = ("random", "class_balanced")
+LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
+DERIVED_FIELDS = ("resolved_learning_rate",)  # written to config.json by to_dict, not settable
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+# The registered encoder names (= supcon_tf.encoders.ENCODER_NAMES; tests/test_backbones.py keeps them equal);
+# `encoder` may also be "keras.applications:<Name>", "<module>:<function>" or "<path/to/file.py>:<function>".
+ENCODERS = (
+    "resnet18", "resnet34", "resnet50", "imagenet_resnet50", "imagenet_resnet200", "small_cnn",
+    "vit_tiny_patch4_32", "vit_b16",
+)
+ENCODER_FORMS = ("keras.applications:<Name>", "<module>:<function>", "<path/to/file.py>:<function>")
+VIT_SIZE_FIELDS = ("vit_hidden_dim", "vit_depth", "vit_num_heads", "vit_mlp_dim")  # vit_tiny_patch4_32 only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +57,11 @@ class RunConfig:
     # Model
     encoder: str = "small_cnn"
     encoder_width: float = 1.0  # small_cnn only
+    encoder_weights: str | None = None  # .weights.h5 (encoder.save_weights) or .keras file initialising the encoder
+    vit_hidden_dim: int | None = None  # vit_tiny_patch4_32 sizes; None: its default (192, 6, 3, 768)
+    vit_depth: int | None = None
+    vit_num_heads: int | None = None
+    vit_mlp_dim: int | None = None
     head_hidden: int = 128  # 0 gives a linear head
     embedding_dim: int = 64
     synchronized_bn: bool = False
@@ -54,6 +70,8 @@ class RunConfig:
     base_temperature: float | None = None
     contrast_mode: str = "all"
     variant: str = "out"
+    denominator: str = "all"  # "all" | "one_positive" | "only_negatives" (google-research's denominator_mode)
+    positives_cap: int = -1  # per anchor, at most this many positives (a multiple of num_views); -1: no cap
     # Small batches (SupConModel's memory queue and momentum encoder; data.make_class_balanced_dataset)
     queue_size: int = 0  # memory-queue entries, embeddings of earlier steps (0: no queue)
     queue_warmup_steps: int = 0  # optimizer steps before the queue joins the loss
@@ -62,13 +80,18 @@ class RunConfig:
     samples_per_class: int = 4  # K of the P x K sampler; P = batch_size / K
     # Optimisation
     optimizer: str = "sgd"
-    learning_rate: float = 0.05  # at batch_size; not rescaled
+    learning_rate: float = 0.05  # peak learning rate at reference_batch_size (see resolved_learning_rate)
+    learning_rate_scaling: str = "linear"  # "linear" | "sqrt" | "none": how it follows batch_size
+    reference_batch_size: int | None = None  # the batch learning_rate is given for (None: batch_size itself)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
     epochs: int = 60
     batch_size: int = 128  # global, across all replicas
     steps_per_epoch: int | None = None  # None: one pass over the training split
+    # Evaluation while training
+    online_eval: bool = False  # supcon/simclr: online linear classifier + contrast_top1/contrast_entropy metrics
+    validation_fraction: float = 0.0  # carve this fraction of the TRAIN split for validation (0: none)
     # Linear evaluation
     pretrained: str | None = None  # .keras file of a pre-trained SupConModel / encoder
     cache_features: bool = True  # probe on features computed once (no augmentation)
@@ -95,6 +118,17 @@ class RunConfig:
         _choice("contrast_mode", self.contrast_mode, ("all", "one"))
         _choice("variant", self.variant, ("out", "in"))
         _choice("sampler", self.sampler, SAMPLERS)
+        _choice("learning_rate_scaling", self.learning_rate_scaling, LEARNING_RATE_SCALINGS)
+        if self.reference_batch_size is not None:
+            _positive_int("reference_batch_size", self.reference_batch_size)
+        _choice("denominator", self.denominator, ("all", "one_positive", "only_negatives"))
+        if isinstance(self.positives_cap, bool) or not isinstance(self.positives_cap, int) or self.positives_cap < -1:
+            raise ValueError(f"`positives_cap` must be an int >= -1, received: positives_cap={self.positives_cap!r}")
+        if self.positives_cap > 0 and self.positives_cap % self.num_views:
+            raise ValueError(
+                f"`positives_cap` must be a multiple of num_views ({self.num_views}), received: "
+                f"positives_cap={self.positives_cap}"
+            )
         if not self.model_dir:
             raise ValueError("`model_dir` must be a non-empty path, received: model_dir=''")
         for name in (
@@ -123,6 +157,19 @@ class RunConfig:
                 "`divergence_factor` must be 0 (off) or a number > 1, received: "
                 f"divergence_factor={self.divergence_factor!r}"
             )
+        if (
+            isinstance(self.validation_fraction, bool)
+            or not isinstance(self.validation_fraction, (int, float))
+            or not 0.0 <= self.validation_fraction < 1.0
+        ):
+            raise ValueError(
+                f"`validation_fraction` must be in [0, 1), received: validation_fraction={self.validation_fraction!r}"
+            )
+        if self.online_eval and self.method not in ("supcon", "simclr"):
+            raise ValueError(
+                f"`online_eval` is for supcon / simclr pre-training, received: online_eval=True with "
+                f"method={self.method!r}"
+            )
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"`channels` must be 1 or 3 (or unset), received: channels={self.channels!r}")
         if not 0.0 <= self.momentum < 1.0:
@@ -148,6 +195,7 @@ class RunConfig:
         if self.strategy == "tpu" and self.tpu is None:
             raise ValueError("`tpu` must name the TPU ('local' on a TPU VM) for strategy='tpu', received: None")
         self._check_small_batch_options()
+        self._check_encoder_options()
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2, received: verbose={self.verbose}")
 
@@ -187,6 +235,56 @@ class RunConfig:
                 )
 
     @property
+    def resolved_learning_rate(self):
+        """The learning rate training uses: `learning_rate` scaled from `reference_batch_size` to `batch_size`.
+
+        "linear": times batch_size / reference_batch_size (Goyal et al. 2017;
+        google-research SimCLR's `learning_rate_scaling=linear`); "sqrt": times
+        the square root of that ratio (SimCLR's choice for LARS at large
+        batches); "none": unchanged. Without a reference (the default) the
+        ratio is 1. The binaries set the reference to a preset's own batch,
+        so overriding --batch_size on a recipe rescales its learning rate.
+        """
+        reference = self.reference_batch_size or self.batch_size
+        ratio = self.batch_size / reference
+        if self.learning_rate_scaling == "linear":
+            return self.learning_rate * ratio
+        if self.learning_rate_scaling == "sqrt":
+            return self.learning_rate * math.sqrt(ratio)
+        return self.learning_rate
+
+    def _check_encoder_options(self):
+        """Syntax only: a user module is imported, and a weights file read, when the encoder is built."""
+        if not _is_encoder_string(self.encoder):
+            raise ValueError(
+                f"`encoder` must be one of {', '.join(ENCODERS)}, or {', '.join(ENCODER_FORMS)}; "
+                f"received: encoder={self.encoder!r}"
+            )
+        if self.encoder_weights is not None:
+            path = self.encoder_weights
+            if not isinstance(path, str) or not path.endswith((".weights.h5", ".keras")):
+                raise ValueError(
+                    "`encoder_weights` must be a .weights.h5 file (encoder.save_weights) or a .keras model, "
+                    f"received: encoder_weights={path!r}"
+                )
+            if self.method == "linear":
+                raise ValueError(
+                    "`encoder_weights` initialises the encoder that supcon / simclr / ce train; method 'linear' "
+                    f"probes the encoder of --pretrained. Received: encoder_weights={path!r} with method='linear'"
+                )
+            if not os.path.isfile(path):
+                raise ValueError(f"`encoder_weights` does not exist: encoder_weights={path!r}")
+        for name in VIT_SIZE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                _positive_int(name, value)
+                if self.encoder != "vit_tiny_patch4_32":
+                    raise ValueError(
+                        f"`{name}` sets a size of encoder 'vit_tiny_patch4_32' only, received: {name}={value} "
+                        f"with encoder={self.encoder!r}"
+                    )
+
+    @property
     def classes(self):
         """Number of classes: `num_classes` if given, else the dataset's known count (None for folders)."""
         return self.num_classes if self.num_classes is not None else NUM_CLASSES.get(self.dataset)
@@ -196,7 +294,8 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The fields, plus the derived `resolved_learning_rate` (ignored by `from_dict`)."""
+        return dict(dataclasses.asdict(self), resolved_learning_rate=self.resolved_learning_rate)
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -207,10 +306,25 @@ class RunConfig:
         if not isinstance(values, dict):
             raise ValueError(f"`values` must be a dict, received: {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k not in DERIVED_FIELDS}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown config fields: {unknown}")
         return cls(**values)
+
+
+def _is_encoder_string(value):
+    """A registered name, or `<module or file.py>:<function>` (keras.applications:<Name> is a module form)."""
+    if not isinstance(value, str):
+        return False
+    if value in ENCODERS:
+        return True
+    module, colon, attribute = value.rpartition(":")
+    if not colon or not attribute.isidentifier():
+        return False
+    if module.endswith(".py"):
+        return len(module) > 3
+    return bool(module) and all(part.isidentifier() for part in module.split("."))
 
 
 def _choice(name, value, choices):

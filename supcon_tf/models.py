@@ -20,6 +20,7 @@ from supcon_tf import data as data_lib
 from supcon_tf import distribute
 from supcon_tf import losses as losses_lib
 from supcon_tf import memory as memory_lib
+from supcon_tf import online_eval as online_eval_lib
 from supcon_tf._checks import is_int
 
 # Output keys of SupConModel.call (STYLE.md 12).
@@ -60,11 +61,28 @@ def _encoder_output_dim(encoder):
     return int(shape[-1])
 
 
+def build_optimizer_state(model):
+    """Creates the optimizer variables of a built, compiled model, so that saved optimizer state can load.
+
+    Each optimizer is built for exactly the variables it updates: a
+    SupConModel's main optimizer for encoder + head, its online optimizer
+    (if any) for the online classifier; any other model's for all its
+    trainable variables.
+    """
+    if model.optimizer is None or not model.built:
+        return
+    variables = getattr(model, "contrastive_variables", None)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables if variables is None else variables)
+    online = getattr(model, "online_optimizer", None)
+    if online is not None and not online.built:
+        online.build(model.online_classifier.trainable_variables)
+
+
 def _compile_and_build_optimizer(model, config):
     """`model.compile(**config)`, then creates the optimizer variables so saved optimizer state can load."""
     model.compile(**config)
-    if model.optimizer is not None and model.built:
-        model.optimizer.build(model.trainable_variables)
+    build_optimizer_state(model)
 
 
 def _build_from_encoder(model):
@@ -128,6 +146,15 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         mode (batch statistics) and those keys are enqueued. The current
         batch's contrast set stays the online embeddings. Needs
         `queue_size > 0`.
+      online_eval_classes: None (default) or the number of classes C >= 2
+        of an online linear classifier: trained jointly on the
+        stop-gradient representation of every view, with its own optimizer
+        (`compile(online_optimizer=...)`), logging `online_loss` and
+        `online_top1` (train and validation). Its gradient never reaches
+        the encoder. Needs labels in the data.
+      contrast_metrics: log `contrast_top1` and `contrast_entropy`
+        (`online_eval.contrast_statistics`) every step; they cost one
+        `[local anchors, global contrast]` similarity matrix.
       **kwargs: forwarded to `keras.Model`.
 
     Call arguments:
@@ -183,6 +210,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         queue_size=0,
         queue_warmup_steps=0,
         key_momentum=None,
+        online_eval_classes=None,
+        contrast_metrics=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -237,19 +266,44 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         if self.key_momentum is not None:
             self.key_encoder = memory_lib.momentum_copy(encoder, f"{encoder.name}_key")
             self.key_head = memory_lib.momentum_copy(head, f"{head.name}_key")
+        if online_eval_classes is not None:
+            _check_num_classes(online_eval_classes)
+            online_eval_classes = int(online_eval_classes)
+        if not isinstance(contrast_metrics, bool):
+            raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
+        self.online_eval_classes = online_eval_classes
+        self.contrast_metrics = contrast_metrics
+        self.online_classifier = None
+        self.online_optimizer = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        extra = []
+        if contrast_metrics:
+            extra += [keras.metrics.Mean(name="contrast_top1"), keras.metrics.Mean(name="contrast_entropy")]
+        if online_eval_classes is not None:
+            self.online_classifier = keras.layers.Dense(online_eval_classes, name="online_classifier", dtype="float32")
+            extra += [keras.metrics.Mean(name="online_loss"), keras.metrics.SparseCategoricalAccuracy(name="online_top1")]
+        self._extra_metrics = extra
         _build_from_encoder(self)
 
-    def compile(self, optimizer="sgd", **kwargs):
+    def compile(self, optimizer="sgd", online_optimizer=None, **kwargs):
         """Configures the optimizer. The loss is the model's own.
 
         Args:
           optimizer: a Keras optimizer or its name.
+          online_optimizer: the online classifier's own optimizer (only with
+            `online_eval_classes`); default `keras.optimizers.Adam(1e-3)`.
           **kwargs: forwarded to `keras.Model.compile` (e.g. `jit_compile`,
             `steps_per_execution`, `run_eagerly`). `loss`, `metrics`,
             `loss_weights` are rejected with a `ValueError`.
         """
         _check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
+        if online_optimizer is not None and self.online_classifier is None:
+            raise ValueError(
+                "`online_optimizer` needs an online classifier: construct the model with online_eval_classes=C. "
+                f"Received: online_optimizer={online_optimizer!r}"
+            )
+        if self.online_classifier is not None:
+            self.online_optimizer = keras.optimizers.get(online_optimizer or keras.optimizers.Adam(1e-3))
         if self.key_encoder is not None and self.built:
             # A `model.trainable = True` since the build would have handed the
             # key networks to the optimizer: take them back.
@@ -267,7 +321,12 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return [self.loss_tracker] + list(self._extra_metrics)
+
+    @property
+    def contrastive_variables(self):
+        """The variables the contrastive loss trains: encoder and projection head (not the online classifier)."""
+        return self.encoder.trainable_variables + self.head.trainable_variables
 
     def build(self, input_shape):
         if not self.encoder.built:
@@ -275,6 +334,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         rep_dim = _encoder_output_dim(self.encoder)
         if not self.head.built:
             self.head.build((None, rep_dim))
+        if self.online_classifier is not None and not self.online_classifier.built:
+            self.online_classifier.build((None, rep_dim))
         if self.memory is not None and not self.memory.built:
             embedding_dim = self.head.compute_output_shape((None, rep_dim))[-1]
             self.memory.build((None, embedding_dim))
@@ -304,15 +365,20 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         shape = tf.shape(views)
         return tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0)), shape
 
-    def embed_views(self, views, training=False):
+    def embed_views(self, views, training=False, return_representation=False):
         """Embeds every view: `[batch, views, H, W, C]` -> `[batch, views, dim]`.
 
         All views go through the encoder as one batch of `batch * views`
-        images, so batch normalisation sees every view.
+        images, so batch normalisation sees every view. With
+        `return_representation`, also returns the encoder outputs
+        `[batch * views, rep_dim]` (sample-major).
         """
         flat, shape = self._flatten_views(views)
-        embedding = self(flat, training=training)[EMBEDDING]
-        return tf.reshape(embedding, [shape[0], shape[1], -1])
+        outputs = self(flat, training=training)
+        embedding = tf.reshape(outputs[EMBEDDING], [shape[0], shape[1], -1])
+        if return_representation:
+            return embedding, outputs[REPRESENTATION]
+        return embedding
 
     def embed_keys(self, views):
         """Momentum-network embeddings of every view, `[batch, views, dim]`, in training mode, without gradient.
@@ -434,18 +500,54 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             ),
         )
 
+    def _online_loss(self, representation, labels, num_views):
+        """Online classifier on the stop-gradient representation: `(logits [batch * views, C], mean CE loss)`."""
+        if labels is None:
+            raise ValueError("The online classifier (online_eval_classes) needs labels: feed (views, labels) pairs")
+        logits = self.online_classifier(tf.stop_gradient(representation))
+        targets = tf.repeat(tf.cast(labels, tf.int32), num_views)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
+        return logits, loss
+
+    def _update_evaluation_metrics(self, embeddings, labels, online_logits, online_loss):
+        if self.contrast_metrics:
+            use_labels = self.method == "supcon"
+            gathered = distribute.gather_global(tf.stop_gradient(embeddings), labels if use_labels else None)
+            top1, entropy = online_eval_lib.contrast_statistics(
+                gathered.features,
+                gathered.labels,
+                temperature=self.temperature,
+                anchor_offset=gathered.offset,
+                num_anchor_samples=gathered.num_local,
+            )
+            self._extra_metrics[0].update_state(top1)
+            self._extra_metrics[1].update_state(entropy)
+        if online_logits is not None:
+            targets = tf.repeat(tf.cast(labels, tf.int32), tf.shape(embeddings)[1])
+            self._extra_metrics[-2].update_state(online_loss)
+            self._extra_metrics[-1].update_state(targets, online_logits)
+
     def train_step(self, data):
         views, labels = self._unpack(data)
         self._check_batch(views)
-        with tf.GradientTape() as tape:
-            embeddings = self.embed_views(views, training=True)
+        online_logits = online_loss = None
+        with tf.GradientTape() as tape, tf.GradientTape() as online_tape:
+            embeddings, representation = self.embed_views(views, training=True, return_representation=True)
             loss, global_loss = self.compute_contrastive_loss(embeddings, labels, use_queue=self.memory is not None)
             regularization = self._regularization_loss()
             loss = loss + regularization
             # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
             scaled_loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+            if self.online_classifier is not None:
+                online_logits, online_loss = self._online_loss(representation, labels, tf.shape(views)[1])
+                # Keras sums gradients over replicas: scale the replica mean once.
+                online_scaled = online_loss / distribute.num_replicas_in_sync()
+        variables = self.contrastive_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        if self.online_classifier is not None:
+            online_variables = self.online_classifier.trainable_variables
+            self.online_optimizer.apply(online_tape.gradient(online_scaled, online_variables), online_variables)
         if self.memory is not None:
             # After the optimizer step (the queue was read above, before this write).
             if self.key_encoder is not None:
@@ -455,6 +557,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
                 keys = embeddings
             self.update_memory(keys, labels if self.method == "supcon" else None)
         self.loss_tracker.update_state(global_loss + regularization * distribute.num_replicas_in_sync())
+        self._update_evaluation_metrics(embeddings, labels, online_logits, online_loss)
         return self._finalize_logs({m.name: m.result() for m in self.metrics})
 
     def _momentum_pairs(self):
@@ -466,9 +569,13 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     def test_step(self, data):
         views, labels = self._unpack(data)
         self._check_batch(views)
-        embeddings = self.embed_views(views, training=False)
+        embeddings, representation = self.embed_views(views, training=False, return_representation=True)
         _, global_loss = self.compute_contrastive_loss(embeddings, labels)
         self.loss_tracker.update_state(global_loss + self._regularization_loss() * distribute.num_replicas_in_sync())
+        online_logits = online_loss = None
+        if self.online_classifier is not None:
+            online_logits, online_loss = self._online_loss(representation, labels, tf.shape(views)[1])
+        self._update_evaluation_metrics(embeddings, labels, online_logits, online_loss)
         return self._finalize_logs({m.name: m.result() for m in self.metrics})
 
     def get_config(self):
@@ -487,6 +594,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             queue_size=self.queue_size,
             queue_warmup_steps=self.queue_warmup_steps,
             key_momentum=self.key_momentum,
+            online_eval_classes=self.online_eval_classes,
+            contrast_metrics=self.contrast_metrics,
         )
         return config
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -35,6 +36,15 @@ def build_strategy(config):
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
     strategy = distribute.get_strategy(config.strategy, tpu=config.tpu)
     replicas = strategy.num_replicas_in_sync
+    if config.jit_compile and replicas > 1 and config.strategy != "tpu":
+        # Keras 3 compiles the whole train step, optimizer updates of mirrored
+        # variables included, and XLA cannot place those across devices
+        # (keras-team/keras#19005): it crashes mid-fit. Refuse it up front.
+        raise ValueError(
+            f"`jit_compile` cannot be combined with strategy={config.strategy!r} over {replicas} replicas (XLA cannot "
+            "compile a train step that updates mirrored variables, keras-team/keras#19005): drop --jit_compile, or "
+            "train on one device"
+        )
     if config.batch_size % replicas:
         raise ValueError(
             f"`batch_size` must be divisible by the number of replicas ({replicas}), "
@@ -75,6 +85,67 @@ def load_source(config, split):
             "unlabelled images"
         )
     return dataset, int(dataset.cardinality().numpy()), config.num_classes or len(class_names)
+
+
+class TrainValidationSplit(NamedTuple):
+    """Sources `(image uint8, label)` carved from the training split, with their sizes."""
+
+    train: object
+    validation: object
+    num_train: int
+    num_validation: int
+    num_classes: int
+
+
+def split_train_validation(config, fraction, seed):
+    """Carves a validation split out of the dataset's TRAIN split (the test split is never read).
+
+    Digits: a stratified split (`sklearn.model_selection.train_test_split`
+    with `random_state=seed`) of `data.load_digits("train")`. TFDS: the first
+    `fraction` of the training source (TFDS stores training files
+    shuffled). Image folders (stored in class order): each image goes to the
+    validation split when a stateless uniform draw seeded by `(seed, its
+    index)` falls below `fraction`.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`validation_fraction` must be in (0, 1), received: validation_fraction={fraction!r}")
+    if config.dataset == "digits":
+        from sklearn.model_selection import train_test_split
+
+        images, labels = data.load_digits("train")
+        train_index, val_index = train_test_split(
+            range(len(labels)), test_size=fraction, random_state=seed, stratify=labels
+        )
+        train_index, val_index = sorted(train_index), sorted(val_index)
+        return TrainValidationSplit(
+            data.from_arrays(images[train_index], labels[train_index]),
+            data.from_arrays(images[val_index], labels[val_index]),
+            len(train_index),
+            len(val_index),
+            data.DIGITS_NUM_CLASSES,
+        )
+    source, size, num_classes = load_source(config, "train")
+    if not size:
+        raise ValueError(f"the training split of {config.dataset!r} has unknown size; cannot carve a validation split")
+    if config.dataset in TFDS_DATASETS:
+        num_validation = max(1, int(round(fraction * size)))
+        return TrainValidationSplit(
+            source.skip(num_validation), source.take(num_validation), size - num_validation, num_validation, num_classes
+        )
+    draws = tf.random.stateless_uniform([size], seed=[seed, 0x5A11])
+    is_validation = draws < fraction
+    flags = tf.data.Dataset.from_tensor_slices(is_validation)
+
+    def pick(want):
+        kept = tf.data.Dataset.zip((source, flags)).filter(lambda item, in_validation: tf.equal(in_validation, want))
+        return kept.map(lambda item, in_validation: item)
+
+    num_validation = int(tf.reduce_sum(tf.cast(is_validation, tf.int32)))
+    if not 0 < num_validation < size:
+        raise ValueError(
+            f"`validation_fraction` {fraction} leaves an empty split of the {size} training images; choose another"
+        )
+    return TrainValidationSplit(pick(False), pick(True), size - num_validation, num_validation, num_classes)
 
 
 def _augmentation(config):
@@ -121,16 +192,37 @@ def train_dataset(config, source, start_batch=0):
     return distribute.shard_by_data(dataset)
 
 
+def validation_dataset(config, source):
+    """Validation batches carved from the training split, in the form the stage's `fit` expects.
+
+    Contrastive methods: every sample seen in `num_views` views made with the
+    training augmentation from a fixed seed (the same views every epoch), so
+    `val_loss` and the online/contrast metrics are comparable across epochs;
+    batches are whole (`drop_remainder`) as the cross-replica loss needs.
+    CE and linear: the plain evaluation pipeline.
+    """
+    if config.method in ("supcon", "simclr"):
+        return data.make_multiview_dataset(
+            source,
+            batch_size=config.batch_size,
+            num_views=config.num_views,
+            augment=_augmentation(config),
+            seed=config.seed,
+            shuffle=False,
+        )
+    return eval_dataset(config, source)
+
+
 def eval_dataset(config, source, batch_size=None):
     return data.make_eval_dataset(source, batch_size=batch_size or config.batch_size, image_size=config.image_size)
 
 
 def build_optimizer(config, steps_per_epoch):
-    """SGD / LARS / Adam with linear warm-up then cosine decay over the whole run."""
+    """SGD / LARS / Adam with linear warm-up then cosine decay over the whole run, peaking at the resolved learning rate."""
     from supcon_tf import optimizers
 
     schedule = optimizers.WarmupCosineDecay(
-        config.learning_rate,
+        config.resolved_learning_rate,
         total_steps=steps_per_epoch * config.epochs,
         warmup_steps=steps_per_epoch * config.warmup_epochs,
     )
@@ -146,11 +238,30 @@ def build_optimizer(config, steps_per_epoch):
 
 
 def build_encoder(config, image_shape):
+    """The encoder `config.encoder` for images of `image_shape`, initialised from `config.encoder_weights` if set.
+
+    `config.encoder` is a registered name, "keras.applications:<Name>" or a
+    user build function "<module>:<function>" / "<file.py>:<function>"
+    (imported here, which runs that module; see docs/backbones.md). Raises
+    ValueError naming `encoder` or `encoder_weights` when it cannot be built
+    or initialised.
+    """
     kwargs = {"width": config.encoder_width} if config.encoder == "small_cnn" else {}
-    return encoders.build_encoder(config.encoder, image_shape, synchronized_bn=config.synchronized_bn, **kwargs)
+    for field, argument in (
+        ("vit_hidden_dim", "hidden_dim"), ("vit_depth", "depth"), ("vit_num_heads", "num_heads"), ("vit_mlp_dim", "mlp_dim")
+    ):
+        if getattr(config, field) is not None:
+            kwargs[argument] = getattr(config, field)
+    encoder = encoders.build_encoder(config.encoder, image_shape, synchronized_bn=config.synchronized_bn, **kwargs)
+    if config.encoder_weights:
+        try:
+            encoders.load_encoder_weights(encoder, config.encoder_weights)
+        except (ValueError, FileNotFoundError) as error:
+            raise ValueError(f"`encoder_weights`: {error}") from None
+    return encoder
 
 
-def build_model(config, image_shape, num_classes, steps_per_epoch):
+def build_model(config, image_shape, num_classes, steps_per_epoch, pretrained_encoder=None):
     """The compiled model of `config.method` (call inside the strategy's scope).
 
     "supcon" / "simclr": SupConModel (encoder + projection head, memory queue
@@ -171,22 +282,34 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
             queue_size=config.queue_size,
             queue_warmup_steps=config.queue_warmup_steps,
             key_momentum=config.key_momentum,
+            denominator=config.denominator,
+            positives_cap=config.positives_cap,
+            online_eval_classes=num_classes if config.online_eval else None,
+            contrast_metrics=config.online_eval,
         )
     elif config.method == "ce":
         model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
     else:
-        model = models.LinearProbe(_load_pretrained_encoder(config.pretrained), num_classes)
+        encoder = pretrained_encoder or load_pretrained_encoder(config.pretrained, image_shape)
+        model = models.LinearProbe(encoder, num_classes)
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     return model
 
 
-def _load_pretrained_encoder(path):
+def load_pretrained_encoder(path, image_shape=None):
+    """The encoder of the model saved at `path`; checks that it takes images of `image_shape` when given."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"`pretrained` does not exist: {path}")
     loaded = keras.saving.load_model(path, compile=False)
     encoder = getattr(loaded, "encoder", loaded)
     if not isinstance(encoder, keras.Model):
         raise ValueError(f"`pretrained` must hold a SupConModel, classifier or encoder, received: {type(loaded)}")
+    expected = tuple(encoder.inputs[0].shape[1:]) if getattr(encoder, "inputs", None) else None
+    if image_shape is not None and expected is not None and None not in expected and expected != tuple(image_shape):
+        raise ValueError(
+            f"`image_size` / `channels` give images {tuple(image_shape)}, but the pretrained encoder in {path} takes "
+            f"{expected}: leave --image_size and --channels unset to take them from the pre-training run"
+        )
     return encoder
 
 
@@ -256,10 +379,26 @@ def run(config: RunConfig, *, overwrite=False):
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(config.seed)  # before any dataset or weight is built
     strategy = build_strategy(config)
-    train_source, num_train, num_classes = load_source(config, "train")
+    validation_source = None
+    if config.validation_fraction:
+        split = split_train_validation(config, config.validation_fraction, config.seed)
+        train_source, num_train, num_classes = split.train, split.num_train, split.num_classes
+        validation_source = split.validation
+        if config.method in ("supcon", "simclr") and split.num_validation < config.batch_size:
+            raise ValueError(
+                f"`validation_fraction` {config.validation_fraction} gives {split.num_validation} validation "
+                f"examples, fewer than one batch (--batch_size {config.batch_size}): raise the fraction or lower "
+                "the batch"
+            )
+    else:
+        train_source, num_train, num_classes = load_source(config, "train")
     test_source, _, _ = load_source(config, "test")
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
+
+    pretrained_encoder = None
+    if config.method == "linear":
+        pretrained_encoder = load_pretrained_encoder(config.pretrained, image_shape)
 
     if checkpointing.is_chief():
         if overwrite:
@@ -269,11 +408,10 @@ def run(config: RunConfig, *, overwrite=False):
         restarts = folder.state().get("restarts", 0)
 
     with strategy.scope():
-        model = build_model(config, image_shape, num_classes, steps_per_epoch)
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+        model = build_model(config, image_shape, num_classes, steps_per_epoch, pretrained_encoder)
+        models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
-    trainer = _StageTrainer(config, folder, model, train_source, steps_per_epoch)
+    trainer = _StageTrainer(config, folder, model, train_source, steps_per_epoch, validation_source)
     history_logs = trainer.train(process_start)
 
     # Finishing: every epoch is trained; the final outputs, then the marker.
@@ -314,22 +452,30 @@ class _StageTrainer:
     global step, so the batches are those an uninterrupted run sees.
     """
 
-    def __init__(self, config, folder, model, train_source, steps_per_epoch):
+    def __init__(self, config, folder, model, train_source, steps_per_epoch, validation_source=None):
         self.config = config
         self.folder = folder
         self.model = model
         self.steps_per_epoch = steps_per_epoch
         self.store = checkpointing.BackupStore(folder.backup_dir)
         self.train_seconds = 0.0
+        self.validation = None
         if config.method == "linear" and config.cache_features:
             features, labels = model.extract_features(eval_dataset(config, train_source))
             self.fit_model = model.cached_head()
             self.stream = lambda start: data.make_feature_batches(
                 features, labels, batch_size=config.batch_size, seed=config.seed, start_batch=start
             )
+            if validation_source is not None:
+                val_features, val_labels = model.extract_features(eval_dataset(config, validation_source))
+                self.validation = tf.data.Dataset.from_tensor_slices((val_features, val_labels)).batch(
+                    config.batch_size
+                )
         else:
             self.fit_model = model
             self.stream = lambda start: train_dataset(config, train_source, start_batch=start)
+            if validation_source is not None:
+                self.validation = validation_dataset(config, validation_source)
 
     def _callbacks(self, signals, guard, first_step, first_metrics, clock):
         config, folder = self.config, self.folder
@@ -394,6 +540,7 @@ class _StageTrainer:
                     epochs=end_epoch,
                     steps_per_epoch=segment_steps,
                     callbacks=callbacks,
+                    validation_data=self.validation,
                     shuffle=False,  # the stream shuffles itself
                     verbose=config.verbose,
                 )

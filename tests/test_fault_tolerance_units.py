@@ -129,7 +129,9 @@ def test_structural_change_of_an_unfinished_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(batch_size=128 -> 64\); run the same command"):
         folder.check_resumable(config.replace(batch_size=64).to_dict())
     folder.start(config.replace(learning_rate=0.01).to_dict())
-    assert folder.state()["config_changes"] == [{"restart": 1, "changed": {"learning_rate": [0.05, 0.01]}}]
+    assert folder.state()["config_changes"] == [
+        {"restart": 1, "changed": {"learning_rate": [0.05, 0.01], "resolved_learning_rate": [0.05, 0.01]}}
+    ]
 
 
 def test_clear_leaves_nothing_behind(tmp_path):

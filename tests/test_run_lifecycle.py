@@ -204,15 +204,21 @@ def test_injected_nan_stops_the_run_and_it_resumes(tmp_path, reference):
     _assert_finished_like(model_dir, reference, restarts=1)
 
 
-def test_exploding_loss_stops_with_one_line(tmp_path):
-    """The CE baseline at a huge learning rate: the loss grows past the bound and the run stops, resumable."""
+def test_exploding_loss_stops_with_one_line_and_resumes_after_a_flag_change(tmp_path):
+    """The CE baseline at a huge learning rate: the loss grows past the bound; a sane rate then finishes the run."""
     model_dir = tmp_path / "ce"
-    result = _run(model_dir, "--preset=digits_ce", "--learning_rate=1000", "--epochs=3", module="train_ce")
+    flags = ["--preset=digits_ce", "--epochs=3", "--backup_every_steps=1"]
+    result = _run(model_dir, *flags, "--learning_rate=1000", module="train_ce")
     assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
     line = result.stderr.strip().splitlines()[-1]
     assert "training diverged at epoch" in line and "learning rate" in line, line
-    assert os.path.isdir(model_dir / "backup")  # the last good state is kept (or none yet, if step 1 exploded)
-    assert not os.path.exists(model_dir / "FINISHED")
+    assert "Traceback" not in result.stderr
+    assert _state(model_dir)["phase"] == "running" and not os.path.exists(model_dir / "FINISHED")
+    resumed = _run(model_dir, *flags, "--learning_rate=0.05", module="train_ce")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert os.path.exists(model_dir / "FINISHED")
+    assert _csv_epochs(model_dir) == list(range(3))
+    assert _state(model_dir)["config_changes"][0]["changed"]["learning_rate"] == [1000.0, 0.05]
 
 
 def test_finished_run_is_left_alone_unless_overwrite(tmp_path, reference):
@@ -249,3 +255,96 @@ def test_changed_structure_of_an_unfinished_run_is_refused(tmp_path):
         "holds an unfinished run with other settings (embedding_dim=64 -> 32); run the same command to resume it, "
         "or pass --overwrite to start afresh"
     )
+
+
+# ---------------------------------------------------------------------------
+# Up-front checks: one line naming the flag or folder, exit 2, nothing written.
+# ---------------------------------------------------------------------------
+
+
+def _image_folder(root, classes, per_class=3):
+    import keras
+
+    for split in ("train", "test"):
+        for name, count in classes.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count if count is not None else per_class):
+                pixels = np.full((8, 8, 3), 30 * i, np.uint8)
+                keras.utils.save_img(os.path.join(root, split, name, f"{i}.png"), pixels)
+    return str(root)
+
+
+def _assert_refused(result, model_dir, expected):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert expected in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(model_dir) or not os.listdir(model_dir)
+
+
+def test_batch_larger_than_the_training_split(tmp_path):
+    model_dir = tmp_path / "run"
+    result = _run(model_dir, "--batch_size=2000")
+    _assert_refused(
+        result, model_dir,
+        "error: `batch_size` (2000, global over 1 replica(s)) is larger than the training split (1437 examples), "
+        "which gives zero steps per epoch: use --batch_size <= 1437",
+    )
+
+
+def test_batch_not_divisible_over_replicas(tmp_path):
+    model_dir = tmp_path / "run"
+    result = _run(model_dir, "--batch_size=33", "--strategy=mirrored", "--cpu_devices=2")
+    _assert_refused(result, model_dir, "`batch_size` must be divisible by the number of replicas (2), received: "
+                                       "batch_size=33")
+
+
+def test_xla_under_two_replicas_is_refused(tmp_path):
+    model_dir = tmp_path / "run"
+    result = _run(model_dir, "--strategy=mirrored", "--cpu_devices=2", "--jit_compile")
+    _assert_refused(result, model_dir, "`jit_compile` cannot be combined with strategy='mirrored' over 2 replicas")
+
+
+def test_empty_class_folder(tmp_path):
+    data_dir = _image_folder(tmp_path / "images", {"a": 3, "b": 3, "empty": 0})
+    model_dir = tmp_path / "run"
+    result = _run(model_dir, "--preset=digits_ce", "--dataset=folder", f"--data_dir={data_dir}", "--batch_size=4",
+                  "--image_size=8", module="train_ce")
+    _assert_refused(result, model_dir, f"class folder '{data_dir}/train/empty' has no image files")
+
+
+@pytest.mark.parametrize("module, flags", [
+    ("train_ce", ["--preset=digits_ce"]),
+    ("pretrain", ["--preset=digits_supcon"]),
+    ("linear_eval", ["--preset=digits_linear", "--pretrained=missing/model.keras"]),
+])
+def test_single_class_folder(tmp_path, module, flags):
+    data_dir = _image_folder(tmp_path / "images", {"only": 6})
+    model_dir = tmp_path / "run"
+    result = _run(model_dir, *flags, "--dataset=folder", f"--data_dir={data_dir}", "--batch_size=4",
+                  "--image_size=8", module=module)
+    method = {"train_ce": "ce", "pretrain": "supcon", "linear_eval": "linear"}[module]
+    _assert_refused(result, model_dir, f"image folder '{data_dir}/train' has 1 class folder (only): method "
+                                       f"'{method}' needs at least 2 classes")
+
+
+def test_linear_eval_takes_the_data_settings_of_the_run_it_evaluates(tmp_path):
+    pretrain_dir = tmp_path / "pretrain"
+    assert _run(pretrain_dir, "--image_size=12", "--epochs=1").returncode == 0
+    linear_dir = tmp_path / "linear"
+    result = _run(linear_dir, "--preset=digits_linear", f"--pretrained={pretrain_dir}/model.keras", "--epochs=3",
+                  module="linear_eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(linear_dir / "config.json") as f:
+        config = json.load(f)
+    assert (config["dataset"], config["image_size"]) == ("digits", 12)
+    # The linear stage has the same run folder as the others: checkpoints, logs, CSV, marker.
+    assert _csv_epochs(linear_dir) == [0, 1, 2]
+    assert os.path.exists(linear_dir / "checkpoints" / "latest.keras")
+    assert os.listdir(linear_dir / "logs" / "worker_0")
+    assert os.path.exists(linear_dir / "FINISHED")
+    # An explicit flag still wins over the inherited value, and must then match the encoder's input.
+    refused = _run(tmp_path / "linear2", "--preset=digits_linear", f"--pretrained={pretrain_dir}/model.keras",
+                   "--image_size=16", module="linear_eval")
+    _assert_refused(refused, tmp_path / "linear2", "`image_size` / `channels` give images (16, 16, 1), but the "
+                                                   "pretrained encoder in")

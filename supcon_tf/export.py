@@ -3,19 +3,21 @@
 An exported folder is a plain TensorFlow SavedModel, for TF Serving,
 `tf.saved_model.load` or `keras.layers.TFSMLayer`; it needs neither
 `supcon_tf` nor the model's Python code to run. Every signature has a single
-named input, `"images"`, `[batch, H, W, C]`, and returns a dict of named
-float32 outputs. Two signatures per export differ only in the input dtype:
+named input, `"images"`, and returns a dict of named float32 outputs. Three
+signatures per export differ only in their input:
 
     export_encoder (SupConModel or a bare encoder)
-      "serving_default", "embed":  images float32 in [0, 1]
-      "embed_uint8":               images uint8 in [0, 255]
+      "serving_default", "embed":  images float32 [batch, H, W, C] in [0, 1], the trained size
+      "embed_uint8":               images uint8 [batch, height, width, 1 or 3], any size
+      "embed_encoded":             images string [batch], JPEG or PNG bytes, any size
       outputs: "embedding"       [batch, dim]      L2-normalised z (projection head output;
                                                    only when the model has a head)
                "representation"  [batch, rep_dim]  encoder output r
 
     export_classifier (LinearProbe or CrossEntropyModel)
-      "serving_default", "classify":  images float32 in [0, 1]
-      "classify_uint8":               images uint8 in [0, 255]
+      "serving_default", "classify":  images float32 [batch, H, W, C] in [0, 1], the trained size
+      "classify_uint8":               images uint8 [batch, height, width, 1 or 3], any size
+      "classify_encoded":             images string [batch], JPEG or PNG bytes, any size
       outputs: "logits"          [batch, num_classes]
                "probabilities"   [batch, num_classes]  softmax of the logits
                "representation"  [batch, rep_dim]      encoder output r
@@ -24,12 +26,40 @@ float32 outputs. Two signatures per export differ only in the input dtype:
                                                        L2-normalised representation, ready for
                                                        cosine similarity / kNN)
 
-The preprocessing is inside the graph: uint8 images are cast to float32 and
-divided by 255 (exactly `tf.cast(x, tf.float32) / 255`); float images are
-passed as they are (the range [0, 1] is the caller's contract, not checked).
-The graph does not resize: images must already have the encoder's input
-size (H, W, C), which the signature's static shape enforces. Everything runs
-in inference mode (`training=False`: batch normalisation uses its moving
+`(H, W, C)` is the encoder's input size (C is 1 or 3). The preprocessing is
+inside the graph and is the evaluation pipeline's (`data.make_eval_dataset`,
+`augment.NoAugment`), so a served image gets exactly the pixels the model
+was evaluated on:
+
+* float32 ("embed", "classify"): passed as they are, at the trained size
+  only (the range [0, 1] is the caller's contract, not checked).
+* uint8: channels converted to C first, in uint8 (1 -> 3 repeats the gray
+  channel, `tf.image.grayscale_to_rgb`; 3 -> 1 is `tf.image.rgb_to_grayscale`),
+  then `augment.NoAugment((H, W))`, the evaluation pipeline's own function:
+  uint8 -> float32 [0, 1] (`tf.image.convert_image_dtype`, i.e. x * (1/255)),
+  then, when the size differs from (H, W), a bilinear antialiased resize
+  clipped to [0, 1]; at the trained size there is no resize, as in
+  evaluation.
+* encoded: each element decoded with `tf.io.decode_image(channels=C,
+  expand_animations=False)` to uint8 (the decoder converts the channels),
+  then `augment.NoAugment((H, W))` per image, so one batch may mix sizes and
+  formats.
+
+Bad inputs raise with a message naming what the signature expects. TF
+itself checks the dtype of a signature's input (InvalidArgumentError "...
+embed_uint8 ... was expected to be a uint8 tensor"), and for an endpoint
+method, or a NumPy input, also its rank (TypeError showing the expected
+`TensorSpec`). A tensor of the right dtype reaches the graph whatever its
+shape, and the graph checks it (`tf.errors.InvalidArgumentError` with the
+received shape): "embed_uint8 expects images uint8 [batch, height, width,
+1 or 3] (height, width >= 1)", "serving_default/embed expects images
+float32 [batch, H, W, C] in [0, 1]" or "embed_encoded expects images
+string [batch] of JPEG or PNG bytes" (also for elements that are not JPEG
+or PNG: their indices follow). Corrupt JPEG/PNG data gets the decoder's
+error. NumPy arrays are converted to the input's dtype by TF without a
+check: a float array sent to a uint8 input is cast (wrapping modulo 256),
+so send uint8 to the uint8 signatures. Everything runs in
+inference mode (`training=False`: batch normalisation uses its moving
 statistics). Outputs are cast to float32 (they can be float16 under mixed
 precision).
 
@@ -51,6 +81,8 @@ Example:
 >>> export_classifier(probe, "run/export/classifier")     # LinearProbe
 >>> served = tf.saved_model.load("run/export/classifier")
 >>> served.signatures["classify_uint8"](images=uint8_batch)["probabilities"]
+>>> jpeg_bytes = [open(name, "rb").read() for name in ("a.jpg", "b.png")]
+>>> served.signatures["classify_encoded"](images=tf.constant(jpeg_bytes))["logits"]
 """
 
 from __future__ import annotations
@@ -60,6 +92,7 @@ import os
 import keras
 import tensorflow as tf
 
+from supcon_tf import augment
 from supcon_tf import checkpointing
 from supcon_tf import layers as layers_lib
 from supcon_tf import models
@@ -71,10 +104,15 @@ INPUT_NAME = "images"
 SERVING_DEFAULT = "serving_default"
 EMBED = "embed"
 EMBED_UINT8 = "embed_uint8"
+EMBED_ENCODED = "embed_encoded"
 CLASSIFY = "classify"
 CLASSIFY_UINT8 = "classify_uint8"
+CLASSIFY_ENCODED = "classify_encoded"
 # The file that marks a folder as a SavedModel.
 _SAVED_MODEL_FILE = "saved_model.pb"
+# Leading bytes of the encoded formats the "*_encoded" signatures accept
+# (tf.io.decode_image also reads GIF and BMP, but not as 1-channel images).
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
 
 _CLASSIFIER_TYPES = (models.LinearProbe, models.CrossEntropyModel)
 
@@ -113,7 +151,9 @@ def _resolve_image_shape(encoder, image_shape):
     """The `(H, W, C)` of the exported signatures: the encoder's input size, or `image_shape`.
 
     `image_shape` may only fill in what the encoder leaves unknown; it must
-    agree with every size the encoder fixes (the graph does not resize).
+    agree with every size the encoder fixes (the float signatures feed it
+    as it is). The result is fully known, with C in {1, 3}: the uint8 and
+    encoded signatures resize to (H, W) and convert to C channels.
     """
     static = _static_image_shape(encoder)
     if image_shape is None:
@@ -122,8 +162,13 @@ def _resolve_image_shape(encoder, image_shape):
                 "The encoder has no static input shape (e.g. a subclassed model): pass `image_shape` "
                 "(height, width, channels). Received: image_shape=None"
             )
-        return static
-    if (
+        if None in static:
+            raise ValueError(
+                f"The encoder's input size {static} is not fully known: pass `image_shape` (height, width, "
+                "channels), the size the uint8 and encoded signatures resize images to. Received: image_shape=None"
+            )
+        image_shape = static
+    elif (
         not isinstance(image_shape, (list, tuple))
         or len(image_shape) != 3
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in image_shape)
@@ -135,7 +180,12 @@ def _resolve_image_shape(encoder, image_shape):
     image_shape = tuple(image_shape)
     if static is not None and any(s is not None and s != d for s, d in zip(static, image_shape)):
         raise ValueError(
-            f"`image_shape` must match the encoder's input size {static} (the export does not resize), "
+            f"`image_shape` must match the encoder's input size {static} (the float signatures feed images "
+            f"to the encoder as they are), received: image_shape={image_shape!r}"
+        )
+    if image_shape[-1] not in (1, 3):
+        raise ValueError(
+            f"The served images must have 1 or 3 channels (the encoder's input size is {image_shape}); "
             f"received: image_shape={image_shape!r}"
         )
     return image_shape
@@ -145,9 +195,112 @@ def _as_float32(outputs):
     return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
 
-def _from_uint8(images):
-    """uint8 `[0, 255]` -> float32 `[0, 1]`: `cast / 255`."""
-    return tf.cast(images, tf.float32) / 255.0
+def _runtime_shape(tensor):
+    """The shape `tensor` has when the graph runs: int32 `[rank]`, its length unknown to the graph.
+
+    A signature does not check the shape of what it is fed, only its dtype,
+    and Grappler replaces `tf.rank(x)` (or the size of `tf.shape(x)`) by the
+    declared rank; the serialize/parse round trip of the (small) shape
+    vector hides that rank, so a check on it really runs.
+    """
+    return tf.io.parse_tensor(tf.io.serialize_tensor(tf.shape(tensor, out_type=tf.int32)), tf.int32)
+
+
+def _checked(tensor, rank, dims_ok, message):
+    """`(tensor, shape)` after an in-graph check that `tensor` has rank `rank` and `dims_ok(shape)`.
+
+    Raises `tf.errors.InvalidArgumentError` with `message` and the received
+    shape when the check fails. Everything computed from the returned
+    tensors runs after the check, so its message is the one a caller sees.
+    """
+    shape = _runtime_shape(tensor)
+    good = tf.cond(
+        tf.equal(tf.size(shape), rank),
+        lambda: tf.reduce_all(dims_ok(tf.reshape(shape, [rank]))),
+        lambda: tf.constant(False),
+    )
+    check = tf.debugging.Assert(good, [message + "; received images of shape", shape], summarize=16)
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor), tf.reshape(tf.identity(shape), [rank])
+
+
+def _assume_shape(tensor, shape):
+    """`tensor` with the static shape `shape`, which the caller has checked in the graph.
+
+    Only the static shape changes: no op checks it when the graph runs (an
+    `EnsureShape` in a `tf.cond` branch inside `tf.map_fn` can run on
+    tensors of the branch not taken).
+    """
+    tensor = tf.identity(tensor)
+    tensor.set_shape(shape)
+    return tensor
+
+
+def _eval_preprocess(images, image_shape):
+    """uint8 `[batch, h, w, C]` (C static) -> float32 `[batch, H, W, C]`, by the evaluation pipeline's function.
+
+    `augment.NoAugment((H, W))` is what `data.make_eval_dataset` maps over
+    its batches: convert to float32 [0, 1], then resize unless the size is
+    already (H, W). Here the size is only known when the graph runs, so a
+    `tf.cond` gives the trained-size branch its static size, and with it
+    evaluation's no-resize path.
+    """
+    height, width, channels = image_shape
+    preprocess = augment.NoAugment((height, width))
+    same_size = tf.reduce_all(tf.equal(tf.shape(images)[1:3], [height, width]))
+    return tf.cond(
+        same_size,
+        lambda: preprocess(_assume_shape(images, [None, height, width, channels])),
+        lambda: preprocess(images),
+    )
+
+
+def _uint8_pixels(images, image_shape, name):
+    """Checked uint8 `[batch, height, width, 1 or 3]` -> the encoder's float32 `[batch, H, W, C]` input."""
+    channels = image_shape[-1]
+    images, shape = _checked(
+        images,
+        4,
+        lambda s: [tf.logical_or(tf.equal(s[3], 1), tf.equal(s[3], 3)), s[1] >= 1, s[2] >= 1],
+        f"{name} expects images uint8 [batch, height, width, 1 or 3] (height, width >= 1)",
+    )
+    if channels == 3:
+        images = tf.cond(
+            tf.equal(shape[3], 1),
+            lambda: tf.image.grayscale_to_rgb(_assume_shape(images, [None, None, None, 1])),
+            lambda: _assume_shape(images, [None, None, None, 3]),
+        )
+    else:
+        images = tf.cond(
+            tf.equal(shape[3], 3),
+            lambda: tf.image.rgb_to_grayscale(_assume_shape(images, [None, None, None, 3])),
+            lambda: _assume_shape(images, [None, None, None, 1]),
+        )
+    return _eval_preprocess(images, image_shape)
+
+
+def _encoded_pixels(images, image_shape, name):
+    """Checked string `[batch]` of JPEG/PNG bytes -> the encoder's float32 `[batch, H, W, C]` input."""
+    height, width, channels = image_shape
+    message = f"{name} expects images string [batch] of JPEG or PNG bytes"
+    images, _ = _checked(images, 1, lambda s: [True], message)
+    is_image = tf.zeros_like(images, tf.bool)
+    for magic in _IMAGE_MAGIC:
+        is_image = tf.logical_or(is_image, tf.equal(tf.strings.substr(images, 0, len(magic)), magic))
+    check = tf.debugging.Assert(
+        tf.reduce_all(is_image),
+        [message + "; not JPEG or PNG: elements", tf.where(tf.logical_not(is_image))[:, 0]],
+        summarize=16,
+    )
+    with tf.control_dependencies([check]):
+        images = tf.identity(images)
+
+    def one(contents):
+        image = tf.io.decode_image(contents, channels=channels, dtype=tf.uint8, expand_animations=False)
+        image = _assume_shape(image, [None, None, channels])
+        return _eval_preprocess(image[tf.newaxis], image_shape)[0]
+
+    return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
 
 
 def _check_destination(path, overwrite):
@@ -162,30 +315,49 @@ def _check_destination(path, overwrite):
         )
 
 
-def _write(path, forward, image_shape, float_name, uint8_name, tracked, overwrite):
-    """Builds the two endpoints around `forward` and writes the archive to `path` atomically.
+def _write(path, forward, image_shape, names, tracked, overwrite):
+    """Builds the three endpoints around `forward` and writes the archive to `path` atomically.
 
     `forward` maps float32 `[batch, H, W, C]` images in [0, 1] to a dict of
-    output tensors. Both functions are traced before anything touches the
-    disk, so an error in the model leaves the destination alone.
+    output tensors; `names` is `(float name, uint8 name, encoded name)`.
+    Every function is traced before anything touches the disk, so an error
+    in the model leaves the destination alone.
     """
+    float_name, uint8_name, encoded_name = names
     _check_destination(path, overwrite)
     archive = keras.export.ExportArchive()
     for layer in tracked:
         archive.track(layer)
-    shape = (None, *image_shape)
+    height, width, channels = image_shape
+    float_message = (
+        f"{SERVING_DEFAULT}/{float_name} expects images float32 [batch, {height}, {width}, {channels}] in [0, 1]"
+    )
 
     def serve_float(images):
+        images, _ = _checked(
+            images, 4, lambda s: tf.equal(s[1:], [height, width, channels]), float_message
+        )
         return _as_float32(forward(images))
 
     def serve_uint8(images):
-        return _as_float32(forward(_from_uint8(images)))
+        return _as_float32(forward(_uint8_pixels(images, image_shape, uint8_name)))
 
+    def serve_encoded(images):
+        return _as_float32(forward(_encoded_pixels(images, image_shape, encoded_name)))
+
+    # Named after their endpoints, so that TF's own errors (e.g. "cannot
+    # compute ..._embed_uint8 as input #0 was expected to be a uint8 tensor")
+    # name the signature.
+    serve_float.__name__, serve_uint8.__name__, serve_encoded.__name__ = names
     # The float endpoint goes first: write_out also registers the first
     # endpoint as "serving_default".
+    any_size = tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)
     endpoints = [
-        archive.add_endpoint(float_name, serve_float, [tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)]),
-        archive.add_endpoint(uint8_name, serve_uint8, [tf.TensorSpec(shape, tf.uint8, name=INPUT_NAME)]),
+        archive.add_endpoint(
+            float_name, serve_float, [tf.TensorSpec((None, *image_shape), tf.float32, name=INPUT_NAME)]
+        ),
+        archive.add_endpoint(uint8_name, serve_uint8, [any_size]),
+        archive.add_endpoint(encoded_name, serve_encoded, [tf.TensorSpec([None], tf.string, name=INPUT_NAME)]),
     ]
     for endpoint in endpoints:
         endpoint.get_concrete_function()
@@ -195,7 +367,7 @@ def _write(path, forward, image_shape, float_name, uint8_name, tracked, overwrit
 
 
 def export_encoder(model, path, *, image_shape=None, overwrite=False):
-    """Exports a pre-trained encoder as a SavedModel with "serving_default"/"embed" and "embed_uint8".
+    """Exports a pre-trained encoder as a SavedModel: "serving_default"/"embed", "embed_uint8", "embed_encoded".
 
     Args:
       model: a built `models.SupConModel` (exports the projection head's
@@ -204,19 +376,21 @@ def export_encoder(model, path, *, image_shape=None, overwrite=False):
         (exports the representation only: there is no head, hence no
         "embedding" output). Classifiers go to `export_classifier`.
       path: destination folder (str or os.PathLike), created with its parents.
-      image_shape: optional `(height, width, channels)` of the served images.
-        Defaults to the encoder's input size; needed only when the encoder
-        has none (a subclassed model), and otherwise must equal it: the graph
-        does not resize.
+      image_shape: optional `(height, width, channels)`, the encoder's input
+        size: that of the float signatures, and what the uint8 and encoded
+        signatures resize to. Defaults to the encoder's input size; needed
+        only when the encoder has none (a subclassed model) or leaves part of
+        it unknown, and otherwise must equal it. Channels must be 1 or 3.
       overwrite: replace an existing export at `path` (default False).
 
     Returns:
       The absolute path written, on the chief; None on other workers, which
       write nothing.
 
-    Signatures (input `"images"` `[batch, H, W, C]`):
-      "serving_default", "embed": float32 in [0, 1];
-      "embed_uint8": uint8 in [0, 255], converted in the graph (`/ 255`).
+    Signatures (input `"images"`; preprocessing as in the module docstring):
+      "serving_default", "embed": float32 `[batch, H, W, C]` in [0, 1];
+      "embed_uint8": uint8 `[batch, height, width, 1 or 3]`, any size;
+      "embed_encoded": string `[batch]` of JPEG or PNG bytes, any size.
       Outputs: `{"embedding": [batch, dim], "representation": [batch, rep_dim]}`
       float32 (no "embedding" for a bare encoder), computed with `training=False`.
 
@@ -263,11 +437,11 @@ def export_encoder(model, path, *, image_shape=None, overwrite=False):
     image_shape = _resolve_image_shape(encoder, image_shape)
     if not checkpointing.is_chief():
         return None
-    return _write(path, forward, image_shape, EMBED, EMBED_UINT8, tracked, overwrite)
+    return _write(path, forward, image_shape, (EMBED, EMBED_UINT8, EMBED_ENCODED), tracked, overwrite)
 
 
 def export_classifier(model, path, *, image_shape=None, overwrite=False):
-    """Exports a classifier as a SavedModel with "serving_default"/"classify" and "classify_uint8".
+    """Exports a classifier as a SavedModel: "serving_default"/"classify", "classify_uint8", "classify_encoded".
 
     Args:
       model: a built `models.LinearProbe` or `models.CrossEntropyModel`.
@@ -279,9 +453,10 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False):
       The absolute path written, on the chief; None on other workers, which
       write nothing.
 
-    Signatures (input `"images"` `[batch, H, W, C]`):
-      "serving_default", "classify": float32 in [0, 1];
-      "classify_uint8": uint8 in [0, 255], converted in the graph (`/ 255`).
+    Signatures (input `"images"`; preprocessing as in the module docstring):
+      "serving_default", "classify": float32 `[batch, H, W, C]` in [0, 1];
+      "classify_uint8": uint8 `[batch, height, width, 1 or 3]`, any size;
+      "classify_encoded": string `[batch]` of JPEG or PNG bytes, any size.
       Outputs (float32, `training=False`, as `model.predict_all`):
       `{"logits": [batch, num_classes], "probabilities": [batch, num_classes],
       "representation": [batch, rep_dim], "embedding": [batch, rep_dim]}`.
@@ -313,7 +488,8 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False):
     image_shape = _resolve_image_shape(model.encoder, image_shape)
     if not checkpointing.is_chief():
         return None
-    return _write(path, forward, image_shape, CLASSIFY, CLASSIFY_UINT8, [model.encoder, model.classifier], overwrite)
+    names = (CLASSIFY, CLASSIFY_UINT8, CLASSIFY_ENCODED)
+    return _write(path, forward, image_shape, names, [model.encoder, model.classifier], overwrite)
 
 
 def _describe(tensor):

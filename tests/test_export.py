@@ -1,4 +1,4 @@
-"""SavedModel export: named signatures, float and uint8 inputs, equality with Keras, atomic chief-only writes."""
+"""SavedModel export: named signatures, float / uint8 / encoded inputs, eval preprocessing, atomic chief-only writes."""
 
 import json
 import os
@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from supcon_tf import export, models
+import supcon_tf
+from supcon_tf import augment, data, export, models
 from supcon_tf.encoders import build_encoder
 from supcon_tf.layers import ProjectionHead
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 3
 ATOL = 1e-5
-ENCODER_SIGNATURES = {"serving_default", "embed", "embed_uint8"}
-CLASSIFIER_SIGNATURES = {"serving_default", "classify", "classify_uint8"}
+ENCODER_SIGNATURES = {"serving_default", "embed", "embed_uint8", "embed_encoded"}
+CLASSIFIER_SIGNATURES = {"serving_default", "classify", "classify_uint8", "classify_encoded"}
+# The uint8 and encoded inputs: any image size (and 1 or 3 channels for uint8).
+INPUT_SPECS = {"float32": (None, *IMAGE_SHAPE), "uint8": (None, None, None, None), "string": (None,)}
 
 
 def _encoder():
@@ -160,19 +163,24 @@ def test_saved_model_signatures_lists_names_inputs_and_outputs(encoder_export, c
     def spec(dtype, *shape):
         return {"dtype": dtype, "shape": (None, *shape)}
 
+    def spec_of(dtype):
+        return {"dtype": dtype, "shape": INPUT_SPECS[dtype]}
+
     signatures = export.saved_model_signatures(encoder_export)
     assert set(signatures) == ENCODER_SIGNATURES
-    for name, dtype in (("serving_default", "float32"), ("embed", "float32"), ("embed_uint8", "uint8")):
+    names = ("serving_default", "embed", "embed_uint8", "embed_encoded")
+    for name, dtype in zip(names, ("float32", "float32", "uint8", "string")):
         assert signatures[name] == {
-            "inputs": {"images": spec(dtype, *IMAGE_SHAPE)},
+            "inputs": {"images": spec_of(dtype)},
             "outputs": {"embedding": spec("float32", 4), "representation": spec("float32", 32)},
         }
     for _, path in classifier_exports.values():
         signatures = export.saved_model_signatures(path)
         assert set(signatures) == CLASSIFIER_SIGNATURES
-        for name, dtype in (("serving_default", "float32"), ("classify", "float32"), ("classify_uint8", "uint8")):
+        names = ("serving_default", "classify", "classify_uint8", "classify_encoded")
+        for name, dtype in zip(names, ("float32", "float32", "uint8", "string")):
             assert signatures[name] == {
-                "inputs": {"images": spec(dtype, *IMAGE_SHAPE)},
+                "inputs": {"images": spec_of(dtype)},
                 "outputs": {
                     "embedding": spec("float32", 32),
                     "logits": spec("float32", NUM_CLASSES),
@@ -203,8 +211,10 @@ def test_saved_model_cli_shows_the_signatures(encoder_export, classifier_exports
         assert runs[path].returncode == 0, stderr[-2000:]
         for name in names:
             assert f"signature_def['{name}']" in stdout, stdout
-        assert stdout.count("inputs['images'] tensor_info:") == 3, stdout
-        assert "dtype: DT_UINT8" in stdout and "shape: (-1, 8, 8, 1)" in stdout, stdout
+        assert stdout.count("inputs['images'] tensor_info:") == 4, stdout
+        assert "dtype: DT_FLOAT" in stdout and "shape: (-1, 8, 8, 1)" in stdout, stdout
+        assert "dtype: DT_UINT8" in stdout and "shape: (-1, -1, -1, -1)" in stdout, stdout
+        assert "dtype: DT_STRING" in stdout, stdout
 
 
 def test_a_failed_export_leaves_no_folder_and_no_temporary_files(supcon_model, tmp_path, monkeypatch):
@@ -301,3 +311,272 @@ def test_bad_arguments_raise(supcon_model, tmp_path):
     with pytest.raises(ValueError, match=r"\[batch, rep_dim\]"):
         export.export_encoder(two_outputs, target)
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# Real images: any size and channel count (uint8), encoded bytes, bad inputs.
+# ---------------------------------------------------------------------------
+
+RGB_SHAPE = (16, 16, 3)
+
+
+def _uint8(shape, seed):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _eval_pixels(images, image_shape):
+    """The evaluation pipeline's input for each uint8 `[h, w, C]` image: `data.make_eval_dataset`, one at a time."""
+    batches = []
+    for image in images:
+        source = data.from_arrays(np.asarray(image)[None], np.zeros([1], np.int32))
+        batch, _ = next(iter(data.make_eval_dataset(source, batch_size=1, image_size=image_shape[:2])))
+        batches.append(batch.numpy())
+    return np.concatenate(batches)
+
+
+def _decoded(contents, channels):
+    return tf.io.decode_image(contents, channels=channels, expand_animations=False).numpy()
+
+
+@pytest.fixture(scope="module")
+def rgb_classifier_export(tmp_path_factory):
+    """A LinearProbe on 16x16 RGB images and its export."""
+    model = models.LinearProbe(build_encoder("small_cnn", RGB_SHAPE, width=0.25), NUM_CLASSES)
+    _randomize_batch_norm_statistics(model, seed=4)
+    return model, export.export_classifier(model, tmp_path_factory.mktemp("rgb") / "export")
+
+
+@pytest.fixture(scope="module")
+def pixel_exports(tmp_path_factory):
+    """`{(H, W, C): loaded export}` of "encoders" that flatten their input: their output is the served pixels."""
+    loaded = {}
+    for image_shape in ((16, 16, 1), (12, 10, 3)):
+        inputs = keras.Input(image_shape)
+        flatten = keras.Model(inputs, keras.layers.Flatten()(inputs))
+        path = export.export_encoder(flatten, tmp_path_factory.mktemp("pixels") / "export")
+        loaded[image_shape] = tf.saved_model.load(path)
+    return loaded
+
+
+def _served_pixels(loaded, image_shape, name, images):
+    outputs = loaded.signatures[name](images=tf.constant(images))
+    return outputs["representation"].numpy().reshape(-1, *image_shape)
+
+
+def test_uint8_images_of_any_size_get_the_eval_pipeline_pixels_bit_for_bit(pixel_exports):
+    for (height, width, channels), loaded in pixel_exports.items():
+        image_shape = (height, width, channels)
+        for seed, size in enumerate([(height, width), (7, 5), (40, 23), (height, 3 * width), (1, 1)]):
+            images = _uint8((3, *size, channels), seed)
+            served = _served_pixels(loaded, image_shape, "embed_uint8", images)
+            assert served.dtype == np.float32
+            np.testing.assert_array_equal(served, _eval_pixels(images, image_shape), err_msg=str(size))
+    # At the trained size there is no resize: exactly uint8 * (1 / 255), as in evaluation.
+    images = _uint8((2, 16, 16, 1), seed=9)
+    served = _served_pixels(pixel_exports[(16, 16, 1)], (16, 16, 1), "embed_uint8", images)
+    np.testing.assert_array_equal(served, images.astype(np.float32) * np.float32(1 / 255))
+
+
+def test_uint8_images_of_any_size_match_the_model_on_eval_preprocessed_images(
+    supcon_model, encoder_export, rgb_classifier_export
+):
+    probe, probe_path = rgb_classifier_export
+    cases = [
+        (supcon_model, encoder_export, "embed_uint8", IMAGE_SHAPE),
+        (probe, probe_path, "classify_uint8", RGB_SHAPE),
+    ]
+    for model, path, name, image_shape in cases:
+        loaded = tf.saved_model.load(path)
+        for seed, size in enumerate([(13, 5), (4, 4), (33, 20)]):
+            images = _uint8((3, *size, image_shape[-1]), seed)
+            pixels = augment.NoAugment(image_shape[:2])(images)  # what make_eval_dataset maps over a batch
+            expected = _numpy(model(pixels, training=False) if name == "embed_uint8" else model.predict_all(pixels))
+            routes = (
+                loaded.signatures[name](images=tf.constant(images)),
+                getattr(loaded, name)(images),
+                keras.layers.TFSMLayer(path, call_endpoint=name)(images),
+            )
+            for outputs in routes:
+                outputs = _numpy(outputs)
+                for key in expected:
+                    np.testing.assert_allclose(outputs[key], expected[key], atol=ATOL, rtol=0, err_msg=f"{size} {key}")
+
+
+def test_uint8_channels_are_converted_to_the_encoders(
+    pixel_exports, supcon_model, encoder_export, rgb_classifier_export
+):
+    # Gray on an RGB model: the gray channel repeated; RGB on a gray model: tf.image.rgb_to_grayscale.
+    gray, rgb = _uint8((2, 9, 14, 1), seed=5), _uint8((2, 9, 14, 3), seed=6)
+    served = _served_pixels(pixel_exports[(12, 10, 3)], (12, 10, 3), "embed_uint8", gray)
+    np.testing.assert_array_equal(served, _eval_pixels(np.repeat(gray, 3, axis=-1), (12, 10, 3)))
+    served = _served_pixels(pixel_exports[(16, 16, 1)], (16, 16, 1), "embed_uint8", rgb)
+    np.testing.assert_array_equal(served, _eval_pixels(tf.image.rgb_to_grayscale(rgb).numpy(), (16, 16, 1)))
+
+    probe, probe_path = rgb_classifier_export
+    expected = _numpy(probe.predict_all(augment.NoAugment(RGB_SHAPE[:2])(tf.image.grayscale_to_rgb(tf.constant(gray)))))
+    loaded = tf.saved_model.load(probe_path)  # kept referenced: its variables die with it
+    outputs = _numpy(loaded.classify_uint8(gray))
+    for key in expected:
+        np.testing.assert_allclose(outputs[key], expected[key], atol=ATOL, rtol=0, err_msg=key)
+    expected = _numpy(supcon_model(augment.NoAugment(IMAGE_SHAPE[:2])(tf.image.rgb_to_grayscale(rgb)), training=False))
+    loaded = tf.saved_model.load(encoder_export)
+    outputs = _numpy(loaded.embed_uint8(rgb))
+    for key in expected:
+        np.testing.assert_allclose(outputs[key], expected[key], atol=ATOL, rtol=0, err_msg=key)
+
+
+def _write_image_files(tmp_path):
+    """Real files of several sizes and formats; returns their bytes, read back from disk."""
+    paths = []
+    for index, (shape, suffix) in enumerate(
+        [((16, 16, 1), "png"), ((23, 9, 3), "png"), ((8, 8, 1), "jpg"), ((30, 41, 3), "jpg"), ((5, 7, 3), "png")]
+    ):
+        image = _uint8(shape, seed=20 + index)
+        path = tmp_path / f"image{index}.{suffix}"
+        if suffix == "png":
+            path.write_bytes(tf.io.encode_png(image).numpy())
+        else:
+            keras.utils.save_img(path, image, scale=False)
+        paths.append(path)
+    return [path.read_bytes() for path in paths]
+
+
+def test_encoded_jpeg_and_png_files_of_mixed_sizes(
+    tmp_path, pixel_exports, supcon_model, encoder_export, rgb_classifier_export
+):
+    contents = _write_image_files(tmp_path)
+    assert contents[2][:3] == b"\xff\xd8\xff" and contents[0][:4] == b"\x89PNG"
+    # The served pixels: decoded with the encoder's channels, then the evaluation pipeline, per image.
+    for image_shape, loaded in pixel_exports.items():
+        served = _served_pixels(loaded, image_shape, "embed_encoded", contents)
+        expected = _eval_pixels([_decoded(c, image_shape[-1]) for c in contents], image_shape)
+        np.testing.assert_array_equal(served, expected)
+
+    probe, probe_path = rgb_classifier_export
+    cases = [
+        (lambda x: supcon_model(x, training=False), encoder_export, "embed_encoded", IMAGE_SHAPE),
+        (probe.predict_all, probe_path, "classify_encoded", RGB_SHAPE),
+    ]
+    for model_fn, path, name, image_shape in cases:
+        pixels = _eval_pixels([_decoded(c, image_shape[-1]) for c in contents], image_shape)
+        expected = _numpy(model_fn(pixels))
+        loaded = tf.saved_model.load(path)
+        routes = (
+            loaded.signatures[name](images=tf.constant(contents)),
+            getattr(loaded, name)(contents),
+            keras.layers.TFSMLayer(path, call_endpoint=name)(tf.constant(contents)),
+        )
+        for outputs in routes:
+            outputs = _numpy(outputs)
+            for key in expected:
+                assert outputs[key].shape[0] == len(contents)
+                np.testing.assert_allclose(outputs[key], expected[key], atol=ATOL, rtol=0, err_msg=key)
+
+
+def test_bad_inputs_raise_naming_the_expected_input(tmp_path, encoder_export, rgb_classifier_export):
+    encoder = tf.saved_model.load(encoder_export)
+    classifier = tf.saved_model.load(rgb_classifier_export[1])
+    png = tf.io.encode_png(_uint8((6, 6, 3), seed=7)).numpy()
+    embed_uint8 = r"embed_uint8 expects images uint8 \[batch, height, width, 1 or 3\]"
+    classify_uint8 = r"classify_uint8 expects images uint8 \[batch, height, width, 1 or 3\]"
+    embed_encoded = r"embed_encoded expects images string \[batch\] of JPEG or PNG bytes"
+    classify_encoded = r"classify_encoded expects images string \[batch\] of JPEG or PNG bytes"
+    invalid = tf.errors.InvalidArgumentError
+    any_size_uint8 = r"shape=\(None, None, None, None\), dtype=tf\.uint8"
+    cases = [
+        # Wrong dtype: TF refuses it, naming the expected input.
+        (lambda: encoder.embed_uint8(tf.zeros([1, 8, 8, 1], tf.float32)), TypeError, r"dtype=tf\.uint8, name='images'"),
+        (
+            lambda: encoder.signatures["embed_uint8"](images=tf.zeros([1, 8, 8, 1], tf.float32)),
+            invalid,
+            "embed_uint8.* expected to be a uint8 tensor",
+        ),
+        (
+            lambda: classifier.signatures["classify"](images=tf.zeros([1, *RGB_SHAPE], tf.uint8)),
+            invalid,
+            "classify.* expected to be a float tensor",
+        ),
+        (lambda: encoder.embed_encoded(_uint8([1, 8, 8, 1], 0)), TypeError, r"dtype=tf\.string, name='images'"),
+        # Wrong rank: TF for the endpoints, the graph's own check for the signatures (which do not check shapes).
+        (lambda: encoder.embed_uint8(_uint8([8, 8, 1], 0)), TypeError, any_size_uint8),
+        (lambda: encoder.signatures["embed_uint8"](images=_uint8([8, 8, 1], 0)), TypeError, any_size_uint8),
+        (lambda: encoder.signatures["embed_uint8"](images=tf.constant(_uint8([8, 8, 1], 0))), invalid, embed_uint8),
+        (lambda: encoder.signatures["embed_uint8"](images=tf.zeros([1, 1, 8, 8, 1], tf.uint8)), invalid, embed_uint8),
+        (lambda: classifier.signatures["classify_uint8"](images=tf.zeros([8, 8, 3], tf.uint8)), invalid, classify_uint8),
+        (lambda: encoder.signatures["embed_encoded"](images=tf.constant(png)), invalid, embed_encoded),
+        (lambda: encoder.signatures["embed_encoded"](images=tf.constant([[png]])), invalid, embed_encoded),
+        (
+            lambda: encoder.signatures["serving_default"](images=tf.zeros([8, 8, 1])),
+            invalid,
+            r"serving_default/embed expects images float32 \[batch, 8, 8, 1\] in \[0, 1\]",
+        ),
+        (
+            lambda: classifier.signatures["classify"](images=tf.zeros([1, 8, 8, 3])),
+            invalid,
+            r"classify expects images float32 \[batch, 16, 16, 3\].*received images of shape\] \[1 8 8 3\]",
+        ),
+        # 2 or 4 channels, or an empty image.
+        (lambda: encoder.embed_uint8(_uint8([1, 8, 8, 2], 0)), invalid, embed_uint8 + r".*\[1 8 8 2\]"),
+        (lambda: classifier.classify_uint8(_uint8([2, 5, 5, 4], 0)), invalid, classify_uint8 + r".*\[2 5 5 4\]"),
+        (lambda: encoder.embed_uint8(_uint8([1, 0, 8, 1], 0)), invalid, embed_uint8),
+        # Bytes that are not a JPEG or PNG image: the indices of the culprits follow the message.
+        (lambda: encoder.embed_encoded([png, b"not an image", b""]), invalid, embed_encoded + r".*\] \[1 2\]"),
+        (lambda: classifier.classify_encoded([b"GIF89a..."]), invalid, classify_encoded),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_export_needs_a_known_size_with_1_or_3_channels(tmp_path):
+    inputs = keras.Input((None, None, 1))
+    any_size = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    with pytest.raises(ValueError, match="not fully known.*image_shape=None"):
+        export.export_encoder(any_size, tmp_path / "x")
+    inputs = keras.Input((8, 8, 2))
+    two_channels = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        export.export_encoder(two_channels, tmp_path / "x")
+    assert os.listdir(tmp_path) == []
+    path = export.export_encoder(any_size, tmp_path / "x", image_shape=(6, 4, 1))
+    assert export.saved_model_signatures(path)["embed"]["inputs"]["images"]["shape"] == (None, 6, 4, 1)
+    served = tf.saved_model.load(path).embed_uint8(_uint8([2, 9, 9, 3], seed=8))["representation"]
+    assert served.shape == (2, 1)
+
+
+def test_load_model_round_trip(tmp_path, supcon_model, rgb_classifier_export):
+    probe = rgb_classifier_export[0]
+    images = {IMAGE_SHAPE: _images()[0], RGB_SHAPE: _uint8((2, *RGB_SHAPE), 3).astype("float32") / 255}
+    for model, image_shape in ((supcon_model, IMAGE_SHAPE), (probe, RGB_SHAPE), (supcon_model.encoder, IMAGE_SHAPE)):
+        path = tmp_path / f"{model.name}.keras"
+        model.save(path)
+        loaded = supcon_tf.load_model(path)
+        assert type(loaded) is type(model)
+        expected = model(images[image_shape], training=False)
+        actual = loaded(images[image_shape], training=False)
+        for key, value in (expected.items() if isinstance(expected, dict) else [("output", expected)]):
+            got = actual[key] if isinstance(actual, dict) else actual
+            np.testing.assert_allclose(_numpy({"x": got})["x"], _numpy({"x": value})["x"], atol=1e-6, err_msg=key)
+    # What the exporter does with a loaded file.
+    reloaded = supcon_tf.load_model(tmp_path / f"{probe.name}.keras", compile=False)
+    exported = export.export_classifier(reloaded, tmp_path / "e")
+    assert set(export.saved_model_signatures(exported)) == CLASSIFIER_SIGNATURES
+    with pytest.raises(ValueError):
+        supcon_tf.load_model(tmp_path / "missing.keras")
+
+
+# Slow: a fresh interpreter spends seconds importing TensorFlow.
+@pytest.mark.slow
+def test_keras_alone_needs_supcon_tf_imported_to_load(tmp_path, supcon_model):
+    path = tmp_path / "model.keras"
+    supcon_model.save(path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def python(program):
+        command = [sys.executable, "-c", program, str(path)]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+    run = python("import sys, keras; keras.saving.load_model(sys.argv[1])")
+    assert run.returncode != 0 and "Could not locate class 'SupConModel'" in run.stderr, run.stderr[-2000:]
+    run = python("import sys, supcon_tf; print(type(supcon_tf.load_model(sys.argv[1])).__name__)")
+    assert run.returncode == 0 and run.stdout.strip() == "SupConModel", run.stderr[-2000:]

@@ -1,6 +1,6 @@
 """The SupCon loss family: pure per-anchor loss functions and a thin, serialisable Keras `Loss` wrapper.
 
-Notation (Khosla et al., 2020, arXiv 2004.11362, and ../shared/DESIGN.md):
+Notation (Khosla et al., 2020, arXiv 2004.11362; docs/architecture.md):
 a batch of B samples is seen in V views; the embeddings are `features`
 `[B, V, D]`. Every embedding of the contrast set (all B*V of them) is indexed
 view-major, row `v * B + b`. For anchor i, A(i) is the contrast set without i

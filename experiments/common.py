@@ -79,6 +79,8 @@ _HELP = {
     "(its own Adam optimizer) and log online_top1, online_loss, contrast_top1 and contrast_entropy.",
     "validation_fraction": "Carve this fraction of the TRAINING split for validation (val_* metrics each epoch; "
     "the test split is never used for it); 0: none.",
+    "evaluate_test": "ce / linear: evaluate on the test split at the end (false: the test split is never read, "
+    "e.g. while tuning).",
     "pretrained": "linear_eval: the pre-trained model (.keras) whose encoder is probed.",
     "cache_features": "linear_eval: compute the frozen features once (no augmentation).",
     "strategy": "default | one_device | mirrored | multi_worker (TF_CONFIG) | tpu.",

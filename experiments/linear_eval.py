@@ -3,7 +3,8 @@ r"""Linear evaluation: a linear classifier on the frozen encoder of a pre-traine
     supcon-linear-eval --preset digits_linear --pretrained runs/digits_supcon/model.keras \
         --model_dir runs/digits_supcon_linear
 
-Prints and writes (metrics.json) the test top-1; saves the probe and its SavedModel.
+    result = f"test top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else "test split not evaluated"
+    print(f"linear evaluation: {result}; outputs in {config.model_dir}")
 """
 
 from experiments import common

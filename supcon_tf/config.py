@@ -92,6 +92,7 @@ class RunConfig:
     # Evaluation while training
     online_eval: bool = False  # supcon/simclr: online linear classifier + contrast_top1/contrast_entropy metrics
     validation_fraction: float = 0.0  # carve this fraction of the TRAIN split for validation (0: none)
+    evaluate_test: bool = True  # ce / linear: evaluate on the test split at the end (False: never read it)
     # Linear evaluation
     pretrained: str | None = None  # .keras file of a pre-trained SupConModel / encoder
     cache_features: bool = True  # probe on features computed once (no augmentation)

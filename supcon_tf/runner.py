@@ -347,14 +347,25 @@ def _already_finished(folder):
     return metrics
 
 
-def run(config: RunConfig, *, overwrite=False):
+def run(config: RunConfig, *, overwrite=False, callbacks=()):
     """Runs (or resumes, or completes) the stage `config.method`; returns the metrics dict (also in metrics.json).
+
+    This is the one training path: the binaries, the demo, sweeps, studies and
+    reports all train a stage by calling it.
 
     Args:
       config: the stage's `RunConfig`.
       overwrite: on a finished (or any existing) run folder, start afresh.
         Without it a finished folder is left untouched and its metrics are
         returned with `already_finished=True`.
+      callbacks: extra Keras callbacks for `fit` (e.g. a tuner's), after the
+        run folder's own.
+
+    Returns:
+      `{"method", "train_seconds" (summed over restarts), "epochs",
+      "restarts", "final_train_loss", "final_logs" (the last epoch's logs,
+      `val_*` included with `validation_fraction`), and with
+      `evaluate_test`, for ce / linear: "test_loss", "test_top1"}`.
 
     Raises:
       ValueError / FileNotFoundError: bad input, before anything is written.
@@ -365,6 +376,9 @@ def run(config: RunConfig, *, overwrite=False):
         raise ValueError(f"`config` must be a RunConfig, received: {type(config).__name__}")
     if not isinstance(overwrite, bool):
         raise ValueError(f"`overwrite` must be a bool, received: overwrite={overwrite!r}")
+    callbacks = list(callbacks)
+    if not all(isinstance(c, keras.callbacks.Callback) for c in callbacks):
+        raise ValueError(f"`callbacks` must be Keras callbacks, received: callbacks={callbacks!r}")
     folder = RunFolder(config.model_dir)
     if folder.phase() == "finished" and not overwrite:
         return _already_finished(folder)
@@ -392,7 +406,7 @@ def run(config: RunConfig, *, overwrite=False):
             )
     else:
         train_source, num_train, num_classes = load_source(config, "train")
-    test_source, _, _ = load_source(config, "test")
+    test_source = load_source(config, "test")[0] if config.evaluate_test else None
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
 
@@ -411,7 +425,7 @@ def run(config: RunConfig, *, overwrite=False):
         model = build_model(config, image_shape, num_classes, steps_per_epoch, pretrained_encoder)
         models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
-    trainer = _StageTrainer(config, folder, model, train_source, steps_per_epoch, validation_source)
+    trainer = _StageTrainer(config, folder, model, train_source, steps_per_epoch, validation_source, callbacks)
     history_logs = trainer.train(process_start)
 
     # Finishing: every epoch is trained; the final outputs, then the marker.
@@ -424,8 +438,9 @@ def run(config: RunConfig, *, overwrite=False):
         "epochs": config.epochs,
         "restarts": restarts,
         "final_train_loss": float(history_logs.get("loss", np.nan)),
+        "final_logs": {name: float(value) for name, value in history_logs.items()},
     }
-    if config.method in ("ce", "linear"):
+    if config.method in ("ce", "linear") and config.evaluate_test:
         loss, accuracy = model.evaluate(eval_dataset(config, test_source), verbose=0)
         metrics.update(test_loss=float(loss), test_top1=float(accuracy))
         if not np.isfinite(loss):
@@ -452,7 +467,8 @@ class _StageTrainer:
     global step, so the batches are those an uninterrupted run sees.
     """
 
-    def __init__(self, config, folder, model, train_source, steps_per_epoch, validation_source=None):
+    def __init__(self, config, folder, model, train_source, steps_per_epoch, validation_source=None, extra=()):
+        self.extra_callbacks = list(extra)
         self.config = config
         self.folder = folder
         self.model = model
@@ -500,7 +516,8 @@ class _StageTrainer:
             checkpointing.ChiefModelCheckpoint(
                 folder.path("checkpoints", "latest.keras"), period=config.checkpoint_every, target=target
             ),
-            backup,  # last: after the CSV row and the checkpoint of an epoch are written
+            *self.extra_callbacks,
+            backup,  # last: after the CSV row, the checkpoint and the caller's callbacks of an epoch
         ]
         return callbacks, backup
 

@@ -1,0 +1,155 @@
+"""Guards for supcon_tf._keras_compat: each private or undocumented Keras behaviour it relies on.
+
+A failure here means a Keras upgrade changed something `_keras_compat` relies on; the message
+says what changed and what to update. Keep one test per reliance.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from supcon_tf import _keras_compat
+
+# The sub-layer attribute names of `keras.layers.RandAugment`, in the order of its op indices, as
+# of Keras 3.15.1. `StatelessRandAugment`'s op index i is this tuple's entry i, so a change in
+# names or order changes every RandAugment output for a fixed seed.
+RAND_AUGMENT_SUBLAYERS = (
+    "random_shear",
+    "random_translation",
+    "random_rotation",
+    "random_brightness",
+    "random_color_degeneration",
+    "random_contrast",
+    "random_sharpness",
+    "random_posterization",
+    "solarization",
+    "auto_contrast",
+    "equalization",
+)
+
+
+def _images(batch=4, size=16):
+    rng = np.random.default_rng(0)
+    return tf.constant(rng.uniform(size=(batch, size, size, 3)), tf.float32)
+
+
+def _rand_augment():
+    return keras.layers.RandAugment(value_range=(0, 1), num_ops=2, factor=0.5, seed=0)
+
+
+def test_rand_augment_still_lists_its_sublayers_in_augment_layers():
+    names = getattr(keras.layers.RandAugment, "_AUGMENT_LAYERS", None)
+    assert names is not None, (
+        "keras.layers.RandAugment no longer has the private class attribute `_AUGMENT_LAYERS`; "
+        "supcon_tf._keras_compat.rand_augment_sublayers reads it to list the layer's ops. Find "
+        "how this Keras version lists them and update rand_augment_sublayers."
+    )
+    assert tuple(names) == RAND_AUGMENT_SUBLAYERS, (
+        f"keras.layers.RandAugment._AUGMENT_LAYERS changed from {list(RAND_AUGMENT_SUBLAYERS)} to "
+        f"{list(names)}: StatelessRandAugment's ops (and its outputs for a fixed seed) change. "
+        "Check the new ops, then update RAND_AUGMENT_SUBLAYERS here (and the docs/tests that "
+        "count eleven ops)."
+    )
+    layer = _rand_augment()
+    pairs = _keras_compat.rand_augment_sublayers(layer)
+    assert [name for name, _ in pairs] == list(RAND_AUGMENT_SUBLAYERS)
+    for name, sublayer in pairs:
+        assert isinstance(sublayer, keras.layers.Layer), (
+            f"RandAugment.{name} is no longer a Keras layer (it is {type(sublayer).__name__}); "
+            "`_AUGMENT_LAYERS` changed meaning."
+        )
+
+
+def test_rand_augment_indexes_its_ops_in_augment_layers_order():
+    # StatelessRandAugment.op_names promises "the order of the op indices", Keras' own.
+    transformation = _rand_augment().get_random_transformation(_images(), training=True)
+    assert tuple(transformation["transforms"]) == RAND_AUGMENT_SUBLAYERS, (
+        "keras.layers.RandAugment no longer indexes its ops in `_AUGMENT_LAYERS` order "
+        f"(its transformation lists {list(transformation['transforms'])}); update "
+        "supcon_tf._keras_compat.rand_augment_sublayers to return Keras' op order."
+    )
+
+
+def test_sublayers_take_a_seed_and_transform_images_with_training():
+    # Public methods, but StatelessRandAugment calls them directly (not through `layer(...)`).
+    for name, sublayer in _keras_compat.rand_augment_sublayers(_rand_augment()):
+        draw = inspect.signature(sublayer.get_random_transformation).parameters
+        assert {"data", "training", "seed"} <= set(draw), (
+            f"RandAugment.{name}.get_random_transformation no longer takes (data, training, "
+            f"seed) (it takes {list(draw)}); StatelessRandAugment._apply_op passes them."
+        )
+        transform = inspect.signature(sublayer.transform_images).parameters
+        assert {"images", "transformation", "training"} <= set(transform), (
+            f"RandAugment.{name}.transform_images no longer takes (images, transformation, "
+            f"training) (it takes {list(transform)}); StatelessRandAugment._apply_op passes them."
+        )
+
+
+def test_preprocessing_layers_still_have_a_switchable_backend():
+    for name, sublayer in _keras_compat.rand_augment_sublayers(_rand_augment()):
+        backend = getattr(sublayer, "backend", None)
+        assert callable(getattr(backend, "set_backend", None)), (
+            f"RandAugment.{name} no longer has a `backend` with `set_backend` (Keras' private "
+            "DynamicBackend of its tf.data-compatible layers); update "
+            "supcon_tf._keras_compat.compute_with_tensorflow."
+        )
+        _keras_compat.compute_with_tensorflow(sublayer)
+        assert getattr(backend, "name", None) == "tensorflow", (
+            f"After `backend.set_backend('tensorflow')`, RandAugment.{name}.backend.name is "
+            f"{getattr(backend, 'name', None)!r}, not 'tensorflow': Keras' DynamicBackend changed."
+        )
+
+
+def test_seed_generator_constructor_takes_seed_and_name():
+    parameters = inspect.signature(keras.random.SeedGenerator).parameters
+    assert {"seed", "name"} <= set(parameters), (
+        f"keras.random.SeedGenerator no longer takes `seed` and `name` (it takes "
+        f"{list(parameters)}); update supcon_tf._keras_compat.StatelessSeedGenerator.__init__."
+    )
+    generator = _keras_compat.StatelessSeedGenerator()
+    assert isinstance(generator, keras.random.SeedGenerator)
+
+
+def test_keras_random_ops_draw_from_a_seed_generator_through_next():
+    base = _keras_compat.StatelessSeedGenerator()
+    state = base.state.numpy().copy()
+    seed = tf.constant([3, 7], tf.int64)
+    generator = base.from_seed(seed)
+    first = keras.random.uniform((5,), seed=generator)
+    second = keras.random.uniform((5,), seed=generator)
+    assert generator._draws == 2, (
+        "keras.random.uniform(seed=SeedGenerator) no longer draws its seed by calling the "
+        f"generator's `next()` ({generator._draws} calls for 2 draws): "
+        "supcon_tf._keras_compat.StatelessSeedGenerator relies on it to make Keras' random ops "
+        "stateless. Find how this Keras version draws seeds and update it."
+    )
+    assert not np.array_equal(first, second)
+    again = base.from_seed(seed)
+    np.testing.assert_array_equal(first, keras.random.uniform((5,), seed=again))
+    other = keras.random.uniform((5,), seed=base.from_seed(tf.constant([4, 7], tf.int64)))
+    assert not np.array_equal(first, other)
+    np.testing.assert_array_equal(
+        base.state.numpy(), state, err_msg="StatelessSeedGenerator's draws touched its variable"
+    )
+
+
+def test_sublayers_draw_their_transformation_from_the_given_seed_generator():
+    base = _keras_compat.StatelessSeedGenerator()
+    layer = _rand_augment()
+    images = _images()
+    seed = tf.constant([5, 1], tf.int64)
+    for name in ("random_shear", "random_brightness", "solarization"):
+        sublayer = getattr(layer, name)
+        generator = base.from_seed(seed)
+        first = sublayer.get_random_transformation(images, training=True, seed=generator)
+        assert generator._draws >= 1, (
+            f"RandAugment.{name}.get_random_transformation(seed=generator) no longer draws from "
+            "the generator it is given; StatelessRandAugment would fall back to Keras' stateful "
+            "generators and lose its stateless, per-call seeding."
+        )
+        again = sublayer.get_random_transformation(images, training=True, seed=base.from_seed(seed))
+        tf.nest.map_structure(
+            lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), first, again
+        )

@@ -280,6 +280,14 @@ class BackupStore:
             return BackupState(global_step, int(meta["epoch"]), int(meta["step"]), weights_path, meta)
         return None
 
+    def discard_from(self, global_step):
+        """Deletes this worker's states at `global_step` and later (written after a bad update)."""
+        for step in self._steps(self.folder):
+            if step >= global_step:
+                for path in reversed(self._paths(step)):  # the JSON first: the state stops counting at once
+                    if os.path.exists(path):
+                        os.remove(path)
+
     def delete(self):
         """Removes every worker's backups (the run is finished)."""
         shutil.rmtree(self.root, ignore_errors=True)
@@ -392,7 +400,8 @@ class StepBackup(keras.callbacks.Callback):
     def save(self, epoch, step, global_step):
         if self.check_finite and not all_finite(self._owner()):
             raise resilience.Diverged(
-                epoch, step, float("nan"), resilience.current_learning_rate(self.model), "non-finite weights"
+                epoch, step, float("nan"), resilience.current_learning_rate(self.model), "non-finite weights",
+                global_step + 1,
             )
         meta = dict(self.meta(), metrics=metric_state(self.model), epoch_logs=self.epoch_logs)
         self.store.save(self._owner(), epoch=epoch, step=step, global_step=global_step, meta=meta)

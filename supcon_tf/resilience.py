@@ -68,9 +68,10 @@ class Diverged(Exception):
 
     exit_status = EXIT_DIVERGED
 
-    def __init__(self, epoch, step, loss, learning_rate, reason):
+    def __init__(self, epoch, step, loss, learning_rate, reason, global_step=None):
         self.epoch = epoch
         self.step = step
+        self.global_step = global_step  # the step whose loss (or whose saved weights) showed the divergence
         self.loss = loss
         self.learning_rate = learning_rate
         super().__init__(
@@ -231,6 +232,6 @@ class DivergenceGuard(keras.callbacks.Callback):
             loss = math.nan
         reason = check_loss(loss, self.reference, self.factor)
         if reason:
-            raise Diverged(self._epoch, step, loss, current_learning_rate(self.model), reason)
+            raise Diverged(self._epoch, step, loss, current_learning_rate(self.model), reason, global_step)
         if self.reference is None:
             self.reference = loss

@@ -14,6 +14,7 @@ classes) runs before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -521,6 +522,21 @@ class _StageTrainer:
         ]
         return callbacks, backup
 
+    @contextlib.contextmanager
+    def _keeping_good_backups(self):
+        """On divergence, drops the backups that no later finite loss vouches for.
+
+        The loss of step g is computed with the weights after update g - 1, so
+        a bad loss at step g condemns the state saved after update g - 1 (and
+        any later one): resuming from it would diverge again.
+        """
+        try:
+            yield
+        except resilience.Diverged as diverged:
+            if diverged.global_step is not None:
+                self.store.discard_from(diverged.global_step - 1)
+            raise
+
     def train(self, process_start):
         """Fits the remaining steps; returns the last epoch's logs."""
         config, epochs, steps = self.config, self.config.epochs, self.steps_per_epoch
@@ -548,7 +564,7 @@ class _StageTrainer:
             epoch += 1
         if epoch < epochs:
             segments.append((epoch, epochs, steps, 0, None))
-        with resilience.SignalWatcher() as signals:
+        with resilience.SignalWatcher() as signals, self._keeping_good_backups():
             for first_epoch, end_epoch, segment_steps, first_step, first_metrics in segments:
                 callbacks, backup = self._callbacks(signals, guard, first_step, first_metrics, clock)
                 self.fit_model.fit(

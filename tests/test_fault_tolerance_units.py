@@ -176,6 +176,17 @@ def test_backup_store_keeps_the_newest_two_and_restores_the_newest(tmp_path, mon
     assert store.candidates() == [4]
 
 
+def test_discard_from_drops_the_condemned_states(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    store = checkpointing.BackupStore(tmp_path / "backup", keep=3)
+    model = _tiny_model()
+    for step in (2, 4, 6):
+        store.save(model, epoch=0, step=step, global_step=step, meta={})
+    store.discard_from(4)
+    assert store.candidates() == [2]
+    assert sorted(os.listdir(store.folder)) == ["step-0000000002.json", "step-0000000002.weights.h5"]
+
+
 def test_workers_resume_from_the_newest_step_they_all_hold(tmp_path, monkeypatch):
     def as_worker(index):
         monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},

@@ -263,3 +263,32 @@ def shard_by_data(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def cross_replica_mean(local_sum, local_count):
+    """A mean over all replicas' terms, as this replica's share and as the global value; call in a replica context.
+
+    For a loss that is a mean over *all* replicas' terms (e.g. SupCon's mean
+    over the anchors with a positive of the global batch), each replica holds
+    the sum of its own terms and their count (or sum of weights). The global
+    mean is `sum_r local_sum_r / sum_r local_count_r`, so this replica's share
+    is its local sum divided by the GLOBAL count: the one and only
+    `1 / num_replicas` scaling (global count = replicas x local count when
+    the counts are equal), exact when they are not. The shares sum to the
+    global mean over replicas, so the cross-replica *sum* of gradients that
+    Keras 3 applies is the gradient of the global mean.
+
+    Args:
+      local_sum: float scalar, this replica's sum of terms (differentiable).
+      local_count: float scalar, this replica's number (or total weight) of
+        terms, same dtype.
+
+    Returns:
+      `(replica_share, global_mean)`: `replica_share` carries the gradient;
+      `global_mean` (no gradient) is identical on every replica, for
+      logging. Both are 0 when the global count is 0; with one replica both
+      are `local_sum / local_count`.
+    """
+    global_count = all_reduce_sum(local_count)
+    replica_share = tf.math.divide_no_nan(local_sum, global_count)
+    return replica_share, all_reduce_sum(tf.stop_gradient(replica_share))

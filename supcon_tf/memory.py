@@ -12,6 +12,8 @@ copy of encoder + head (MoCo: He et al., CVPR 2020), whose weights follow the
 online weights as an exponential moving average, so that entries written at
 different steps stay consistent with each other.
 
+`MemoryQueue` is the one object a contrastive model needs: the queue and,
+optionally, the momentum key networks, behind `read()` and `update()`.
 Everything here is state of a Keras layer or model (plain variables), so it
 is saved and restored by `.keras` files, `save_weights`/`BackupAndRestore`
 and `tf.train.Checkpoint` like any other weight.
@@ -23,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from supcon_tf import distribute
 from supcon_tf._checks import is_int
 
 # Label of a slot that was never written (the slots are excluded anyway; see MemoryQueue.entries).
@@ -50,9 +53,20 @@ def check_momentum(momentum, name="momentum"):
     return float(momentum)
 
 
+def flatten_views(views):
+    """`[batch, views, H, W, C]` -> `([batch * views, H, W, C]` sample-major, the original shape as a tensor)."""
+    views = tf.convert_to_tensor(views)
+    if views.shape.rank != 5:
+        raise ValueError(
+            f"`views` must be [batch, views, height, width, channels], received: views with shape {views.shape}"
+        )
+    shape = tf.shape(views)
+    return tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0)), shape
+
+
 @keras.saving.register_keras_serializable(package="supcon_tf")
 class MemoryQueue(keras.layers.Layer):
-    """A FIFO memory of the last `size` embeddings and their integer labels.
+    """A FIFO memory of the last `size` embeddings and their integer labels, optionally filled by momentum key networks.
 
     State (non-trainable variables, created by `build((None, dim))`):
       `features` `[size, dim]` float32, `labels` `[size]` int64,
@@ -66,17 +80,45 @@ class MemoryQueue(keras.layers.Layer):
     reach a loss; `contents()` returns them oldest first (for inspection and
     tests). An enqueue of `n >= size` entries keeps only the last `size`.
 
+    A contrastive model uses two calls:
+      `read()`: `(features, labels)` to contrast with, as constants; nothing
+        during the warm-up.
+      `update(embeddings, views, labels)`: after the optimizer step, writes
+        the step's *global* batch (gathered over replicas, all views of each
+        sample, sample-major, with its sample's label or `EMPTY_LABEL`), so
+        every replica writes the same entries. Without key networks it writes
+        `embeddings` (cross-batch memory, XBM); with them it first moves the
+        key networks towards the online ones and writes their embeddings of
+        `views` (MoCo).
+
+    Momentum key networks (`key_momentum=m`, with the online `encoder` and
+    `head`): copies of the online networks, made at construction (same
+    architecture, from their configs) and given the online weights at
+    `build`, after which their variables are non-trainable (`freeze_keys`).
+    `update` sets each key weight to `m * key + (1 - m) * online` (trainable
+    weights only: the key networks' batch-norm statistics are their own),
+    then embeds the views in training mode (batch statistics, like the
+    online networks on the same batch). The queue holds the key networks
+    (`key_encoder`, `key_head`, saved with it) but not the online ones, which
+    belong to its owner; `build` needs the online networks built.
+
     Under a distribution strategy the variables are mirrored and every
     replica writes its own copy; write the same values on every replica
-    (e.g. the gathered global batch, see `SupConModel`) and the copies stay
-    identical.
+    (`update` does) and the copies stay identical.
 
     Args:
       size: int >= 1, the number of entries K kept.
       warmup_steps: int >= 0; `in_use()` is False for the first
         `warmup_steps` enqueue calls (the queue still records them, so it is
         full of recent entries when it starts being used).
+      key_momentum: None (default, no key networks) or m in [0, 1).
+      encoder: with `key_momentum`, the online encoder (images to
+        `[batch, rep_dim]`).
+      head: with `key_momentum`, the online projection head.
       **kwargs: forwarded to `keras.layers.Layer` (e.g. `name`).
+
+    A momentum queue's config holds `key_momentum` but not the networks:
+    its owner (e.g. `SupConModel`) re-creates it from the owner's config.
 
     Example:
 
@@ -91,10 +133,22 @@ class MemoryQueue(keras.layers.Layer):
       Learning", CVPR 2020.
     """
 
-    def __init__(self, size, warmup_steps=0, **kwargs):
+    def __init__(self, size, warmup_steps=0, key_momentum=None, encoder=None, head=None, **kwargs):
         super().__init__(**kwargs)
         self.size = _check_size(size)
         self.warmup_steps = _check_non_negative_int("warmup_steps", warmup_steps)
+        self.key_momentum = None if key_momentum is None else check_momentum(key_momentum, "key_momentum")
+        self.key_encoder = self.key_head = None
+        if self.key_momentum is not None:
+            if not isinstance(encoder, keras.layers.Layer) or not isinstance(head, keras.layers.Layer):
+                raise ValueError(
+                    "`key_momentum` needs the online `encoder` and `head` (Keras layers) to copy, "
+                    f"received: encoder={encoder!r}, head={head!r}"
+                )
+            self.key_encoder = momentum_copy(encoder, f"{encoder.name}_key")
+            self.key_head = momentum_copy(head, f"{head.name}_key")
+            # The online networks belong to the owner: kept out of this layer's tracking (and saving).
+            self.__dict__["_online"] = (encoder, head)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -114,7 +168,23 @@ class MemoryQueue(keras.layers.Layer):
         self.position = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="position")
         self.filled = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="filled")
         self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="steps")
+        if self.key_momentum is not None:
+            for key, online in zip((self.key_encoder, self.key_head), self._online):
+                if not key.built:  # a functional encoder's copy is built already
+                    key.build_from_config(online.get_build_config())
+                freeze_for_momentum(key, online)
         self.built = True
+
+    def freeze_keys(self):
+        """Marks every key-network variable non-trainable again (after e.g. `model.trainable = True`)."""
+        for key in (self.key_encoder, self.key_head):
+            for variable in [] if key is None else key.weights:
+                variable.trainable = False
+
+    def momentum_pairs(self):
+        """`(online, key)` variable pairs of encoder and head, in matching order (needs `key_momentum`)."""
+        encoder, head = self._online
+        return list(zip(encoder.weights, self.key_encoder.weights)) + list(zip(head.weights, self.key_head.weights))
 
     def in_use(self):
         """Bool scalar: True once `warmup_steps` enqueue calls have happened."""
@@ -132,6 +202,10 @@ class MemoryQueue(keras.layers.Layer):
         if only_in_use:
             count = tf.where(self.in_use(), count, tf.zeros_like(count))
         return self.features.value[:count], self.labels.value[:count]
+
+    def read(self):
+        """The entries a loss contrasts with: `entries()` (none during the warm-up)."""
+        return self.entries(only_in_use=True)
 
     def contents(self):
         """`(features, labels)` of the valid entries, oldest first."""
@@ -165,12 +239,51 @@ class MemoryQueue(keras.layers.Layer):
         self.steps.assign_add(tf.ones_like(self.steps.value))
         return self.filled.value
 
+    def embed_keys(self, views):
+        """Key-network embeddings of every view, `[batch, views, dim]`, in training mode, without gradient.
+
+        Training mode: batch normalisation uses the batch statistics, as the
+        online network does on the same batch (and updates the key
+        network's own moving statistics). Needs `key_momentum`.
+        """
+        if self.key_momentum is None:
+            raise ValueError("`embed_keys` needs a momentum encoder: construct the model with key_momentum=m")
+        flat, shape = flatten_views(views)
+        keys = self.key_head(self.key_encoder(flat, training=True), training=True)
+        return tf.stop_gradient(tf.reshape(keys, [shape[0], shape[1], -1]))
+
+    def update(self, embeddings, views=None, labels=None):
+        """Writes this step's global batch; call after the optimizer step, in a replica context.
+
+        Args:
+          embeddings: `[local_batch, views, dim]` this replica's online
+            embeddings (written without key networks; no gradient).
+          views: `[local_batch, views, H, W, C]` the step's images (needed
+            with key networks: first the EMA step, then their embeddings are
+            written instead).
+          labels: `[local_batch]` int labels, or None (`EMPTY_LABEL`).
+
+        Returns the new `filled` count.
+        """
+        if self.key_momentum is not None:
+            ema_update(self.momentum_pairs(), self.key_momentum)
+            embeddings = self.embed_keys(views)
+        embeddings = tf.stop_gradient(tf.convert_to_tensor(embeddings))
+        if labels is None:
+            labels = tf.fill(tf.shape(embeddings)[:1], tf.constant(EMPTY_LABEL, tf.int64))
+        gathered = distribute.gather_global(embeddings, tf.cast(labels, tf.int64))
+        num_views = tf.shape(gathered.features)[1]
+        features = tf.reshape(gathered.features, [-1, tf.shape(gathered.features)[-1]])
+        return self.enqueue(features, tf.repeat(gathered.labels, num_views))
+
     def call(self, inputs):
-        raise NotImplementedError("MemoryQueue is state, not a transformation: use enqueue() and entries().")
+        raise NotImplementedError("MemoryQueue is state, not a transformation: use read() and update().")
 
     def get_config(self):
         config = super().get_config()
         config.update(size=self.size, warmup_steps=self.warmup_steps)
+        if self.key_momentum is not None:
+            config["key_momentum"] = self.key_momentum
         return config
 
 

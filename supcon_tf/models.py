@@ -98,203 +98,188 @@ def _build_from_encoder(model):
         model.build(tuple(encoder.inputs[0].shape))
 
 
+# SupConModel's constructor arguments besides encoder and head, in order (attributes and `get_config` keys).
+_SUPCON_OPTIONS = (
+    "method", "temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap",
+    "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum", "online_eval_classes", "contrast_metrics",
+)
+
+
+def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes,
+                            contrast_metrics, **loss_options):
+    """SupConModel's options after its argument checks (a ValueError naming the argument), as `{name: value}`."""
+    if not isinstance(cross_replica, bool):
+        raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
+    if not is_int(queue_size) or queue_size < 0:
+        raise ValueError(f"`queue_size` must be an int >= 0, received: queue_size={queue_size!r}")
+    if not is_int(queue_warmup_steps) or queue_warmup_steps < 0:
+        raise ValueError(
+            f"`queue_warmup_steps` must be an int >= 0, received: queue_warmup_steps={queue_warmup_steps!r}"
+        )
+    if key_momentum is not None:
+        key_momentum = memory_lib.check_momentum(key_momentum, "key_momentum")
+        if queue_size == 0:
+            raise ValueError(
+                "`key_momentum` only fills the memory queue; it needs queue_size > 0. "
+                f"Received: key_momentum={key_momentum!r} with queue_size=0"
+            )
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
+    # The loss options (temperature, ..., positives_cap), with the loss's own messages.
+    losses_lib.SupConLoss(use_labels=method == "supcon", **loss_options)
+    if online_eval_classes is not None:
+        _check_num_classes(online_eval_classes)
+        online_eval_classes = int(online_eval_classes)
+    if not isinstance(contrast_metrics, bool):
+        raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
+    base_temperature = loss_options["base_temperature"]
+    return dict(
+        method=method, temperature=float(loss_options["temperature"]),
+        base_temperature=None if base_temperature is None else float(base_temperature),
+        contrast_mode=loss_options["contrast_mode"], variant=loss_options["variant"],
+        denominator=loss_options["denominator"], positives_cap=int(loss_options["positives_cap"]),
+        cross_replica=cross_replica, queue_size=int(queue_size), queue_warmup_steps=int(queue_warmup_steps),
+        key_momentum=key_momentum, online_eval_classes=online_eval_classes, contrast_metrics=contrast_metrics,
+    )
+
+
+def _check_equal_replica_batches(views):
+    """Under several replicas, fails unless every replica got the same batch size.
+
+    The gathered contrast set and the replica offsets assume equal local
+    batches; a final short batch (no `drop_remainder=True`) splits unevenly.
+    """
+    if distribute.num_replicas_in_sync() == 1:
+        return
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy):
+        return  # TPUs need static, equal shapes anyway (drop_remainder=True); no Assert op in TPU graphs
+    sizes = distribute.gather_global(tf.shape(views)[:1]).features
+    tf.debugging.assert_equal(
+        tf.reduce_min(sizes),
+        tf.reduce_max(sizes),
+        message=(
+            "Under a distribution strategy every replica needs the same batch size: build the dataset "
+            "with `drop_remainder=True` (data.make_multiview_dataset does by default). Received: "
+            "unequal per-replica batch sizes"
+        ),
+    )
+
+
+def _online_outputs(classifier, representation, labels, num_views):
+    """The online classifier on the stop-gradient representation: `(targets, logits, mean CE loss)`, per view."""
+    if labels is None:
+        raise ValueError("The online classifier (online_eval_classes) needs labels: feed (views, labels) pairs")
+    logits = classifier(tf.stop_gradient(representation))
+    targets = tf.repeat(tf.cast(labels, tf.int32), num_views)
+    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
+    return targets, logits, loss
+
+
+def _contrast_statistics(embeddings, labels, temperature):
+    """`online_eval.contrast_statistics` of this replica's anchors against the gathered global batch."""
+    gathered = distribute.gather_global(tf.stop_gradient(embeddings), labels)
+    return online_eval_lib.contrast_statistics(
+        gathered.features, gathered.labels, temperature=temperature, anchor_offset=gathered.offset,
+        num_anchor_samples=gathered.num_local,
+    )
+
+
 @keras.saving.register_keras_serializable(package="supcon_tf")
 class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     """Encoder + projection head trained with a supervised (or self-supervised) contrastive loss.
 
     Args:
-      encoder: a built Keras model from images `[batch, H, W, C]` to a
-        representation `[batch, rep_dim]` (e.g. `encoders.build_encoder`).
-      head: a layer from `[batch, rep_dim]` to L2-normalised embeddings
-        `[batch, dim]` (e.g. `layers.ProjectionHead`).
+      encoder: a built Keras model from images `[batch, H, W, C]` to `[batch, rep_dim]`.
+      head: a layer from `[batch, rep_dim]` to L2-normalised embeddings `[batch, dim]`.
       method: `"supcon"` (labels define positives) or `"simclr"` (labels
         ignored; positives are the other views of the same sample).
-      temperature: tau > 0. The paper uses 0.1 for SupCon, SimCLR 0.5 on CIFAR.
-      base_temperature: loss scale `temperature / base_temperature`; `None`
-        (default) leaves eq. 2 unscaled.
-      contrast_mode: `"all"` or `"one"` (see `losses.supcon_per_anchor_loss`).
-      variant: `"out"` (eq. 2, default) or `"in"` (eq. 3).
-      denominator: `"all"` (default, the paper), `"one_positive"` or
-        `"only_negatives"`: which contrast entries form each positive's
-        softmax denominator (google-research's `denominator_mode`; see
-        `losses.supcon_per_anchor_loss`).
-      positives_cap: -1 (default, no cap) or a non-negative multiple of the
-        number of views: per anchor, only the first `positives_cap // views`
-        same-class samples of the global batch (then matching queue entries)
-        stay positives; the rest are left out of the loss.
-      cross_replica: under a distribution strategy, contrast every replica's
-        anchors against the gathered *global* batch (default True, the exact
-        SupCon objective). False contrasts each replica's anchors with its own
-        local batch only: a different, weaker objective, kept for comparisons.
-      queue_size: int >= 0, entries K of a memory queue (`memory.MemoryQueue`)
-        of past embeddings and labels that joins every anchor's contrast set
-        as constants (positives by label; all negatives for SimCLR). 0
-        (default) disables it: exactly the plain SupCon step. After each
-        optimizer step the *global* batch (gathered over replicas) is
-        written, all `views` embeddings of each sample (`global_batch *
-        views` entries per step, sample-major), so every replica holds the
-        same queue. Slots not yet written are never contrasted.
-      queue_warmup_steps: int >= 0; the queue is written from the first step
-        but joins the loss only from step `queue_warmup_steps` on (XBM's
-        warm-up: the earliest embeddings drift too fast to be useful).
-      key_momentum: `None` (default) or m in [0, 1). `None`: the queue entries
-        are the online embeddings of the step (cross-batch memory). m: a
-        momentum copy of encoder + head (MoCo) produces the queue entries and
-        nothing else: after each optimizer step its weights become
-        `m * key + (1 - m) * online` (trainable weights; its batch-norm
-        statistics are its own), then it embeds the step's views in training
-        mode (batch statistics) and those keys are enqueued. The current
-        batch's contrast set stays the online embeddings. Needs
-        `queue_size > 0`.
-      online_eval_classes: None (default) or the number of classes C >= 2
-        of an online linear classifier: trained jointly on the
+      temperature, base_temperature, contrast_mode, variant, denominator,
+        positives_cap: the loss options of `losses.supcon_per_anchor_loss`
+        (temperature 0.1 for SupCon in the paper, SimCLR 0.5 on CIFAR).
+      cross_replica: under a distribution strategy, contrast each replica's
+        anchors with the gathered *global* batch (default True, the exact
+        objective); False: with its local batch only (weaker, for comparison).
+      queue_size: int >= 0; K > 0 adds a memory queue of past embeddings and
+        labels (`model.memory`, a `memory.MemoryQueue`: every step's global
+        batch, the same on every replica) to every anchor's contrast set, as
+        constants. 0 (default): exactly the plain SupCon step.
+      queue_warmup_steps: int >= 0; the queue joins the loss from this step on.
+      key_momentum: None (default: the queue holds online embeddings, XBM) or
+        m in [0, 1): momentum key networks, owned by the queue, fill it (MoCo).
+      online_eval_classes: None or C >= 2: an online linear classifier on the
         stop-gradient representation of every view, with its own optimizer
         (`compile(online_optimizer=...)`), logging `online_loss` and
-        `online_top1` (train and validation). Its gradient never reaches
-        the encoder. Needs labels in the data.
+        `online_top1`; its gradient never reaches the encoder. Needs labels.
       contrast_metrics: log `contrast_top1` and `contrast_entropy`
-        (`online_eval.contrast_statistics`) every step; they cost one
-        `[local anchors, global contrast]` similarity matrix.
+        (`online_eval.contrast_statistics`).
       **kwargs: forwarded to `keras.Model`.
 
-    Call arguments:
-      images: `[batch, H, W, C]` float images.
-      training: bool.
-    Returns a dict `{REPRESENTATION: [batch, rep_dim], EMBEDDING: [batch, dim]}`.
+    `model(images)` returns `{REPRESENTATION: [batch, rep_dim], EMBEDDING: [batch, dim]}`.
 
-    Training data: `fit` expects `(views, labels)` with views
-    `[batch, views, H, W, C]` and labels `[batch]` int (ignored for SimCLR),
-    as produced by `data.make_multiview_dataset` or
-    `data.make_class_balanced_dataset`. The logged `loss` is the SupCon
-    batch loss (over batch and queue while the queue is in use), plus any
-    regularisation losses of the layers. `evaluate` reports the plain batch
-    loss: it neither reads nor writes the queue.
+    Data: `(views, labels)` or `(views, labels, sample_weight)`, views
+    `[batch, views, H, W, C]`, labels `[batch]` int (ignored for SimCLR), e.g.
+    `data.make_multiview_dataset`. The logged `loss` is the global-batch loss
+    (with the queue once in use) plus regularisation losses; `evaluate`
+    neither reads nor writes the queue.
 
-    State: the queue (`model.memory`) and the momentum networks
-    (`model.key_encoder`, `model.key_head`) are variables of the model, so
-    `.keras` files, `save_weights` (and `BackupAndRestore`) and
-    `tf.train.Checkpoint` save and restore them. The key networks' variables
-    are marked non-trainable (`compile` re-asserts it); `export` and
-    `LinearProbe` use `model.encoder`, the online encoder.
+    `sample_weight` (`[batch]`, >= 0; also from `fit(class_weight=...)`)
+    weights anchors: each anchor's loss is multiplied by its sample's weight
+    and the sum over all replicas' anchors is divided by the sum of the
+    weights of the anchors with a positive, over all replicas. The contrast
+    set, the queue, the online classifier and the contrast metrics are
+    unweighted; unit weights give the plain loss.
+
+    State: the queue and its key networks (also `model.key_encoder`,
+    `model.key_head`; non-trainable, `compile` re-asserts it) are saved and
+    restored by `.keras` files, `save_weights` and `tf.train.Checkpoint`.
 
     Example:
 
-    >>> encoder = encoders.build_encoder("small_cnn", (8, 8, 1))
-    >>> model = SupConModel(encoder, layers.ProjectionHead((128,), 64))
+    >>> model = SupConModel(encoders.build_encoder("small_cnn", (8, 8, 1)), layers.ProjectionHead((128,), 64))
     >>> model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     >>> model.fit(train_views_dataset, epochs=10)
 
-    Small batches with a memory of 4096 embeddings filled by a momentum encoder:
-
-    >>> model = SupConModel(encoder, head, queue_size=4096, key_momentum=0.99)
-
     Reference:
       Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
-      Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020.
-      He et al., "Momentum Contrast for Unsupervised Visual Representation
-      Learning", CVPR 2020.
     """
 
-    def __init__(
-        self,
-        encoder,
-        head,
-        method="supcon",
-        temperature=0.1,
-        base_temperature=None,
-        contrast_mode="all",
-        variant="out",
-        denominator="all",
-        positives_cap=-1,
-        cross_replica=True,
-        queue_size=0,
-        queue_warmup_steps=0,
-        key_momentum=None,
-        online_eval_classes=None,
-        contrast_metrics=False,
-        **kwargs,
-    ):
+    def __init__(self, encoder, head, method="supcon", temperature=0.1, base_temperature=None, contrast_mode="all",
+                 variant="out", denominator="all", positives_cap=-1, cross_replica=True, queue_size=0,
+                 queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, contrast_metrics=False, **kwargs):
         super().__init__(**kwargs)
         _check_model("encoder", encoder)
         _check_model("head", head)
-        if not isinstance(cross_replica, bool):
-            raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
-        if not is_int(queue_size) or queue_size < 0:
-            raise ValueError(f"`queue_size` must be an int >= 0, received: queue_size={queue_size!r}")
-        if not is_int(queue_warmup_steps) or queue_warmup_steps < 0:
-            raise ValueError(
-                f"`queue_warmup_steps` must be an int >= 0, received: queue_warmup_steps={queue_warmup_steps!r}"
-            )
-        if key_momentum is not None:
-            key_momentum = memory_lib.check_momentum(key_momentum, "key_momentum")
-            if queue_size == 0:
-                raise ValueError(
-                    "`key_momentum` only fills the memory queue; it needs queue_size > 0. "
-                    f"Received: key_momentum={key_momentum!r} with queue_size=0"
-                )
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
-        # Validates temperature, base_temperature, contrast_mode, variant,
-        # denominator and positives_cap with the loss's own messages.
-        losses_lib.SupConLoss(
-            temperature=temperature,
-            base_temperature=base_temperature,
-            contrast_mode=contrast_mode,
-            variant=variant,
-            use_labels=method == "supcon",
-            denominator=denominator,
-            positives_cap=positives_cap,
+        self.encoder, self.head = encoder, head
+        options = _checked_supcon_options(
+            method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes, contrast_metrics,
+            temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode, variant=variant,
+            denominator=denominator, positives_cap=positives_cap,
         )
-        self.encoder = encoder
-        self.head = head
-        self.method = method
-        self.temperature = float(temperature)
-        self.base_temperature = None if base_temperature is None else float(base_temperature)
-        self.contrast_mode = contrast_mode
-        self.variant = variant
-        self.denominator = denominator
-        self.positives_cap = int(positives_cap)
-        self.cross_replica = cross_replica
-        self.queue_size = int(queue_size)
-        self.queue_warmup_steps = int(queue_warmup_steps)
-        self.key_momentum = key_momentum
+        for name in _SUPCON_OPTIONS:  # method, temperature, ..., contrast_metrics
+            setattr(self, name, options[name])
         self.memory = None
-        self.key_encoder = self.key_head = None
-        self._momentum_copied = False
         if self.queue_size:
-            self.memory = memory_lib.MemoryQueue(self.queue_size, self.queue_warmup_steps, name="memory_queue")
-        if self.key_momentum is not None:
-            self.key_encoder = memory_lib.momentum_copy(encoder, f"{encoder.name}_key")
-            self.key_head = memory_lib.momentum_copy(head, f"{head.name}_key")
-        if online_eval_classes is not None:
-            _check_num_classes(online_eval_classes)
-            online_eval_classes = int(online_eval_classes)
-        if not isinstance(contrast_metrics, bool):
-            raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
-        self.online_eval_classes = online_eval_classes
-        self.contrast_metrics = contrast_metrics
-        self.online_classifier = None
-        self.online_optimizer = None
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        extra = []
-        if contrast_metrics:
-            extra += [keras.metrics.Mean(name="contrast_top1"), keras.metrics.Mean(name="contrast_entropy")]
-        if online_eval_classes is not None:
+            self.memory = memory_lib.MemoryQueue(
+                self.queue_size, self.queue_warmup_steps, self.key_momentum, encoder, head, name="memory_queue"
+            )
+        # The memory's key networks (or None), also tracked here: where saved files and checkpoints keep them.
+        self.key_encoder = getattr(self.memory, "key_encoder", None)
+        self.key_head = getattr(self.memory, "key_head", None)
+        self.online_classifier = self.online_optimizer = None
+        names = ["loss"] + ["contrast_top1", "contrast_entropy"] * contrast_metrics
+        if self.online_eval_classes is not None:
             self.online_classifier = keras.layers.Dense(online_eval_classes, name="online_classifier", dtype="float32")
-            extra += [keras.metrics.Mean(name="online_loss"), keras.metrics.SparseCategoricalAccuracy(name="online_top1")]
-        self._extra_metrics = extra
+            names.append("online_loss")
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        if self.online_classifier is not None:
+            self._trackers["online_top1"] = keras.metrics.SparseCategoricalAccuracy(name="online_top1")
         _build_from_encoder(self)
 
     def compile(self, optimizer="sgd", online_optimizer=None, **kwargs):
-        """Configures the optimizer. The loss is the model's own.
+        """Configures the optimizer (the loss is the model's own: `loss`, `metrics`, ... raise a ValueError).
 
-        Args:
-          optimizer: a Keras optimizer or its name.
-          online_optimizer: the online classifier's own optimizer (only with
-            `online_eval_classes`); default `keras.optimizers.Adam(1e-3)`.
-          **kwargs: forwarded to `keras.Model.compile` (e.g. `jit_compile`,
-            `steps_per_execution`, `run_eagerly`). `loss`, `metrics`,
-            `loss_weights` are rejected with a `ValueError`.
+        `online_optimizer`: the online classifier's (default `keras.optimizers.Adam(1e-3)`); `**kwargs`: forwarded
+        to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
         """
         _check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
         if online_optimizer is not None and self.online_classifier is None:
@@ -304,12 +289,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             )
         if self.online_classifier is not None:
             self.online_optimizer = keras.optimizers.get(online_optimizer or keras.optimizers.Adam(1e-3))
-        if self.key_encoder is not None and self.built:
-            # A `model.trainable = True` since the build would have handed the
-            # key networks to the optimizer: take them back.
-            for key in (self.key_encoder, self.key_head):
-                for variable in key.weights:
-                    variable.trainable = False
+        if self.memory is not None:  # a `model.trainable = True` would hand the key networks to the optimizer
+            self.memory.freeze_keys()
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config):
@@ -321,7 +302,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker] + list(self._extra_metrics)
+        return list(self._trackers.values())
 
     @property
     def contrastive_variables(self):
@@ -336,267 +317,124 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             self.head.build((None, rep_dim))
         if self.online_classifier is not None and not self.online_classifier.built:
             self.online_classifier.build((None, rep_dim))
-        if self.memory is not None and not self.memory.built:
-            embedding_dim = self.head.compute_output_shape((None, rep_dim))[-1]
-            self.memory.build((None, embedding_dim))
-        if self.key_encoder is not None and not self._momentum_copied:
-            if not self.key_encoder.built:  # a functional encoder's copy is built already
-                self.key_encoder.build(input_shape)
-            if not self.key_head.built:
-                self.key_head.build((None, rep_dim))
-            memory_lib.freeze_for_momentum(self.key_encoder, self.encoder)
-            memory_lib.freeze_for_momentum(self.key_head, self.head)
-            self._momentum_copied = True
+        if self.memory is not None and not self.memory.built:  # after encoder and head: it copies them
+            self.memory.build((None, self.head.compute_output_shape((None, rep_dim))[-1]))
         self.built = True
 
     def call(self, images, training=False):
         representation = self.encoder(images, training=training)
-        embedding = self.head(representation, training=training)
-        return {REPRESENTATION: representation, EMBEDDING: embedding}
-
-    @staticmethod
-    def _flatten_views(views):
-        """`[batch, views, H, W, C]` -> `[batch * views, H, W, C]` (sample-major) and the original shape."""
-        views = tf.convert_to_tensor(views)
-        if views.shape.rank != 5:
-            raise ValueError(
-                f"`views` must be [batch, views, height, width, channels], received: views with shape {views.shape}"
-            )
-        shape = tf.shape(views)
-        return tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0)), shape
+        return {REPRESENTATION: representation, EMBEDDING: self.head(representation, training=training)}
 
     def embed_views(self, views, training=False, return_representation=False):
-        """Embeds every view: `[batch, views, H, W, C]` -> `[batch, views, dim]`.
+        """`[batch, views, H, W, C]` -> `[batch, views, dim]`, all views as one batch (batch norm sees them all).
 
-        All views go through the encoder as one batch of `batch * views`
-        images, so batch normalisation sees every view. With
-        `return_representation`, also returns the encoder outputs
-        `[batch * views, rep_dim]` (sample-major).
+        With `return_representation`, also the encoder outputs `[batch * views, rep_dim]` (sample-major).
         """
-        flat, shape = self._flatten_views(views)
+        flat, shape = memory_lib.flatten_views(views)
         outputs = self(flat, training=training)
         embedding = tf.reshape(outputs[EMBEDDING], [shape[0], shape[1], -1])
-        if return_representation:
-            return embedding, outputs[REPRESENTATION]
-        return embedding
+        return (embedding, outputs[REPRESENTATION]) if return_representation else embedding
 
     def embed_keys(self, views):
-        """Momentum-network embeddings of every view, `[batch, views, dim]`, in training mode, without gradient.
-
-        Training mode: batch normalisation uses the batch statistics, as the
-        online network does on the same batch (and updates the key
-        network's own moving statistics). Needs `key_momentum`.
-        """
-        if self.key_encoder is None:
+        """The momentum key networks' embeddings of every view (`memory.MemoryQueue.embed_keys`)."""
+        if self.memory is None:
             raise ValueError("`embed_keys` needs a momentum encoder: construct the model with key_momentum=m")
-        flat, shape = self._flatten_views(views)
-        keys = self.key_head(self.key_encoder(flat, training=True), training=True)
-        return tf.stop_gradient(tf.reshape(keys, [shape[0], shape[1], -1]))
+        return self.memory.embed_keys(views)
 
-    def update_memory(self, embeddings, labels):
-        """Writes this step's global batch into the queue: `[local_batch, views, dim]` per replica.
+    def compute_contrastive_loss(self, embeddings, labels, use_queue=False, sample_weight=None):
+        """Loss of this replica's anchors `[local_batch, views, dim]` against the global batch (and the queue).
 
-        The embeddings of all replicas are gathered (replica order), so every
-        replica writes the same `global_batch * views` entries, sample-major
-        (`[s0 v0, s0 v1, ..., s1 v0, ...]`), each with its sample's label
-        (`memory.EMPTY_LABEL` when there are no labels). No gradient.
+        `labels`: `[local_batch]` (ignored for SimCLR); `use_queue`: add `memory.read()` (nothing during the
+        warm-up) to the contrast set; `sample_weight`: optional `[local_batch]` anchor weights (class docstring).
+        Returns `(replica_loss, global_loss)` (`distribute.cross_replica_mean`): this replica's share (their sum
+        over replicas is the global loss, so Keras' summed gradients are its gradient) and the global loss, for
+        logging. With one replica both are the plain loss.
         """
-        embeddings = tf.stop_gradient(tf.convert_to_tensor(embeddings))
-        if labels is None:
-            labels = tf.fill(tf.shape(embeddings)[:1], tf.constant(memory_lib.EMPTY_LABEL, tf.int64))
-        gathered = distribute.gather_global(embeddings, tf.cast(labels, tf.int64))
-        num_views = tf.shape(gathered.features)[1]
-        features = tf.reshape(gathered.features, [-1, tf.shape(gathered.features)[-1]])
-        return self.memory.enqueue(features, tf.repeat(gathered.labels, num_views))
-
-    def _unpack(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if self.method == "supcon" and y is None:
-            raise ValueError(
-                "SupConModel(method='supcon') needs labels: feed (views, labels) pairs, "
-                "or use method='simclr'. Received: data without labels"
-            )
-        return x, y
-
-    def compute_contrastive_loss(self, embeddings, labels, use_queue=False):
-        """Contrastive loss of this replica's anchors against the global batch (and the queue).
-
-        Args:
-          embeddings: `[local_batch, views, dim]` this replica's embeddings.
-          labels: `[local_batch]` labels (ignored for SimCLR).
-          use_queue: add the memory queue's valid entries to the contrast set
-            (constants), once its warm-up is over. Needs `queue_size > 0`.
-
-        Returns:
-          `(replica_loss, global_loss)`: `replica_loss` is this replica's
-          share, whose sum over replicas is the global-batch loss (so the
-          cross-replica *sum* of gradients that Keras 3 applies is exactly the
-          gradient of the global loss); `global_loss` is the global-batch loss
-          itself, identical on every replica, for logging. With one replica
-          both are the plain `supcon_loss`.
-        """
-        use_labels = self.method == "supcon"
-        labels = labels if use_labels else None
+        labels = labels if self.method == "supcon" else None
         if self.cross_replica:
             gathered = distribute.gather_global(embeddings, labels)
         else:  # each replica contrasts only its own batch: a weaker objective, for comparison only
             gathered = distribute.GatheredBatch(embeddings, labels, tf.constant(0), tf.shape(embeddings)[0])
         queue = {}
-        if use_queue:
-            # Only the slots written so far (none during the warm-up): a dynamic
-            # number of rows, which tf.function and XLA handle alike (the loss
-            # picks its dense form for a queue of unknown length).
-            queue_features, queue_labels = self.memory.entries()
-            queue = dict(queue_features=queue_features, queue_labels=queue_labels if use_labels else None)
+        if use_queue:  # a dynamic number of rows, which tf.function and XLA handle alike
+            queue_features, queue_labels = self.memory.read()
+            queue = dict(queue_features=queue_features, queue_labels=None if labels is None else queue_labels)
         per_anchor = losses_lib.supcon_per_anchor_loss(
-            gathered.features,
-            gathered.labels,
-            temperature=self.temperature,
-            base_temperature=self.base_temperature,
-            contrast_mode=self.contrast_mode,
-            variant=self.variant,
-            denominator=self.denominator,
-            positives_cap=self.positives_cap,
-            anchor_offset=gathered.offset,
-            num_anchor_samples=gathered.num_local,
+            gathered.features, gathered.labels, temperature=self.temperature, base_temperature=self.base_temperature,
+            contrast_mode=self.contrast_mode, variant=self.variant, denominator=self.denominator,
+            positives_cap=self.positives_cap, anchor_offset=gathered.offset, num_anchor_samples=gathered.num_local,
             **queue,
         )
-        local_sum = tf.reduce_sum(per_anchor.loss)
-        local_count = tf.reduce_sum(tf.cast(per_anchor.has_positive, per_anchor.loss.dtype))
-        # The global loss is the mean over *all* replicas' anchors with a
-        # positive. Dividing the local sum by the global count is the one and
-        # only 1/num_replicas scaling (global count = replicas x local count
-        # when counts are equal), and it stays exact when they are not.
-        global_count = distribute.all_reduce_sum(local_count)
-        replica_loss = tf.math.divide_no_nan(local_sum, global_count)
-        global_loss = distribute.all_reduce_sum(tf.stop_gradient(replica_loss))
-        return replica_loss, global_loss
+        loss, count = per_anchor.loss, tf.cast(per_anchor.has_positive, per_anchor.loss.dtype)
+        if sample_weight is not None:  # [local_batch] -> [local_batch, 1]: one weight for all views of a sample
+            weight = tf.reshape(tf.cast(sample_weight, loss.dtype), [tf.shape(loss)[0], 1])
+            loss, count = loss * weight, count * weight
+        return distribute.cross_replica_mean(tf.reduce_sum(loss), tf.reduce_sum(count))
+
+    def _unpack(self, data):
+        views, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self.method == "supcon" and labels is None:
+            raise ValueError(
+                "SupConModel(method='supcon') needs labels: feed (views, labels) pairs, "
+                "or use method='simclr'. Received: data without labels"
+            )
+        _check_equal_replica_batches(views)
+        return views, labels, sample_weight
 
     def _regularization_loss(self):
-        if not self.losses:
-            return 0.0
-        # Every replica adds the same weight penalty and Keras sums gradients
-        # over replicas: divide by the replica count once.
-        return tf.add_n(self.losses) / distribute.num_replicas_in_sync()
-
-    def _check_batch(self, views):
-        """Under several replicas, fails unless every replica got the same batch size.
-
-        The gathered contrast set and the replica offsets assume equal local
-        batches; a final short batch (no `drop_remainder=True`) splits unevenly.
-        """
-        if distribute.num_replicas_in_sync() == 1:
-            return
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy):
-            return  # TPUs need static, equal shapes anyway (drop_remainder=True); no Assert op in TPU graphs
-        sizes = distribute.gather_global(tf.shape(views)[:1]).features
-        tf.debugging.assert_equal(
-            tf.reduce_min(sizes),
-            tf.reduce_max(sizes),
-            message=(
-                "Under a distribution strategy every replica needs the same batch size: build the dataset "
-                "with `drop_remainder=True` (data.make_multiview_dataset does by default). Received: "
-                "unequal per-replica batch sizes"
-            ),
-        )
-
-    def _online_loss(self, representation, labels, num_views):
-        """Online classifier on the stop-gradient representation: `(logits [batch * views, C], mean CE loss)`."""
-        if labels is None:
-            raise ValueError("The online classifier (online_eval_classes) needs labels: feed (views, labels) pairs")
-        logits = self.online_classifier(tf.stop_gradient(representation))
-        targets = tf.repeat(tf.cast(labels, tf.int32), num_views)
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
-        return logits, loss
-
-    def _update_evaluation_metrics(self, embeddings, labels, online_logits, online_loss):
-        if self.contrast_metrics:
-            use_labels = self.method == "supcon"
-            gathered = distribute.gather_global(tf.stop_gradient(embeddings), labels if use_labels else None)
-            top1, entropy = online_eval_lib.contrast_statistics(
-                gathered.features,
-                gathered.labels,
-                temperature=self.temperature,
-                anchor_offset=gathered.offset,
-                num_anchor_samples=gathered.num_local,
-            )
-            self._extra_metrics[0].update_state(top1)
-            self._extra_metrics[1].update_state(entropy)
-        if online_logits is not None:
-            targets = tf.repeat(tf.cast(labels, tf.int32), tf.shape(embeddings)[1])
-            self._extra_metrics[-2].update_state(online_loss)
-            self._extra_metrics[-1].update_state(targets, online_logits)
+        # Every replica adds the same weight penalty and Keras sums gradients over replicas: divide once.
+        return tf.add_n(self.losses) / distribute.num_replicas_in_sync() if self.losses else 0.0
 
     def train_step(self, data):
-        views, labels = self._unpack(data)
-        self._check_batch(views)
-        online_logits = online_loss = None
+        views, labels, sample_weight = self._unpack(data)
+        online = None
         with tf.GradientTape() as tape, tf.GradientTape() as online_tape:
             embeddings, representation = self.embed_views(views, training=True, return_representation=True)
-            loss, global_loss = self.compute_contrastive_loss(embeddings, labels, use_queue=self.memory is not None)
+            use_queue = self.memory is not None
+            loss, global_loss = self.compute_contrastive_loss(embeddings, labels, use_queue, sample_weight)
             regularization = self._regularization_loss()
-            loss = loss + regularization
             # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
-            scaled_loss = self.optimizer.scale_loss(loss)
+            scaled_loss = self.optimizer.scale_loss(loss + regularization)
             if self.online_classifier is not None:
-                online_logits, online_loss = self._online_loss(representation, labels, tf.shape(views)[1])
-                # Keras sums gradients over replicas: scale the replica mean once.
-                online_scaled = online_loss / distribute.num_replicas_in_sync()
-        variables = self.contrastive_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
-        if self.online_classifier is not None:
+                online = _online_outputs(self.online_classifier, representation, labels, tf.shape(views)[1])
+                online_scaled = online[2] / distribute.num_replicas_in_sync()  # Keras sums gradients over replicas
+        self.optimizer.apply(tape.gradient(scaled_loss, self.contrastive_variables), self.contrastive_variables)
+        if online is not None:
             online_variables = self.online_classifier.trainable_variables
             self.online_optimizer.apply(online_tape.gradient(online_scaled, online_variables), online_variables)
-        if self.memory is not None:
-            # After the optimizer step (the queue was read above, before this write).
-            if self.key_encoder is not None:
-                memory_lib.ema_update(self._momentum_pairs(), self.key_momentum)
-                keys = self.embed_keys(views)
-            else:
-                keys = embeddings
-            self.update_memory(keys, labels if self.method == "supcon" else None)
-        self.loss_tracker.update_state(global_loss + regularization * distribute.num_replicas_in_sync())
-        self._update_evaluation_metrics(embeddings, labels, online_logits, online_loss)
-        return self._finalize_logs({m.name: m.result() for m in self.metrics})
-
-    def _momentum_pairs(self):
-        """`(online, key)` variable pairs of encoder and head, in matching order."""
-        return list(zip(self.encoder.weights, self.key_encoder.weights)) + list(
-            zip(self.head.weights, self.key_head.weights)
-        )
+        if self.memory is not None:  # after the optimizer step (the queue was read above, before this write)
+            self.memory.update(embeddings, views, labels if self.method == "supcon" else None)
+        return self._logs(global_loss + regularization * distribute.num_replicas_in_sync(), embeddings, labels, online)
 
     def test_step(self, data):
-        views, labels = self._unpack(data)
-        self._check_batch(views)
+        views, labels, sample_weight = self._unpack(data)
         embeddings, representation = self.embed_views(views, training=False, return_representation=True)
-        _, global_loss = self.compute_contrastive_loss(embeddings, labels)
-        self.loss_tracker.update_state(global_loss + self._regularization_loss() * distribute.num_replicas_in_sync())
-        online_logits = online_loss = None
+        _, global_loss = self.compute_contrastive_loss(embeddings, labels, sample_weight=sample_weight)
+        online = None
         if self.online_classifier is not None:
-            online_logits, online_loss = self._online_loss(representation, labels, tf.shape(views)[1])
-        self._update_evaluation_metrics(embeddings, labels, online_logits, online_loss)
+            online = _online_outputs(self.online_classifier, representation, labels, tf.shape(views)[1])
+        loss = global_loss + self._regularization_loss() * distribute.num_replicas_in_sync()
+        return self._logs(loss, embeddings, labels, online)
+
+    def _logs(self, loss, embeddings, labels, online):
+        """Updates the metric trackers with the step's loss and (unweighted) statistics; returns the logs."""
+        self._trackers["loss"].update_state(loss)
+        if self.contrast_metrics:
+            labels = labels if self.method == "supcon" else None
+            top1, entropy = _contrast_statistics(embeddings, labels, self.temperature)
+            self._trackers["contrast_top1"].update_state(top1)
+            self._trackers["contrast_entropy"].update_state(entropy)
+        if online is not None:
+            targets, logits, online_loss = online
+            self._trackers["online_loss"].update_state(online_loss)
+            self._trackers["online_top1"].update_state(targets, logits)
         return self._finalize_logs({m.name: m.result() for m in self.metrics})
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            encoder=keras.saving.serialize_keras_object(self.encoder),
-            head=keras.saving.serialize_keras_object(self.head),
-            method=self.method,
-            temperature=self.temperature,
-            base_temperature=self.base_temperature,
-            contrast_mode=self.contrast_mode,
-            variant=self.variant,
-            denominator=self.denominator,
-            positives_cap=self.positives_cap,
-            cross_replica=self.cross_replica,
-            queue_size=self.queue_size,
-            queue_warmup_steps=self.queue_warmup_steps,
-            key_momentum=self.key_momentum,
-            online_eval_classes=self.online_eval_classes,
-            contrast_metrics=self.contrast_metrics,
-        )
+        config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
+                      head=keras.saving.serialize_keras_object(self.head))
+        config.update({name: getattr(self, name) for name in _SUPCON_OPTIONS})
         return config
 
     @classmethod

@@ -10,7 +10,7 @@ import copy
 import keras
 import tensorflow as tf
 
-__all__ = ["StatelessSeedGenerator", "rand_augment_sublayers", "compute_with_tensorflow"]
+__all__ = ["MultiWorkerFitMixin", "StatelessSeedGenerator", "rand_augment_sublayers", "compute_with_tensorflow"]
 
 
 def rand_augment_sublayers(layer):
@@ -80,3 +80,60 @@ class StatelessSeedGenerator(keras.random.SeedGenerator):
         seed = tf.random.experimental.stateless_fold_in(self._seed, self._draws)
         self._draws += 1
         return seed
+
+
+class MultiWorkerFitMixin:
+    """Makes Keras 3 `fit`/`evaluate` work under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
+
+    Overrides private Keras behaviour (this module's job). Two things in
+    Keras 3.15's TensorFlow trainer go wrong under a distribution strategy,
+    and are replaced here:
+
+    1. Before the first step, `_maybe_symbolic_build(iterator=...)` pulls one
+       distributed batch from a *new* iterator over the dataset and
+       "reduces" it across replicas with `strategy.reduce("MEAN", batch)`,
+       only to learn its shapes. Across workers that reduction is a
+       collective on a `PerReplica` and fails ("Attempt to convert a value
+       (PerReplica...) ... to a Tensor"); and on any strategy the extra pass
+       advances a `shuffle(reshuffle_each_iteration=True)`, so training sees
+       other batches than a one-device run with the same seed. Here Keras
+       gets the dataset's element spec instead (shapes and dtypes are all it
+       needs), and no data is read.
+    2. After each step the logs are reduced with
+       `strategy.reduce("MEAN", value, axis=0)` (the reduction is hard-coded
+       to "auto" in the step function), which fails on scalar logs
+       ("Invalid reduction dimension 0 for input with 0 dimensions",
+       tensorflow/tensorflow#72388). Under multi-worker training every
+       scalar log is returned with shape [1]; the same call then averages it
+       over replicas into a scalar, which is what Keras does for
+       single-worker strategies.
+
+    A model that overrides `train_step`/`test_step` passes its logs through
+    `self._finalize_logs(logs)`; Keras' own steps are wrapped here.
+
+    `tests/test_keras_compat.py::test_keras_still_needs_the_multi_worker_override`
+    fails when a Keras upgrade changes the code this relies on: re-check the
+    workaround (and drop it if Keras fixed the bugs) before moving the pin.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
+            data_batch = iterator.data_adapter.get_tf_dataset().element_spec
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _finalize_logs(self, logs):
+        from supcon_tf.distribute import is_multi_worker  # late: distribute re-exports this class
+
+        if not is_multi_worker(self.distribute_strategy):
+            return logs
+        return {
+            key: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
+            for key, value in logs.items()
+        }
+
+    def train_step(self, data):
+        return self._finalize_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self._finalize_logs(super().test_step(data))

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from supcon_tf._keras_compat import MultiWorkerFitMixin  # noqa: F401  (re-exported: models use distribute.MultiWorkerFitMixin)
+
 STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -195,61 +197,6 @@ def is_multi_worker(strategy=None):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
         strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (no public equivalent)
     )
-
-
-class MultiWorkerFitMixin:
-    """Makes Keras 3 `fit`/`evaluate` work under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
-
-    THE ONE PLACE where supcon_tf overrides private Keras behaviour. Two
-    things in Keras 3.15's TensorFlow trainer go wrong under a distribution
-    strategy, and are replaced here:
-
-    1. Before the first step, `_maybe_symbolic_build(iterator=...)` pulls one
-       distributed batch from a *new* iterator over the dataset and
-       "reduces" it across replicas with `strategy.reduce("MEAN", batch)`,
-       only to learn its shapes. Across workers that reduction is a
-       collective on a `PerReplica` and fails ("Attempt to convert a value
-       (PerReplica...) ... to a Tensor"); and on any strategy the extra pass
-       advances a `shuffle(reshuffle_each_iteration=True)`, so training sees
-       other batches than a one-device run with the same seed. Here Keras
-       gets the dataset's element spec instead (shapes and dtypes are all it
-       needs), and no data is read.
-    2. After each step the logs are reduced with
-       `strategy.reduce("MEAN", value, axis=0)` (the reduction is hard-coded
-       to "auto" in the step function), which fails on scalar logs
-       ("Invalid reduction dimension 0 for input with 0 dimensions",
-       tensorflow/tensorflow#72388). Under multi-worker training every
-       scalar log is returned with shape [1]; the same call then averages it
-       over replicas into a scalar, which is what Keras does for
-       single-worker strategies.
-
-    A model that overrides `train_step`/`test_step` passes its logs through
-    `self._finalize_logs(logs)`; Keras' own steps are wrapped here.
-
-    `tests/test_distribute.py::test_keras_still_needs_the_multi_worker_override`
-    fails when a Keras upgrade changes the code this relies on: re-check the
-    workaround (and drop it if Keras fixed the bugs) before moving the pin.
-    """
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
-            data_batch = iterator.data_adapter.get_tf_dataset().element_spec
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _finalize_logs(self, logs):
-        if not is_multi_worker(self.distribute_strategy):
-            return logs
-        return {
-            key: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
-            for key, value in logs.items()
-        }
-
-    def train_step(self, data):
-        return self._finalize_logs(super().train_step(data))
-
-    def test_step(self, data):
-        return self._finalize_logs(super().test_step(data))
 
 
 def shard_by_data(dataset):

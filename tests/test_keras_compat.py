@@ -153,3 +153,28 @@ def test_sublayers_draw_their_transformation_from_the_given_seed_generator():
         tf.nest.map_structure(
             lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), first, again
         )
+
+
+def test_keras_still_needs_the_multi_worker_override():
+    """Fails loudly when a Keras upgrade changes what MultiWorkerFitMixin works around.
+
+    If this fails: read supcon_tf/distribute.py::MultiWorkerFitMixin, check
+    whether the new Keras still pulls a data batch in `_maybe_symbolic_build`
+    and still reduces scalar logs with `axis=0` under multi-worker training
+    (keras-team/keras#20585, tensorflow/tensorflow#72388), re-run
+    `make test-slow`, and adapt or drop the override before moving the pin.
+    """
+    import inspect
+
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+    from keras.src.trainers import epoch_iterator
+
+    assert keras.__version__ == "3.15.1", f"Keras changed to {keras.__version__}: re-check MultiWorkerFitMixin"
+    build_source = inspect.getsource(tf_trainer.TensorFlowTrainer._maybe_symbolic_build)
+    assert "def _maybe_symbolic_build(self, iterator=None, data_batch=None)" in build_source
+    assert "next(it)" in build_source and "self.distribute_strategy.reduce(" in build_source
+    reduce_source = inspect.getsource(tf_trainer.reduce_per_replica)
+    assert 'strategy.reduce("MEAN", v, axis=0)' in reduce_source
+    step_source = inspect.getsource(tf_trainer.TensorFlowTrainer._make_function)
+    assert 'reduction="auto"' in step_source
+    assert "self.data_adapter" in inspect.getsource(epoch_iterator.EpochIterator.__init__)

@@ -89,6 +89,8 @@ _HELP = {
     "mixed_precision": "mixed_float16 compute (GPU/TPU speed-up; slower on CPU).",
     "jit_compile": "XLA-compile the train step.",
     "seed": "Random seed (initialisation, data order, augmentation).",
+    "data_service": "tf.data service dispatcher grpc://HOST:PORT (start it and its workers with supcon-data-service): "
+    "the workers build and augment the training batches, this process trains on them.",
     "checkpoint_every": "Save checkpoints/latest.keras every N epochs.",
     "channels": "Image folders: decode to 1 (grayscale) or 3 (RGB) channels (default 3).",
     "backup_every_steps": "Write a step-level backup every N steps (and at every epoch end); 0: epoch ends only. "
@@ -187,6 +189,34 @@ def run_stage(config):
         print(f"{config.model_dir} is already finished; nothing changed (pass --overwrite to start afresh)")
         return None
     return metrics
+
+
+def stage_entry(*, methods, summary):
+    """The console-script entry of a training binary: flags -> RunConfig -> `runner.run` -> one summary line.
+
+    Args:
+      methods: the methods this binary trains; with one, it is fixed (a
+        different --method or preset method is an error).
+      summary: `(metrics) -> str`, the line printed after a finished run.
+    """
+
+    def main():
+        config = config_from_flags(**({"method": methods[0]} if len(methods) == 1 else {}))
+        if config.method not in methods:
+            raise ValueError(f"`method` must be one of {', '.join(methods)} here, received: method={config.method!r}")
+        metrics = run_stage(config)
+        if metrics is not None:
+            print(f"{summary(metrics)}; outputs in {config.model_dir}")
+        return 0
+
+    return lambda: run_binary(main)
+
+
+def top1_summary(label):
+    """`summary` for stages that end with a test evaluation."""
+    return lambda metrics: f"{label}: " + (
+        f"test top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else "test split not evaluated"
+    )
 
 
 def run_binary(main_fn):

@@ -3,25 +3,14 @@ r"""Linear evaluation: a linear classifier on the frozen encoder of a pre-traine
     supcon-linear-eval --preset digits_linear --pretrained runs/digits_supcon/model.keras \
         --model_dir runs/digits_supcon_linear
 
-    result = f"test top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else "test split not evaluated"
-    print(f"linear evaluation: {result}; outputs in {config.model_dir}")
+Takes dataset, data_dir, image_size and channels from the pre-training run's
+config.json unless a flag sets them. Prints and writes (metrics.json) the
+test top-1; saves the probe and its SavedModel.
 """
 
 from experiments import common
 
-
-def main():
-    config = common.config_from_flags(method="linear")
-    metrics = common.run_stage(config)
-    if metrics is None:
-        return 0
-    print(f"linear evaluation: test top-1 {metrics['test_top1']:.4f}; outputs in {config.model_dir}")
-    return 0
-
-
-def entry():
-    common.run_binary(main)
-
+entry = common.stage_entry(methods=("linear",), summary=common.top1_summary("linear evaluation"))
 
 if __name__ == "__main__":
     entry()

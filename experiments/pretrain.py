@@ -9,21 +9,10 @@ model.keras, saved_model/ (the encoder) and metrics.json into --model_dir.
 
 from experiments import common
 
-
-def main():
-    config = common.config_from_flags()
-    if config.method not in ("supcon", "simclr"):
-        raise ValueError(f"`method` must be supcon or simclr for pre-training, received: method={config.method!r}")
-    metrics = common.run_stage(config)
-    if metrics is None:
-        return 0
-    print(f"pre-training done: final loss {metrics['final_train_loss']:.4f}; outputs in {config.model_dir}")
-    return 0
-
-
-def entry():
-    common.run_binary(main)
-
+entry = common.stage_entry(
+    methods=("supcon", "simclr"),
+    summary=lambda metrics: f"pre-training done: final loss {metrics['final_train_loss']:.4f}",
+)
 
 if __name__ == "__main__":
     entry()

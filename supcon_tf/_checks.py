@@ -1,11 +1,68 @@
-"""Argument checks shared by several supcon_tf modules (private)."""
+"""Argument checks shared by the supcon_tf modules (private): one helper per kind of check.
 
+Each raises `ValueError` with one line naming the argument and the value
+received, and returns the value in its canonical Python type.
+"""
+
+import math
 import numbers
 
 
 def is_int(value):
     """True for an integer that is not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value):
+    """True for a real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_real(value):
+    """True for a finite real number that is not a bool."""
+    return is_real(value) and math.isfinite(float(value))
+
+
+def positive_int(value, name):
+    """`value` as an int >= 1."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1, received: {name}={value!r}")
+    return int(value)
+
+
+def non_negative_int(value, name):
+    """`value` as an int >= 0."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0, received: {name}={value!r}")
+    return int(value)
+
+
+def positive_number(value, name):
+    """`value` as a finite float > 0."""
+    if not is_finite_real(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number, received: {name}={value!r}")
+    return float(value)
+
+
+def boolean(value, name):
+    """`value`, which must be a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool, received: {name}={value!r}")
+    return value
+
+
+def choice(value, name, choices):
+    """`value`, which must be one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(str, choices))}; received: {name}={value!r}")
+    return value
+
+
+def seed(value, name="seed"):
+    """`value` as an int in [0, 2**31)."""
+    if not is_int(value) or not 0 <= value < 2**31:
+        raise ValueError(f"`{name}` must be an int in [0, 2**31), received: {name}={value!r}")
+    return int(value)
 
 
 def as_size(value, name):

@@ -12,6 +12,9 @@ import dataclasses
 import json
 import math
 import os
+import re
+
+from supcon_tf import _checks as checks
 
 METHODS = ("supcon", "simclr", "ce", "linear")
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "folder")
@@ -22,6 +25,8 @@ AUGMENTATIONS = ("simclr", "autoaugment", "randaugment", "stacked_randaugment", 
 SAMPLERS = ("random", "class_balanced")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
 DERIVED_FIELDS = ("resolved_learning_rate",)  # written to config.json by to_dict, not settable
+# tf.data service dispatcher address: grpc://HOST:PORT (a host name, IPv4 address or [IPv6] address).
+_SERVICE_ADDRESS = re.compile(r"grpc://([A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 # The registered encoder names (= supcon_tf.encoders.ENCODER_NAMES; tests/test_backbones.py keeps them equal);
 # `encoder` may also be "keras.applications:<Name>", "<module>:<function>" or "<path/to/file.py>:<function>".
@@ -103,6 +108,7 @@ class RunConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     seed: int = 0
+    data_service: str | None = None  # tf.data service dispatcher "grpc://HOST:PORT" that augments (None: in-process)
     checkpoint_every: int = 1  # epochs
     backup_every_steps: int = 100  # steps between step-level backups (0: epoch ends only)
     divergence_factor: float = 10.0  # stop when the loss exceeds this x the first logged loss (0: NaN/inf only)
@@ -285,6 +291,29 @@ class RunConfig:
                         f"with encoder={self.encoder!r}"
                     )
 
+    def _check_data_service(self):
+        if self.data_service is None:
+            return
+        if not isinstance(self.data_service, str) or not _SERVICE_ADDRESS.fullmatch(self.data_service) or not (
+            0 < int(self.data_service.rsplit(":", 1)[1]) < 65536
+        ):
+            raise ValueError(
+                "`data_service` must be the dispatcher address grpc://HOST:PORT (e.g. grpc://localhost:5050), "
+                f"received: data_service={self.data_service!r}"
+            )
+        if self.sampler == "class_balanced":
+            raise ValueError(
+                "`data_service` cannot serve sampler='class_balanced' (its index stream is drawn in Python, "
+                "Dataset.from_generator, which the tf.data service cannot serialise): use sampler='random' or unset "
+                f"data_service, received: data_service={self.data_service!r} with sampler='class_balanced'"
+            )
+        if self.strategy == "multi_worker":
+            raise ValueError(
+                "`data_service` is for single-process training (strategy default, one_device, mirrored, tpu); "
+                "multi_worker would need every trainer to read the same global batches, which a shared service job "
+                f"does not give, received: data_service={self.data_service!r} with strategy='multi_worker'"
+            )
+
     @property
     def classes(self):
         """Number of classes: `num_classes` if given, else the dataset's known count (None for folders)."""
@@ -328,21 +357,18 @@ def _is_encoder_string(value):
     return bool(module) and all(part.isidentifier() for part in module.split("."))
 
 
+# Config fields are checked as (name, value); the shared helpers take (value, name).
 def _choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(choices)}; received: {name}={value!r}")
+    checks.choice(value, name, choices)
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, received: {name}={value!r}")
+    checks.positive_int(value, name)
 
 
 def _non_negative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative integer, received: {name}={value!r}")
+    checks.non_negative_int(value, name)
 
 
 def _positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, received: {name}={value!r}")
+    checks.positive_number(value, name)

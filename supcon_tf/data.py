@@ -24,7 +24,11 @@ import numpy as np
 import tensorflow as tf
 
 from supcon_tf._checks import as_size as _as_size
+from supcon_tf._checks import boolean as _check_bool
 from supcon_tf._checks import is_int as _is_int
+from supcon_tf._checks import non_negative_int as _check_non_negative_int
+from supcon_tf._checks import positive_int as _check_positive_int
+from supcon_tf._checks import seed as _check_seed
 
 from supcon_tf import augment as augment_lib
 
@@ -48,10 +52,6 @@ _PIPELINE_SEED_SALT = 0x5C0
 
 
 
-def _check_positive_int(value, name):
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1, received: {name}={value!r}")
-    return int(value)
 
 
 def _check_augment(augment):
@@ -62,24 +62,12 @@ def _check_augment(augment):
         )
 
 
-def _check_non_negative_int(value, name):
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"`{name}` must be an int >= 0, received: {name}={value!r}")
-    return int(value)
-
-
-def _check_bool(value, name):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a bool, received: {name}={value!r}")
-    return value
 
 
 
 
-def _check_seed(seed, name="seed"):
-    if not _is_int(seed) or not 0 <= seed < 2**31:
-        raise ValueError(f"`{name}` must be an int in [0, 2**31), received: {name}={seed!r}")
-    return int(seed)
+
+
 
 
 def _check_source(dataset, name="dataset"):
@@ -825,3 +813,29 @@ def make_feature_batches(features, labels, *, batch_size, seed=0, start_batch=0)
 
     stream = tf.data.Dataset.range(first_pass, _MAX_PASSES).flat_map(one_pass).skip(skip)
     return stream.map(lambda index: (tf.gather(features_tensor, index), tf.gather(labels_tensor, index)))
+
+
+def collect(forward, dataset, dtype=np.float32):
+    """Runs `forward(images)` over `(images, labels)` batches; the outputs and labels as NumPy arrays.
+
+    The one loop behind every "compute features / probabilities once"
+    (`evaluation.extract_features`, `evaluation.predict_probabilities`,
+    `models.LinearProbe.extract_features`).
+
+    Args:
+      forward: callable `images [B, ...] -> [B, ...]` (e.g. a `tf.function`).
+      dataset: a `tf.data.Dataset` of `(images, labels)` batches.
+      dtype: NumPy dtype of the returned outputs.
+
+    Returns:
+      `(outputs [N, ...] dtype, labels [N])`.
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(f"`dataset` must be a tf.data.Dataset, received: dataset={dataset!r}")
+    outputs, labels = [], []
+    for images, batch_labels in dataset:
+        outputs.append(np.asarray(forward(images), dtype))
+        labels.append(np.asarray(batch_labels))
+    if not outputs:
+        raise ValueError("`dataset` must not be empty, received: a dataset with no batches")
+    return np.concatenate(outputs), np.concatenate(labels)

@@ -11,7 +11,8 @@ Every encoder is a named functional ``keras.Model``:
 ``model.output_shape[-1]`` (or ``representation_dim(name)``, without building
 anything) gives ``rep_dim``. The models are built only from stock Keras layers
 and ``supcon_tf.layers`` (registered), so ``model.save("x.keras")`` /
-``keras.saving.load_model`` round-trip them.
+``keras.saving.load_model`` round-trip them (a user build function's model
+as far as its own layers allow).
 
 Names (``ENCODER_NAMES``):
 
@@ -89,9 +90,51 @@ encoder, ``"imagenet_resnet50"`` included (its BatchNormalization layers are
 rebuilt with ``synchronized=True`` by cloning the keras.applications model).
 The ViTs have no BatchNormalization (LayerNorm needs no cross-replica
 statistics): they accept ``synchronized_bn=False`` and reject ``True``.
+
+Other backbones (``build_encoder`` takes them in place of a name; see
+docs/backbones.md):
+
+- ``"keras.applications:<Name>"``, e.g. ``"keras.applications:EfficientNetV2B0"``:
+  ``keras.applications.<Name>(include_top=False, weights=None, pooling="avg",
+  input_shape=(H, W, 3))`` (random initialisation, nothing is downloaded)
+  behind weightless preprocessing layers (``application_preprocessing``)
+  that turn the [0, 1] images into what that application documents as its
+  input: pixels in [0, 255] passed through the family's own
+  ``keras.applications.<family>.preprocess_input`` (caffe BGR mean
+  subtraction for ResNet/VGG, [-1, 1] for MobileNet(V2)/ResNetV2/Inception/
+  Xception/NASNet, ImageNet mean/std for DenseNet, the identity for
+  EfficientNet(V2)/ConvNeXt/MobileNetV3, whose models rescale [0, 255]
+  themselves). A 1-channel image is repeated to 3 channels first (the
+  applications' preprocessing and stems are defined on RGB), so the backbone
+  always sees 3 channels. Height and width must be at least 32 (more for
+  some: 75 InceptionV3 / InceptionResNetV2, 71 Xception).
+  ``synchronized_bn=True`` rebuilds its BatchNormalization layers
+  synchronized, as for ``"imagenet_resnet50"``. Keyword arguments of the
+  constructor other than the fixed ones (e.g. ``alpha``, ``minimalistic``)
+  pass through.
+- ``"<module>:<function>"`` or ``"<path/to/file.py>:<function>"``: the user's
+  own build function, imported (this *runs that module's code*) and called
+  as ``function(input_shape)``. It must return a ``keras.Model`` from
+  ``[batch, H, W, C]`` float images in [0, 1] to ``[batch, dim]``. A model
+  that is not a functional model with exactly that static input shape (a
+  subclassed model, or one with ``None`` sizes) is wrapped in one, called on
+  ``keras.Input(input_shape)``. ``synchronized_bn=True`` is rejected (build
+  ``BatchNormalization(synchronized=True)`` in the function instead).
+
+``load_encoder_weights(encoder, path)`` initialises any encoder from a
+``.weights.h5`` file (``encoder.save_weights``) or from the encoder of a
+``.keras`` model (a SupConModel, a classifier or a bare encoder), after
+checking that every variable's shape matches.
 """
 
+import importlib
+import importlib.util
+import inspect
 import numbers
+import os
+import re
+import sys
+import warnings
 
 import keras
 
@@ -116,6 +159,19 @@ ENCODER_NAMES = (
     "small_cnn",
     "vit_tiny_patch4_32",
     "vit_b16",
+)
+
+# The other accepted forms of an encoder (module docstring, docs/backbones.md).
+APPLICATIONS_PREFIX = "keras.applications:"
+ENCODER_FORMS = ("keras.applications:<Name>", "<module>:<function>", "<path/to/file.py>:<function>")
+# keras.applications refuses inputs below 32x32 (a few need more; their own
+# constructors say how much, and build_encoder reports it).
+APPLICATION_MIN_SPATIAL = 32
+# Constructor arguments build_encoder fixes (or leaves at their defaults) for every keras.applications
+# model; `name` too, as EfficientNetV2 looks its architecture up by its default name.
+_APPLICATION_FIXED_ARGS = (
+    "include_top", "weights", "input_tensor", "input_shape", "pooling", "classes", "classifier_activation",
+    "name", "include_preprocessing",
 )
 
 # name -> default architecture of the Vision Transformers (module docstring).
@@ -180,11 +236,36 @@ _ENCODER_KWARGS = {
 }
 
 
-def _validate_name(name):
+def _validate_name(name, forms=False):
     if not isinstance(name, str) or name not in ENCODER_NAMES:
-        raise ValueError(
-            f"`name` must be one of {ENCODER_NAMES}, received: name={name!r}"
-        )
+        other = f", or one of the forms {', '.join(ENCODER_FORMS)}" if forms else ""
+        raise ValueError(f"`name` must be one of {ENCODER_NAMES}{other}, received: name={name!r}")
+
+
+def parse_encoder(name):
+    """Splits an encoder string into ``(kind, module, attribute)``, checking only its syntax.
+
+    Nothing is imported. ``kind`` is ``"registered"`` (one of
+    ``ENCODER_NAMES``; module and attribute None), ``"application"``
+    (``"keras.applications:<Name>"``; module ``"keras.applications"``),
+    ``"file"`` (``"<path/to/file.py>:<function>"``; module is the path) or
+    ``"module"`` (``"<dotted.module>:<function>"``).
+
+    Raises:
+        ValueError: `name` is none of these forms.
+    """
+    if isinstance(name, str) and name in ENCODER_NAMES:
+        return "registered", None, None
+    if isinstance(name, str) and ":" in name:
+        module, attribute = name.rsplit(":", 1)
+        if attribute.isidentifier():
+            if module == APPLICATIONS_PREFIX[:-1]:
+                return "application", module, attribute
+            if module.endswith(".py") and len(module) > 3:
+                return "file", module, attribute
+            if module and all(part.isidentifier() for part in module.split(".")):
+                return "module", module, attribute
+    _validate_name(name, forms=True)  # raises
 
 
 def _validate_kwargs(name, kwargs):
@@ -211,16 +292,17 @@ def _scaled(channels, width):
     return max(1, int(round(channels * width)))
 
 
-def _validate_input_shape(name, input_shape):
+def _shape_tuple(input_shape):
+    """`input_shape` as `(height, width, channels)` ints, channels 1 or 3."""
     if (
         not isinstance(input_shape, (list, tuple))
         or len(input_shape) != 3
         or not all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in input_shape
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in input_shape
         )
     ):
         raise ValueError(
-            "`input_shape` must be a tuple of 3 ints (height, width, channels), "
+            "`input_shape` must be a tuple of 3 ints (height, width, channels), all positive, "
             f"received: input_shape={input_shape!r}"
         )
     height, width, channels = (int(d) for d in input_shape)
@@ -229,6 +311,11 @@ def _validate_input_shape(name, input_shape):
             "`input_shape` must have 1 or 3 channels (last entry), "
             f"received: input_shape={input_shape!r}"
         )
+    return height, width, channels
+
+
+def _validate_input_shape(name, input_shape):
+    height, width, channels = _shape_tuple(input_shape)
     min_spatial = _MIN_SPATIAL[name]
     if height < min_spatial or width < min_spatial:
         raise ValueError(
@@ -308,11 +395,15 @@ def representation_dim(name, **kwargs):
 
 
 def build_encoder(name, input_shape, *, synchronized_bn=False, **kwargs):
-    """Builds a named encoder: a functional model from images to a representation.
+    """Builds an encoder: a functional model from images to a representation.
 
     Args:
         name: str, one of ``ENCODER_NAMES`` (see the module docstring for the
-            architectures).
+            architectures), ``"keras.applications:<Name>"`` (any
+            keras.applications model, randomly initialised), or a user build
+            function ``"<module>:<function>"`` / ``"<path/to/file.py>:<function>"``
+            (imported, which runs the module, and called as
+            ``function(input_shape)``). ``parse_encoder`` checks the syntax.
         input_shape: tuple of 3 ints ``(height, width, channels)``, channels 1
             or 3; height and width at least 8 for the CIFAR ResNets, 32 for
             ``"imagenet_resnet50"``, 4 for ``"small_cnn"``; for the ViTs,
@@ -332,7 +423,9 @@ def build_encoder(name, input_shape, *, synchronized_bn=False, **kwargs):
             LayerNorm). ``"vit_tiny_patch4_32"`` also takes the positive ints
             ``hidden_dim`` (default 192, must be divisible by ``num_heads``),
             ``depth`` (6), ``num_heads`` (3) and ``mlp_dim`` (768). The
-            ResNets take none.
+            ResNets take none. keras.applications models take their
+            constructor's own options (e.g. ``alpha``, ``minimalistic``);
+            user build functions take none.
 
     Returns:
         A ``keras.Model`` named ``name`` whose input is ``[batch, *input_shape]``
@@ -340,9 +433,13 @@ def build_encoder(name, input_shape, *, synchronized_bn=False, **kwargs):
         ``rep_dim = model.output_shape[-1] = representation_dim(name, **kwargs)``.
 
     Raises:
-        ValueError: unknown `name`, bad `input_shape`, non-bool
-            `synchronized_bn` (or True for a ViT), or unknown/bad keyword
-            arguments.
+        ValueError: unknown `name`, bad `input_shape` (e.g. smaller than the
+            encoder's minimum), non-bool `synchronized_bn` (or True for a ViT
+            or a user function), unknown/bad keyword arguments; for a user
+            function, a module or function that cannot be found, an exception
+            while importing or calling it (its type and message), or a
+            returned object that is not a model from those images to
+            ``[batch, dim]``.
 
     Example:
 
@@ -352,12 +449,16 @@ def build_encoder(name, input_shape, *, synchronized_bn=False, **kwargs):
     >>> build_encoder("vit_tiny_patch4_32", (32, 32, 3), depth=2).output_shape
     (None, 192)
     """
-    _validate_name(name)
-    input_shape = _validate_input_shape(name, input_shape)
+    kind, module, attribute = parse_encoder(name)
     if not isinstance(synchronized_bn, bool):
         raise ValueError(
             f"`synchronized_bn` must be a bool, received: synchronized_bn={synchronized_bn!r}"
         )
+    if kind == "application":
+        return _application_encoder(name, attribute, input_shape, synchronized_bn, kwargs)
+    if kind in ("file", "module"):
+        return _function_encoder(name, kind, module, attribute, input_shape, synchronized_bn, kwargs)
+    input_shape = _validate_input_shape(name, input_shape)
     if synchronized_bn and name in _VITS:
         raise ValueError(
             f"Encoder {name!r} has no BatchNormalization (a ViT uses LayerNorm), so "
@@ -544,3 +645,343 @@ def _vit(
     x = keras.layers.LayerNormalization(epsilon=VIT_LAYER_NORM_EPSILON, name="final_norm")(x)
     outputs = TokenPooling(pool, name="pool")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+# ---------------------------------------------------------------------------
+# keras.applications backbones.
+
+
+# keras.applications sub-module (family) -> the input convention of its models, i.e. what the family's
+# `preprocess_input` does to [0, 255] RGB pixels. Each is rebuilt from stock layers (and the registered
+# CaffeImageNetPreprocessing), so a saved encoder loads after a plain `import supcon_tf`;
+# tests/test_backbones.py checks every entry against the family's own preprocess_input.
+APPLICATION_INPUT_MODES = {
+    "resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+    "resnet_v2": "tf", "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf",
+    "inception_resnet_v2": "tf", "xception": "tf", "nasnet": "tf",
+    "densenet": "torch",
+    # These models contain their own Rescaling / Normalization of [0, 255] inputs.
+    "efficientnet": "raw", "efficientnet_v2": "raw", "convnext": "raw", "mobilenet_v3": "raw",
+}
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # the "torch" convention, on [0, 1] pixels
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def application_preprocessing(family, images):
+    """Applies the input convention of a keras.applications family to [0, 1] images (a symbolic tensor).
+
+    The result equals ``keras.applications.<family>.preprocess_input(255 * rgb)``,
+    where ``rgb`` is `images` with a single channel repeated to three:
+    "caffe" (resnet, vgg16, vgg19: BGR, ImageNet means subtracted), "tf"
+    ([-1, 1]), "torch" (densenet: ImageNet mean / std) or "raw" ([0, 255];
+    efficientnet, efficientnet_v2, convnext, mobilenet_v3, whose models
+    rescale their inputs themselves). See ``APPLICATION_INPUT_MODES``.
+
+    Args:
+        family: str, a key of ``APPLICATION_INPUT_MODES`` (``application_family(name)``).
+        images: ``[batch, H, W, 1 or 3]`` symbolic tensor (``keras.Input``).
+
+    Returns:
+        ``[batch, H, W, 3]`` symbolic tensor; the layers added have no weights.
+    """
+    mode = APPLICATION_INPUT_MODES.get(family)
+    if mode is None:
+        raise ValueError(
+            f"`family` must be one of {sorted(APPLICATION_INPUT_MODES)} (keras.applications families with a "
+            f"known input convention), received: family={family!r}"
+        )
+    if mode == "caffe":
+        return CaffeImageNetPreprocessing(name="caffe_preprocessing")(images)
+    x = images
+    if images.shape[-1] == 1:
+        x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    if mode == "tf":
+        return keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one")(x)
+    if mode == "torch":
+        return keras.layers.Normalization(
+            mean=IMAGENET_MEAN_RGB, variance=[s * s for s in IMAGENET_STD_RGB], name="imagenet_normalization"
+        )(x)
+    return keras.layers.Rescaling(255.0, name="to_0_255")(x)
+
+
+def application_family(name):
+    """The ``keras.applications`` sub-module (e.g. ``"resnet"``) that defines the model ``name``."""
+    constructor = _application_constructor(f"{APPLICATIONS_PREFIX}{name}", name)
+    return constructor.__module__.rsplit(".", 1)[-1]
+
+
+def _application_constructor(spec, name):
+    constructor = getattr(keras.applications, name, None)
+    if constructor is None or inspect.ismodule(constructor) or not callable(constructor):
+        available = sorted(
+            n for n in dir(keras.applications)
+            if not n.startswith("_") and not inspect.ismodule(getattr(keras.applications, n))
+        )
+        raise ValueError(
+            f"encoder {spec!r}: keras.applications has no model {name!r}; available: {', '.join(available)}"
+        )
+    return constructor
+
+
+def _application_encoder(spec, name, input_shape, synchronized, kwargs):
+    constructor = _application_constructor(spec, name)
+    height, width, _ = _shape_tuple(input_shape)
+    if height < APPLICATION_MIN_SPATIAL or width < APPLICATION_MIN_SPATIAL:
+        raise ValueError(
+            f"encoder {spec!r} needs images of at least {APPLICATION_MIN_SPATIAL}x{APPLICATION_MIN_SPATIAL} "
+            f"pixels (raise the image size), received: input_shape={tuple(input_shape)!r}"
+        )
+    parameters = inspect.signature(constructor).parameters
+    unknown = sorted(k for k in kwargs if k in _APPLICATION_FIXED_ARGS or k not in parameters)
+    if unknown:
+        allowed = [k for k in parameters if k not in _APPLICATION_FIXED_ARGS]
+        raise ValueError(
+            f"encoder {spec!r} accepts the keyword arguments {allowed} (besides `synchronized_bn`), "
+            f"received: {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}"
+        )
+    family = constructor.__module__.rsplit(".", 1)[-1]
+    if family not in APPLICATION_INPUT_MODES:
+        raise ValueError(
+            f"encoder {spec!r}: the input convention of keras.applications.{family} is not known here; "
+            "build it in your own function ('<module>:<function>') with the preprocessing it needs"
+        )
+    try:
+        backbone = constructor(
+            include_top=False,
+            weights=None,
+            pooling="avg",
+            input_shape=(height, width, 3),
+            **kwargs,
+        )
+    except ValueError as error:
+        minimum = re.search(r"at least (\d+)x(\d+)", str(error))
+        if minimum:
+            raise ValueError(
+                f"encoder {spec!r} needs images of at least {minimum.group(1)}x{minimum.group(2)} pixels "
+                f"(raise the image size), received: input_shape={tuple(input_shape)!r}"
+            ) from None
+        raise ValueError(
+            f"encoder {spec!r} cannot be built for input_shape={tuple(input_shape)!r}: "
+            f"{' '.join(str(error).split())}"
+        ) from error
+    if synchronized:
+        backbone = keras.models.clone_model(backbone, clone_function=_synchronize_bn)
+    inputs = keras.Input(shape=(height, width, input_shape[-1]), name="images")
+    outputs = backbone(application_preprocessing(family, inputs))
+    return keras.Model(inputs, outputs, name=name.lower())
+
+
+# ---------------------------------------------------------------------------
+# User build functions.
+
+
+def _one_line(error):
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _import_user_module(spec, kind, module_name):
+    """Imports (runs) the module of a user encoder: a dotted module on sys.path, or a .py file."""
+    if kind == "file":
+        path = os.path.abspath(module_name)
+        if not os.path.isfile(path):
+            raise ValueError(f"encoder {spec!r}: the file {path!r} does not exist")
+        name = os.path.splitext(os.path.basename(path))[0]
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            if os.path.abspath(getattr(loaded, "__file__", "") or "") == path:
+                return loaded
+            raise ValueError(
+                f"encoder {spec!r}: a different module named {name!r} is already imported "
+                f"({getattr(loaded, '__file__', None)!r}); rename the file"
+            )
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # so that pickling / Keras serialisation can find its classes
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[name]
+            raise ValueError(f"encoder {spec!r}: running {path!r} raised {_one_line(error)}") from error
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise ValueError(
+                f"encoder {spec!r}: no module named {missing!r} on the Python path (add its folder to "
+                "PYTHONPATH, or give the file: 'path/to/file.py:<function>')"
+            ) from None
+        raise ValueError(f"encoder {spec!r}: importing {module_name!r} raised {_one_line(error)}") from error
+    except Exception as error:
+        raise ValueError(f"encoder {spec!r}: importing {module_name!r} raised {_one_line(error)}") from error
+
+
+def _static_input_shape(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape[1:])
+
+
+def _function_encoder(spec, kind, module_name, function_name, input_shape, synchronized, kwargs):
+    input_shape = _shape_tuple(input_shape)
+    if kwargs:
+        raise ValueError(
+            f"encoder {spec!r} is built by its function alone: it takes no keyword arguments, "
+            f"received: {', '.join(f'{k}={v!r}' for k, v in sorted(kwargs.items()))}"
+        )
+    if synchronized:
+        raise ValueError(
+            f"encoder {spec!r}: `synchronized_bn=True` is not applied to a user build function; build its "
+            "layers with keras.layers.BatchNormalization(synchronized=True) instead"
+        )
+    module = _import_user_module(spec, kind, module_name)
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise ValueError(
+            f"encoder {spec!r}: module {module_name!r} has no attribute {function_name!r}"
+        )
+    if not callable(function):
+        raise ValueError(
+            f"encoder {spec!r}: {function_name!r} is not callable (a {type(function).__name__})"
+        )
+    call = f"{function_name}({input_shape!r})"
+    try:
+        model = function(input_shape)
+    except Exception as error:
+        raise ValueError(f"encoder {spec!r}: {call} raised {_one_line(error)}") from error
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"encoder {spec!r}: {call} must return a keras.Model from [batch, H, W, C] images in [0, 1] to "
+            f"[batch, dim], returned a {type(model).__name__}"
+        )
+    static = _static_input_shape(model)
+    if static is not None and (
+        len(static) != 3 or any(s is not None and s != d for s, d in zip(static, input_shape))
+    ):
+        raise ValueError(
+            f"encoder {spec!r}: {call} returned a model that takes inputs of shape {static}, "
+            f"not the images' {input_shape}"
+        )
+    if static != input_shape:
+        inputs = keras.Input(shape=input_shape, name="images")
+        try:
+            outputs = model(inputs)
+        except Exception as error:
+            raise ValueError(
+                f"encoder {spec!r}: the model of {call} cannot be called on images of shape "
+                f"{input_shape}: {_one_line(error)}"
+            ) from error
+        model = keras.Model(inputs, outputs, name=f"{model.name}_encoder")
+    output_shape = model.output_shape
+    if (
+        isinstance(output_shape, list)
+        or len(output_shape) != 2
+        or not isinstance(output_shape[-1], int)
+    ):
+        raise ValueError(
+            f"encoder {spec!r}: {call} must return a model with outputs [batch, dim] (pool the "
+            f"features), its output shape is {output_shape}"
+        )
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Initialising an encoder from a file.
+
+
+def _weights_file_shapes(path):
+    """The shapes of the variables stored in a Keras `.weights.h5` file, in file order."""
+    import h5py
+
+    shapes = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda _, item: shapes.append(tuple(item.shape)) if isinstance(item, h5py.Dataset) else None)
+    return shapes
+
+
+def _shape_mismatch(expected, found):
+    """A short description of where two lists of variable shapes differ, or None if equal."""
+    if len(expected) != len(found):
+        return f"the file holds {len(found)} variables, the encoder has {len(expected)}"
+    if sorted(expected) != sorted(found):
+        for i, (a, b) in enumerate(zip(sorted(expected), sorted(found))):
+            if a != b:
+                return f"variable shapes differ, e.g. the encoder has {a} where the file has {b}"
+    return None
+
+
+def load_encoder_weights(encoder, path):
+    """Initialises `encoder` in place from a weights file or from the encoder of a saved model.
+
+    Args:
+        encoder: a built ``keras.Model`` (``build_encoder``).
+        path: a ``.weights.h5`` file written by ``encoder.save_weights`` of the
+            same architecture, or a ``.keras`` file of a SupConModel, a
+            classifier (its ``.encoder`` is taken) or a bare encoder.
+
+    Returns:
+        `encoder`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: another extension, an unreadable file, or variables whose
+            number or shapes differ from `encoder`'s (nothing is assigned).
+    """
+    if not isinstance(encoder, keras.Model) or not encoder.built:
+        raise ValueError(f"`encoder` must be a built keras.Model, received: encoder={encoder!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"`path` must be a file path, received: path={path!r}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    expected = [tuple(w.shape) for w in encoder.weights]
+    hint = "save the weights of an encoder built with the same --encoder and image shape (encoder.save_weights)"
+    if path.endswith(".weights.h5"):
+        try:
+            found = _weights_file_shapes(path)
+        except OSError as error:
+            raise ValueError(f"weights file {path!r} is not a readable .weights.h5 file: {_one_line(error)}") from None
+        mismatch = _shape_mismatch(expected, found)
+        if mismatch:
+            raise ValueError(f"weights file {path!r} does not fit encoder {encoder.name!r}: {mismatch}; {hint}")
+        before = encoder.get_weights()
+        problem = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                encoder.load_weights(path)
+            except ValueError as error:
+                problem = _one_line(error)[:300]
+        # Keras only warns (and keeps the fresh values) for parts of the model it finds no group for.
+        skipped = [w for w in caught if issubclass(w.category, UserWarning) and "skipping" in str(w.message).lower()]
+        if problem is None and skipped:
+            problem = " ".join(str(skipped[0].message).split())[:300]
+        if problem is not None:
+            encoder.set_weights(before)
+            raise ValueError(f"weights file {path!r} does not fit encoder {encoder.name!r}: {problem}; {hint}")
+        for w in caught:  # anything else is passed on
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return encoder
+    if path.endswith(".keras"):
+        try:
+            loaded = keras.saving.load_model(path, compile=False)
+        except Exception as error:
+            raise ValueError(f"model file {path!r} does not load: {_one_line(error)[:300]}") from error
+        source = getattr(loaded, "encoder", loaded)
+        if not isinstance(source, keras.Model):
+            raise ValueError(f"model file {path!r} holds no encoder (a {type(loaded).__name__})")
+        values = source.get_weights()
+        found = [tuple(v.shape) for v in values]
+        if found != expected:
+            mismatch = _shape_mismatch(expected, found) or "the variables come in another order"
+            raise ValueError(
+                f"the encoder in {path!r} ({source.name!r}) does not fit encoder {encoder.name!r}: {mismatch}"
+            )
+        encoder.set_weights(values)
+        return encoder
+    raise ValueError(f"weights file {path!r} must end in .weights.h5 (encoder.save_weights) or .keras (a saved model)")

@@ -31,6 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 from supcon_tf import corruptions as corruptions_lib
+from supcon_tf import data
+from supcon_tf._checks import positive_int as _check_positive_int
+from supcon_tf._checks import positive_number as _check_positive_number
 from supcon_tf.models import EMBEDDING, REPRESENTATION
 
 FEATURE_OUTPUTS = (REPRESENTATION, EMBEDDING)
@@ -42,16 +45,8 @@ ECE_BINS = 15
 # ---------------------------------------------------------------------------
 
 
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, received: {name}={value!r}")
-    return int(value)
 
 
-def _check_positive_number(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, received: {name}={value!r}")
-    return float(value)
 
 
 def _check_probabilities(probabilities, labels):
@@ -115,13 +110,7 @@ def extract_features(model, dataset, output=REPRESENTATION):
     else:
         encoder = encoder_of(model)
         forward = tf.function(lambda images: encoder(images, training=False), reduce_retracing=True)
-    features, labels = [], []
-    for images, batch_labels in dataset:
-        features.append(np.asarray(forward(images), np.float32))
-        labels.append(np.asarray(batch_labels))
-    if not features:
-        raise ValueError("`dataset` must not be empty, received: a dataset with no batches")
-    return np.concatenate(features), np.concatenate(labels)
+    return data.collect(forward, dataset, np.float32)
 
 
 def _classifier_forward(model):
@@ -138,14 +127,7 @@ def predict_probabilities(model, dataset):
       `(probabilities [N, K] float64, labels [N] int)` NumPy arrays.
     """
     _check_dataset(dataset)
-    forward = _classifier_forward(model)
-    probabilities, labels = [], []
-    for images, batch_labels in dataset:
-        probabilities.append(np.asarray(forward(images), np.float64))
-        labels.append(np.asarray(batch_labels))
-    if not probabilities:
-        raise ValueError("`dataset` must not be empty, received: a dataset with no batches")
-    return np.concatenate(probabilities), np.concatenate(labels)
+    return data.collect(_classifier_forward(model), dataset, np.float64)
 
 
 def accuracy(scores, labels):

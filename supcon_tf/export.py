@@ -96,6 +96,7 @@ from supcon_tf import augment
 from supcon_tf import checkpointing
 from supcon_tf import layers as layers_lib
 from supcon_tf import models
+from supcon_tf._checks import boolean as _check_bool
 
 # Name of the one input of every signature.
 INPUT_NAME = "images"
@@ -123,9 +124,6 @@ def _check_path(path):
     return os.path.abspath(os.fspath(path))
 
 
-def _check_bool(value, name):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a bool, received: {name}={value!r}")
 
 
 def _check_built(model):

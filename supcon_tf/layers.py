@@ -20,10 +20,12 @@ take ``dim`` (and, for ``PositionEmbedding``, ``tokens``) from their input
 shape when they are built.
 """
 
-import numbers
 
 import keras
 from keras import ops
+
+from supcon_tf._checks import is_int as _is_int
+from supcon_tf._checks import is_real as _is_real
 
 # PyTorch-like BatchNormalization constants (PyTorch momentum 0.1 == Keras 0.9);
 # the same values as the CIFAR ResNets in encoders.py.
@@ -41,12 +43,8 @@ VIT_LAYER_NORM_EPSILON = 1e-6
 VIT_POSITION_EMBEDDING_STDDEV = 0.02
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _at_least_float32(dtype):

@@ -548,18 +548,9 @@ class LinearProbe(_Classifier):
         Returns:
           `(features [N, rep_dim] float32 NumPy, labels [N] NumPy)`.
         """
-        if not isinstance(dataset, tf.data.Dataset):
-            raise ValueError(f"`dataset` must be a tf.data.Dataset, received: dataset={dataset!r}")
         if getattr(self, "_encode_fn", None) is None:  # one traced function per probe, not one per call
             self._encode_fn = tf.function(lambda images: self.encoder(images, training=False), reduce_retracing=True)
-        encode = self._encode_fn
-        features, labels = [], []
-        for images, batch_labels in dataset:
-            features.append(encode(images).numpy())
-            labels.append(np.asarray(batch_labels))
-        if not features:
-            raise ValueError("`dataset` must not be empty, received: a dataset with no batches")
-        return np.concatenate(features).astype(np.float32), np.concatenate(labels)
+        return data_lib.collect(self._encode_fn, dataset, np.float32)
 
     def fit_cached(self, dataset, *, epochs, batch_size=256, validation_data=None, shuffle_seed=0, **fit_kwargs):
         """Trains the classifier on features computed once (for un-augmented training data).

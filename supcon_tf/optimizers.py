@@ -17,12 +17,15 @@ Import this module (or ``supcon_tf.optimizers``) before
 """
 
 import math
-import numbers
 import re
 
 import keras
 import tensorflow as tf
 from keras import ops
+
+from supcon_tf._checks import is_finite_real as _is_finite_real
+from supcon_tf._checks import is_int as _is_int
+from supcon_tf._checks import is_real as _is_real
 
 # Name substrings (matched against a variable's path) that the *default*
 # exclusion rule treats as batch-norm parameters or biases. See
@@ -36,16 +39,10 @@ _BN_TOKEN = re.compile(r"bn\d*")
 _TOKEN_SPLIT = re.compile(r"[/_\-.:]")
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_finite_real(value):
-    return _is_real(value) and math.isfinite(float(value))
 
 
 @keras.saving.register_keras_serializable(package="supcon_tf")

@@ -165,9 +165,25 @@ def train_dataset(config, source, start_batch=0):
     batch_size / samples_per_class). The stream is endless, and batch `k` is
     a pure function of `(config.seed, k)`; `start_batch` starts it at batch
     `k` (resuming at a step).
+
+    With `config.data_service` the same batches are built and augmented on
+    the tf.data service's workers and read here (`supcon_tf.data_service`:
+    batch `k` has the same content; with several workers the arrival order
+    is first come, first served).
     """
     num_views = config.num_views if config.method in ("supcon", "simclr") else 1
-    if config.sampler == "class_balanced":
+    if config.data_service:
+        from supcon_tf import data_service
+
+        dataset = data_service.sharded_multiview_dataset(
+            source,
+            batch_size=config.batch_size,
+            num_views=num_views,
+            augment=_augmentation(config),
+            seed=config.seed,
+            start_batch=start_batch,
+        )
+    elif config.sampler == "class_balanced":
         dataset = data.make_class_balanced_dataset(
             source,
             classes_per_batch=config.batch_size // config.samples_per_class,
@@ -190,6 +206,10 @@ def train_dataset(config, source, start_batch=0):
         )
     if num_views == 1:
         dataset = dataset.map(lambda views, labels: (views[:, 0], labels))
+    if config.data_service:
+        dataset = data_service.distribute_through(
+            dataset, config.data_service, job_name=data_service.job_name(config.seed, start_batch)
+        )
     return distribute.shard_by_data(dataset)
 
 
@@ -262,7 +282,7 @@ def build_encoder(config, image_shape):
     return encoder
 
 
-def build_model(config, image_shape, num_classes, steps_per_epoch, pretrained_encoder=None):
+def build_model(config, image_shape, num_classes, steps_per_epoch):
     """The compiled model of `config.method` (call inside the strategy's scope).
 
     "supcon" / "simclr": SupConModel (encoder + projection head, memory queue
@@ -291,8 +311,7 @@ def build_model(config, image_shape, num_classes, steps_per_epoch, pretrained_en
     elif config.method == "ce":
         model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
     else:
-        encoder = pretrained_encoder or load_pretrained_encoder(config.pretrained, image_shape)
-        model = models.LinearProbe(encoder, num_classes)
+        model = models.LinearProbe(load_pretrained_encoder(config.pretrained, image_shape), num_classes)
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     return model
 
@@ -411,9 +430,10 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
 
-    pretrained_encoder = None
-    if config.method == "linear":
-        pretrained_encoder = load_pretrained_encoder(config.pretrained, image_shape)
+    # The model is built before the first write too: a bad --encoder, --encoder_weights or --pretrained fails here.
+    with strategy.scope():
+        model = build_model(config, image_shape, num_classes, steps_per_epoch)
+        models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
     if checkpointing.is_chief():
         if overwrite:
@@ -421,10 +441,6 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
         restarts = folder.start(config.to_dict())
     else:
         restarts = folder.state().get("restarts", 0)
-
-    with strategy.scope():
-        model = build_model(config, image_shape, num_classes, steps_per_epoch, pretrained_encoder)
-        models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
     trainer = _StageTrainer(config, folder, model, train_source, steps_per_epoch, validation_source, callbacks)
     history_logs = trainer.train(process_start)

@@ -80,3 +80,32 @@ def test_config_is_frozen_and_rejects_unknown_fields():
     with pytest.raises(ValueError, match="learning_rte"):
         RunConfig.from_dict({"learning_rte": 0.1})
     assert config.replace(epochs=3).epochs == 3
+
+
+@pytest.mark.parametrize("scaling, expected", [("linear", 0.125), ("sqrt", 0.25), ("none", 0.5)])
+def test_learning_rate_follows_the_batch_by_the_chosen_rule(scaling, expected):
+    config = RunConfig(learning_rate=0.5, batch_size=256, reference_batch_size=1024, learning_rate_scaling=scaling)
+    assert config.resolved_learning_rate == pytest.approx(expected)
+    assert config.to_dict()["resolved_learning_rate"] == pytest.approx(expected)  # lands in config.json
+    assert RunConfig.from_dict(config.to_dict()) == config  # the derived value is not a settable field
+    # Without a reference batch the learning rate is the one given.
+    assert RunConfig(learning_rate=0.5, batch_size=256).resolved_learning_rate == 0.5
+    with pytest.raises(ValueError, match="learning_rate_scaling"):
+        RunConfig(learning_rate_scaling="cubic")
+    with pytest.raises(ValueError, match="reference_batch_size"):
+        RunConfig(reference_batch_size=0)
+
+
+def test_overriding_a_presets_batch_rescales_its_learning_rate():
+    from absl import flags
+
+    from experiments import common
+
+    flag_values = flags.FLAGS
+    flag_values(["prog", "--preset=cifar10_supcon", "--batch_size=256"])
+    try:
+        config = common.config_from_flags()
+    finally:
+        flag_values.unparse_flags()
+    assert (config.reference_batch_size, config.batch_size) == (1024, 256)
+    assert config.resolved_learning_rate == pytest.approx(0.5 * 256 / 1024)

@@ -36,12 +36,15 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 # Benchmarks (benchmarks/RESULTS.md): installs the optional `bench` extra
-# (torch, pytorch-metric-learning) into .venv, then runs the three scripts.
+# (torch, pytorch-metric-learning) into .venv, then runs the scripts. Each run
+# writes new, dated results files (never the ones RESULTS.md quotes).
+BENCH_DATE := $(shell date +%Y-%m-%d-%H%M)
 bench: $(STAMP)
 	$(PY) -m pip install --disable-pip-version-check -q "torch==2.13.0" "pytorch-metric-learning==2.9.0"
-	$(PY) benchmarks/loss_benchmark.py --out benchmarks/results/loss.md
-	$(PY) benchmarks/train_step_benchmark.py --out benchmarks/results/train_step.md
-	$(PY) benchmarks/pipeline_benchmark.py --out benchmarks/results/pipeline.md
+	$(PY) benchmarks/loss_benchmark.py --out benchmarks/results/loss_$(BENCH_DATE).md
+	$(PY) benchmarks/train_step_benchmark.py --out benchmarks/results/train_step_$(BENCH_DATE).md
+	$(PY) benchmarks/pipeline_benchmark.py --out benchmarks/results/pipeline_$(BENCH_DATE).md
+	$(PY) benchmarks/fault_tolerance_benchmark.py --out benchmarks/results/fault_tolerance_$(BENCH_DATE).md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

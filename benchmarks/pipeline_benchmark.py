@@ -1,10 +1,11 @@
-r"""Input pipeline throughput: n-view augmentation images/s (what training could consume at most).
+r"""Input pipeline throughput: augmented views/s of the n-view pipeline (what training could consume at most).
 
     .venv/bin/python benchmarks/pipeline_benchmark.py --out benchmarks/results/pipeline.md
 
 Synthetic uint8 32x32x3 images (CIFAR size) and the bundled digits at 16x16,
 batch 256, 2 views, each policy; an image counts once per view produced.
-Compare with the train-step images/s of benchmarks/train_step_benchmark.py.
+Compare with the train-step views/s of benchmarks/train_step_benchmark.py (a view is one augmented
+image; a sample is seen as 2 views).
 """
 
 import argparse
@@ -49,7 +50,7 @@ def main(argv):
         ("synthetic 32x32x3", "autoaugment", 32, "synthetic"),
         ("synthetic 32x32x3", "randaugment", 32, "synthetic"),
     ]
-    lines = ["| data | policy | augmented images/s |", "|---|---|---|"]
+    lines = ["| data | policy | augmented views/s |", "|---|---|---|"]
     for label, policy, size, kind in rows:
         rate = measure(policy, size, kind, args.batches)
         lines.append(f"| {label} | {policy} | {rate:.0f} |")

@@ -2,7 +2,7 @@ r"""Train-step throughput: supcon_tf SupConModel vs the same ResNet-18 SupCon st
 
     .venv/bin/python benchmarks/train_step_benchmark.py --out benchmarks/results/train_step.md
 
-Rows (each in a fresh process, images/s = batch x views / median step time):
+Rows (each in a fresh process, views/s = batch x views / median step time; samples/s = batch / step time):
   tf small_cnn digits   SupConModel(small_cnn on 16x16x1), batch 256, 2 views
   tf resnet18 32x32     SupConModel(CIFAR ResNet-18 + 512->128 head), batch 256, 2 views
   torch resnet18 32x32  the same architecture and step written in PyTorch (below)
@@ -186,7 +186,7 @@ def main(argv):
         row["row"] = name
         rows.append(row)
         print(json.dumps(row), flush=True)
-    header = "| row | step (s) | images/s | forward (s) | loss fwd+bwd (s) | backward (s) | optimizer (s) |"
+    header = "| row | step (s) | views/s | forward (s) | loss fwd+bwd (s) | backward (s) | optimizer (s) |"
     lines = [header, "|---|---|---|---|---|---|---|"]
     fmt = lambda r, k: f"{r[k]:.3f}" if k in r else "-"  # noqa: E731
     for r in rows:

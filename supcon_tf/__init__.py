@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 # Importing the package registers every serialisable supcon_tf class with
 # Keras, so `keras.saving.load_model` works after a plain `import supcon_tf`.
-from supcon_tf import layers, losses, models, optimizers  # noqa: E402,F401
+from supcon_tf import encoders, layers, losses, models, optimizers  # noqa: E402,F401
 
 
 def load_model(path, *, compile=True, safe_mode=True):
@@ -31,6 +31,7 @@ def load_model(path, *, compile=True, safe_mode=True):
     import keras
 
     # The registered classes live in these modules; importing them here makes the dependency explicit.
+    from supcon_tf import encoders as _encoders  # noqa: F401
     from supcon_tf import layers as _layers, losses as _losses, memory as _memory  # noqa: F401
     from supcon_tf import models as _models, optimizers as _optimizers  # noqa: F401
 

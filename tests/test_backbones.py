@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from supcon_tf import config as config_lib
 from supcon_tf import encoders, layers, models, runner
+from supcon_tf.encoders import vit
 from supcon_tf.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -371,7 +372,7 @@ def test_vit_sizes_come_from_the_config():
     config = RunConfig(encoder="vit_tiny_patch4_32", vit_hidden_dim=32, vit_depth=1, vit_num_heads=2, vit_mlp_dim=64)
     encoder = runner.build_encoder(config, (8, 8, 1))
     assert encoder.output_shape == (None, 32)
-    assert len([layer for layer in encoder.layers if isinstance(layer, layers.TransformerBlock)]) == 1
+    assert len([layer for layer in encoder.layers if isinstance(layer, vit.TransformerBlock)]) == 1
     assert "`vit_depth`" in _message(RunConfig, encoder="vit_tiny_patch4_32", vit_depth=0)
     message = _message(RunConfig, encoder="vit_b16", vit_depth=2)
     assert "`vit_depth`" in message and "vit_tiny_patch4_32" in message and "encoder='vit_b16'" in message

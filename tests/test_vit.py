@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from helpers import assert_serialization_roundtrip
 from supcon_tf.encoders import ENCODER_NAMES, build_encoder, representation_dim
-from supcon_tf.layers import ClassToken, PositionEmbedding, TokenPooling, TransformerBlock
+from supcon_tf.encoders.vit import ClassToken, PositionEmbedding, TokenPooling, TransformerBlock
 
 TINY = "vit_tiny_patch4_32"
 B16 = "vit_b16"
@@ -19,7 +19,7 @@ SMALL = {"hidden_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}
 
 
 def _vit_params(patch, channels, tokens, hidden, depth, mlp):
-    """Trainable parameters of the ViT layout in encoders.py, counted from the architecture."""
+    """Trainable parameters of the ViT layout in supcon_tf/encoders/vit.py, counted from the architecture."""
     patch_embedding = patch * patch * channels * hidden + hidden
     class_token = hidden
     position_embedding = (tokens + 1) * hidden

@@ -65,6 +65,18 @@ def seed(value, name="seed"):
     return int(value)
 
 
+def activation(value, name="activation"):
+    """The Keras activation function named or given by `value`."""
+    import keras  # late: the other checks stay importable without Keras
+
+    try:
+        return keras.activations.get(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"`{name}` must be a keras activation name or callable, received: {name}={value!r}"
+        ) from error
+
+
 def as_size(value, name):
     """Returns `value` (int or pair of ints) as a `(height, width)` tuple of positive ints."""
     if is_int(value):

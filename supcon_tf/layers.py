@@ -20,6 +20,7 @@ The Vision Transformer layers (``ClassToken``, ``PositionEmbedding``,
 import keras
 from keras import ops
 
+from supcon_tf._checks import activation as _activation
 from supcon_tf._checks import is_int as _is_int
 from supcon_tf._checks import is_real as _is_real
 
@@ -207,13 +208,7 @@ class ProjectionHead(keras.layers.Layer):
             raise ValueError(
                 f"`output_dim` must be a positive int, received: output_dim={output_dim!r}"
             )
-        try:
-            activation_fn = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                "`activation` must be a keras activation name or callable, "
-                f"received: activation={activation!r}"
-            ) from error
+        activation_fn = _activation(activation)
         if not isinstance(use_batch_norm, bool):
             raise ValueError(
                 f"`use_batch_norm` must be a bool, received: use_batch_norm={use_batch_norm!r}"

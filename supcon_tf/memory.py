@@ -26,22 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from supcon_tf import distribute
-from supcon_tf._checks import is_int
+from supcon_tf._checks import is_int, non_negative_int, positive_int
 
 # Label of a slot that was never written (the slots are excluded anyway; see MemoryQueue.entries).
 EMPTY_LABEL = -1
-
-
-def _check_size(size):
-    if not is_int(size) or size < 1:
-        raise ValueError(f"`size` must be an int >= 1, received: size={size!r}")
-    return int(size)
-
-
-def _check_non_negative_int(name, value):
-    if not is_int(value) or value < 0:
-        raise ValueError(f"`{name}` must be an int >= 0, received: {name}={value!r}")
-    return int(value)
 
 
 def check_momentum(momentum, name="momentum"):
@@ -135,8 +123,8 @@ class MemoryQueue(keras.layers.Layer):
 
     def __init__(self, size, warmup_steps=0, key_momentum=None, encoder=None, head=None, **kwargs):
         super().__init__(**kwargs)
-        self.size = _check_size(size)
-        self.warmup_steps = _check_non_negative_int("warmup_steps", warmup_steps)
+        self.size = positive_int(size, "size")
+        self.warmup_steps = non_negative_int(warmup_steps, "warmup_steps")
         self.key_momentum = None if key_momentum is None else check_momentum(key_momentum, "key_momentum")
         self.key_encoder = self.key_head = None
         if self.key_momentum is not None:

@@ -54,6 +54,7 @@ other tokens).
 import keras
 from keras import ops
 
+from supcon_tf._checks import activation as _activation
 from supcon_tf._checks import choice, is_real, positive_int, positive_number
 
 # Vision Transformer defaults (Dosovitskiy et al. 2021, and the reference
@@ -293,13 +294,7 @@ class TransformerBlock(keras.layers.Layer):
         mlp_dim = positive_int(mlp_dim, "mlp_dim")
         dropout_rate = _validate_rate(dropout_rate, "dropout_rate")
         attention_dropout_rate = _validate_rate(attention_dropout_rate, "attention_dropout_rate")
-        try:
-            activation_fn = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                "`activation` must be a keras activation name or callable, "
-                f"received: activation={activation!r}"
-            ) from error
+        activation_fn = _activation(activation)
         layer_norm_epsilon = positive_number(layer_norm_epsilon, "layer_norm_epsilon")
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)

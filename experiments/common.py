@@ -76,7 +76,8 @@ _HELP = {
     "batch_size": "Global batch size (divisible by the number of replicas).",
     "steps_per_epoch": "Steps per epoch (default: one pass over the training split).",
     "online_eval": "Pre-training: train a linear classifier on the stop-gradient representation alongside "
-    "(its own Adam optimizer) and log online_top1, online_loss, contrast_top1 and contrast_entropy.",
+    "(its own Adam optimizer, learning rate 0.01) and log online_top1, online_loss, contrast_top1 and "
+    "contrast_entropy.",
     "validation_fraction": "Carve this fraction of the TRAINING split for validation (val_* metrics each epoch; "
     "the test split is never used for it); 0: none.",
     "evaluate_test": "ce / linear: evaluate on the test split at the end (false: the test split is never read, "

@@ -278,8 +278,9 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     def compile(self, optimizer="sgd", online_optimizer=None, **kwargs):
         """Configures the optimizer (the loss is the model's own: `loss`, `metrics`, ... raise a ValueError).
 
-        `online_optimizer`: the online classifier's (default `keras.optimizers.Adam(1e-3)`); `**kwargs`: forwarded
-        to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
+        `online_optimizer`: the online classifier's (default `keras.optimizers.Adam(1e-2)`, the
+        digits linear probe's rate: the head must keep up with a moving representation);
+        `**kwargs`: forwarded to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
         """
         _check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
         if online_optimizer is not None and self.online_classifier is None:
@@ -288,7 +289,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
                 f"Received: online_optimizer={online_optimizer!r}"
             )
         if self.online_classifier is not None:
-            self.online_optimizer = keras.optimizers.get(online_optimizer or keras.optimizers.Adam(1e-3))
+            self.online_optimizer = keras.optimizers.get(online_optimizer or keras.optimizers.Adam(1e-2))
         if self.memory is not None:  # a `model.trainable = True` would hand the key networks to the optimizer
             self.memory.freeze_keys()
         super().compile(optimizer=optimizer, **kwargs)

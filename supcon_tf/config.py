@@ -203,6 +203,7 @@ class RunConfig:
             raise ValueError("`tpu` must name the TPU ('local' on a TPU VM) for strategy='tpu', received: None")
         self._check_small_batch_options()
         self._check_encoder_options()
+        self._check_data_service()
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2, received: verbose={self.verbose}")
 

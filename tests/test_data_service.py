@@ -1,0 +1,299 @@
+"""tf.data service (supcon_tf.data_service): sharded stream content, order, training through it, the console script.
+
+An in-process dispatcher and two workers on 127.0.0.1 serve the module; the
+console-script tests start their own processes.
+"""
+
+import gc
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from supcon_tf import augment, data, data_service, runner
+from supcon_tf.config import RunConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 32  # digits train split: 1,437 images = 44 batches a pass
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _source():
+    images, labels = data.load_digits("train")
+    return data.from_arrays(images, labels)
+
+
+def _augment():
+    return augment.get_augmentation("simclr", 16, crop_scale=(0.4, 1.0), flip=False)
+
+
+def _local_batches(start_batch, count, seed=3):
+    stream = data.make_multiview_dataset(
+        _source(), batch_size=BATCH, augment=_augment(), seed=seed, repeat=True, start_batch=start_batch
+    )
+    return list(stream.take(count).as_numpy_iterator())
+
+
+class _Service:
+    """A dispatcher and `num_workers` workers in this process.
+
+    Jobs nobody reads are collected after 1 s (instead of 60 s), and `stop`
+    first waits for the workers' tasks to end: a worker stopped with a live
+    task blocks (holding the GIL) until the task's pipeline winds down,
+    which took up to a minute at the end of this module.
+    """
+
+    def __init__(self, num_workers):
+        ports = [_free_port() for _ in range(num_workers)]
+        self.dispatcher = data_service.start_dispatcher(
+            _free_port(), worker_addresses=[f"localhost:{port}" for port in ports], job_gc_timeout_ms=1000
+        )
+        self.address = self.dispatcher.target  # grpc://localhost:PORT
+        self.workers = [data_service.start_worker(self.address, port) for port in ports]
+
+    def stop(self, patience=15.0):
+        gc.collect()  # iterators still referenced by finished tests release their jobs
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline and any(worker._num_tasks() for worker in self.workers):
+            time.sleep(0.25)
+        for server in [*self.workers, self.dispatcher]:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def service():
+    running = _Service(2)
+    yield running
+    running.stop()
+
+
+def _read(address, start_batch, count, seed=3):
+    stream = data_service.distribute_through(
+        data_service.sharded_multiview_dataset(
+            _source(), batch_size=BATCH, augment=_augment(), seed=seed, start_batch=start_batch, with_index=True
+        ),
+        address,
+        job_name=data_service.job_name(seed, start_batch),
+    )
+    return list(stream.take(count).as_numpy_iterator())
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["localhost:5050", "grpc://localhost", "grpc://localhost:0", "grpc://localhost:70000", "http://host:1", "grpc://:1",
+     "grpc://a b:1", 5050, ""],
+)
+def test_config_rejects_bad_addresses_in_one_line(value):
+    with pytest.raises(ValueError, match="data_service") as error:
+        RunConfig(data_service=value)
+    assert "\n" not in str(error.value)
+
+
+def test_config_accepts_addresses_and_refuses_unsupported_combinations():
+    valid = ("grpc://localhost:5050", "grpc://10.0.0.7:1", "grpc://tf-data-0.cluster.local:65535", "grpc://[::1]:80")
+    for value in valid:
+        config = RunConfig(data_service=value)
+        assert RunConfig.from_dict(config.to_dict()) == config
+    assert RunConfig().data_service is None
+    with pytest.raises(ValueError, match="data_service.*class_balanced"):
+        RunConfig(data_service="grpc://localhost:5050", sampler="class_balanced", batch_size=16)
+    with pytest.raises(ValueError, match="data_service.*multi_worker"):
+        RunConfig(data_service="grpc://localhost:5050", strategy="multi_worker")
+    from experiments import common
+
+    assert "data_service" in common._HELP and "data_service" in common.FLAGS
+
+
+def test_helpers_reject_bad_arguments():
+    with pytest.raises(ValueError, match="service_address"):
+        data_service.distribute_through(tf.data.Dataset.range(3), "localhost", job_name="x")
+    with pytest.raises(ValueError, match="job_name"):
+        data_service.distribute_through(tf.data.Dataset.range(3), "localhost:1", job_name="")
+    with pytest.raises(ValueError, match="worker_addresses"):
+        data_service.start_dispatcher(0, worker_addresses=[])
+    with pytest.raises(ValueError, match="port"):
+        data_service.start_worker("localhost:1", port=-1)
+    with socket.socket() as taken:  # gRPC would share a taken port (SO_REUSEPORT); the helpers refuse it
+        taken.bind(("", 0))
+        taken.listen()
+        with pytest.raises(ValueError, match="already in use"):
+            data_service.start_dispatcher(taken.getsockname()[1], worker_addresses=["localhost"])
+    a, b = data_service.job_name(0, 7), data_service.job_name(0, 7)
+    assert a.startswith("supcon-seed0-b7-") and a != b  # a restarted trainer never joins a stale job
+
+
+# --- the stream ---------------------------------------------------------------------------------------------------
+
+
+def test_shards_hold_exactly_the_local_batches():
+    start = 40  # batches 40..47 cross the pass boundary at 44
+    expected = _local_batches(start, 8)
+    for shard in range(2):
+        sharded = data_service.sharded_multiview_dataset(
+            _source(), batch_size=BATCH, augment=_augment(), seed=3, start_batch=start, num_shards=2,
+            shard_index=shard, with_index=True,
+        )
+        for index, views, labels in sharded.take(4).as_numpy_iterator():
+            assert (index - start) % 2 == shard
+            np.testing.assert_array_equal(views, expected[index - start][0])
+            np.testing.assert_array_equal(labels, expected[index - start][1])
+
+
+def test_two_workers_deliver_every_batch_once_with_its_local_content(service):
+    start, count = 5, 12
+    received = _read(service.address, start, count)
+    indices = [int(index) for index, _, _ in received]
+    assert len(set(indices)) == count and min(indices) >= start  # no duplicates; arrival order may differ
+    expected = _local_batches(start, max(indices) - start + 1)
+    for index, views, labels in received:
+        assert views.shape == (BATCH, 2, 16, 16, 1)
+        np.testing.assert_array_equal(views, expected[index - start][0])
+        np.testing.assert_array_equal(labels, expected[index - start][1])
+    for shard in range(2):  # each worker's batches arrive in increasing order
+        mine = [i for i in indices if (i - start) % 2 == shard]
+        assert mine == sorted(mine)
+
+
+def test_one_worker_keeps_the_exact_order():
+    single = _Service(1)
+    try:
+        received = _read(single.address, 3, 6)
+    finally:
+        single.stop()
+    assert [int(index) for index, _, _ in received] == list(range(3, 9))
+
+
+# --- training through the service --------------------------------------------------------------------------------
+
+
+def _config(service_address, **changes):
+    values = dict(
+        method="supcon", dataset="digits", crop_scale_min=0.4, flip=False, encoder_width=0.25, head_hidden=32,
+        embedding_dim=16, batch_size=BATCH, epochs=1, steps_per_epoch=3, data_service=service_address, verbose=0,
+        export=False,
+    )
+    values.update(changes)
+    return RunConfig(**values)
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+def test_pretraining_reads_equal_batches_per_replica_from_the_service(service, strategy_name):
+    config = _config(service.address, strategy=strategy_name)
+    strategy = runner.build_strategy(config)
+    replicas = strategy.num_replicas_in_sync
+    assert replicas == (2 if strategy_name == "mirrored" else 1)
+    source, _, num_classes = runner.load_source(config, "train")
+    shapes = []
+    distributed = strategy.experimental_distribute_dataset(runner.train_dataset(config, source))
+    for step, (views, labels) in enumerate(distributed):
+        local = strategy.experimental_local_results(views) + strategy.experimental_local_results(labels)
+        shapes.append([tuple(t.shape) for t in local])
+        if step == 1:
+            break
+    per_replica = BATCH // replicas
+    assert all(shape == [(per_replica, 2, 16, 16, 1)] * replicas + [(per_replica,)] * replicas for shape in shapes)
+    with strategy.scope():
+        model = runner.build_model(config, (16, 16, 1), num_classes, config.steps_per_epoch)
+    history = model.fit(runner.train_dataset(config, source, start_batch=7), epochs=1, steps_per_epoch=3, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_runner_run_with_the_data_service_finishes(service, tmp_path):
+    config = _config(service.address, model_dir=str(tmp_path / "run"), batch_size=64, steps_per_epoch=2,
+                     encoder_width=0.25, head_hidden=128, embedding_dim=64)
+    metrics = runner.run(config)
+    assert np.isfinite(metrics["final_train_loss"])
+    assert os.path.exists(tmp_path / "run" / "FINISHED")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_service"] == service.address
+
+
+# --- the console script --------------------------------------------------------------------------------------------
+
+
+def _script(*flags):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.data_service", *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for_line(process, pattern, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        match = re.search(pattern, line)
+        if match:
+            return match
+    process.kill()
+    raise AssertionError(f"no line matching {pattern!r}; stderr: {process.stderr.read()[-2000:]}")
+
+
+def test_console_script_serves_the_trainer_and_stops_on_sigterm():
+    dispatcher_port, worker_port = _free_port(), _free_port()
+    # Started together: the worker waits for the dispatcher's port (and still stops on a signal meanwhile).
+    dispatcher = _script("--role=dispatcher", f"--port={dispatcher_port}", f"--workers=localhost:{worker_port}")
+    worker = _script("--role=worker", f"--dispatcher=localhost:{dispatcher_port}", f"--port={worker_port}")
+    try:
+        address = _wait_for_line(dispatcher, r"dispatcher serving at (grpc://localhost:\d+)").group(1)
+        assert address == f"grpc://localhost:{dispatcher_port}"
+        _wait_for_line(worker, rf"worker serving at localhost:{worker_port}")
+        assert [int(i) for i, _, _ in _read(address, 0, 3)] == [0, 1, 2]  # one worker: the exact order
+        for process, name in ((worker, "worker"), (dispatcher, "dispatcher")):
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, process.stderr.read()[-2000:]
+            assert time.monotonic() - began < 5
+            assert f"{name} stopped on SIGTERM" in process.stdout.read()
+    finally:
+        for process in (dispatcher, worker):
+            if process.poll() is None:
+                process.kill()
+
+
+def test_console_script_worker_waiting_for_its_dispatcher_stops_on_sigint():
+    worker = _script("--role=worker", f"--dispatcher=localhost:{_free_port()}", f"--port={_free_port()}")
+    try:
+        _wait_for_line(worker, r"worker waiting for the dispatcher")
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(timeout=30) == 0
+        assert "worker stopped on SIGINT" in worker.stdout.read()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def test_console_script_bad_flags_exit_2_with_one_line():
+    cases = [
+        (["--role=trainer", "--port=1"], "role"),
+        (["--role=worker", "--port=abc", "--dispatcher=localhost:1"], "port"),
+        (["--role=dispatcher", "--port=5050"], "workers"),
+        (["--role=worker", "--port=5051", "--dispatcher=localhost"], "dispatcher"),
+        (["--role=dispatcher", "--port=5050", "--workers=localhost:1,host:port"], "workers"),
+        (["--no_such_flag=1"], "no_such_flag"),
+        (["--role=worker", "--port=5051", "--dispatcher=localhost:5050", "stray"], "positional"),
+    ]
+    processes = [(_script(*flags), message) for flags, message in cases]  # flags are checked before TensorFlow loads
+    for process, message in processes:
+        _, stderr = process.communicate(timeout=120)
+        errors = [line for line in stderr.splitlines() if "error:" in line]
+        assert process.returncode == 2 and len(errors) == 1 and message in errors[0], stderr[-2000:]
+        assert "Traceback" not in stderr

@@ -297,3 +297,53 @@ def test_console_script_bad_flags_exit_2_with_one_line():
         errors = [line for line in stderr.splitlines() if "error:" in line]
         assert process.returncode == 2 and len(errors) == 1 and message in errors[0], stderr[-2000:]
         assert "Traceback" not in stderr
+
+
+# --- resume through the service (the run-folder lifecycle holds) ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one(tmp_path):
+    """One worker (exact order): SIGKILL before step 5, restart against the same service, equal end weights."""
+    import signal
+    import subprocess
+    import sys
+
+    import keras
+
+    single = _Service(1)
+    flags = [
+        "--preset=digits_supcon", "--epochs=2", "--steps_per_epoch=3", "--batch_size=32", "--encoder_width=0.25",
+        "--backup_every_steps=2", "--deterministic", "--verbose=0", "--export=false",
+        f"--data_service={single.address}",
+    ]
+
+    def train(model_dir, fault=None):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+        env.pop("SUPCON_TF_FAULT", None)
+        if fault:
+            env["SUPCON_TF_FAULT"] = fault
+        return subprocess.run([sys.executable, "-m", "experiments.pretrain", f"--model_dir={model_dir}", *flags],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    try:
+        reference = train(tmp_path / "reference")
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        killed = train(tmp_path / "run", fault="step:5")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        resumed = train(tmp_path / "run")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        single.stop()
+    resumes = json.loads((tmp_path / "run" / "run_state.json").read_text())["resumes"]
+    assert [r["global_step"] for r in resumes] == [4]  # inside epoch 1 (3 steps per epoch)
+
+    def weights(model_dir):
+        import supcon_tf  # noqa: F401
+
+        return keras.saving.load_model(str(model_dir / "model.keras"), compile=False).get_weights()
+
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(weights(tmp_path / "run"),
+                                                                    weights(tmp_path / "reference")))
+    print(f"through the tf.data service: killed before step 5, resumed at step 4, max weight difference {difference}")
+    assert difference <= 1e-5

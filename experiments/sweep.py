@@ -1,27 +1,39 @@
-r"""keras-tuner sweeps (random, hyperband, grid) over temperature, learning rate, batch size and augmentation.
+r"""keras-tuner sweeps (random, hyperband, grid) over temperature, learning rate, batch size, augmentation and epochs.
 
-Every trial trains one method (SupCon / SimCLR pre-training + a linear probe
-on cached features, or the cross-entropy baseline) and is scored by its
-top-1 accuracy on a **validation split carved from the training split**
-(stratified for digits). The test split is never loaded.
+Every trial trains through `supcon_tf.runner.run`, the one training path,
+on the part of the TRAINING split that is left after carving a validation
+split (`RunConfig.validation_fraction`, seeded by the run's `seed`); the
+test split is never read (`evaluate_test=False`):
+
+* CE: one `runner.run` of the ce stage, scored by its `final_logs["val_accuracy"]`;
+* SupCon / SimCLR: a `runner.run` pre-training stage, then a `runner.run`
+  linear stage (`SweepConfig.probe`) on its frozen encoder, scored by the
+  probe's `final_logs["val_accuracy"]`; with `probe_ce=True` CE is scored
+  the same way (its own classifier's score is kept as
+  `classifier_val_accuracy`).
+
+The tuner is a `keras_tuner.Tuner` subclass whose `run_trial` runs those
+stages and returns the objective (keras-tuner's documented way to tune a
+custom training process). Hyperband's promoted trials start from the encoder
+of the trial they continue (`encoder_weights`) and train the epochs it adds,
+with a fresh schedule.
 
     python -m experiments.sweep --preset digits_supcon --tuner random --max_trials 8 \
-        --epochs 15 --learning_rate_grid 0.01,0.05,0.2 --batch_size_grid 64,128 \
-        --temperature_grid 0.05,0.1,0.5 --augmentation_grid simclr,randaugment --model_dir runs/sweep_supcon
+        --epochs 15 --learning_rate_grid 0.01,0.05,0.2 --temperature_grid 0.05,0.1,0.5 --model_dir runs/sweep_supcon
     python -m experiments.sweep --preset digits_ce --tuner hyperband --epochs 27 --model_dir runs/sweep_ce
 
 The base recipe comes from the training flags (`--preset` and every
 `RunConfig` flag, as in `experiments/common.py`); each `--*_grid` flag lists
 the values to search for one field (empty: the base value, not searched;
-`temperature` is not searched for `ce`). `--epochs` is each trial's epochs
-(Hyperband: the largest budget). Writes into `--model_dir`:
+`temperature` is not searched for `ce`). Writes into `--model_dir`:
 
     results.csv, results.md   one row per trial: hyper-parameters, validation top-1, status (best first)
     summary.json              the sweep config, the best trial, and the spread (mean, std, min, max) of the scores
-    tuner/                    keras-tuner's own state (trial folders, weights)
+    trials/<id>/              each trial's run folder (and linear/ for the probe)
+    tuner/                    keras-tuner's own state
 
-The same code runs the hyper-parameter stability study of
-`experiments/digits_report.py` (a grid search per method).
+The report (`experiments/report`) tunes its methods and runs its stability
+grid with this module.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -42,63 +55,93 @@ from supcon_tf.config import AUGMENTATIONS, RunConfig  # noqa: E402  (pure Pytho
 
 TUNERS = ("random", "hyperband", "grid")
 OBJECTIVE = "val_accuracy"
-SWEPT_FIELDS = ("temperature", "learning_rate", "batch_size", "augmentation")
+SWEPT_FIELDS = ("temperature", "learning_rate", "batch_size", "augmentation", "epochs")
+# The linear stage's optimisation recipe when none is given (the digits_linear preset's).
+PROBE_FIELDS = ("augmentation", "cache_features", "optimizer", "learning_rate", "weight_decay", "epochs", "batch_size")
+# What the linear stage takes from the stage it probes.
+INHERITED_BY_PROBE = ("dataset", "data_dir", "num_classes", "image_size", "channels", "seed", "validation_fraction", "verbose")
+
+
+def default_probe(base, **overrides):
+    """The linear stage for `base`: the digits_linear recipe, the data settings of `base`, `overrides` last."""
+    from experiments import presets
+
+    recipe = presets.get_preset("digits_linear")
+    values = {name: recipe[name] for name in PROBE_FIELDS}
+    values.update({name: getattr(base, name) for name in INHERITED_BY_PROBE})
+    values.update(
+        method="linear", model_dir=os.path.join(base.model_dir, "linear"), pretrained="unset.keras", evaluate_test=False,
+        export=False, checkpoint_every=base.checkpoint_every,
+    )
+    values.update(overrides)
+    return RunConfig.from_dict(values)
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    """A validated sweep: the base `RunConfig`, the grids, the tuner, the validation split and the probe.
+    """A validated sweep: the stage to tune (`base`), the linear stage that scores it (`probe`), the grids, the tuner.
 
-    `base.model_dir` is the sweep's output folder. Empty grids keep the base
-    value (not searched). The probe (contrastive methods only) trains a
-    linear classifier with Adam on features of the frozen encoder.
+    `base.model_dir` is the sweep's output folder, `base.validation_fraction`
+    the validation split (carved from TRAIN with `base.seed`), `base.seed` also
+    seeds the tuner. `probe` is a `RunConfig` of method "linear" (its
+    model_dir and pretrained are set per trial; default `default_probe(base)`).
+    Empty grids keep the base value (not searched).
     """
 
     base: RunConfig
+    probe: RunConfig | None = None
     tuner: str = "random"
     max_trials: int = 10  # random / grid (grid: at most this many points); hyperband sizes itself
     temperatures: tuple = ()
     learning_rates: tuple = ()
     batch_sizes: tuple = ()
     augmentations: tuple = ()
-    validation_fraction: float = 0.2
-    split_seed: int = 0
+    epochs: tuple = ()
     hyperband_factor: int = 3
-    probe_epochs: int = 100
-    probe_learning_rate: float = 0.01
-    probe_batch_size: int = 256
+    probe_ce: bool = False  # score CE by a linear probe too (its own classifier's score kept alongside)
 
     def __post_init__(self):
         if not isinstance(self.base, RunConfig):
             raise ValueError(f"`base` must be a RunConfig, received: {type(self.base).__name__}")
         if self.base.method not in ("supcon", "simclr", "ce"):
             raise ValueError(f"`method` must be supcon, simclr or ce for a sweep, received: method={self.base.method!r}")
+        if not 0.0 < self.base.validation_fraction < 0.5:
+            raise ValueError(
+                "`validation_fraction` must be in (0, 0.5) for a sweep (trials are scored on it), received: "
+                f"validation_fraction={self.base.validation_fraction!r}"
+            )
+        if self.base.evaluate_test:
+            object.__setattr__(self, "base", self.base.replace(evaluate_test=False))  # a sweep never reads the test split
+        if self.probe is None:
+            object.__setattr__(self, "probe", default_probe(self.base))
+        if not isinstance(self.probe, RunConfig) or self.probe.method != "linear":
+            raise ValueError(f"`probe` must be a RunConfig with method='linear', received: {self.probe!r}")
         if self.tuner not in TUNERS:
             raise ValueError(f"`tuner` must be one of {', '.join(TUNERS)}; received: tuner={self.tuner!r}")
-        for name in ("max_trials", "probe_epochs", "probe_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, received: {name}={value!r}")
+        if isinstance(self.max_trials, bool) or not isinstance(self.max_trials, int) or self.max_trials < 1:
+            raise ValueError(f"`max_trials` must be a positive int, received: max_trials={self.max_trials!r}")
         if isinstance(self.hyperband_factor, bool) or not isinstance(self.hyperband_factor, int) or self.hyperband_factor < 2:
             raise ValueError(f"`hyperband_factor` must be an int >= 2, received: hyperband_factor={self.hyperband_factor!r}")
-        if not (isinstance(self.validation_fraction, float) and 0.0 < self.validation_fraction < 0.5):
-            raise ValueError(
-                f"`validation_fraction` must be a float in (0, 0.5), received: validation_fraction={self.validation_fraction!r}"
-            )
-        if not isinstance(self.split_seed, int) or not 0 <= self.split_seed < 2**31:
-            raise ValueError(f"`split_seed` must be an int in [0, 2**31), received: split_seed={self.split_seed!r}")
-        if not (isinstance(self.probe_learning_rate, float) and math.isfinite(self.probe_learning_rate) and self.probe_learning_rate > 0):
-            raise ValueError(f"`probe_learning_rate` must be a positive float, received: {self.probe_learning_rate!r}")
-        for field, values in zip(SWEPT_FIELDS, (self.temperatures, self.learning_rates, self.batch_sizes, self.augmentations)):
+        if not isinstance(self.probe_ce, bool):
+            raise ValueError(f"`probe_ce` must be a bool, received: probe_ce={self.probe_ce!r}")
+        if self.base.method == "ce" and self.temperatures:
+            raise ValueError(f"the temperature grid does not apply to method='ce', received: temperatures={self.temperatures!r}")
+        for field, values in zip(SWEPT_FIELDS, self._grid_values()):
             if not isinstance(values, tuple) or len(set(values)) != len(values):
                 raise ValueError(f"the {field} grid must be a tuple of distinct values, received: {values!r}")
             for value in values:  # RunConfig validates each value with its own message
                 self.base.replace(**{field: value})
-        if self.tuner == "hyperband" and self.base.epochs < self.hyperband_factor:
-            raise ValueError(
-                f"`epochs` must be >= hyperband_factor ({self.hyperband_factor}) for hyperband, "
-                f"received: epochs={self.base.epochs}"
-            )
+        if self.tuner == "hyperband":
+            if self.epochs:
+                raise ValueError("hyperband chooses the epochs itself: leave the epochs grid empty")
+            if self.base.epochs < self.hyperband_factor:
+                raise ValueError(
+                    f"`epochs` must be >= hyperband_factor ({self.hyperband_factor}) for hyperband, "
+                    f"received: epochs={self.base.epochs}"
+                )
+
+    def _grid_values(self):
+        return (self.temperatures, self.learning_rates, self.batch_sizes, self.augmentations, self.epochs)
 
     @property
     def output_dir(self):
@@ -106,102 +149,127 @@ class SweepConfig:
 
     def grids(self):
         """`{field: values}` of the searched fields (one value: the base value)."""
-        values = dict(
-            temperature=self.temperatures or (self.base.temperature,),
-            learning_rate=self.learning_rates or (self.base.learning_rate,),
-            batch_size=self.batch_sizes or (self.base.batch_size,),
-            augmentation=self.augmentations or (self.base.augmentation,),
-        )
+        values = {
+            field: grid or (getattr(self.base, field),) for field, grid in zip(SWEPT_FIELDS, self._grid_values())
+        }
         if self.base.method == "ce":
             del values["temperature"]  # CE has no temperature
+        if self.tuner == "hyperband":
+            del values["epochs"]  # hyperband's own tuner/epochs
         return values
 
+    def trial_dir(self, trial_id):
+        return os.path.join(self.output_dir, "trials", str(trial_id))
+
     def to_dict(self):
-        payload = dataclasses.asdict(self)
-        payload["base"] = self.base.to_dict()
-        return payload
+        return {
+            "base": self.base.to_dict(),
+            "probe": self.probe.to_dict(),
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("base", "probe")},
+        }
 
 
 # ---------------------------------------------------------------------------
-# Data: train / validation from the TRAIN split only.
+# Stages of one trial: only runner.run.
 # ---------------------------------------------------------------------------
 
 
-# The split itself lives in the library (one function for the sweep and the binaries' --validation_fraction).
-def split_train_validation(base, fraction, seed):
-    """`runner.split_train_validation`: a validation split carved from the TRAIN split (the test split is never read)."""
-    from supcon_tf import runner
+def train_and_score(stage, probe, *, probe_ce=False, callbacks=()):
+    """Trains `stage` (and its linear probe) through `runner.run`; returns the validation scores.
 
-    return runner.split_train_validation(base, fraction, seed)
+    Args:
+      stage: the supcon / simclr / ce `RunConfig` (with `validation_fraction`
+        > 0 and `evaluate_test=False`); its `model_dir` is the trial folder.
+      probe: the linear stage's `RunConfig` (model_dir, pretrained, seed and
+        validation split are set here from `stage`).
+      probe_ce: probe CE's frozen encoder too.
+      callbacks: extra Keras callbacks for the stage's `fit` (not the probe's).
 
-
-# ---------------------------------------------------------------------------
-# One trial.
-# ---------------------------------------------------------------------------
-
-
-def build_model(config, image_shape, num_classes, steps_per_epoch):
-    """A compiled SupConModel (supcon / simclr) or CrossEntropyModel (ce), built as `runner.run` builds them.
-
-    The learning-rate schedule spans `config.epochs` epochs.
+    Returns:
+      `{"val_accuracy", "classifier_val_accuracy" (CE), "stage": stage metrics,
+      "probe": probe metrics or None}`; `val_accuracy` is the probe's when
+      there is one, else CE's own.
     """
     from supcon_tf import runner
 
-    return runner.build_model(config, image_shape, num_classes, steps_per_epoch)
+    metrics = runner.run(stage, callbacks=callbacks)
+    result = {"stage": metrics, "probe": None}
+    if stage.method == "ce":
+        result["classifier_val_accuracy"] = float(metrics["final_logs"][OBJECTIVE])
+        result[OBJECTIVE] = result["classifier_val_accuracy"]
+    if stage.method != "ce" or probe_ce:
+        linear = probe_for(stage, probe)
+        result["probe"] = runner.run(linear)
+        result[OBJECTIVE] = float(result["probe"]["final_logs"][OBJECTIVE])
+    return result
 
 
-def _steps_per_epoch(config, split):
-    return config.steps_per_epoch or max(1, split.num_train // config.batch_size)
-
-
-def _image_shape(config, split):
-    from supcon_tf import runner
-
-    return tuple(next(iter(runner.eval_dataset(config, split.validation, batch_size=1)))[0].shape[1:])
-
-
-def train_and_score(config, split, sweep, *, model=None, epochs=None, initial_epoch=0, callbacks=(), verbose=0):
-    """Trains `config` on `split.train` and returns `{"val_accuracy", "final_train_loss"}` on `split.validation`.
-
-    CE: the classifier's own validation accuracy. SupCon / SimCLR: a linear
-    probe (Adam, `sweep.probe_*`) on the frozen encoder's features of the
-    un-augmented training images, then its validation accuracy.
-    """
-    import keras
-
-    from supcon_tf import models, runner
-
-    epochs = config.epochs if epochs is None else epochs
-    steps = _steps_per_epoch(config, split)
-    if model is None:
-        keras.utils.set_random_seed(config.seed)
-        model = build_model(config, _image_shape(config, split), split.num_classes, steps)
-    history = model.fit(
-        runner.train_dataset(config, split.train),
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps,
-        callbacks=list(callbacks),
-        shuffle=False,
-        verbose=verbose,
+def probe_for(stage, probe):
+    """The linear stage that probes the encoder `stage` trains (same data, seed and validation split)."""
+    return probe.replace(
+        model_dir=os.path.join(stage.model_dir, "linear"),
+        pretrained=os.path.join(stage.model_dir, "model.keras"),
+        seed=stage.seed,
+        validation_fraction=stage.validation_fraction,
+        image_size=stage.image_size,
+        evaluate_test=False,
     )
-    validation = runner.eval_dataset(config, split.validation)
-    if config.method == "ce":
-        _, accuracy = model.evaluate(validation, verbose=0)
-    else:
-        probe = models.LinearProbe(model.encoder, split.num_classes)
-        probe.compile(optimizer=keras.optimizers.Adam(sweep.probe_learning_rate))
-        probe.fit_cached(
-            runner.eval_dataset(config, split.train), epochs=sweep.probe_epochs, batch_size=sweep.probe_batch_size, verbose=0
-        )
-        _, accuracy = probe.evaluate(validation, verbose=0)
-    losses = history.history.get("loss") or [float("nan")]
-    return {OBJECTIVE: float(accuracy), "final_train_loss": float(losses[-1])}
 
 
-def _trial_config(sweep, hp):
-    values = {field: hp.get(field) for field in sweep.grids()}
-    return sweep.base.replace(**values)
+def trial_stage(sweep, trial_id, values):
+    """The stage `RunConfig` of one trial from its hyper-parameter `values` (keras-tuner's `hp.values`)."""
+    changes = {field: values[field] for field in sweep.grids() if field in values}
+    if "tuner/epochs" in values:  # hyperband: train the epochs this round adds, warm-started from the trial it continues
+        epochs = max(1, int(values["tuner/epochs"]) - int(values.get("tuner/initial_epoch", 0)))
+        changes.update(epochs=epochs, warmup_epochs=min(sweep.base.warmup_epochs, epochs))
+        previous = values.get("tuner/trial_id")
+        if previous is not None:
+            changes["encoder_weights"] = os.path.join(sweep.trial_dir(previous), "model.keras")
+    return sweep.base.replace(model_dir=sweep.trial_dir(trial_id), **changes)
+
+
+_TUNER_CLASS = None
+
+
+def _tuner_class():
+    """`RunnerTuner`, a `keras_tuner.Tuner` whose `run_trial` trains through `runner.run` (built once, lazily)."""
+    global _TUNER_CLASS
+    if _TUNER_CLASS is not None:
+        return _TUNER_CLASS
+    import keras
+    import keras_tuner
+
+    from supcon_tf import resilience
+
+    class RunnerTuner(keras_tuner.Tuner):
+        """Runs each trial's stages with `runner.run` and returns its validation scores to the oracle."""
+
+        def __init__(self, sweep, oracle, callbacks=None, **kwargs):
+            super().__init__(oracle=oracle, **kwargs)
+            self.sweep = sweep
+            self.callback_factory = callbacks
+            self.stopped = None  # an error that must end the search, re-raised by run_sweep
+
+        def run_trial(self, trial, *args, **kwargs):
+            sweep = self.sweep
+            stage = trial_stage(sweep, trial.trial_id, trial.hyperparameters.values)
+            callbacks = self.callback_factory(stage) if self.callback_factory else ()
+            try:
+                result = train_and_score(stage, sweep.probe, probe_ce=sweep.probe_ce, callbacks=callbacks)
+            except resilience.Diverged as error:  # a legitimate outcome of a hyper-parameter choice
+                raise keras_tuner.errors.FailedTrialError(f"diverged: {error}") from None
+            except BaseException as error:  # anything else ends the search, with its own type
+                self.stopped = error
+                raise keras_tuner.errors.FatalError(str(error)) from error
+            finally:
+                keras.backend.clear_session()  # the trial's models are saved; free their graphs
+            scores = {OBJECTIVE: result[OBJECTIVE]}
+            if "classifier_val_accuracy" in result:
+                scores["classifier_val_accuracy"] = result["classifier_val_accuracy"]
+            return scores
+
+    _TUNER_CLASS = RunnerTuner
+    return RunnerTuner
 
 
 def declare_search_space(sweep, hp):
@@ -211,61 +279,23 @@ def declare_search_space(sweep, hp):
     return hp
 
 
-def make_hypermodel(sweep, split):
-    """A `keras_tuner.HyperModel` whose `fit` trains one trial and returns its validation score."""
-    import keras_tuner
-
-    class SweepHyperModel(keras_tuner.HyperModel):
-        def build(self, hp):
-            import keras
-
-            declare_search_space(sweep, hp)
-            config = _trial_config(sweep, hp)
-            # Hyperband resumes a trial for (tuner/epochs - tuner/initial_epoch) more epochs:
-            # each stage gets a full warm-up + cosine cycle over the epochs it runs.
-            epochs = hp.values.get("tuner/epochs", config.epochs) - hp.values.get("tuner/initial_epoch", 0)
-            keras.utils.set_random_seed(config.seed)
-            return build_model(
-                config.replace(epochs=max(1, epochs), warmup_epochs=min(config.warmup_epochs, max(1, epochs))),
-                _image_shape(config, split),
-                split.num_classes,
-                _steps_per_epoch(config, split),
-            )
-
-        def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, verbose=0, **kwargs):
-            config = _trial_config(sweep, hp)
-            return train_and_score(
-                config,
-                split,
-                sweep,
-                model=model,
-                epochs=epochs or config.epochs,
-                initial_epoch=initial_epoch,
-                callbacks=callbacks or (),
-                verbose=verbose,
-            )
-
-    return SweepHyperModel(name=f"sweep_{sweep.base.method}")
-
-
-def make_tuner(sweep, hypermodel):
+def make_tuner(sweep, *, callbacks=None, overwrite=True):
+    """The `RunnerTuner` of `sweep` with its oracle; `overwrite=False` reloads an interrupted search."""
     import keras_tuner
 
     hp = declare_search_space(sweep, keras_tuner.HyperParameters())
-    common = dict(
-        objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
-        hyperparameters=hp,
-        directory=sweep.output_dir,
-        project_name="tuner",
-        overwrite=True,
-        seed=sweep.split_seed,
-    )
+    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+    common = dict(objective=objective, hyperparameters=hp, seed=sweep.base.seed, max_consecutive_failed_trials=10**6)
     if sweep.tuner == "random":
-        return keras_tuner.RandomSearch(hypermodel, max_trials=sweep.max_trials, **common)
-    if sweep.tuner == "grid":
-        return keras_tuner.GridSearch(hypermodel, max_trials=sweep.max_trials, **common)
-    return keras_tuner.Hyperband(
-        hypermodel, max_epochs=sweep.base.epochs, factor=sweep.hyperband_factor, hyperband_iterations=1, **common
+        oracle = keras_tuner.oracles.RandomSearchOracle(max_trials=sweep.max_trials, **common)
+    elif sweep.tuner == "grid":
+        oracle = keras_tuner.oracles.GridSearchOracle(max_trials=sweep.max_trials, **common)
+    else:
+        oracle = keras_tuner.oracles.HyperbandOracle(
+            max_epochs=sweep.base.epochs, factor=sweep.hyperband_factor, hyperband_iterations=1, **common
+        )
+    return _tuner_class()(
+        sweep, oracle, callbacks=callbacks, directory=sweep.output_dir, project_name="tuner", overwrite=overwrite
     )
 
 
@@ -275,16 +305,23 @@ def make_tuner(sweep, hypermodel):
 
 
 def trial_rows(tuner, sweep):
-    """One dict per trial: trial id, the searched values (and Hyperband's epochs), score, status; best first."""
+    """One dict per trial: trial id, the searched values, epochs, score(s), status, run folder; best first."""
     rows = []
     for trial in tuner.oracle.trials.values():
         values = trial.hyperparameters.values
         row = {"trial": trial.trial_id}
         for field in sweep.grids():
-            row[field] = values.get(field)
-        row["epochs"] = values.get("tuner/epochs", sweep.base.epochs)
+            if field != "epochs":
+                row[field] = values.get(field)
+        row["epochs"] = values.get("tuner/epochs", values.get("epochs", sweep.base.epochs))
         row[OBJECTIVE] = None if trial.score is None else float(trial.score)
+        if sweep.base.method == "ce" and sweep.probe_ce:
+            metric = trial.metrics.get_last_value("classifier_val_accuracy") if trial.metrics.exists(
+                "classifier_val_accuracy"
+            ) else None
+            row["classifier_val_accuracy"] = None if metric is None else float(metric)
         row["status"] = str(trial.status)
+        row["model_dir"] = sweep.trial_dir(trial.trial_id)
         rows.append(row)
     rows.sort(key=lambda r: (r[OBJECTIVE] is None, -(r[OBJECTIVE] or 0.0), r["trial"]))
     return rows
@@ -310,13 +347,13 @@ def spread(scores):
 def format_markdown(rows):
     if not rows:
         return "(no trials)\n"
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c != "model_dir"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
         for column in columns:
             value = row[column]
-            cells.append(f"{value:.4f}" if isinstance(value, float) and column == OBJECTIVE else str(value))
+            cells.append(f"{value:.4f}" if isinstance(value, float) and column.endswith(OBJECTIVE) else str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -342,14 +379,31 @@ def write_results(rows, sweep, output_dir, seconds):
     return summary
 
 
-def run_sweep(sweep, verbose=0):
-    """Runs the sweep; writes results.csv / results.md / summary.json; returns `(rows, summary)`."""
+def run_sweep(sweep, *, callbacks=None, overwrite=True, verbose=0):
+    """Runs the sweep; writes results.csv / results.md / summary.json; returns `(rows, summary)`.
+
+    Args:
+      sweep: a `SweepConfig`.
+      callbacks: None, or `stage_config -> [keras callbacks]`, called for
+        each trial's training stage (not its probe).
+      overwrite: start afresh (the default: removes `trials/` and keras-tuner's
+        state); False reloads an interrupted sweep: finished trials are kept
+        and an unfinished trial's run folder resumes.
+    """
+    import keras_tuner
+
     if not isinstance(sweep, SweepConfig):
         raise ValueError(f"`sweep` must be a SweepConfig, received: {type(sweep).__name__}")
     start = time.time()
-    split = split_train_validation(sweep.base, sweep.validation_fraction, sweep.split_seed)
-    tuner = make_tuner(sweep, make_hypermodel(sweep, split))
-    tuner.search(epochs=sweep.base.epochs, verbose=verbose)
+    if overwrite:
+        shutil.rmtree(os.path.join(sweep.output_dir, "trials"), ignore_errors=True)
+    tuner = make_tuner(sweep, callbacks=callbacks, overwrite=overwrite)
+    try:
+        tuner.search(verbose=verbose)
+    except keras_tuner.errors.FatalError:
+        if tuner.stopped is not None:
+            raise tuner.stopped
+        raise
     rows = trial_rows(tuner, sweep)
     summary = write_results(rows, sweep, sweep.output_dir, time.time() - start)
     return rows, summary
@@ -372,10 +426,11 @@ def _define_flags():
     flags.DEFINE_list("learning_rate_grid", [], "Learning rates to search (empty: --learning_rate).")
     flags.DEFINE_list("batch_size_grid", [], "Batch sizes to search (empty: --batch_size).")
     flags.DEFINE_list("augmentation_grid", [], f"Augmentation policies to search, of {', '.join(AUGMENTATIONS)}.")
+    flags.DEFINE_list("epochs_grid", [], "Epochs to search (empty: --epochs; not with hyperband).")
     # --validation_fraction is the training binaries' flag (experiments.common); the sweep defaults it to 0.2.
-    flags.DEFINE_integer("split_seed", 0, "Seed of the train/validation split and of the tuner.")
     flags.DEFINE_integer("hyperband_factor", 3, "Hyperband's reduction factor.")
-    flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (contrastive methods).")
+    flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (contrastive methods; the digits_linear recipe).")
+    flags.DEFINE_bool("probe_ce", False, "Score CE by a linear probe on its frozen encoder too.")
 
 
 def _parse_list(name, values, kind):
@@ -392,25 +447,25 @@ def config_from_flags():
     base = common.config_from_flags()
     if FLAGS["model_dir"].value is None:
         base = base.replace(model_dir=os.path.join("runs", f"sweep_{base.method}_{FLAGS.tuner}"))
+    if FLAGS.validation_fraction is None:
+        base = base.replace(validation_fraction=0.2)
     return SweepConfig(
-        base=base,
+        base=base.replace(evaluate_test=False),
+        probe=default_probe(base, epochs=FLAGS.probe_epochs),
         tuner=FLAGS.tuner,
         max_trials=FLAGS.max_trials,
         temperatures=_parse_list("temperature_grid", FLAGS.temperature_grid, float),
         learning_rates=_parse_list("learning_rate_grid", FLAGS.learning_rate_grid, float),
         batch_sizes=_parse_list("batch_size_grid", FLAGS.batch_size_grid, int),
         augmentations=tuple(FLAGS.augmentation_grid),
-        validation_fraction=0.2 if FLAGS.validation_fraction is None else FLAGS.validation_fraction,
-        split_seed=FLAGS.split_seed,
+        epochs=_parse_list("epochs_grid", FLAGS.epochs_grid, int),
         hyperband_factor=FLAGS.hyperband_factor,
-        probe_epochs=FLAGS.probe_epochs,
+        probe_ce=FLAGS.probe_ce,
     )
 
 
 def main():
     sweep = config_from_flags()
-    if sweep.base.method == "ce" and sweep.temperatures:
-        raise ValueError("`--temperature_grid` does not apply to method='ce' (no temperature), received: a temperature grid")
     rows, summary = run_sweep(sweep, verbose=sweep.base.verbose)
     print(format_markdown(rows))
     s = summary["spread"]

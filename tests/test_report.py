@@ -1,7 +1,12 @@
-"""The digits report: verdict logic, plots, the report writer on synthetic results, flags, and a tiny real run (slow)."""
+"""The digits report: config, monitor, equal-time plan, the renderer against a golden file, the CLI, and the
+--quick run end to end with a guard that the test split is read once, after all training (slow).
+
+The golden file: `tests/data/report_golden.md` is `render.report_markdown` of the fixed
+`tests/data/report_results.json`. After an intended change of the renderer, rewrite it with
+`UPDATE_GOLDEN=1 python -m pytest tests/test_report.py -k golden` and review the diff.
+"""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -9,10 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import digits_report as report
-from supcon_tf import corruptions, evaluation, plots
+from experiments.report import compute, figures, monitor, readme, render
+from experiments.report.config import METHODS, ReportConfig, SearchSpace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")
+FIXTURE = os.path.join(DATA, "report_results.json")
+GOLDEN = os.path.join(DATA, "report_golden.md")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -22,242 +30,300 @@ def _is_png(path):
 
 
 # ---------------------------------------------------------------------------
-# Statistics and verdicts.
+# Config.
 # ---------------------------------------------------------------------------
 
 
-def test_mean_std_and_format():
-    assert report.mean_std([0.9, 0.92, 0.94]) == pytest.approx((0.92, 0.02))
-    assert report.mean_std([0.5]) == (0.5, 0.0)
-    assert report.fmt([0.9, 0.92, 0.94]) == "92.0 ± 2.0"
-    assert report.fmt([float("nan")]) == "n/a"
+def test_full_and_quick_configs_compose_the_digits_presets():
+    from experiments import presets
 
-
-def test_compare_verdicts():
-    # Clearly better: difference 0.05, standard error sqrt(2 * 1e-4 / 3) = 0.0082 -> t = 6.1.
-    verdict, detail = report.compare([0.95, 0.96, 0.97], [0.90, 0.91, 0.92], higher_is_better=True)
-    assert verdict == "yes" and "t = 6.1" in detail
-    # Better on average but within the noise.
-    assert report.compare([0.91, 0.95, 0.87], [0.90, 0.91, 0.89], higher_is_better=True)[0].startswith("direction only")
-    assert report.compare([0.90, 0.91], [0.95, 0.96], higher_is_better=True)[0] == "no"
-    # Lower is better (mCE, ECE).
-    assert report.compare([0.80, 0.81, 0.79], [1.0, 1.01, 0.99], higher_is_better=False)[0] == "yes"
-    assert report.compare([0.8], [1.0], higher_is_better=False)[0] == "direction only (one seed)"
-    assert report.compare([], [1.0], higher_is_better=False)[0] == "not measured"
-
-
-def test_compare_stability():
-    narrow = {"n": 6, "std": 0.01, "range": 0.03}
-    wide = {"n": 6, "std": 0.10, "range": 0.30}
-    assert report.compare_stability(narrow, wide)[0] == "yes"
-    assert report.compare_stability(wide, narrow)[0] == "no"
-    assert report.compare_stability({"n": 6, "std": 0.01, "range": 0.5}, wide)[0] == "mixed"
-    assert report.compare_stability({"n": 0}, wide)[0] == "not measured"
-
-
-# ---------------------------------------------------------------------------
-# Synthetic results: plots, aggregation and the written report.
-# ---------------------------------------------------------------------------
-
-NAMES = corruptions.CORRUPTION_NAMES
-
-
-def _result(clean_error, slope, rng):
-    errors = {c: np.clip(clean_error + slope * np.arange(1, 6) + 0.01 * rng.uniform(size=5), 0, 1) for c in NAMES}
-    eces = {c: 0.02 + 0.01 * np.arange(1, 6) * slope * 10 for c in NAMES}
-    return evaluation.CorruptionResult(clean_error, 0.02, errors, eces)
-
-
-def _probabilities(accuracy, rng, n=60):
-    labels = rng.integers(0, 10, n)
-    probabilities = np.full((n, 10), 0.02)
-    predicted = np.where(rng.uniform(size=n) < accuracy, labels, (labels + 1) % 10)
-    probabilities[np.arange(n), predicted] = 0.82
-    return probabilities, labels
-
-
-def _synthetic_evaluated(seeds=(0, 1, 2)):
-    rng = np.random.default_rng(0)
-    quality = {"supcon": (0.02, 0.02), "simclr": (0.04, 0.03), "ce": (0.06, 0.04)}
-    per_seed, corruption, probabilities = {}, {}, {}
-    for method, (clean, slope) in quality.items():
-        per_seed[method] = [
-            {
-                "seed": s,
-                "test_top1": 1 - clean - 0.005 * s,
-                "runner_test_top1": 1 - clean - 0.005 * s,
-                "ece": clean / 2 + 0.001 * s,
-                "confidence": 0.8,
-                "knn_top1": 1 - clean,
-                "train_seconds": 10.0,
-            }
-            for s in seeds
-        ]
-        corruption[method] = [_result(clean, slope, rng) for _ in seeds]
-        probabilities[method] = [_probabilities(1 - clean, rng) for _ in seeds]
-    embeddings = {report.LABELS[m]: (rng.normal(size=(40, 6)), rng.integers(0, 10, 40)) for m in report.METHODS}
-    return report.aggregate(per_seed, corruption, probabilities, embeddings)
-
-
-def test_aggregate_uses_the_mean_ce_model_as_baseline():
-    evaluated = _synthetic_evaluated()
-    baseline = evaluated["baseline"]["errors"]
-    ce_runs = evaluated["corruption"]["ce"]
-    np.testing.assert_allclose(baseline["contrast"], np.mean([r.errors["contrast"] for r in ce_runs], axis=0))
-    ce_mces = [e["mce"] for e in evaluated["per_seed"]["ce"]]
-    assert np.mean(ce_mces) == pytest.approx(1.0, abs=1e-9)  # the mean CE model is the baseline
-    supcon = evaluated["per_seed"]["supcon"][0]
-    expected = evaluation.mean_corruption_error(evaluated["corruption"]["supcon"][0].errors, baseline)
-    assert supcon["mce"] == pytest.approx(expected) and supcon["mce"] < 1.0
-    assert set(supcon["corruption_errors"]) == set(NAMES)
-    assert evaluated["bins"]["SupCon"].count.sum() == 3 * 60  # pooled over seeds
-
-
-def test_plots_write_pngs(tmp_path):
-    evaluated = _synthetic_evaluated()
-    by_label = {report.LABELS[m]: evaluated["corruption"][m] for m in report.METHODS}
-    paths = [
-        plots.plot_training_curves(
-            {"SupCon loss": {"SupCon": [[5.0, 4.0, 3.5], [5.1, 4.2, 3.4]]}, "CE accuracy": {"CE": [0.5, 0.8, 0.9]}},
-            tmp_path / "curves.png",
-        ),
-        plots.plot_tsne(evaluated["embeddings"], tmp_path / "nested" / "tsne.png", perplexity=5),
-        plots.plot_reliability_diagrams(evaluated["bins"], tmp_path / "reliability.png"),
-        plots.plot_corruption_severity(by_label, tmp_path / "accuracy.png"),
-        plots.plot_corruption_severity(by_label, tmp_path / "ece.png", metric="ece"),
-        plots.plot_sweep_spread({"CE": [0.5, 0.9, 0.7], "SupCon": [0.9, 0.92]}, tmp_path / "spread.png"),
-    ]
-    for path in paths:
-        assert _is_png(path) and os.path.getsize(path) > 5000, path
-    with pytest.raises(ValueError, match=".png"):
-        plots.plot_sweep_spread({"CE": [0.5]}, tmp_path / "spread.jpg")
-    with pytest.raises(ValueError, match="metric"):
-        plots.plot_corruption_severity(by_label, tmp_path / "x.png", metric="loss")
-    with pytest.raises(ValueError, match="non-empty dict"):
-        plots.plot_reliability_diagrams({}, tmp_path / "x.png")
-
-
-def _stability_rows(scores):
-    rows = [
-        {"trial": str(i), "learning_rate": lr, "batch_size": 64, "augmentation": "simclr", "epochs": 2, "val_accuracy": s, "status": "COMPLETED"}
-        for i, (lr, s) in enumerate(zip((0.01, 0.05, 0.25), scores))
-    ]
-    from experiments import sweep
-
-    return rows, {"spread": sweep.spread(scores)}
-
-
-def test_write_report_states_every_claim(tmp_path):
-    config = report.ReportConfig(output_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"), tsne=False)
-    evaluated = _synthetic_evaluated()
-    evaluated["stability"] = {"ce": _stability_rows([0.6, 0.9, 0.8]), "supcon": _stability_rows([0.95, 0.96, 0.94])}
-    curves = {"CE loss": {"CE": [[2.0, 1.0], [2.1, 1.1]]}}
-    plot_files = report.make_plots(config, evaluated, curves)
-    assert "tsne" not in plot_files and set(plot_files) >= {"reliability", "corruption_accuracy", "stability"}
-    summary = report.summarize(config, evaluated)
-    assert summary["claims"]["accuracy"][0] == "yes"
-    assert summary["claims"]["robustness"][0] == "yes"
-    assert summary["claims"]["stability"][0] == "yes"
-    path = report.write_report(
-        config, evaluated, summary, plot_files, command="python -m experiments.digits_report", wall_seconds=600.0,
-        stage_seconds={"training": 500.0},
-    )
-    text = open(path).read()
-    for needle in (
-        "Command: `python -m experiments.digits_report`",
-        "Wall time: 10.0 min",
-        "| Accuracy: SupCon beats CE top-1 |",
-        "| Robustness: lower mCE on corrupted images |",
-        "| Calibration: lower ECE |",
-        "| Stability: less sensitive to hyper-parameters |",
-        "Reduced budget",
-        "| SupCon | 97.5 ± 0.5 |",
-        "SupCon under-confident (80.0 vs 97.5)",
-    ):
-        assert needle in text, needle
-    for name in plot_files.values():
-        assert f"]({name})" in text and _is_png(tmp_path / "out" / name)
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["summary"]["claims"]["accuracy"][0] == "yes" and results["wall_seconds"] == 600.0
-    assert len(results["corruption"]["ce"]) == 3 and math.isclose(results["baseline"]["clean_error"], 0.06)
-
-
-# ---------------------------------------------------------------------------
-# Config, flags, and a tiny real run.
-# ---------------------------------------------------------------------------
+    for config in (ReportConfig.full(), ReportConfig.quick()):
+        for method in METHODS:
+            stage = config.stages[method]
+            preset = presets.get_preset(f"digits_{method}")
+            assert stage.method == method and stage.optimizer == preset["optimizer"]
+            assert stage.validation_fraction == 0.2 and stage.evaluate_test is False  # never reads the test split
+        assert config.stages["linear"].method == "linear" and config.stages["linear"].cache_features
+        json.dumps(config.to_dict())  # registrable
+    full = ReportConfig.full()
+    assert len(full.seeds) == 5 and full.stability.size == 6
+    assert all(space.max_trials == full.search["ce"].max_trials for space in full.search.values())  # equal budgets
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(seeds=()), "seeds"),
+        (dict(seeds=(0,)), "seeds"),
         (dict(seeds=(0, 0)), "seeds"),
-        (dict(epochs=0), "epochs"),
-        (dict(image_size=4), "image_size"),
-        (dict(grid_learning_rates=()), "grid_learning_rates"),
-        (dict(knn_temperature=0.0), "knn_temperature"),
+        (dict(search={m: SearchSpace(learning_rates=(0.1,), epochs=(3,), temperatures=(0.1,)) for m in METHODS}), "temperature"),
+        (dict(search={m: SearchSpace(learning_rates=(-1.0,), epochs=(3,)) for m in METHODS}), "learning_rate"),
+        (dict(work_dir=""), "work_dir"),
     ],
 )
 def test_report_config_rejects(changes, message):
     with pytest.raises(ValueError, match=message):
-        report.ReportConfig(**changes)
+        ReportConfig.quick(**changes)
 
 
-def _run(*flags, timeout=900):
+def test_work_dir_of_another_config_is_refused(tmp_path):
+    config = ReportConfig.quick(work_dir=str(tmp_path / "work"), output_dir=str(tmp_path / "out"))
+    compute.prepare_work_dir(config)
+    compute.prepare_work_dir(config)  # the same config resumes
+    other = config.replace(seeds=(0, 1, 2))
+    with pytest.raises(ValueError, match="different report config"):
+        compute.prepare_work_dir(other)
+    compute.prepare_work_dir(other, overwrite=True)
+
+
+# ---------------------------------------------------------------------------
+# Monitor and the equal-time plan.
+# ---------------------------------------------------------------------------
+
+
+def test_monitor_knn_equals_the_library_knn():
+    from supcon_tf import evaluation
+
+    rng = np.random.default_rng(0)
+    memory, labels = rng.normal(size=(300, 16)).astype(np.float32), rng.integers(0, 10, 300)
+    queries, query_labels = rng.normal(size=(80, 16)).astype(np.float32), rng.integers(0, 10, 80)
+    for k, temperature in ((200, 0.1), (5, 0.5), (1, 0.1)):
+        ours = monitor.knn_top1(memory, labels, queries, query_labels, k=k, temperature=temperature, num_classes=10)
+        theirs = evaluation.knn_top1(memory, labels, queries, query_labels, k=k, temperature=temperature, num_classes=10)
+        assert ours == pytest.approx(theirs)
+
+
+def _run(seed, stage, monitor_seconds, probe):
+    return {"seed": seed, "stage_seconds": stage, "monitor_seconds": monitor_seconds, "probe_seconds": probe,
+            "train_seconds": stage - monitor_seconds + probe}
+
+
+def test_equal_time_plan_gives_cheaper_methods_more_epochs():
+    equal_epochs = {
+        "epochs": {"ce": 30, "supcon": 30, "simclr": 30},
+        "runs": {
+            "ce": [{**_run(s, 25.0, 5.0, 3.0), "train_seconds": 20.0} for s in (0, 1)],  # CE: its probe is not training
+            "supcon": [_run(s, 55.0, 5.0, 10.0) for s in (0, 1)],  # 60 s: the budget
+            "simclr": [_run(s, 52.0, 5.0, 10.0) for s in (0, 1)],  # 57 s: within 10% -> reused
+        },
+    }
+    budget, plan = compute.equal_time_plan(equal_epochs, tolerance=0.1)
+    assert budget == pytest.approx(60.0)
+    assert plan["ce"]["epochs"] == 90 and not plan["ce"]["reused"]  # (60 - 0) / (20 / 30)
+    assert plan["supcon"]["reused"] and plan["simclr"]["reused"] and plan["simclr"]["epochs"] == 30
+
+
+def test_curves_of_reads_the_monitor_and_the_probe_log(tmp_path):
+    run = tmp_path / "run"
+    (run / "linear").mkdir(parents=True)
+    records = {str(e): {"knn_top1": 0.9, "seconds": 0.5, "val_accuracy": 0.8} for e in range(1, 11)}
+    (run / monitor.CURVE_FILE).write_text(json.dumps(records))
+    (run / "linear" / "training_log.csv").write_text("epoch,val_accuracy\n" + "".join(f"{e},0.{50 + e}\n" for e in range(10)))
+    rules = ReportConfig.quick().rules
+    result = compute.curves_of(str(run), "ce", rules, probed=True)
+    assert result["curves"]["knn_top1"] == [0.9] * 10 and result["monitor_seconds"] == 5.0
+    assert result["convergence"]["knn_top1"]["converged"] is True
+    assert result["convergence"]["probe_val_accuracy"]["converged"] is False  # still rising by 2 points
+    assert result["converged"] is False
+
+
+# ---------------------------------------------------------------------------
+# The renderer: a fixed results.json against a golden file.
+# ---------------------------------------------------------------------------
+
+
+def test_render_matches_golden(tmp_path):
+    results = render.load(FIXTURE)
+    text = render.report_markdown(results)
+    if os.environ.get("UPDATE_GOLDEN"):
+        with open(GOLDEN, "w") as f:
+            f.write(text)
+    with open(GOLDEN) as f:
+        assert text == f.read()
+    path = render.render(results, str(tmp_path), plots=False)
+    assert open(path).read() == text
+
+
+def test_render_states_protocol_before_numbers_and_every_threshold():
+    results = render.load(FIXTURE)
+    text = render.report_markdown(results)
+    rules = results["protocol"]["config"]["rules"]
+    assert text.index("## Pre-registered protocol") < text.index("## Claims") < text.index("## Test results")
+    for needle in (
+        f"p < {rules['alpha']}",
+        f"at most {100 * rules['convergence_tolerance']:.1f} points",
+        f"last {100 * rules['convergence_fraction']:.0f}% of epochs",
+        f"{rules['bootstrap_resamples']} resamples",
+        "**mixed**",
+        f"Registered at {results['protocol']['registered_at']}",
+        f"{results['facts']['machine']['cpu_count']} CPU cores",
+        f"test split {results['facts']['data']['test']} images",
+    ):
+        assert needle in text, needle
+
+
+def test_plots_from_results_json(tmp_path):
+    results = render.load(FIXTURE)
+    paths = figures.make_plots(results, str(tmp_path))
+    assert {os.path.basename(p) for p in paths} == set(render.PLOTS.values())
+    assert all(_is_png(p) for p in paths)
+
+
+def test_readme_tables_name_their_command():
+    text = readme.readme_tables(render.load(FIXTURE), "reports/digits/results.json")
+    assert "python -m experiments.report --readme" in text and "reports/digits/results.json" in text
+    assert "| claim | measure | equal epochs | equal time | verdict |" in text
+
+
+def _readme_block(marker):
+    """README's rendered block: from its `<!-- rendered from ... -->` comment to its closing "(...)" line."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    start = text.rindex("<!--", 0, text.index(marker))
+    lines = []
+    for line in text[start:].splitlines():
+        lines.append(line)
+        if line.startswith("("):
+            break
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    "marker, results, rendering",
+    [
+        ("`python -m experiments.report --readme`", "reports/digits/results.json",
+         lambda r: readme.readme_tables(r, "reports/digits/results.json")),
+        ("`python -m experiments.report --demo_table reports/demo/metrics.json`", "reports/demo/metrics.json",
+         lambda r: readme.demo_table(r, "reports/demo/metrics.json")),
+        ("--render_only --output_dir reports/small_batch --readme`", "reports/small_batch/results.json",
+         lambda r: __import__("experiments.small_batch").small_batch.readme_table(r, "reports/small_batch/results.json")),
+    ],
+)
+def test_readme_numbers_are_rendered_from_committed_json(marker, results, rendering):
+    path = os.path.join(ROOT, results)
+    if not os.path.exists(path):
+        pytest.skip(f"{results} is not committed")
+    assert _readme_block(marker) == rendering(render.load(path)).rstrip()
+
+
+def test_demo_table_from_the_demos_metrics():
+    metrics = {
+        "results": [{"method": "supcon", "test_top1": 0.98612, "train_seconds": 112.14}],
+        "config": {"epochs": 60, "batch_size": 128, "image_size": 16, "seed": 0, "probe_epochs": 100},
+    }
+    text = readme.demo_table(metrics, "reports/demo/metrics.json")
+    assert "`python -m experiments.report --demo_table reports/demo/metrics.json`" in text
+    assert "| supcon | 0.9861 | 112.1 |" in text and "60 epochs each, batch 128, images 16x16, seed 0" in text
+
+
+# ---------------------------------------------------------------------------
+# The program.
+# ---------------------------------------------------------------------------
+
+
+def _program(module, *flags, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "experiments.digits_report", *flags],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [sys.executable, "-m", module, *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def test_flag_lists_are_parsed_with_named_errors():
-    assert report._numbers("seeds", ["0", "1"], int) == (0, 1)
-    with pytest.raises(ValueError, match="`--grid_batch_sizes` must be a comma-separated list of ints"):
-        report._numbers("grid_batch_sizes", ["64", "x"], int)
 
 
 def test_importing_defines_no_flags():
     from absl import flags
 
-    assert "grid_epochs" not in flags.FLAGS  # flags are defined by entry() only: no clash with other binaries
+    import experiments.digits_report  # noqa: F401
+    import experiments.report.__main__  # noqa: F401
+
+    assert "render_only" not in flags.FLAGS  # defined by entry() only: no clash with other binaries
 
 
-def test_binary_bad_flag_one_line(tmp_path):
-    flag, message = "--seeds=a", "seeds"
-    result = _run(flag, f"--output_dir={tmp_path}/o", f"--work_dir={tmp_path}/w")
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+def test_render_only_through_the_old_entry_point(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(open(FIXTURE).read())
+    result = _program("experiments.digits_report", "--render_only", "--noplots", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "REPORT.md").read_text() == open(GOLDEN).read()
+    result = _program("experiments.report", "--readme", f"--output_dir={out}")
+    assert result.returncode == 0 and "| claim | measure |" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--render_only", "--readme"], "exclude each other"),
+        (["--render_only", "--output_dir=/nonexistent/report"], "does not exist"),
+        (["positional"], "unexpected positional"),
+    ],
+)
+def test_program_errors_are_one_line(flags, message):
+    result = _program("experiments.report", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
 
 
+# ---------------------------------------------------------------------------
+# --quick end to end, in process, with the test-split guard.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def split_reads(monkeypatch):
+    """Records every digits split read, and where the final evaluation starts ("EVALUATION")."""
+    from experiments.report import evaluate
+    from supcon_tf import data, runner
+
+    events = []
+    load_digits, load_source, evaluate_on_test = data.load_digits, runner.load_source, evaluate.evaluate_on_test
+
+    def recording_load_digits(split, **kwargs):
+        events.append(split)
+        return load_digits(split, **kwargs)
+
+    def recording_load_source(config, split):
+        events.append(f"source:{split}")
+        return load_source(config, split)
+
+    def marked_evaluate_on_test(*args, **kwargs):
+        events.append("EVALUATION")
+        return evaluate_on_test(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load_digits", recording_load_digits)
+    monkeypatch.setattr(runner, "load_source", recording_load_source)
+    monkeypatch.setattr(evaluate, "evaluate_on_test", marked_evaluate_on_test)
+    return events
+
+
+def test_split_guard_sees_a_test_read(split_reads):
+    from supcon_tf import data
+
+    data.load_digits("test")
+    assert split_reads == ["test"]
+
+
 @pytest.mark.slow
-def test_tiny_report_end_to_end(tmp_path):
-    result = _run(
-        "--seeds=0,1",
-        "--epochs=1",
-        "--probe_epochs=2",
-        "--grid_epochs=1",
-        "--grid_learning_rates=0.01,0.1",
-        "--grid_batch_sizes=128",
-        "--notsne",
-        f"--output_dir={tmp_path}/report",
-        f"--work_dir={tmp_path}/work",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "report"
-    text = (out / "REPORT.md").read_text()
-    assert "## Claims" in text and "| Stability: less sensitive to hyper-parameters |" in text
-    for name in ("training_curves.png", "reliability.png", "corruption_accuracy.png", "corruption_ece.png", "stability.png"):
-        assert _is_png(out / name), name
-    results = json.loads((out / "results.json").read_text())
-    assert [e["seed"] for e in results["per_seed"]["supcon"]] == [0, 1]
-    for entry in results["per_seed"]["ce"]:
-        # The report's own evaluation agrees with the runner's test metric.
-        assert entry["test_top1"] == pytest.approx(entry["runner_test_top1"], abs=1e-6)
-    assert results["stability"]["supcon"]["summary"]["spread"]["n"] == 2
-    assert "accuracy:" in result.stdout and "stability:" in result.stdout
+def test_quick_report_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, split_reads):
+    config = ReportConfig.quick(output_dir=str(tmp_path / "report"), work_dir=str(tmp_path / "work"))
+    results = compute.run(config, command="python -m experiments.report --quick")
+    # The guard: nothing touched the test split before the final evaluation, which read it exactly once.
+    assert "EVALUATION" in split_reads
+    before, after = split_reads[: split_reads.index("EVALUATION")], split_reads[split_reads.index("EVALUATION") :]
+    assert "train" in before and not [e for e in before if "test" in e]
+    assert [e for e in after if "test" in e] == ["test"]
+
+    path = render.render(results, config.output_dir)
+    text = open(path).read()
+    for section in ("## Pre-registered protocol", "## Claims", "## Hyper-parameter search", "## Training to convergence",
+                    "## Test results", "## Hyper-parameter stability", "## Caveats"):
+        assert section in text, section
+    for name in render.PLOTS.values():
+        assert _is_png(tmp_path / "report" / name), name
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())  # strict JSON (no NaN)
+    assert set(saved["verdicts"]) == {"accuracy", "robustness", "calibration", "stability"}
+    assert saved["facts"]["data"]["test"] == 360 and saved["facts"]["machine"]["cpu_count"] == os.cpu_count()
+    equal = saved["test"]["comparisons"]["equal_epochs"]
+    assert [e["seed"] for e in equal["supcon"]] == [0, 1] and set(equal) == {"ce", "supcon", "simclr", "ce_probe"}
+    for method in METHODS:
+        for run in saved["comparisons"]["equal_epochs"]["runs"][method]:
+            assert len(run["curves"]["knn_top1"]) == run["epochs"]  # one monitor record per epoch
+    # Rendering again from the saved file gives the same report.
+    assert render.report_markdown(render.load(str(tmp_path / "report" / "results.json"))) == text

@@ -1,4 +1,5 @@
-"""The keras-tuner sweep: two tiny trials end to end without ever reading the test split; the split; the binary."""
+"""The keras-tuner sweep: trials train only through runner.run and never read the test split; scoring;
+divergence and errors; hyperband warm starts; the split; the binary."""
 
 import csv
 import json
@@ -6,15 +7,26 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
 from experiments import sweep
-from supcon_tf import data, runner
+from supcon_tf import data, resilience, runner
 from supcon_tf.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(epochs=1, steps_per_epoch=2, batch_size=32, encoder_width=0.25, image_size=8, verbose=0, export=False)
+TINY = dict(
+    epochs=1, steps_per_epoch=2, batch_size=32, encoder_width=0.25, image_size=8, verbose=0, export=False,
+    validation_fraction=0.2,
+)
+
+
+def _sweep(tmp_path, method="supcon", name="sweep", **changes):
+    base = RunConfig(method=method, model_dir=str(tmp_path / name), **TINY)
+    values = dict(base=base, probe=sweep.default_probe(base, epochs=2))
+    values.update(changes)
+    return sweep.SweepConfig(**values)
 
 
 @pytest.fixture
@@ -39,55 +51,143 @@ def no_test_split(monkeypatch):
     return loaded
 
 
-def test_guard_catches_a_test_read(no_test_split):
+@pytest.fixture
+def only_runner_fits(monkeypatch):
+    """Fails any `fit` outside `runner.run`; returns the configs runner.run was called with."""
+    calls, depth = [], [0]
+    run, fit = runner.run, keras.Model.fit
+
+    def counting_run(config, **kwargs):
+        calls.append(config)
+        depth[0] += 1
+        try:
+            return run(config, **kwargs)
+        finally:
+            depth[0] -= 1
+
+    def guarded_fit(self, *args, **kwargs):
+        if not depth[0]:
+            raise AssertionError("a fit outside runner.run")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", counting_run)
+    monkeypatch.setattr(keras.Model, "fit", guarded_fit)
+    return calls
+
+
+def test_guards_catch_a_test_read_and_a_fit_outside_the_runner(no_test_split, only_runner_fits):
     with pytest.raises(AssertionError, match="test"):
         data.load_digits("test")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    with pytest.raises(AssertionError, match="outside runner.run"):
+        model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0)
 
 
-def test_two_trials_end_to_end_never_read_the_test_split(tmp_path, no_test_split):
-    base = RunConfig(method="supcon", model_dir=str(tmp_path / "sweep"), **TINY)
-    config = sweep.SweepConfig(
-        base=base, tuner="random", max_trials=2, learning_rates=(0.01, 0.1), temperatures=(0.1,), probe_epochs=2
-    )
+@pytest.mark.slow
+def test_contrastive_trials_are_a_pretrain_and_a_linear_run_scored_on_validation(
+    tmp_path, no_test_split, only_runner_fits
+):
+    config = _sweep(tmp_path, tuner="random", max_trials=2, learning_rates=(0.01, 0.1), temperatures=(0.1,))
     rows, summary = sweep.run_sweep(config)
     assert no_test_split and set(no_test_split) == {"train"}
+    # Two trials, each one pre-training and one linear runner.run, none evaluating the test split.
+    assert [c.method for c in only_runner_fits] == ["supcon", "linear"] * 2
+    assert not any(c.evaluate_test for c in only_runner_fits)
+    assert all(c.validation_fraction == 0.2 for c in only_runner_fits)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"COMPLETED"}
     assert sorted(r["learning_rate"] for r in rows) == [0.01, 0.1]
-    assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in rows)
+    for row in rows:  # the score is the probe's final validation accuracy
+        probe_metrics = json.loads(open(os.path.join(row["model_dir"], "linear", "metrics.json")).read())
+        assert row["val_accuracy"] == pytest.approx(probe_metrics["final_logs"]["val_accuracy"])
     assert rows[0]["val_accuracy"] >= rows[1]["val_accuracy"]  # best first
     with open(tmp_path / "sweep" / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [row["trial"] for row in table] == [r["trial"] for r in rows]
-    assert set(table[0]) == {"trial", "temperature", "learning_rate", "batch_size", "augmentation", "epochs", "val_accuracy", "status"}
+    assert set(table[0]) == {
+        "trial", "temperature", "learning_rate", "batch_size", "augmentation", "epochs", "val_accuracy", "status",
+        "model_dir",
+    }
     markdown = (tmp_path / "sweep" / "results.md").read_text()
     assert "| trial | temperature | learning_rate |" in markdown and "validation split of train" in markdown
     saved = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert saved["spread"]["n"] == 2 and saved["best"]["trial"] == rows[0]["trial"]
-    assert saved["spread"]["min"] <= saved["spread"]["mean"] <= saved["spread"]["max"]
     assert summary["spread"] == saved["spread"]
 
 
-def test_ce_grid_has_no_temperature(tmp_path, no_test_split):
-    base = RunConfig(method="ce", model_dir=str(tmp_path / "ce"), **TINY)
-    config = sweep.SweepConfig(base=base, tuner="grid", max_trials=5, batch_sizes=(16, 32))
-    assert set(config.grids()) == {"learning_rate", "batch_size", "augmentation"}
+@pytest.mark.slow
+def test_ce_grid_with_epochs_and_a_probe(tmp_path, no_test_split, only_runner_fits):
+    config = _sweep(tmp_path, "ce", tuner="grid", max_trials=5, epochs=(1, 2), probe_ce=True)
+    assert set(config.grids()) == {"learning_rate", "batch_size", "augmentation", "epochs"}
     rows, _ = sweep.run_sweep(config)
-    assert sorted(r["batch_size"] for r in rows) == [16, 32]  # the whole grid, once
+    assert sorted(r["epochs"] for r in rows) == [1, 2]  # the whole grid, once
     assert "temperature" not in rows[0]
+    for row in rows:  # CE is scored by its probe here; its own classifier's score is kept
+        metrics = json.loads(open(os.path.join(row["model_dir"], "metrics.json")).read())
+        assert row["classifier_val_accuracy"] == pytest.approx(metrics["final_logs"]["val_accuracy"])
+        assert metrics["epochs"] == row["epochs"]
+    assert [c.method for c in only_runner_fits] == ["ce", "linear"] * 2
+
+
+def test_a_diverged_trial_fails_and_the_search_goes_on(tmp_path, monkeypatch):
+    run = runner.run
+
+    def diverging_run(config, **kwargs):
+        if config.method == "ce" and config.learning_rate == 0.5:
+            raise resilience.Diverged(0, 1, float("nan"), 0.5, "not finite")
+        return run(config, **kwargs)
+
+    monkeypatch.setattr(runner, "run", diverging_run)
+    rows, summary = sweep.run_sweep(_sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.5)))
+    by_rate = {r["learning_rate"]: r for r in rows}
+    assert by_rate[0.5]["status"] == "FAILED" and by_rate[0.5]["val_accuracy"] is None
+    assert by_rate[0.01]["status"] == "COMPLETED" and summary["spread"]["n"] == 1
+
+
+def test_other_errors_end_the_search_with_their_own_type(tmp_path, monkeypatch):
+    def broken_run(config, **kwargs):
+        raise FileNotFoundError("no such data")
+
+    monkeypatch.setattr(runner, "run", broken_run)
+    with pytest.raises(FileNotFoundError, match="no such data"):
+        sweep.run_sweep(_sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.5)))
+
+
+def test_callbacks_reach_the_training_stage_only(tmp_path):
+    seen = []
+
+    class Marker(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            seen.append(self.model.__class__.__name__)
+
+    config = _sweep(tmp_path, tuner="grid", max_trials=1)
+    sweep.run_sweep(config, callbacks=lambda stage: [Marker()])
+    assert seen == ["SupConModel"]
+
+
+def test_an_interrupted_sweep_resumes_its_finished_trials(tmp_path, only_runner_fits):
+    config = _sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.1))
+    first, _ = sweep.run_sweep(config)
+    calls = len(only_runner_fits)
+    again, _ = sweep.run_sweep(config, overwrite=False)  # finished: nothing trains again
+    assert len(only_runner_fits) == calls and [r["val_accuracy"] for r in again] == [r["val_accuracy"] for r in first]
 
 
 @pytest.mark.slow
-def test_hyperband_resumes_trials(tmp_path, no_test_split):
-    base = RunConfig(method="simclr", model_dir=str(tmp_path / "hb"), **dict(TINY, epochs=3))
-    config = sweep.SweepConfig(
-        base=base, tuner="hyperband", learning_rates=(0.01, 0.03, 0.1, 0.3), hyperband_factor=3, probe_epochs=2
+def test_hyperband_promotes_trials_with_their_encoder(tmp_path, no_test_split):
+    config = _sweep(
+        tmp_path, "simclr", tuner="hyperband", learning_rates=(0.01, 0.03, 0.1, 0.3), hyperband_factor=3,
+        base=RunConfig(method="simclr", model_dir=str(tmp_path / "hb"), **dict(TINY, epochs=3)),
     )
     rows, summary = sweep.run_sweep(config)
     assert {r["epochs"] for r in rows} == {1, 3} and summary["spread"]["n"] == len(rows) >= 4
+    promoted = [r for r in rows if r["epochs"] == 3]
+    warm = [json.loads(open(os.path.join(r["model_dir"], "config.json")).read())["encoder_weights"] for r in promoted]
+    assert any(w and w.endswith("model.keras") for w in warm)
 
 
 def test_split_is_stratified_disjoint_and_from_train_only(no_test_split):
-    split = sweep.split_train_validation(RunConfig(), 0.2, seed=0)
+    split = runner.split_train_validation(RunConfig(), 0.2, seed=0)
     assert split.num_train + split.num_validation == 1437 and split.num_validation == 288
     train = [(bytes(np.asarray(image)), int(label)) for image, label in split.train]
     validation = [(bytes(np.asarray(image)), int(label)) for image, label in split.validation]
@@ -98,28 +198,43 @@ def test_split_is_stratified_disjoint_and_from_train_only(no_test_split):
     assert len({image for image, _ in train} | {image for image, _ in validation}) == len(
         {bytes(image) for image in all_train_images}
     )
-    again = sweep.split_train_validation(RunConfig(), 0.2, seed=0)
-    assert [int(label) for _, label in again.validation] == [label for _, label in validation]
+
+
+def test_probe_follows_the_stage_it_scores(tmp_path):
+    config = _sweep(tmp_path)
+    stage = config.base.replace(model_dir=str(tmp_path / "trial"), seed=3)
+    probe = sweep.probe_for(stage, config.probe)
+    assert probe.method == "linear" and probe.pretrained == str(tmp_path / "trial" / "model.keras")
+    assert probe.seed == 3 and probe.validation_fraction == 0.2 and not probe.evaluate_test
+    assert probe.image_size == stage.image_size and probe.epochs == 2
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         (dict(tuner="bayesian"), "tuner"),
-        (dict(base=RunConfig(method="linear", pretrained="x.keras")), "method"),
+        (dict(base=RunConfig(method="linear", pretrained="x.keras", validation_fraction=0.2)), "method"),
+        (dict(base=RunConfig(validation_fraction=0.0)), "validation_fraction"),
         (dict(augmentations=("simclr", "fog")), "augmentation"),
         (dict(batch_sizes=(0,)), "batch_size"),
         (dict(learning_rates=(0.1, 0.1)), "distinct"),
-        (dict(validation_fraction=0.6), "validation_fraction"),
         (dict(max_trials=0), "max_trials"),
-        (dict(tuner="hyperband", hyperband_factor=3, base=RunConfig(epochs=2)), "hyperband"),
+        (dict(base=RunConfig(method="ce", validation_fraction=0.2), temperatures=(0.1,)), "temperature"),
+        (dict(probe=RunConfig(method="ce")), "probe"),
+        (dict(tuner="hyperband", epochs=(1, 2)), "hyperband"),
+        (dict(tuner="hyperband", hyperband_factor=3, base=RunConfig(epochs=2, validation_fraction=0.2)), "hyperband"),
     ],
 )
 def test_sweep_config_rejects(changes, message):
-    values = dict(base=RunConfig())
+    values = dict(base=RunConfig(validation_fraction=0.2))
     values.update(changes)
     with pytest.raises(ValueError, match=message):
         sweep.SweepConfig(**values)
+
+
+def test_sweep_never_evaluates_the_test_split():
+    config = sweep.SweepConfig(base=RunConfig(validation_fraction=0.2, evaluate_test=True))
+    assert config.base.evaluate_test is False and config.probe.evaluate_test is False
 
 
 def test_flag_lists_are_parsed_with_named_errors():
@@ -164,6 +279,7 @@ def test_binary_end_to_end(tmp_path):
         "--epochs=1",
         "--steps_per_epoch=2",
         "--encoder_width=0.25",
+        "--image_size=8",
         "--verbose=0",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -106,10 +106,13 @@ def extract_features(model, dataset, output=REPRESENTATION):
             raise ValueError(
                 f"output='embedding' needs a model with a projection head (SupConModel), received: {type(model).__name__}"
             )
-        forward = tf.function(lambda images: model(images, training=False)[EMBEDDING], reduce_retracing=True)
+        forward = tf.function(
+            lambda images: model(images, training=False)[EMBEDDING], reduce_retracing=True, autograph=False
+        )
     else:
         encoder = encoder_of(model)
-        forward = tf.function(lambda images: encoder(images, training=False), reduce_retracing=True)
+        forward = tf.function(lambda images: encoder(images, training=False), reduce_retracing=True,
+                              autograph=False)
     return data.collect(forward, dataset, np.float32)
 
 

@@ -550,7 +550,9 @@ class LinearProbe(_Classifier):
           `(features [N, rep_dim] float32 NumPy, labels [N] NumPy)`.
         """
         if getattr(self, "_encode_fn", None) is None:  # one traced function per probe, not one per call
-            self._encode_fn = tf.function(lambda images: self.encoder(images, training=False), reduce_retracing=True)
+            self._encode_fn = tf.function(  # a plain call: nothing for AutoGraph to convert
+                lambda images: self.encoder(images, training=False), reduce_retracing=True, autograph=False
+            )
         return data_lib.collect(self._encode_fn, dataset, np.float32)
 
     def fit_cached(self, dataset, *, epochs, batch_size=256, validation_data=None, shuffle_seed=0, **fit_kwargs):

@@ -5,6 +5,8 @@ the driver prints a markdown table and writes it with the raw JSON rows.
 
     .venv/bin/python benchmarks/loss_benchmark.py --out benchmarks/results/loss.md
     .venv/bin/python benchmarks/loss_benchmark.py --batches 1024 --classes 10 --impls tf_dense,torch_dense
+    .venv/bin/python benchmarks/loss_benchmark.py --batches 8192,16384 --impls floor,tf_auto,torch_dense \
+        --dense_max_batch 8192          # no dense form above batch 8192: their sizes are computed instead
 
 Implementations (features [batch, 2 views, 128], L2-normalised, tau 0.1):
   tf_dense, tf_dense_xla          supcon_tf.losses.supcon_loss(implementation="dense"), tf.function (XLA)
@@ -14,12 +16,24 @@ Implementations (features [batch, 2 views, 128], L2-normalised, tau 0.1):
   pml                             pytorch_metric_learning.losses.SupConLoss (temperature 0.1)
   floor                           the three matrix products any exact implementation needs:
                                   logits A C^T, and the two gradient products G C and G^T A (TensorFlow)
+  tf_tiny, tf_tiny_xla            diagnostics: a tiny op (4 rows) in a tf.function, plain / XLA-compiled:
+                                  what TensorFlow's graph runtime and XLA cost before any loss buffer
 Block size: the library default (losses.DEFAULT_BLOCK_SIZE), or the
 environment variable BENCH_BLOCK_SIZE (block-size sweeps).
 Time: median of --repeats forward+backward passes after one warm-up.
 Memory: peak resident set size of the process from the first (warm-up) pass
 to the last, minus the resident size just before the first pass (libraries
 and inputs excluded; TensorFlow's tracing and XLA compilation included).
+TensorFlow rows also record `tf_tensor_peak_mib`, the peak of TensorFlow's
+CPU allocator over the same passes (`tf.config.experimental.get_memory_info`:
+the tensors, XLA's buffers included, without the runtime, compilation or
+malloc overhead), and every row the 1-minute load average after its passes.
+--losses_rev REV measures `supcon_tf/losses.py` as committed at REV (read
+with `git show`; the resolved commit is recorded), e.g. the code before a change.
+--dense_max_batch B: the dense forms (floor, tf_dense*, torch_dense, pml) are
+not run above batch B; their rows record the computed size instead: the
+[rows x rows] float32 logits alone, and PyTorch dense's measured peak at the
+largest batch it ran (same classes) scaled by (rows / its rows)^2.
 """
 
 import argparse
@@ -35,7 +49,12 @@ import time
 DIM = 128
 VIEWS = 2
 TEMPERATURE = 0.1
-ALL_IMPLS = ("floor", "tf_dense", "tf_dense_xla", "tf_blockwise", "tf_blockwise_xla", "tf_auto", "torch_dense", "pml")
+ALL_IMPLS = (
+    "floor", "tf_dense", "tf_dense_xla", "tf_blockwise", "tf_blockwise_xla", "tf_auto", "torch_dense", "pml",
+    "tf_tiny", "tf_tiny_xla",
+)
+DENSE_IMPLS = ("floor", "tf_dense", "tf_dense_xla", "torch_dense", "pml")
+DIAGNOSTIC_IMPLS = ("tf_tiny", "tf_tiny_xla")  # only when asked for (not in the default --impls)
 
 
 def _rss_bytes():
@@ -79,11 +98,35 @@ def _inputs(batch, classes, seed=0):
     return z, y
 
 
-def _tf_step(impl, z, y):
+def _losses_module(losses_rev):
+    """`supcon_tf.losses`, or its text as committed at `losses_rev` (loaded from a temporary file)."""
+    if not losses_rev:
+        from supcon_tf import losses
+
+        return losses
+    import importlib.util
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(
+        ["git", "show", f"{losses_rev}:supcon_tf/losses.py"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    with tempfile.NamedTemporaryFile("w", suffix="_losses.py", delete=False) as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("supcon_tf_losses_at_rev", f.name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.unlink(f.name)
+    return module
+
+
+def _tf_step(impl, z, y, losses_rev=None):
     import tensorflow as tf
 
-    from supcon_tf.losses import supcon_loss
-
+    if impl in ("tf_tiny", "tf_tiny_xla"):
+        tiny = tf.constant(z[:4])
+        op = tf.function(lambda a: tf.reduce_sum(tf.exp(a) * 2.0), jit_compile=impl.endswith("_xla"))
+        return lambda: op(tiny).numpy()
     if impl == "floor":
         anchors = tf.constant(z.transpose(1, 0, 2).reshape(-1, DIM))
 
@@ -96,8 +139,8 @@ def _tf_step(impl, z, y):
         return lambda: step(anchors).numpy()
     implementation = {"tf_dense": "dense", "tf_blockwise": "blockwise", "tf_auto": "auto"}[impl.replace("_xla", "")]
     features, labels = tf.constant(z), tf.constant(y)
-    from supcon_tf import losses
-
+    losses = _losses_module(losses_rev)
+    supcon_loss = losses.supcon_loss
     block_size = int(os.environ.get("BENCH_BLOCK_SIZE", losses.DEFAULT_BLOCK_SIZE))
 
     @tf.function(jit_compile=impl.endswith("_xla"))
@@ -156,10 +199,28 @@ def _torch_step(impl, z, y):
     return run
 
 
-def run_one(impl, batch, classes, repeats):
+def _tf_allocator(reset):
+    """TensorFlow's CPU allocator peak (bytes) since the last reset, or None (no TensorFlow, or no stats)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    import tensorflow as tf
+
+    try:
+        if reset:
+            tf.config.experimental.reset_memory_stats("CPU:0")
+        return tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    except Exception:  # noqa: BLE001 - stats not kept by this build / device
+        return None
+
+
+def run_one(impl, batch, classes, repeats, losses_rev=None):
     z, y = _inputs(batch, classes)
-    step = _torch_step(impl, z, y) if impl in ("torch_dense", "pml") else _tf_step(impl, z, y)
+    if impl in ("torch_dense", "pml"):
+        step = _torch_step(impl, z, y)
+    else:
+        step = _tf_step(impl, z, y, losses_rev)
     times = []
+    _tf_allocator(reset=True)
     with _PeakRss() as rss:
         base = _rss_bytes()
         step()  # warm-up (tracing / compilation / allocator growth): counted in memory, not in time
@@ -167,14 +228,40 @@ def run_one(impl, batch, classes, repeats):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-    return {
+    tensor_peak = _tf_allocator(reset=False)
+    row = {
         "impl": impl,
         "batch": batch,
         "classes": classes,
         "median_s": statistics.median(times),
         "times_s": times,
         "peak_delta_mib": (rss.peak - base) / 2**20,
+        "base_rss_mib": base / 2**20,
+        "load_1min": os.getloadavg()[0],
     }
+    if tensor_peak is not None:
+        row["tf_tensor_peak_mib"] = tensor_peak / 2**20
+    if losses_rev:
+        row["losses_rev"] = losses_rev
+    return row
+
+
+def _dense_estimate(impl, batch, classes, rows):
+    """The row of a dense form not run at `batch`: its computed size (see the module docstring)."""
+    contrast_rows = VIEWS * batch
+    row = {
+        "impl": impl, "batch": batch, "classes": classes, "not_run": "dense form above --dense_max_batch",
+        "dense_logits_mib": contrast_rows * contrast_rows * 4 / 2**20,
+    }
+    measured = [
+        r for r in rows
+        if r["impl"] == "torch_dense" and r["classes"] == classes and "error" not in r and "not_run" not in r
+    ]
+    if measured:
+        ref = max(measured, key=lambda r: r["batch"])
+        row["torch_dense_estimate_mib"] = ref["peak_delta_mib"] * (batch / ref["batch"]) ** 2
+        row["estimate_from_batch"] = ref["batch"]
+    return row
 
 
 def _versions():
@@ -192,8 +279,14 @@ def drive(args):
     for batch in args.batches:
         for classes in args.classes:
             for impl in args.impls:
+                if args.dense_max_batch is not None and batch > args.dense_max_batch and impl in DENSE_IMPLS:
+                    rows.append(_dense_estimate(impl, batch, classes, rows))
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
                 repeats = args.repeats if batch < 8192 else max(2, args.repeats - 1)
                 command = [sys.executable, __file__, "--single", impl, str(batch), str(classes), str(repeats)]
+                if args.losses_rev:
+                    command += ["--losses_rev", args.losses_rev]
                 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
                 result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
                 line = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]
@@ -205,19 +298,36 @@ def drive(args):
 
 
 def table(rows):
-    header = "| batch | classes | implementation | median fwd+bwd (s) | peak memory (MiB) | time / floor | time / torch dense | memory / torch dense |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    header = (
+        "| batch | contrast rows | classes | implementation | median fwd+bwd (s) | peak memory (MiB) | "
+        "TF tensors peak (MiB) | time / floor | time / torch dense | memory / torch dense | load |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     by_key = {(r["batch"], r["classes"], r["impl"]): r for r in rows}
     for r in rows:
+        lead = f"| {r['batch']} | {VIEWS * r['batch']} | {r['classes']} | {r['impl']} |"
         if "error" in r:
-            lines.append(f"| {r['batch']} | {r['classes']} | {r['impl']} | error: {r['error'][:60]} | | | | |")
+            lines.append(f"{lead} error: {r['error'][:60]} | | | | | | |")
+            continue
+        if "not_run" in r:
+            estimate = (
+                f"; PyTorch dense by the measured accounting (batch {r['estimate_from_batch']} x "
+                f"{(r['batch'] / r['estimate_from_batch']) ** 2:.0f}): {r['torch_dense_estimate_mib']:.0f} MiB"
+                if "torch_dense_estimate_mib" in r else ""
+            )
+            lines.append(f"{lead} not run: logits alone {r['dense_logits_mib']:.0f} MiB{estimate} | | | | | | |")
             continue
         floor = by_key.get((r["batch"], r["classes"], "floor"))
         torch = by_key.get((r["batch"], r["classes"], "torch_dense"))
-        ratio = lambda a, b, k: f"{a[k] / b[k]:.2f}" if b and "error" not in b and b[k] > 0 else "-"  # noqa: E731
+        ok = lambda b, k: b and "error" not in b and "not_run" not in b and b[k] > 0  # noqa: E731
+        ratio = lambda a, b, k, fmt=".2f": f"{a[k] / b[k]:{fmt}}" if ok(b, k) else "-"  # noqa: E731
+        memory = ratio(r, torch, "peak_delta_mib", ".3f")
+        if memory == "-" and torch and torch.get("torch_dense_estimate_mib"):
+            memory = f"{r['peak_delta_mib'] / torch['torch_dense_estimate_mib']:.4f} (of the estimate)"
+        tensors = f"{r['tf_tensor_peak_mib']:.0f}" if "tf_tensor_peak_mib" in r else "-"
         lines.append(
-            f"| {r['batch']} | {r['classes']} | {r['impl']} | {r['median_s']:.3f} | {r['peak_delta_mib']:.0f} | "
-            f"{ratio(r, floor, 'median_s')} | {ratio(r, torch, 'median_s')} | {ratio(r, torch, 'peak_delta_mib')} |"
+            f"{lead} {r['median_s']:.3f} | {r['peak_delta_mib']:.0f} | {tensors} | "
+            f"{ratio(r, floor, 'median_s')} | {ratio(r, torch, 'median_s')} | {memory} | {r.get('load_1min', 0):.1f} |"
         )
     return "\n".join(lines)
 
@@ -226,24 +336,39 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[256, 1024, 4096, 8192])
     parser.add_argument("--classes", type=lambda s: [int(x) for x in s.split(",")], default=[10, 100])
-    parser.add_argument("--impls", type=lambda s: s.split(","), default=list(ALL_IMPLS))
+    default_impls = [impl for impl in ALL_IMPLS if impl not in DIAGNOSTIC_IMPLS]
+    parser.add_argument("--impls", type=lambda s: s.split(","), default=default_impls)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--out", default=None, help="Write the markdown table and raw rows here.")
+    parser.add_argument("--dense_max_batch", type=int, default=None,
+                        help="Do not run the dense forms above this batch; record their computed size.")
+    parser.add_argument("--losses_rev", default=None,
+                        help="Measure supcon_tf/losses.py as committed at this git revision (read with git show).")
     parser.add_argument("--single", nargs=4, metavar=("IMPL", "BATCH", "CLASSES", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.single:
         impl, batch, classes, repeats = args.single
-        print(json.dumps(run_one(impl, int(batch), int(classes), int(repeats))))
+        print(json.dumps(run_one(impl, int(batch), int(classes), int(repeats), args.losses_rev)))
         return 0
     unknown = set(args.impls) - set(ALL_IMPLS)
     if unknown:
         parser.error(f"unknown --impls {sorted(unknown)}; valid: {ALL_IMPLS}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if args.losses_rev:  # pin the revision: a symbolic one (HEAD) would move
+        args.losses_rev = subprocess.run(
+            ["git", "rev-parse", "--verify", f"{args.losses_rev}^{{commit}}"], cwd=root, capture_output=True,
+            text=True, check=True,
+        ).stdout.strip()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
     rows = drive(args)
     load = os.getloadavg()
+    code = f"supcon_tf/losses.py at {args.losses_rev}" if args.losses_rev else "supcon_tf/losses.py of the working tree"
     text = (
-        f"Run {started}; {json.dumps(_versions())}; load average after the run {load[0]:.2f}\n\n"
+        f"Run {started}; {json.dumps(_versions())}; load average before the run {load_before[0]:.2f}, "
+        f"after {load[0]:.2f}; {code}; block size "
+        f"{os.environ.get('BENCH_BLOCK_SIZE', 'default')}\n\n"
         f"Command: `.venv/bin/python benchmarks/loss_benchmark.py {' '.join(argv)}`\n\n{table(rows)}\n"
     )
     print(text)

@@ -172,38 +172,21 @@ def train_dataset(config, source, start_batch=0):
     is first come, first served).
     """
     num_views = config.num_views if config.method in ("supcon", "simclr") else 1
+    stream = dict(num_views=num_views, augment=_augmentation(config), seed=config.seed, start_batch=start_batch)
     if config.data_service:
         from supcon_tf import data_service
 
-        dataset = data_service.sharded_multiview_dataset(
-            source,
-            batch_size=config.batch_size,
-            num_views=num_views,
-            augment=_augmentation(config),
-            seed=config.seed,
-            start_batch=start_batch,
-        )
+        dataset = data_service.sharded_multiview_dataset(source, batch_size=config.batch_size, **stream)
     elif config.sampler == "class_balanced":
         dataset = data.make_class_balanced_dataset(
             source,
             classes_per_batch=config.batch_size // config.samples_per_class,
             samples_per_class=config.samples_per_class,
-            num_views=num_views,
-            augment=_augmentation(config),
-            seed=config.seed,
             repeat=True,
-            start_batch=start_batch,
+            **stream,
         )
     else:
-        dataset = data.make_multiview_dataset(
-            source,
-            batch_size=config.batch_size,
-            num_views=num_views,
-            augment=_augmentation(config),
-            seed=config.seed,
-            repeat=True,
-            start_batch=start_batch,
-        )
+        dataset = data.make_multiview_dataset(source, batch_size=config.batch_size, repeat=True, **stream)
     if num_views == 1:
         dataset = dataset.map(lambda views, labels: (views[:, 0], labels))
     if config.data_service:

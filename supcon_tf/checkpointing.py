@@ -55,7 +55,7 @@ def is_chief():
 
 
 def worker_backup_dir(base_dir):
-    """This worker's own `BackupAndRestore` folder: `base_dir/<task_type>_<index>`.
+    """This worker's own backup folder (`BackupStore`; Keras `BackupAndRestore` alike): `base_dir/<task_type>_<index>`.
 
     Args:
       base_dir: non-empty path shared by the run.

@@ -15,7 +15,7 @@ different steps stay consistent with each other.
 `MemoryQueue` is the one object a contrastive model needs: the queue and,
 optionally, the momentum key networks, behind `read()` and `update()`.
 Everything here is state of a Keras layer or model (plain variables), so it
-is saved and restored by `.keras` files, `save_weights`/`BackupAndRestore`
+is saved and restored by `.keras` files, `save_weights` and the step-level backups
 and `tf.train.Checkpoint` like any other weight.
 """
 

@@ -31,13 +31,14 @@ Writes Markdown to --out and the same numbers as JSON next to it.
 """
 
 import argparse
-import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
+
+from _results import write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -263,12 +264,7 @@ def main(argv):
     }
     text = _markdown(result)
     print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump(result, f, indent=2)
+    write_results(text, result, args.out)
     return 0
 
 

@@ -20,11 +20,12 @@ machine's CPU count and load measured at run time.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
+
+from _results import write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -236,12 +237,7 @@ def main(argv):
     ]
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump(results, f, indent=2)
+    write_results(text, results, args.out)
     return 0
 
 

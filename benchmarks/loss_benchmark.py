@@ -46,6 +46,8 @@ import subprocess
 import sys
 import time
 
+from _results import write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
+
 DIM = 128
 VIEWS = 2
 TEMPERATURE = 0.1
@@ -372,12 +374,7 @@ def main(argv):
         f"Command: `.venv/bin/python benchmarks/loss_benchmark.py {' '.join(argv)}`\n\n{table(rows)}\n"
     )
     print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump(rows, f, indent=1)
+    write_results(text, rows, args.out, indent=1)
     return 0
 
 

@@ -288,10 +288,6 @@ class BackupStore:
                     if os.path.exists(path):
                         os.remove(path)
 
-    def delete(self):
-        """Removes every worker's backups (the run is finished)."""
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 def metric_state(model):
     """The metrics' variable values (`{metric name: [values]}`), to restore a half-done epoch's running means."""

@@ -204,6 +204,10 @@ class RunFolder:
         with checkpointing.atomic_path(self.path(FINISHED), fault_point="finished_marker") as temporary:
             with open(temporary, "w") as f:
                 f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        self.delete_backups()
+
+    def delete_backups(self):
+        """Removes every worker's backups: the last step of a finished run (also after a kill right after FINISHED)."""
         shutil.rmtree(self.backup_dir, ignore_errors=True)
 
     def truncate_log(self, from_epoch):

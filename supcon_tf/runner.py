@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from typing import NamedTuple
 
@@ -343,8 +342,8 @@ def check_inputs(config, strategy, num_train, num_classes):
 
 
 def _already_finished(folder):
-    if checkpointing.is_chief() and os.path.isdir(folder.backup_dir):
-        shutil.rmtree(folder.backup_dir, ignore_errors=True)  # a kill after the FINISHED marker left it
+    if checkpointing.is_chief():
+        folder.delete_backups()  # a kill after the FINISHED marker can leave them
     metrics = dict(folder.metrics() or {})
     metrics["already_finished"] = True
     return metrics

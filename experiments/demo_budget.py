@@ -1,0 +1,164 @@
+r"""How `make demo`'s budget was chosen: test top-1 of the three methods against pre-training epochs.
+
+Runs the demo program (`python -m experiments.demo`, one process per run,
+as `make demo` runs it) for every (epochs, seed) of the grid and writes
+`--output`, a JSON file with every run's rows, the wall time of each demo
+process, and facts about the machine measured while it ran (CPU count, load
+average). `--render` prints the Markdown table README.md quotes, from that file
+only.
+
+    python -m experiments.demo_budget                                  # the grid: reports/demo/budget.json
+    python -m experiments.demo_budget --render reports/demo/budget.json
+
+Finished runs under `--work_dir` are reused (run the same command again
+after an interruption); the demo's own run folders resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+METHODS = ("supcon", "simclr", "ce")
+
+
+def define_flags():
+    """Defines the flags; only when run as a program."""
+    flags.DEFINE_list("epochs", ["10", "20", "40", "80"], "Pre-training (and CE) epochs to try.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every budget runs once per seed.")
+    flags.DEFINE_integer("image_size", 8, "The demo's --image_size.")
+    flags.DEFINE_string("work_dir", "runs/demo_budget", "Where the demo runs go.")
+    flags.DEFINE_string("output", "reports/demo/budget.json", "The results file to write.")
+    flags.DEFINE_string("render", None, "Only print the Markdown table from this results file.")
+
+
+def _positive_ints(values, name):
+    try:
+        parsed = [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"`--{name}` must be a list of ints, received: --{name}={','.join(values)}") from None
+    if not parsed or min(parsed) < (1 if name == "epochs" else 0):
+        raise ValueError(f"`--{name}` must be a non-empty list of ints >= 1, received: --{name}={','.join(values)}")
+    return parsed
+
+
+def _one_run(work_dir, epochs, seed, image_size):
+    """One demo process; returns `{"epochs", "seed", "wall_seconds", "results": [...]}`."""
+    run_dir = os.path.join(work_dir, f"e{epochs}_s{seed}")
+    record = os.path.join(run_dir, "budget_run.json")
+    if os.path.exists(record):
+        with open(record) as f:
+            return json.load(f)
+    command = [
+        sys.executable, "-m", "experiments.demo", f"--output_dir={run_dir}", f"--epochs={epochs}",
+        f"--seed={seed}", f"--image_size={image_size}", "--verbose=0",
+    ]
+    start = time.time()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.time() - start
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    row = {
+        "epochs": epochs, "seed": seed, "wall_seconds": round(wall, 1), "load_average_after": os.getloadavg()[0],
+        "results": metrics["results"], "config": metrics["config"],
+    }
+    tmp = record + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(row, f, indent=2)
+    os.replace(tmp, record)
+    return row
+
+
+def run(epochs_grid, seeds, image_size, work_dir, output):
+    """Runs the grid; writes and returns the results dict."""
+    load_before = os.getloadavg()[0]
+    runs = []
+    for epochs in epochs_grid:
+        for seed in seeds:
+            print(f"[budget] epochs {epochs} seed {seed}", flush=True)
+            runs.append(_one_run(work_dir, epochs, seed, image_size))
+    results = {
+        "command": "python -m experiments.demo_budget " + " ".join(sys.argv[1:]),
+        "image_size": image_size,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
+        },
+        "runs": runs,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, output)
+    return results
+
+
+def summary(results):
+    """`{epochs: {"wall_seconds": [..], method: [top1 %, ...]}}` over seeds."""
+    table = {}
+    for entry in results["runs"]:
+        row = table.setdefault(entry["epochs"], {"wall_seconds": []})
+        row["wall_seconds"].append(entry["wall_seconds"])
+        for result in entry["results"]:
+            row.setdefault(result["method"], []).append(100.0 * result["test_top1"])
+    return dict(sorted(table.items()))
+
+
+def render(results, path="reports/demo/budget.json"):
+    """The Markdown table README.md quotes: mean +- std test top-1 per method and the demo's wall time."""
+    table = summary(results)
+    seeds = sorted({entry["seed"] for entry in results["runs"]})
+    machine = results["machine"]
+    lines = [
+        f"<!-- rendered from {path} by `python -m experiments.demo_budget --render {path}` -->",
+        "",
+        "| epochs | " + " | ".join(f"{m} test top-1 (%)" for m in METHODS) + " | demo wall time (s) |",
+        "|---" * (len(METHODS) + 2) + "|",
+    ]
+    for epochs, row in table.items():
+        cells = [f"{np.mean(row[m]):.1f} +- {np.std(row[m]):.1f}" if m in row else "-" for m in METHODS]
+        lines.append(f"| {epochs} | " + " | ".join(cells) + f" | {np.mean(row['wall_seconds']):.0f} |")
+    lines += [
+        "",
+        f"(images {results['image_size']}x{results['image_size']}, seeds {', '.join(map(str, seeds))}: mean +- std "
+        f"over seeds; one demo process per run on {machine['cpu_count']} CPUs, load average "
+        f"{machine['load_average_before']:.1f} before and {machine['load_average_after']:.1f} after the grid.)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"demo_budget: error: unexpected positional arguments: {argv[1:]}", file=sys.stderr)
+        return 2
+    if FLAGS.render:
+        with open(FLAGS.render) as f:
+            print(render(json.load(f), FLAGS.render))
+        return 0
+    try:
+        epochs_grid = _positive_ints(FLAGS.epochs, "epochs")
+        seeds = _positive_ints(FLAGS.seeds, "seeds")
+        if FLAGS.image_size < 8:
+            raise ValueError(f"`--image_size` must be >= 8, received: --image_size={FLAGS.image_size}")
+    except ValueError as error:
+        print(f"demo_budget: error: {error}", file=sys.stderr)
+        return 2
+    results = run(epochs_grid, seeds, FLAGS.image_size, FLAGS.work_dir, FLAGS.output)
+    print(render(results, FLAGS.output))
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

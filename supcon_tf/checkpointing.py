@@ -138,25 +138,21 @@ class ChiefModelCheckpoint(keras.callbacks.Callback):
       filepath: destination; may contain `{epoch}` (1-based, like Keras'
         `ModelCheckpoint`). Must end in `.keras` or `.weights.h5`.
       period: save every `period` epochs (and always after the last one).
-      target: the model to save (default: the model being fit).
 
     Example:
 
     >>> model.fit(ds, epochs=100, callbacks=[ChiefModelCheckpoint("run/ckpt/epoch{epoch:03d}.keras")])
     """
 
-    def __init__(self, filepath, period=1, target=None):
+    def __init__(self, filepath, period=1):
         super().__init__()
         filepath = os.fspath(filepath)
         if not (filepath.endswith(".keras") or filepath.endswith(".weights.h5")):
             raise ValueError(f"`filepath` must end in .keras or .weights.h5, received: filepath={filepath!r}")
         if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ValueError(f"`period` must be a positive int, received: period={period!r}")
-        if target is not None and not isinstance(target, keras.Model):
-            raise ValueError(f"`target` must be a keras.Model or None, received: target={target!r}")
         self.filepath = filepath
         self.period = period
-        self.target = target  # the model to save, when fit runs on a part of it (cached linear probe)
         self._epochs = None
 
     def on_train_begin(self, logs=None):
@@ -166,7 +162,7 @@ class ChiefModelCheckpoint(keras.callbacks.Callback):
         last = self._epochs is not None and epoch + 1 == self._epochs
         if (epoch + 1) % self.period == 0 or last:
             save_model_atomically(
-                self.target or self.model,
+                self.model,
                 self.filepath.format(epoch=epoch + 1, **(logs or {})),
                 fault_point="checkpoint_write",
             )
@@ -334,7 +330,6 @@ class StepBackup(keras.callbacks.Callback):
       every_steps: backup period in steps (0: epoch ends only).
       first_step: steps of the first epoch done before this `fit`.
       first_metrics: `metric_state` saved with the resumed state.
-      target: the model whose state is saved (default: the model being fit).
       signals: a `resilience.SignalWatcher`; on a signal, a backup is written
         after the current step and `resilience.Interrupted` is raised.
       meta: callable returning extra JSON-able metadata for each state.
@@ -350,7 +345,6 @@ class StepBackup(keras.callbacks.Callback):
         every_steps=0,
         first_step=0,
         first_metrics=None,
-        target=None,
         signals=None,
         meta=None,
         check_finite=True,
@@ -367,15 +361,11 @@ class StepBackup(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.first_step = first_step
         self.first_metrics = first_metrics
-        self.target = target
         self.signals = signals
         self.meta = meta or (lambda: {})
         self.check_finite = check_finite
         self._first_epoch = None
         self.epoch_logs = None
-
-    def _owner(self):
-        return self.target or self.model
 
     def position(self, epoch, batch):
         """`(steps done in epoch, global step)` after batch `batch` (0-based, of this fit) of `epoch`."""
@@ -394,13 +384,13 @@ class StepBackup(keras.callbacks.Callback):
         self._epoch = epoch
 
     def save(self, epoch, step, global_step):
-        if self.check_finite and not all_finite(self._owner()):
+        if self.check_finite and not all_finite(self.model):
             raise resilience.Diverged(
                 epoch, step, float("nan"), resilience.current_learning_rate(self.model), "non-finite weights",
                 global_step + 1,
             )
         meta = dict(self.meta(), metrics=metric_state(self.model), epoch_logs=self.epoch_logs)
-        self.store.save(self._owner(), epoch=epoch, step=step, global_step=global_step, meta=meta)
+        self.store.save(self.model, epoch=epoch, step=step, global_step=global_step, meta=meta)
 
     def on_train_batch_begin(self, batch, logs=None):
         resilience.faults().before_step(self.position(self._epoch, batch - 1)[1])

@@ -476,18 +476,19 @@ class _StageTrainer:
         self.train_seconds = 0.0
         self.validation = None
         if config.method == "linear" and config.cache_features:
+            # The probe itself, fed {REPRESENTATION: features} computed once (models.LinearProbe).
             features, labels = model.extract_features(eval_dataset(config, train_source))
-            self.fit_model = model.cached_head()
-            self.stream = lambda start: data.make_feature_batches(
-                features, labels, batch_size=config.batch_size, seed=config.seed, start_batch=start
+            self.stream = lambda start: model.feature_inputs(
+                data.make_feature_batches(
+                    features, labels, batch_size=config.batch_size, seed=config.seed, start_batch=start
+                )
             )
             if validation_source is not None:
                 val_features, val_labels = model.extract_features(eval_dataset(config, validation_source))
-                self.validation = tf.data.Dataset.from_tensor_slices((val_features, val_labels)).batch(
-                    config.batch_size
+                self.validation = model.feature_inputs(
+                    tf.data.Dataset.from_tensor_slices((val_features, val_labels)).batch(config.batch_size)
                 )
         else:
-            self.fit_model = model
             self.stream = lambda start: train_dataset(config, train_source, start_batch=start)
             if validation_source is not None:
                 self.validation = validation_dataset(config, validation_source)
@@ -495,14 +496,12 @@ class _StageTrainer:
     def _callbacks(self, signals, guard, first_step, first_metrics, clock):
         config, folder = self.config, self.folder
         task_type, task_index = checkpointing.task_type_and_index()
-        target = self.model if self.fit_model is not self.model else None
         backup = checkpointing.StepBackup(
             self.store,
             steps_per_epoch=self.steps_per_epoch,
             every_steps=config.backup_every_steps,
             first_step=first_step,
             first_metrics=first_metrics,
-            target=target,
             signals=signals,
             meta=lambda: {"train_seconds": clock(), "reference_loss": guard.reference},
         )
@@ -513,7 +512,7 @@ class _StageTrainer:
         callbacks += [
             keras.callbacks.TensorBoard(folder.path("logs", f"{task_type}_{task_index}"), update_freq="epoch"),
             checkpointing.ChiefModelCheckpoint(
-                folder.path("checkpoints", "latest.keras"), period=config.checkpoint_every, target=target
+                folder.path("checkpoints", "latest.keras"), period=config.checkpoint_every
             ),
             *self.extra_callbacks,
             backup,  # last: after the CSV row, the checkpoint and the caller's callbacks of an epoch
@@ -538,8 +537,7 @@ class _StageTrainer:
     def train(self, process_start):
         """Fits the remaining steps; returns the last epoch's logs."""
         config, epochs, steps = self.config, self.config.epochs, self.steps_per_epoch
-        target = self.model if self.fit_model is not self.model else self.fit_model
-        resumed = self.store.restore(target)
+        resumed = self.store.restore(self.model)
         epoch, step, meta = (resumed.epoch, resumed.step, resumed.meta) if resumed else (0, 0, {})
         if resumed is not None and checkpointing.is_chief():
             self.folder.record_resume(epoch, step, resumed.global_step)
@@ -565,7 +563,7 @@ class _StageTrainer:
         with resilience.SignalWatcher() as signals, self._keeping_good_backups():
             for first_epoch, end_epoch, segment_steps, first_step, first_metrics in segments:
                 callbacks, backup = self._callbacks(signals, guard, first_step, first_metrics, clock)
-                self.fit_model.fit(
+                self.model.fit(
                     self.stream(first_epoch * steps + first_step),
                     initial_epoch=first_epoch,
                     epochs=end_epoch,

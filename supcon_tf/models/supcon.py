@@ -1,101 +1,29 @@
-"""Keras models of the two-stage protocol: SupConModel (pre-training), LinearProbe and CrossEntropyModel.
-
-Stage 1, `SupConModel`: encoder + projection head trained with the SupCon (or
-SimCLR) loss by a custom `train_step`, so plain `model.fit` works.
-Stage 2, `LinearProbe`: the head is dropped, the encoder frozen and called
-with `training=False`, and a linear classifier is trained with cross-entropy.
-Baseline, `CrossEntropyModel`: the same encoder + a linear classifier trained
-end to end with cross-entropy.
-"""
+"""`SupConModel`: encoder + projection head pre-trained with the SupCon (or SimCLR) loss by `model.fit`."""
 
 from __future__ import annotations
 
 import copy
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from supcon_tf import data as data_lib
 from supcon_tf import distribute
 from supcon_tf import losses as losses_lib
 from supcon_tf import memory as memory_lib
 from supcon_tf import online_eval as online_eval_lib
 from supcon_tf._checks import is_int
-
-# Output keys of SupConModel.call (STYLE.md 12).
-REPRESENTATION = "representation"
-EMBEDDING = "embedding"
-# Output keys of the classifiers' `predict_all`.
-LOGITS = "logits"
-PROBABILITIES = "probabilities"
+from supcon_tf.models._base import (
+    EMBEDDING,
+    REPRESENTATION,
+    build_from_encoder,
+    check_compile_kwargs,
+    check_model,
+    check_num_classes,
+    compile_and_build_optimizer,
+    encoder_output_dim,
+)
 
 METHODS = ("supcon", "simclr")
-
-
-def _check_model(name, value):
-    if not isinstance(value, keras.layers.Layer):
-        raise ValueError(f"`{name}` must be a Keras layer or model, received: {name}={value!r}")
-
-
-def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an int >= 2, received: num_classes={num_classes!r}")
-
-
-def _check_compile_kwargs(model_name, kwargs, forbidden):
-    for key in forbidden:
-        if key in kwargs:
-            raise ValueError(
-                f"{model_name}.compile() computes its own {key}; do not pass it. "
-                f"Received: {key}={kwargs[key]!r}"
-            )
-
-
-def _encoder_output_dim(encoder):
-    shape = encoder.output_shape
-    if isinstance(shape, list) or len(shape) != 2:
-        raise ValueError(
-            f"`encoder` must map images to a [batch, dim] representation, received: an encoder with output shape {shape}"
-        )
-    return int(shape[-1])
-
-
-def build_optimizer_state(model):
-    """Creates the optimizer variables of a built, compiled model, so that saved optimizer state can load.
-
-    Each optimizer is built for exactly the variables it updates: a
-    SupConModel's main optimizer for encoder + head, its online optimizer
-    (if any) for the online classifier; any other model's for all its
-    trainable variables.
-    """
-    if model.optimizer is None or not model.built:
-        return
-    variables = getattr(model, "contrastive_variables", None)
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables if variables is None else variables)
-    online = getattr(model, "online_optimizer", None)
-    if online is not None and not online.built:
-        online.build(model.online_classifier.trainable_variables)
-
-
-def _compile_and_build_optimizer(model, config):
-    """`model.compile(**config)`, then creates the optimizer variables so saved optimizer state can load."""
-    model.compile(**config)
-    build_optimizer_state(model)
-
-
-def _build_from_encoder(model):
-    """Builds `model` at construction when its encoder is a built functional model.
-
-    A built model never needs Keras to trace it on a data batch to create
-    its state (which would pass `[batch, views, ...]` training data to
-    `call`, and which under multi-worker training goes through
-    `MultiWorkerFitMixin`).
-    """
-    encoder = model.encoder
-    if encoder.built and isinstance(getattr(encoder, "inputs", None), list) and len(encoder.inputs) == 1:
-        model.build(tuple(encoder.inputs[0].shape))
 
 
 # SupConModel's constructor arguments besides encoder and head, in order (attributes and `get_config` keys).
@@ -128,7 +56,7 @@ def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_step
     # The loss options (temperature, ..., positives_cap), with the loss's own messages.
     losses_lib.SupConLoss(use_labels=method == "supcon", **loss_options)
     if online_eval_classes is not None:
-        _check_num_classes(online_eval_classes)
+        check_num_classes(online_eval_classes)
         online_eval_classes = int(online_eval_classes)
     if not isinstance(contrast_metrics, bool):
         raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
@@ -247,8 +175,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
                  variant="out", denominator="all", positives_cap=-1, cross_replica=True, queue_size=0,
                  queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, contrast_metrics=False, **kwargs):
         super().__init__(**kwargs)
-        _check_model("encoder", encoder)
-        _check_model("head", head)
+        check_model("encoder", encoder)
+        check_model("head", head)
         self.encoder, self.head = encoder, head
         options = _checked_supcon_options(
             method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes, contrast_metrics,
@@ -273,7 +201,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         if self.online_classifier is not None:
             self._trackers["online_top1"] = keras.metrics.SparseCategoricalAccuracy(name="online_top1")
-        _build_from_encoder(self)
+        build_from_encoder(self)
 
     def compile(self, optimizer="sgd", online_optimizer=None, **kwargs):
         """Configures the optimizer (the loss is the model's own: `loss`, `metrics`, ... raise a ValueError).
@@ -282,7 +210,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         digits linear probe's rate: the head must keep up with a moving representation);
         `**kwargs`: forwarded to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
         """
-        _check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
+        check_compile_kwargs(type(self).__name__, kwargs, ("loss", "loss_weights", "metrics", "weighted_metrics"))
         if online_optimizer is not None and self.online_classifier is None:
             raise ValueError(
                 "`online_optimizer` needs an online classifier: construct the model with online_eval_classes=C. "
@@ -299,7 +227,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         config = keras.saving.deserialize_keras_object(config)
         for key in ("loss", "loss_weights", "metrics", "weighted_metrics"):
             config.pop(key, None)
-        _compile_and_build_optimizer(self, config)
+        compile_and_build_optimizer(self, config)
 
     @property
     def metrics(self):
@@ -313,7 +241,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     def build(self, input_shape):
         if not self.encoder.built:
             self.encoder.build(input_shape)
-        rep_dim = _encoder_output_dim(self.encoder)
+        rep_dim = encoder_output_dim(self.encoder)
         if not self.head.built:
             self.head.build((None, rep_dim))
         if self.online_classifier is not None and not self.online_classifier.built:
@@ -444,197 +372,3 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
-
-
-class _Classifier(distribute.MultiWorkerFitMixin, keras.Model):
-    """Shared parts of the two classifiers: an encoder and a linear `Dense` head giving logits."""
-
-    def __init__(self, encoder, num_classes, **kwargs):
-        super().__init__(**kwargs)
-        _check_model("encoder", encoder)
-        _check_num_classes(num_classes)
-        _encoder_output_dim(encoder)
-        self.encoder = encoder
-        self.num_classes = int(num_classes)
-        self.classifier = keras.layers.Dense(self.num_classes, name="classifier", dtype="float32")
-        _build_from_encoder(self)
-
-    def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
-        """Cross-entropy on logits and accuracy by default.
-
-        Args:
-          optimizer: a Keras optimizer or its name.
-          loss: default `SparseCategoricalCrossentropy(from_logits=True)`.
-          metrics: default `["accuracy"]`.
-          **kwargs: forwarded to `keras.Model.compile`.
-        """
-        if loss is None:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if metrics is None:
-            metrics = ["accuracy"]
-        self._metric_specs = list(metrics)
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def compile_from_config(self, config):
-        """Re-compiles a loaded model (optimizer, loss, metrics) from its saved compile config."""
-        _compile_and_build_optimizer(self, keras.saving.deserialize_keras_object(config))
-
-    def build(self, input_shape):
-        if not self.encoder.built:
-            self.encoder.build(input_shape)
-        if not self.classifier.built:
-            self.classifier.build((None, _encoder_output_dim(self.encoder)))
-        self.built = True
-
-    def predict_all(self, images):
-        """Returns `{LOGITS, PROBABILITIES, REPRESENTATION}` for `[batch, H, W, C]` images (inference mode)."""
-        representation = self.encoder(images, training=False)
-        logits = self.classifier(representation)
-        return {LOGITS: logits, PROBABILITIES: tf.nn.softmax(logits), REPRESENTATION: representation}
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(encoder=keras.saving.serialize_keras_object(self.encoder), num_classes=self.num_classes)
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = copy.deepcopy(config)  # deserialisation consumes nested dicts
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        return cls(**config)
-
-
-@keras.saving.register_keras_serializable(package="supcon_tf")
-class LinearProbe(_Classifier):
-    """Linear evaluation: a frozen encoder (called with `training=False`) and a trainable `Dense` classifier.
-
-    The probe is its own model, so nothing of it leaks into pre-training
-    (STYLE.md 8). Constructing it sets `encoder.trainable = False`: from this
-    point the encoder is an evaluation-only feature extractor (also for any
-    other model that shares it).
-
-    Args:
-      encoder: a built Keras model from images to `[batch, rep_dim]`.
-      num_classes: int >= 2.
-      **kwargs: forwarded to `keras.Model`.
-
-    Call arguments:
-      images: `[batch, H, W, C]` float images.
-      training: bool; only affects the classifier (the encoder always runs
-        in inference mode).
-    Returns logits `[batch, num_classes]` float32.
-
-    Example:
-
-    >>> probe = LinearProbe(pretrained.encoder, num_classes=10)
-    >>> probe.compile(keras.optimizers.Adam(1e-2))
-    >>> probe.fit_cached(train_images_dataset, epochs=50)  # features computed once
-    >>> probe.evaluate(test_images_dataset)
-    """
-
-    def __init__(self, encoder, num_classes, **kwargs):
-        super().__init__(encoder, num_classes, **kwargs)
-        self.encoder.trainable = False
-
-    def call(self, images, training=False):
-        representation = tf.stop_gradient(self.encoder(images, training=False))
-        return self.classifier(representation, training=training)
-
-    def extract_features(self, dataset):
-        """Runs the frozen encoder once over `(images, labels)` batches.
-
-        Args:
-          dataset: a `tf.data.Dataset` of `(images [B, H, W, C], labels [B])`.
-
-        Returns:
-          `(features [N, rep_dim] float32 NumPy, labels [N] NumPy)`.
-        """
-        if getattr(self, "_encode_fn", None) is None:  # one traced function per probe, not one per call
-            self._encode_fn = tf.function(  # a plain call: nothing for AutoGraph to convert
-                lambda images: self.encoder(images, training=False), reduce_retracing=True, autograph=False
-            )
-        return data_lib.collect(self._encode_fn, dataset, np.float32)
-
-    def fit_cached(self, dataset, *, epochs, batch_size=256, validation_data=None, shuffle_seed=0, **fit_kwargs):
-        """Trains the classifier on features computed once (for un-augmented training data).
-
-        The encoder is frozen and deterministic at inference, so with
-        augmentation off the features of every epoch are the same: computing
-        them once makes the probe orders of magnitude cheaper. Uses the
-        optimizer, loss and metrics given to `compile`.
-
-        Args:
-          dataset: `tf.data.Dataset` of `(images, labels)` batches.
-          epochs: positive int.
-          batch_size: classifier batch size over the cached features.
-          validation_data: optional dataset like `dataset`.
-          shuffle_seed: seed of the per-epoch shuffling of the cached features.
-          **fit_kwargs: forwarded to `keras.Model.fit` (callbacks, verbose).
-
-        Returns:
-          The `keras.callbacks.History` of the classifier training.
-        """
-        if not self.compiled:
-            raise ValueError("Call `compile()` before `fit_cached()`. Received: an uncompiled LinearProbe")
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"`epochs` must be a positive int, received: epochs={epochs!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, received: batch_size={batch_size!r}")
-        features, labels = self.extract_features(dataset)
-        validation = None
-        if validation_data is not None:
-            validation = self.extract_features(validation_data)
-        train = data_lib.make_feature_batches(features, labels, batch_size=int(batch_size), seed=shuffle_seed)
-        fit_kwargs.setdefault("shuffle", False)  # `train` shuffles itself
-        return self.cached_head().fit(
-            train,
-            epochs=epochs,
-            steps_per_epoch=-(-len(labels) // int(batch_size)),
-            validation_data=validation,
-            **fit_kwargs,
-        )
-
-    def cached_head(self):
-        """The classifier as a compiled model on `[batch, rep_dim]` features, for training on cached features.
-
-        It shares this probe's classifier variables and optimizer (so the
-        probe is trained by training it, and `self.save_weights` holds its
-        state); the metrics are fresh copies of the compiled ones.
-        """
-        if not self.compiled:
-            raise ValueError("Call `compile()` before `cached_head()`. Received: an uncompiled LinearProbe")
-        head = self.__dict__.get("_cached_head_model")
-        if head is None:
-            inputs = keras.Input((_encoder_output_dim(self.encoder),))
-            head = keras.Model(inputs, self.classifier(inputs), name=f"{self.name}_cached")
-            metrics = [m if isinstance(m, str) else m.__class__.from_config(m.get_config()) for m in self._metric_specs]
-            head.compile(optimizer=self.optimizer, loss=self.loss, metrics=metrics)
-            # Kept outside Keras' attribute tracking: the head is a view of this
-            # probe's own classifier, not a sub-layer to save a second time.
-            self.__dict__["_cached_head_model"] = head
-        return head
-
-
-@keras.saving.register_keras_serializable(package="supcon_tf")
-class CrossEntropyModel(_Classifier):
-    """The cross-entropy baseline: encoder + linear classifier, trained end to end.
-
-    Args:
-      encoder: a Keras model from images to `[batch, rep_dim]`.
-      num_classes: int >= 2.
-      **kwargs: forwarded to `keras.Model`.
-
-    Call arguments:
-      images: `[batch, H, W, C]` float images.
-      training: bool.
-    Returns logits `[batch, num_classes]` float32.
-
-    Example:
-
-    >>> model = CrossEntropyModel(encoders.build_encoder("small_cnn", (8, 8, 1)), 10)
-    >>> model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
-    >>> model.fit(train_images_dataset, epochs=30)
-    """
-
-    def call(self, images, training=False):
-        return self.classifier(self.encoder(images, training=training), training=training)

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from _results import run_header, write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
+
 
 def measure(policy_name, image_size, source_kind, batches):
     import numpy as np
@@ -55,16 +57,9 @@ def main(argv):
         rate = measure(policy, size, kind, args.batches)
         lines.append(f"| {label} | {policy} | {rate:.0f} |")
         print(lines[-1], flush=True)
-    text = (
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, batch 256 x 2 views, "
-        f"load average after the run {os.getloadavg()[0]:.2f}\n\n"
-        f"Command: `.venv/bin/python benchmarks/pipeline_benchmark.py {' '.join(argv)}`\n\n" + "\n".join(lines) + "\n"
-    )
+    text = run_header("pipeline_benchmark.py", argv, "batch 256 x 2 views") + "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_results(text, None, args.out)
     return 0
 
 

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from _results import run_header, write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
+
 BATCH = 256
 VIEWS = 2
 
@@ -95,7 +97,7 @@ def tf_row(encoder_name, repeats, batch):
     t_step = _median_time(lambda: full_step().numpy(), repeats)
     return {
         "step_s": t_step,
-        "images_per_s": batch * VIEWS / t_step,
+        "views_per_s": batch * VIEWS / t_step,
         "forward_s": t_forward,
         "loss_s": t_loss,
         "backward_s": max(0.0, t_grads - t_forward - t_loss),
@@ -157,7 +159,7 @@ def torch_row(repeats, batch):
         return float(loss)
 
     t_step = _median_time(step, repeats)
-    return {"step_s": t_step, "images_per_s": batch * VIEWS / t_step}
+    return {"step_s": t_step, "views_per_s": batch * VIEWS / t_step}
 
 
 def main(argv):
@@ -194,20 +196,12 @@ def main(argv):
             lines.append(f"| {r['row']} | error: {r['error'][:80]} | | | | | |")
             continue
         lines.append(
-            f"| {r['row']} | {r['step_s']:.2f} | {r['images_per_s']:.1f} | {fmt(r, 'forward_s')} | "
+            f"| {r['row']} | {r['step_s']:.2f} | {r['views_per_s']:.1f} | {fmt(r, 'forward_s')} | "
             f"{fmt(r, 'loss_s')} | {fmt(r, 'backward_s')} | {fmt(r, 'optimizer_s')} |"
         )
-    load = os.getloadavg()[0]
-    text = (
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, batch {args.batch} x {VIEWS} views, "
-        f"load average after the run {load:.2f}\n\nCommand: `.venv/bin/python benchmarks/train_step_benchmark.py "
-        f"{' '.join(argv)}`\n\n" + "\n".join(lines) + "\n"
-    )
+    text = run_header("train_step_benchmark.py", argv, f"batch {args.batch} x {VIEWS} views") + "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_results(text, None, args.out)
     return 0
 
 

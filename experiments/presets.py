@@ -10,22 +10,15 @@ from __future__ import annotations
 # Shared pieces -----------------------------------------------------------
 
 _CIFAR_DATA = dict(image_size=32, augmentation="simclr", crop_scale_min=0.2, flip=True)
+# The paper's projection head (2048 -> 128) and SupCon temperature.
+_PAPER_HEAD = dict(head_hidden=2048, embedding_dim=128, temperature=0.1)
+# SGD with momentum 0.9 and weight decay 1e-4 after 10 warm-up epochs (CIFAR pre-training and CE).
+_CIFAR_SGD = dict(optimizer="sgd", momentum=0.9, weight_decay=1e-4, warmup_epochs=10)
 # CIFAR pre-training (Khosla et al. 2020, Sec. 4 and App.): ResNet-50, batch 1024,
 # lr 0.5, SGD momentum 0.9, weight decay 1e-4, warm-up then cosine, 1000 epochs,
 # tau 0.1, 2048 -> 128 projection head.
 _CIFAR_SUPCON = dict(
-    _CIFAR_DATA,
-    method="supcon",
-    encoder="resnet50",
-    head_hidden=2048,
-    embedding_dim=128,
-    temperature=0.1,
-    optimizer="sgd",
-    learning_rate=0.5,
-    momentum=0.9,
-    weight_decay=1e-4,
-    warmup_epochs=10,
-    epochs=1000,
+    _CIFAR_DATA, **_PAPER_HEAD, **_CIFAR_SGD, method="supcon", encoder="resnet50", learning_rate=0.5, epochs=1000,
     batch_size=1024,
 )
 # SimCLR baseline: same protocol, labels ignored, tau 0.5 (SimCLR's CIFAR value).
@@ -33,32 +26,14 @@ _CIFAR_SIMCLR = dict(_CIFAR_SUPCON, method="simclr", temperature=0.5)
 # Cross-entropy baseline: the reference implementation's CIFAR command
 # (batch 1024, lr 0.8, cosine, 500 epochs), same encoder and augmentation.
 _CIFAR_CE = dict(
-    _CIFAR_DATA,
-    method="ce",
-    encoder="resnet50",
-    optimizer="sgd",
-    learning_rate=0.8,
-    momentum=0.9,
-    weight_decay=1e-4,
-    warmup_epochs=10,
-    epochs=500,
-    batch_size=1024,
+    _CIFAR_DATA, **_CIFAR_SGD, method="ce", encoder="resnet50", learning_rate=0.8, epochs=500, batch_size=1024
 )
 # Linear probe: frozen encoder, linear classifier, SGD, 100 epochs, batch 512,
 # lr 5 (reference implementation). Deviation: features are computed once
 # without augmentation (cache_features) instead of crop + flip every epoch.
 _CIFAR_LINEAR = dict(
-    _CIFAR_DATA,
-    method="linear",
-    encoder="resnet50",
-    augmentation="none",
-    cache_features=True,
-    optimizer="sgd",
-    learning_rate=5.0,
-    momentum=0.9,
-    weight_decay=0.0,
-    epochs=100,
-    batch_size=512,
+    _CIFAR_DATA, method="linear", encoder="resnet50", augmentation="none", cache_features=True, optimizer="sgd",
+    learning_rate=5.0, momentum=0.9, weight_decay=0.0, epochs=100, batch_size=512,
 )
 # ImageNet (Khosla et al. 2020, Table 2 / App.): ResNet-50 with LARS and
 # AutoAugment at batch 6144 for 350 epochs, tau 0.1. The learning rate
@@ -66,20 +41,8 @@ _CIFAR_LINEAR = dict(
 # and weight decay 1e-6 (our choice; the SupCon paper's main text does not
 # restate it).
 _IMAGENET = dict(
-    dataset="imagenet2012",
-    image_size=224,
-    crop_scale_min=0.08,
-    flip=True,
-    head_hidden=2048,
-    embedding_dim=128,
-    temperature=0.1,
-    optimizer="lars",
-    learning_rate=7.2,
-    momentum=0.9,
-    weight_decay=1e-6,
-    warmup_epochs=10,
-    batch_size=6144,
-    synchronized_bn=True,
+    _PAPER_HEAD, dataset="imagenet2012", image_size=224, crop_scale_min=0.08, flip=True, optimizer="lars",
+    learning_rate=7.2, momentum=0.9, weight_decay=1e-6, warmup_epochs=10, batch_size=6144, synchronized_bn=True,
 )
 # Digits: what runs here in minutes (same settings as `make demo`).
 _DIGITS = dict(

@@ -447,11 +447,9 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False):
       image_shape: optional `(height, width, channels)`; as in `export_encoder`.
       overwrite: replace an existing export at `path` (default False).
 
-    Returns:
-      The absolute path written, on the chief; None on other workers, which
-      write nothing.
+    Returns: as `export_encoder`.
 
-    Signatures (input `"images"`; preprocessing as in the module docstring):
+    Signatures (input `"images"`, preprocessed as the module docstring says):
       "serving_default", "classify": float32 `[batch, H, W, C]` in [0, 1];
       "classify_uint8": uint8 `[batch, height, width, 1 or 3]`, any size;
       "classify_encoded": string `[batch]` of JPEG or PNG bytes, any size.

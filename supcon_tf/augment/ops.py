@@ -90,8 +90,7 @@ def random_resized_crop(images, seed, *, size, scale=(0.2, 1.0), ratio=(3 / 4, 4
     `tf.image.crop_and_resize`; a box as large as the output is copied exactly.
 
     Args:
-      images: `[B, H, W, C]` float32 in [0, 1] (or uint8), C in {1, 3}.
-      seed: int32/int64 tensor of shape `[2]`.
+      images, seed: as the module docstring says.
       size: output `(height, width)`, or one int for a square output.
       scale: `(lo, hi)`, 0 < lo <= hi <= 1, the range of the crop's area as a
         fraction of the image's area.
@@ -170,8 +169,7 @@ def random_flip_left_right(images, seed, p=0.5):
     """Mirrors each image horizontally with probability `p`, drawn per sample.
 
     Args:
-      images: `[B, H, W, C]` float32 in [0, 1] (or uint8), C in {1, 3}.
-      seed: int32/int64 tensor of shape `[2]`.
+      images, seed: as the module docstring says.
       p: probability in [0, 1] that a sample is flipped.
 
     Returns:
@@ -219,8 +217,7 @@ def color_jitter(
     are no-ops for 1-channel images.
 
     Args:
-      images: `[B, H, W, C]` float32 in [0, 1] (or uint8), C in {1, 3}.
-      seed: int32/int64 tensor of shape `[2]`.
+      images, seed: as the module docstring says.
       brightness: strength >= 0 of the brightness jitter (0 disables it).
       contrast: strength >= 0 of the contrast jitter (0 disables it).
       saturation: strength >= 0 of the saturation jitter (0 disables it).
@@ -286,8 +283,7 @@ def random_grayscale(images, seed, p=0.2):
     """Replaces each image by its luma with probability `p` (per sample), keeping the channel count.
 
     Args:
-      images: `[B, H, W, C]` float32 in [0, 1] (or uint8), C in {1, 3}.
-      seed: int32/int64 tensor of shape `[2]`.
+      images, seed: as the module docstring says.
       p: probability in [0, 1] that a sample is converted.
 
     Returns:

@@ -1,11 +1,4 @@
-"""Dataset sources (bundled digits, TFDS, image folders, arrays) and the n-view input pipeline.
-
-Source convention: a source is a `tf.data.Dataset` of `(image, label)` pairs,
-`image` uint8 `[H, W, C]` (C in {1, 3}) and `label` int32 scalar, together
-with its number of classes and image shape (module constants for digits,
-`info` for TFDS, the class-name list for image folders).
-
-Pipelines turn a source into batches:
+"""Input pipelines: a source (`supcon_tf.data.sources`) in, batches out.
 
 * `make_multiview_dataset`: training batches `(views [B, V, H', W', C]
   float32 in [0, 1], labels [B] int32)`, V independently augmented views per
@@ -13,397 +6,44 @@ Pipelines turn a source into batches:
 * `make_class_balanced_dataset`: the same batches drawn P classes x K
   samples per class (`class_balanced_indices`), for small batches;
 * `make_eval_dataset`: evaluation batches `(images [B, H', W', C] float32 in
-  [0, 1], labels [B] int32)`, resized only.
-"""
+  [0, 1], labels [B] int32)`, resized only;
+* `make_feature_batches`: shuffled batches of in-memory features (the cached
+  linear probe);
+* `collect`: runs a forward function over a dataset of batches.
 
-import functools
-import numbers
-import os
+The training streams are resumable: batch `k` is a pure function of
+`(seed, k)` (stateless per-pass shuffles, `_shuffle_pass`, and stateless
+per-batch augmentation seeds, `_add_views`), so `start_batch` rebuilds the
+stream from any batch without replaying the ones before it.
+"""
 
 import numpy as np
 import tensorflow as tf
 
-from supcon_tf._checks import as_size as _as_size
 from supcon_tf._checks import boolean as _check_bool
-from supcon_tf._checks import is_int as _is_int
 from supcon_tf._checks import non_negative_int as _check_non_negative_int
 from supcon_tf._checks import positive_int as _check_positive_int
 from supcon_tf._checks import seed as _check_seed
+from supcon_tf.data._checks import check_source as _check_source
+from supcon_tf.data._checks import check_view_stream as _check_view_stream
 
 from supcon_tf import augment as augment_lib
 
-DIGITS_NUM_CLASSES = 10
-DIGITS_IMAGE_SHAPE = (8, 8, 1)
-DIGITS_NUM_IMAGES = 1797
-
-# File suffixes (lower case) that `load_image_folder` reads.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-SPLITS = ("train", "test")
+__all__ = [
+    "make_multiview_dataset",
+    "class_balanced_indices",
+    "make_class_balanced_dataset",
+    "make_eval_dataset",
+    "make_feature_batches",
+    "collect",
+]
 
 # Second word of the pipeline's base seed, so that its stateless draws do not
 # coincide with those of a caller who seeds augmentations with `[seed, 0]`.
 _PIPELINE_SEED_SALT = 0x5C0
 
-
-# ---------------------------------------------------------------------------
-# Argument validation (private).
-# ---------------------------------------------------------------------------
-
-
-
-
-
-def _check_augment(augment):
-    if not callable(augment):
-        raise ValueError(
-            "`augment` must be a callable (images, seed) -> images, "
-            f"received: augment={augment!r}"
-        )
-
-
-
-
-
-
-
-
-
-
-def _check_source(dataset, name="dataset"):
-    """Checks that `dataset` follows the source convention (image [H, W, C], integer label [])."""
-    if not isinstance(dataset, tf.data.Dataset):
-        raise ValueError(
-            f"`{name}` must be a tf.data.Dataset of (image, label) pairs, "
-            f"received: {name} of type {type(dataset).__name__}"
-        )
-    spec = dataset.element_spec
-    ok = (
-        isinstance(spec, tuple)
-        and len(spec) == 2
-        and all(isinstance(s, tf.TensorSpec) for s in spec)
-    )
-    if ok:
-        image_spec, label_spec = spec
-        ok = (
-            image_spec.shape.rank == 3
-            and image_spec.shape[-1] in (1, 3)
-            and (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating)
-            and label_spec.shape.rank == 0
-            and label_spec.dtype.is_integer
-        )
-    if not ok:
-        raise ValueError(
-            f"`{name}` must yield (image uint8 [H, W, C] with C in {{1, 3}}, label int scalar) "
-            f"pairs, received: {name} with element_spec={spec!r}"
-        )
-
-
-# ---------------------------------------------------------------------------
-# Sources.
-# ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_arrays():
-    """All 1,797 digits as (uint8 [N, 8, 8, 1], int32 [N]); read-only, cached."""
-    from sklearn import datasets
-
-    digits = datasets.load_digits()
-    # sklearn's pixels are counts 0..16; scale to 0..255.
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
-    labels = digits.target.astype(np.int32)
-    images.setflags(write=False)
-    labels.setflags(write=False)
-    return images, labels
-
-
-def load_digits(split, *, test_fraction=0.2, seed=0):
-    """Returns one split of scikit-learn's bundled handwritten digits (offline).
-
-    The split is stratified by class and fixed by `seed`
-    (`sklearn.model_selection.train_test_split(..., stratify=labels)`), so
-    "train" and "test" with the same `test_fraction` and `seed` partition the
-    1,797 images. Each split keeps the images' original order.
-
-    Args:
-      split: "train" or "test".
-      test_fraction: fraction of the images in the test split, in (0, 1); the
-        test split gets `ceil(test_fraction * 1797)` images.
-      seed: int in [0, 2**31), the split's random state.
-
-    Returns:
-      `(images, labels)` NumPy arrays: images uint8 `[N, 8, 8, 1]` (sklearn's
-      0..16 scaled to 0..255 and rounded), labels int32 `[N]` in [0, 10).
-      With the defaults: 1,437 train and 360 test images.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {list(SPLITS)}, received: split={split!r}")
-    if not isinstance(test_fraction, numbers.Real) or isinstance(test_fraction, bool):
-        raise ValueError(
-            f"`test_fraction` must be a number in (0, 1), received: test_fraction={test_fraction!r}"
-        )
-    num_test = int(np.ceil(test_fraction * DIGITS_NUM_IMAGES))
-    if not 0.0 < test_fraction < 1.0 or not (
-        DIGITS_NUM_CLASSES <= num_test <= DIGITS_NUM_IMAGES - DIGITS_NUM_CLASSES
-    ):
-        raise ValueError(
-            "`test_fraction` must be in (0, 1) and leave each split at least one image per "
-            f"class, received: test_fraction={test_fraction!r}"
-        )
-    seed = _check_seed(seed)
-
-    from sklearn.model_selection import train_test_split
-
-    images, labels = _digits_arrays()
-    train_index, test_index = train_test_split(
-        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
-    )
-    index = np.sort(train_index if split == "train" else test_index)
-    return images[index], labels[index]
-
-
-def from_arrays(images, labels):
-    """Wraps in-memory arrays as a source dataset.
-
-    Args:
-      images: uint8 `[N, H, W, C]`, N >= 1, C in {1, 3}.
-      labels: integer `[N]`, values in [0, 2**31).
-
-    Returns:
-      A `tf.data.Dataset` of `(image uint8 [H, W, C], label int32 [])`.
-    """
-    images = np.asarray(images)
-    labels = np.asarray(labels)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] < 1:
-        raise ValueError(
-            "`images` must be an array [N, H, W, C] with N >= 1 and C in {1, 3}, "
-            f"received: images with shape={images.shape}"
-        )
-    if images.dtype != np.uint8:
-        raise ValueError(f"`images` must be uint8, received: images with dtype={images.dtype}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"`labels` must be an array [N] with N = {images.shape[0]} (the number of images), "
-            f"received: labels with shape={labels.shape}"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"`labels` must be integers, received: labels with dtype={labels.dtype}")
-    if labels.min() < 0 or labels.max() >= 2**31:
-        raise ValueError(
-            "`labels` must be in [0, 2**31), received: labels with "
-            f"min={labels.min()} and max={labels.max()}"
-        )
-    return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-
-
-def load_tfds(name, split, *, data_dir=None, download=False):
-    """Loads a prepared TensorFlow Datasets image-classification dataset as a source.
-
-    With `download=False` (the default) nothing touches the network: when the
-    prepared data is missing, this raises `FileNotFoundError` at once, saying
-    how to prepare it elsewhere (`tfds.load` would instead retry downloads for
-    minutes on an offline machine).
-
-    Args:
-      name: TFDS name, optionally with config and version ("cifar10",
-        "cifar100:3.0.2").
-      split: TFDS split string ("train", "test", "train[:10%]", ...).
-      data_dir: TFDS data directory; None for TFDS's default
-        (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
-      download: whether to download and prepare missing data (needs internet).
-
-    Returns:
-      `(dataset, info)`: a `tf.data.Dataset` of `(image uint8 [H, W, C], label
-      int32 [])` in file order (not shuffled), and the `tfds.core.DatasetInfo`
-      (`info.features["label"].num_classes`, `info.features["image"].shape`).
-
-    Raises:
-      ValueError: unknown dataset, version or split; a dataset without
-        (image, label) supervised keys.
-      FileNotFoundError: the data is not prepared in `data_dir` and
-        `download` is False.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"`name` must be a non-empty string, received: name={name!r}")
-    if not isinstance(split, str) or not split:
-        raise ValueError(f"`split` must be a non-empty string, received: split={split!r}")
-    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        raise ValueError(f"`data_dir` must be None or a path, received: data_dir={data_dir!r}")
-    _check_bool(download, "download")
-    data_dir = None if data_dir is None else os.fspath(data_dir)
-
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except (ValueError, AssertionError) as error:  # DatasetNotFoundError is a ValueError.
-        raise ValueError(
-            f"`name` is not a known TFDS dataset (or config/version), received: name={name!r}. "
-            f"TFDS says: {str(error).splitlines()[0]}"
-        ) from error
-
-    if not builder.is_prepared():
-        if download:
-            builder.download_and_prepare()
-        else:
-            raise FileNotFoundError(_tfds_missing_message(name, data_dir, builder.data_dir))
-
-    info = builder.info
-    if info.supervised_keys is None or tuple(info.supervised_keys) != ("image", "label"):
-        raise ValueError(
-            "`name` must be an image-classification dataset with supervised keys "
-            f"('image', 'label'), received: name={name!r} with "
-            f"supervised_keys={info.supervised_keys!r}"
-        )
-    try:
-        dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-    except (ValueError, KeyError) as error:
-        raise ValueError(
-            f"`split` is not a split of {name!r} (splits: {sorted(info.splits)}), "
-            f"received: split={split!r}"
-        ) from error
-    dataset = dataset.map(
-        lambda image, label: (tf.cast(image, tf.uint8), tf.cast(label, tf.int32)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return dataset, info
-
-
-def _tfds_missing_message(name, data_dir, expected_dir):
-    where = f"data_dir={data_dir!r}" if data_dir is not None else "TFDS's default data_dir"
-    dir_arg = f", data_dir={data_dir!r}" if data_dir is not None else ""
-    found = ""
-    parent = os.path.dirname(expected_dir)
-    if os.path.isdir(parent):
-        versions = sorted(d for d in os.listdir(parent) if not d.startswith("."))
-        if versions:
-            found = (
-                f" Found only {versions} in {parent!r}; pass name='{name}:<version>' to use one."
-            )
-    return (
-        f"TFDS dataset {name!r} is not prepared in {where} (looked for {expected_dir!r}).{found} "
-        "load_tfds does not download by default. Prepare it on a machine with internet:\n"
-        f"  python -c \"import tensorflow_datasets as tfds; "
-        f"tfds.builder('{name}'{dir_arg}).download_and_prepare()\"\n"
-        "then copy the data directory to this machine, or call load_tfds(..., download=True)."
-    )
-
-
-def _decode_image_file(path, channels):
-    """Decodes one file eagerly to uint8 `[H, W, channels]`; a corrupt file raises ValueError."""
-    try:
-        return tf.io.decode_image(
-            tf.io.read_file(path), channels=channels, dtype=tf.uint8, expand_animations=False
-        )
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"Cannot decode image file {path!r}: {message}") from error
-
-
-def load_image_folder(root, *, image_size=None, channels=3):
-    """Reads a `root/<class>/<image>` folder tree as a source.
-
-    Class ids are the indices of the sorted class directory names (hidden
-    directories skipped); a class directory's images are the files (searched
-    recursively) ending in .png, .jpg or .jpeg (any case), in sorted order.
-    Every image is decoded once here, so that a corrupt file fails now, with
-    its path, rather than mid-training; the dataset decodes again lazily.
-
-    Args:
-      root: path of the folder tree.
-      image_size: None to keep the images' size (they must then all have the
-        same size), or `(height, width)` / one int to resize (bilinear,
-        antialiased, rounded back to uint8).
-      channels: 1 or 3, the channels to decode to (grayscale/RGB conversion
-        as TF's decoders do it).
-
-    Returns:
-      `(dataset, class_names)`: a `tf.data.Dataset` of `(image uint8 [H, W,
-      channels], label int32 [])` in class then file order, and the sorted
-      list of class names (its length is the number of classes).
-
-    Raises:
-      FileNotFoundError: `root` is not a directory.
-      ValueError: no class directories, a class directory without images
-        (it would silently become a class no sample has), a file that does not
-        decode, or images of different sizes with `image_size=None`.
-    """
-    if not isinstance(root, (str, os.PathLike)):
-        raise ValueError(f"`root` must be a path, received: root={root!r}")
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise ValueError(f"`channels` must be 1 or 3, received: channels={channels!r}")
-    if image_size is not None:
-        image_size = _as_size(image_size, "image_size")
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"`root` is not a directory, received: root={root!r}")
-
-    class_names = sorted(
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
-    if not class_names:
-        raise ValueError(
-            f"`root` must contain one sub-directory per class, received: root={root!r} "
-            "with no sub-directories"
-        )
-    paths, labels = [], []
-    for label, class_name in enumerate(class_names):
-        class_files = []
-        for directory, subdirectories, files in os.walk(os.path.join(root, class_name)):
-            subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
-            class_files.extend(
-                os.path.join(directory, f)
-                for f in files
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-            )
-        class_files.sort()
-        if not class_files:
-            raise ValueError(
-                f"class folder {os.path.join(root, class_name)!r} has no image files "
-                f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder (every sub-folder of "
-                f"`root` is a class)"
-            )
-        paths.extend(class_files)
-        labels.extend([label] * len(class_files))
-    if not paths:
-        raise ValueError(
-            f"`root` has no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class directories "
-            f"{class_names}, received: root={root!r}"
-        )
-
-    first_shape = None
-    for path in paths:
-        shape = tuple(_decode_image_file(path, channels).shape)
-        if first_shape is None:
-            first_shape = (shape, path)
-        elif image_size is None and shape != first_shape[0]:
-            raise ValueError(
-                "Images differ in size and `image_size` is None: "
-                f"{first_shape[1]!r} is {first_shape[0]}, {path!r} is {shape}. "
-                "Pass `image_size` to resize them, received: image_size=None"
-            )
-    out_shape = (*image_size, channels) if image_size is not None else first_shape[0]
-
-    def load(path, label):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=channels, dtype=tf.uint8, expand_animations=False
-        )
-        if image_size is not None:
-            image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        return tf.ensure_shape(image, out_shape), label
-
-    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset, class_names
-
-
-# ---------------------------------------------------------------------------
-# Pipelines.
-# ---------------------------------------------------------------------------
+_MAX_PASSES = 2**62  # "forever" for Dataset.range
+_SHUFFLE_SEED_SALT = 0x5EED
 
 
 def make_multiview_dataset(
@@ -425,12 +65,11 @@ def make_multiview_dataset(
     gets the stateless seed `fold_in([seed, salt], i)`, split into one
     sub-seed per view; `augment` is called once per view on the whole batch,
     so the views are independent and the work is vectorised. The same
-    arguments give exactly the same batches, every run: the shuffle is seeded
-    with `seed` too (tf.data combines it with TF's global seed, so keep that
-    fixed as well, e.g. with `keras.utils.set_random_seed`). With `repeat`,
-    every pass over the data is reshuffled: the order of pass `p` is a pure
-    function of `(seed, p)` (stateless permutations, `_shuffle_pass`), so any batch of the stream can be rebuilt
-    without replaying the ones before it.
+    arguments give exactly the same batches, every run, whatever TF's global
+    seed: the shuffle is a stateless permutation seeded with `seed`. With
+    `repeat`, every pass over the data is reshuffled: the order of pass `p`
+    is a pure function of `(seed, p)` (`_shuffle_pass`), so any batch of the
+    stream can be rebuilt without replaying the ones before it.
 
     `start_batch` resumes the stream: the result equals the full stream with
     its first `start_batch` batches dropped (same images, same augmentation
@@ -460,16 +99,13 @@ def make_multiview_dataset(
       A `tf.data.Dataset` of `(views float32 [B, V, H', W', C], labels int32
       [B])`, prefetched.
     """
-    _check_source(dataset)
+    num_views, seed, repeat, start_batch = _check_view_stream(
+        dataset, num_views=num_views, augment=augment, seed=seed, repeat=repeat, start_batch=start_batch
+    )
     batch_size = _check_positive_int(batch_size, "batch_size")
-    num_views = _check_positive_int(num_views, "num_views")
     shuffle_buffer = _check_positive_int(shuffle_buffer, "shuffle_buffer")
-    _check_augment(augment)
-    seed = _check_seed(seed)
     shuffle = _check_bool(shuffle, "shuffle")
     drop_remainder = _check_bool(drop_remainder, "drop_remainder")
-    repeat = _check_bool(repeat, "repeat")
-    start_batch = _check_non_negative_int(start_batch, "start_batch")
 
     def one_pass(pass_index):
         source = _shuffle_pass(dataset, shuffle_buffer, seed, pass_index) if shuffle else dataset
@@ -487,9 +123,6 @@ def make_multiview_dataset(
         batches = batches.skip(skip)
     return _add_views(batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch)
 
-
-_MAX_PASSES = 2**62  # "forever" for Dataset.range
-_SHUFFLE_SEED_SALT = 0x5EED
 
 
 def _shuffle_pass(dataset, window, seed, pass_index):
@@ -595,8 +228,7 @@ def class_balanced_indices(labels, *, classes_per_batch, samples_per_class, seed
     classes_per_batch = _check_positive_int(classes_per_batch, "classes_per_batch")
     samples_per_class = _check_positive_int(samples_per_class, "samples_per_class")
     seed = _check_seed(seed)
-    if not _is_int(epoch) or epoch < 0:
-        raise ValueError(f"`epoch` must be an int >= 0, received: epoch={epoch!r}")
+    epoch = _check_non_negative_int(epoch, "epoch")
     classes = np.unique(labels)
     if len(classes) < classes_per_batch:
         raise ValueError(
@@ -701,14 +333,11 @@ def make_class_balanced_dataset(
       A `tf.data.Dataset` of `(views float32 [P*K, V, H', W', C], labels
       int32 [P*K])`, prefetched.
     """
-    _check_source(dataset)
+    num_views, seed, repeat, start_batch = _check_view_stream(
+        dataset, num_views=num_views, augment=augment, seed=seed, repeat=repeat, start_batch=start_batch
+    )
     classes_per_batch = _check_positive_int(classes_per_batch, "classes_per_batch")
     samples_per_class = _check_positive_int(samples_per_class, "samples_per_class")
-    num_views = _check_positive_int(num_views, "num_views")
-    _check_augment(augment)
-    seed = _check_seed(seed)
-    repeat = _check_bool(repeat, "repeat")
-    start_batch = _check_non_negative_int(start_batch, "start_batch")
     images, labels = _materialize(dataset)
     # Fails now (not inside the generator) on too few classes.
     per_epoch = len(

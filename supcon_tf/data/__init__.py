@@ -1,0 +1,64 @@
+"""Dataset sources (bundled digits, TFDS, image folders, arrays) and the n-view input pipelines.
+
+One module per side:
+
+* `sources`: the sources. A source is a `tf.data.Dataset` of `(image, label)`
+  pairs, `image` uint8 `[H, W, C]` (C in {1, 3}) and `label` int32 scalar,
+  together with its number of classes and image shape (module constants for
+  digits, `info` for TFDS, the class-name list for image folders):
+  `load_digits`, `from_arrays`, `load_tfds`, `load_image_folder`;
+* `pipelines`: sources into batches: `make_multiview_dataset` (training
+  batches `(views [B, V, H', W', C] float32 in [0, 1], labels [B] int32)`, V
+  independently augmented views per sample; Khosla et al. 2020, Sec. 3.1:
+  "multiviewed batch"), `make_class_balanced_dataset` (the same batches drawn
+  P classes x K samples per class, `class_balanced_indices`, for small
+  batches), `make_eval_dataset` (`(images [B, H', W', C] float32 in [0, 1],
+  labels [B] int32)`, resized only), `make_feature_batches` (the cached linear
+  probe) and `collect`;
+* `_checks`: the data-specific argument checks.
+
+Every public name is re-exported here (`data.load_digits("train")`,
+`data.make_multiview_dataset(...)`), and so are the private helpers that
+`supcon_tf.data_service` and the benchmarks build on. The pipelines call
+their helpers inside `pipelines`, so patch those there (a test that patches
+`data.load_digits` affects callers that go through this package, as
+`runner` does).
+"""
+
+from supcon_tf.data import pipelines, sources
+from supcon_tf.data._checks import check_augment as _check_augment
+from supcon_tf.data._checks import check_source as _check_source
+from supcon_tf.data.pipelines import (
+    _MAX_PASSES,
+    _PIPELINE_SEED_SALT,
+    _SHUFFLE_SEED_SALT,
+    _add_views,
+    _batches_per_pass,
+    _check_non_negative_int,
+    _check_positive_int,
+    _check_seed,
+    _materialize,
+    _shuffle_pass,
+    class_balanced_indices,
+    collect,
+    make_class_balanced_dataset,
+    make_eval_dataset,
+    make_feature_batches,
+    make_multiview_dataset,
+)
+from supcon_tf.data.sources import (
+    DIGITS_IMAGE_SHAPE,
+    DIGITS_NUM_CLASSES,
+    DIGITS_NUM_IMAGES,
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    _decode_image_file,
+    _digits_arrays,
+    _tfds_missing_message,
+    from_arrays,
+    load_digits,
+    load_image_folder,
+    load_tfds,
+)
+
+__all__ = [*sources.__all__, *pipelines.__all__]

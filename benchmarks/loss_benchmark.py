@@ -28,8 +28,9 @@ TensorFlow rows also record `tf_tensor_peak_mib`, the peak of TensorFlow's
 CPU allocator over the same passes (`tf.config.experimental.get_memory_info`:
 the tensors, XLA's buffers included, without the runtime, compilation or
 malloc overhead), and every row the 1-minute load average after its passes.
---losses_rev REV measures `supcon_tf/losses.py` as committed at REV (read
-with `git show`; the resolved commit is recorded), e.g. the code before a change.
+--losses_rev REV measures the losses (`supcon_tf/losses/`, formerly
+`supcon_tf/losses.py`) as committed at REV (the revision's `supcon_tf`, read
+with `git archive`; the resolved commit is recorded), e.g. the code before a change.
 --dense_max_batch B: the dense forms (floor, tf_dense*, torch_dense, pml) are
 not run above batch B; their rows record the computed size instead: the
 [rows x rows] float32 logits alone, and PyTorch dense's measured peak at the
@@ -101,25 +102,34 @@ def _inputs(batch, classes, seed=0):
 
 
 def _losses_module(losses_rev):
-    """`supcon_tf.losses`, or its text as committed at `losses_rev` (loaded from a temporary file)."""
-    if not losses_rev:
-        from supcon_tf import losses
+    """`supcon_tf.losses`: of the working tree, or as committed at `losses_rev`.
 
-        return losses
-    import importlib.util
-    import tempfile
+    For a revision, that revision's whole `supcon_tf` package (read with `git
+    archive` into a temporary folder, removed at exit) is imported in place of
+    the working tree's: the losses were one module, `supcon_tf/losses.py`,
+    before they became the package `supcon_tf/losses/`, and either form loads.
+    """
+    if losses_rev:
+        import atexit
+        import io
+        import shutil
+        import tarfile
+        import tempfile
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(
-        ["git", "show", f"{losses_rev}:supcon_tf/losses.py"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout
-    with tempfile.NamedTemporaryFile("w", suffix="_losses.py", delete=False) as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("supcon_tf_losses_at_rev", f.name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    os.unlink(f.name)
-    return module
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        archive = subprocess.run(
+            ["git", "archive", losses_rev, "supcon_tf"], cwd=root, capture_output=True, check=True
+        ).stdout
+        folder = tempfile.mkdtemp(prefix="supcon_tf_at_rev_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+        if "supcon_tf" in sys.modules:
+            raise RuntimeError("--losses_rev: supcon_tf was imported before the revision's copy could be")
+        sys.path.insert(0, folder)
+    from supcon_tf import losses
+
+    return losses
 
 
 def _tf_step(impl, z, y, losses_rev=None):
@@ -346,7 +356,8 @@ def main(argv):
     parser.add_argument("--dense_max_batch", type=int, default=None,
                         help="Do not run the dense forms above this batch; record their computed size.")
     parser.add_argument("--losses_rev", default=None,
-                        help="Measure supcon_tf/losses.py as committed at this git revision (read with git show).")
+                        help="Measure the losses (supcon_tf/losses/, formerly supcon_tf/losses.py) as committed "
+                        "at this git revision (read with git archive).")
     parser.add_argument("--single", nargs=4, metavar=("IMPL", "BATCH", "CLASSES", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.single:
@@ -366,7 +377,7 @@ def main(argv):
     load_before = os.getloadavg()
     rows = drive(args)
     load = os.getloadavg()
-    code = f"supcon_tf/losses.py at {args.losses_rev}" if args.losses_rev else "supcon_tf/losses.py of the working tree"
+    code = f"supcon_tf.losses at {args.losses_rev}" if args.losses_rev else "supcon_tf.losses of the working tree"
     text = (
         f"Run {started}; {json.dumps(_versions())}; load average before the run {load_before[0]:.2f}, "
         f"after {load[0]:.2f}; {code}; block size "

@@ -7,6 +7,9 @@ received, and returns the value in its canonical Python type.
 import math
 import numbers
 
+# dtype names (NumPy or TensorFlow) of the arrays and tensors `real_scalar` reads.
+_REAL_DTYPES = ("float", "bfloat", "int", "uint")
+
 
 def is_int(value):
     """True for an integer that is not a bool."""
@@ -37,11 +40,25 @@ def non_negative_int(value, name):
     return int(value)
 
 
+def real_scalar(value):
+    """`value` as a float when it is a real number or a 0-d NumPy array or tensor of one (not a bool), else None."""
+    if is_real(value):
+        return float(value)
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    try:
+        if shape is None or len(shape) != 0 or not str(getattr(dtype, "name", dtype)).startswith(_REAL_DTYPES):
+            return None
+        return float(value)
+    except (TypeError, ValueError):  # a shape of unknown rank, a symbolic tensor
+        return None
+
+
 def positive_number(value, name):
-    """`value` as a finite float > 0."""
-    if not is_finite_real(value) or value <= 0:
+    """`value` as a finite float > 0: a real number, or a 0-d NumPy array or tensor holding one."""
+    number = real_scalar(value)
+    if number is None or not math.isfinite(number) or number <= 0:
         raise ValueError(f"`{name}` must be a positive number, received: {name}={value!r}")
-    return float(value)
+    return number
 
 
 def boolean(value, name):

@@ -1,7 +1,7 @@
 """`denominator` and `positives_cap` of the SupCon loss (google-research parity), and features of rank > 3.
 
 Dense and blockwise forms are checked against a looped float64 NumPy
-reference written from the definitions in `supcon_tf/losses.py` (values and
+reference written from the definitions in `supcon_tf/losses/__init__.py` (values and
 directional derivatives), on every combination of denominator, cap, variant
 and contrast mode over labels, multi-hot labels, no labels and a weighted mask,
 with anchor offsets and memory queues; under `tf.function` and XLA for a

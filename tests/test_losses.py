@@ -29,7 +29,7 @@ def reference_supcon(
     queue=None,
     queue_labels=None,
 ):
-    """Straight from the formulas in supcon_tf/losses.py (eq. 2 and 3): explicit loops over anchors, A(i) and P(i), float64.
+    """Straight from the formulas in supcon_tf/losses/__init__.py (eq. 2 and 3): explicit loops over anchors, A(i) and P(i), float64.
 
     A memory queue adds entries ("q", k) to the contrast set: never the anchor,
     positive when their label matches (always negative without labels).

@@ -1,0 +1,195 @@
+"""The SupCon losses' shared pieces: option names, `PerAnchorLoss`, argument checks and input validation.
+
+Everything here runs before the maths: the constants that name the options,
+the result type, and the checks that turn bad arguments into one-line
+`ValueError`s naming the argument (the scalar checks are `supcon_tf._checks`'s).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from supcon_tf import _checks
+
+CONTRAST_MODES = ("all", "one")
+VARIANTS = ("out", "in")
+IMPLEMENTATIONS = ("auto", "dense", "blockwise")
+DENOMINATORS = ("all", "one_positive", "only_negatives")
+# "auto" switches to the blockwise form from this many contrast rows (views x
+# global batch + queue): below it the dense form is as fast and small enough.
+# See benchmarks/RESULTS.md for the measurements behind the number.
+BLOCKWISE_THRESHOLD = 4096
+DEFAULT_BLOCK_SIZE = 256
+
+# Added to logits that are not in A(i). Finite on purpose: -inf would give
+# inf - inf = NaN for a row with nothing to contrast, and NaN in the unused
+# branch of a tf.where still poisons gradients.
+_MASKED_LOGIT = -1e9
+
+
+class PerAnchorLoss(NamedTuple):
+    """Per-anchor SupCon losses.
+
+    Attributes:
+      loss: `[num_anchor_samples, anchor_views]` float, L(i) for each anchor;
+        0 where the anchor has no positive.
+      has_positive: `[num_anchor_samples, anchor_views]` bool, |P(i)| > 0
+        (and |N(i)| > 0 with `denominator="only_negatives"`): the anchors
+        that count in the mean.
+    """
+
+    loss: tf.Tensor
+    has_positive: tf.Tensor
+
+
+def _check_positives_cap(positives_cap):
+    if not _checks.is_int(positives_cap) or positives_cap < -1:
+        raise ValueError(
+            f"`positives_cap` must be an int >= -1 (-1: no cap), received: positives_cap={positives_cap!r}"
+        )
+    return int(positives_cap)
+
+
+def _checked_options(temperature, base_temperature, contrast_mode, variant, denominator, positives_cap):
+    """The options `supcon_per_anchor_loss` and `SupConLoss` share, checked (a ValueError naming the argument).
+
+    Returns `(temperature, base_temperature, positives_cap)`: a float, a float
+    or None (unchanged), an int.
+    """
+    temperature = _checks.positive_number(temperature, "temperature")
+    if base_temperature is not None:
+        base_temperature = _checks.positive_number(base_temperature, "base_temperature")
+    _checks.choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
+    _checks.choice(variant, "variant", VARIANTS)
+    _checks.choice(denominator, "denominator", DENOMINATORS)
+    return temperature, base_temperature, _check_positives_cap(positives_cap)
+
+
+def _check_cap_against_views(positives_cap, features):
+    """The cap counts whole samples (all their views): it must be a multiple of the number of views."""
+    if positives_cap < 0:
+        return
+    views = _static_dim(features, 1)
+    if views is not None:
+        if views > 0 and positives_cap % views != 0:
+            raise ValueError(
+                f"`positives_cap` must be -1 or a multiple of the number of views ({views}), "
+                f"received: positives_cap={positives_cap}"
+            )
+        return
+    tf.debugging.assert_equal(
+        tf.math.floormod(positives_cap, tf.maximum(tf.shape(features)[1], 1)),
+        0,
+        message=f"`positives_cap` must be -1 or a multiple of the number of views, received: positives_cap={positives_cap}",
+    )
+
+
+def _flatten_trailing(tensor, keep):
+    """`[d_0, ..., d_{keep-1}, ...]` -> `[d_0, ..., d_{keep-1}, -1]`; a tensor of rank <= keep + 1 is returned as is."""
+    rank = tensor.shape.rank
+    if rank is None or rank <= keep + 1:
+        return tensor
+    dynamic = tf.shape(tensor)
+    lead = [d if d is not None else dynamic[i] for i, d in enumerate(tensor.shape[:keep])]
+    trailing = tensor.shape[keep:]
+    return tf.reshape(tensor, lead + [trailing.num_elements() if trailing.is_fully_defined() else -1])
+
+
+def _static_dim(tensor, axis):
+    return tensor.shape[axis] if tensor.shape.rank is not None else None
+
+
+def _compute_dtype(features):
+    return tf.float64 if features.dtype == tf.float64 else tf.float32
+
+
+def _validate_queue(features, labels, mask, queue_features, queue_labels):
+    if queue_features is None:
+        if queue_labels is not None:
+            raise ValueError("`queue_labels` needs `queue_features`, received: queue_features=None")
+        return None, None
+    queue_features = _flatten_trailing(tf.convert_to_tensor(queue_features), 1)
+    if queue_features.shape.rank != 2 or (
+        features.shape[-1] is not None and queue_features.shape[-1] not in (None, features.shape[-1])
+    ):
+        raise ValueError(
+            f"`queue_features` must be [queue_size, dim] with dim={features.shape[-1]}, "
+            f"received: queue_features with shape {queue_features.shape}"
+        )
+    if mask is not None:
+        raise ValueError("A memory queue needs `labels` (or none), not a `mask`; received: mask and queue_features")
+    if labels is None:
+        return queue_features, None
+    if queue_labels is None:
+        raise ValueError("`queue_labels` must be given with `labels` and `queue_features`, received: queue_labels=None")
+    queue_labels = tf.convert_to_tensor(queue_labels)
+    if queue_labels.shape.rank != labels.shape.rank or (
+        queue_features.shape[0] is not None
+        and queue_labels.shape[0] is not None
+        and queue_labels.shape[0] != queue_features.shape[0]
+    ):
+        raise ValueError(
+            f"`queue_labels` must match `labels` in form ({labels.shape.rank}-d) and `queue_features` in length "
+            f"({queue_features.shape[0]}), received: queue_labels with shape {queue_labels.shape}"
+        )
+    return queue_features, queue_labels
+
+
+def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
+    if features.shape.rank != 3:  # rank > 3 was flattened per view before
+        raise ValueError(
+            "`features` must have rank >= 3, [batch, views, dim] or [batch, views, ...], received: "
+            f"features with shape {features.shape}"
+        )
+    if not features.dtype.is_floating:
+        raise ValueError(f"`features` must be a float tensor, received: features with dtype {features.dtype.name}")
+    if labels is not None and mask is not None:
+        raise ValueError(
+            "Give at most one of `labels` and `mask`, received both: "
+            f"labels with shape {labels.shape} and mask with shape {mask.shape}"
+        )
+    batch = _static_dim(features, 0)
+    if labels is not None:
+        if labels.shape.rank not in (1, 2):
+            raise ValueError(
+                "`labels` must be [batch] class ids or a [batch, classes] multi-hot matrix, "
+                f"received: labels with shape {labels.shape}"
+            )
+        if batch is not None and labels.shape[0] is not None and labels.shape[0] != batch:
+            raise ValueError(
+                f"`labels` must have one entry per sample of `features` ({batch}), "
+                f"received: labels with shape {labels.shape}"
+            )
+    if mask is not None:
+        if mask.shape.rank != 2:
+            raise ValueError(f"`mask` must be [batch, batch], received: mask with shape {mask.shape}")
+        if batch is not None and any(d is not None and d != batch for d in mask.shape):
+            raise ValueError(
+                f"`mask` must be [batch, batch] with batch={batch}, received: mask with shape {mask.shape}"
+            )
+    if not isinstance(anchor_offset, (int, np.integer)) and not tf.is_tensor(anchor_offset):
+        raise ValueError(f"`anchor_offset` must be an int, received: anchor_offset={anchor_offset!r}")
+    if isinstance(anchor_offset, (int, np.integer)) and anchor_offset < 0:
+        raise ValueError(f"`anchor_offset` must be >= 0, received: anchor_offset={anchor_offset}")
+    if num_anchor_samples is not None and not tf.is_tensor(num_anchor_samples):
+        if not isinstance(num_anchor_samples, (int, np.integer)) or num_anchor_samples < 1:
+            raise ValueError(
+                f"`num_anchor_samples` must be a positive int, received: num_anchor_samples={num_anchor_samples!r}"
+            )
+        if (
+            batch is not None
+            and isinstance(anchor_offset, (int, np.integer))
+            and anchor_offset + num_anchor_samples > batch
+        ):
+            raise ValueError(
+                "`anchor_offset + num_anchor_samples` must be <= batch "
+                f"({batch}), received: anchor_offset={anchor_offset}, num_anchor_samples={num_anchor_samples}"
+            )
+    if tf.executing_eagerly():
+        if not bool(tf.reduce_all(tf.math.is_finite(features))):
+            raise ValueError("`features` must be finite, received: features containing NaN or Inf")
+        if mask is not None and bool(tf.reduce_any(tf.cast(mask, tf.float32) < 0)):
+            raise ValueError("`mask` must be non-negative, received: a mask with negative entries")

@@ -1,0 +1,396 @@
+"""The public SupCon losses: `supcon_per_anchor_loss`, `reduce_per_anchor`, `supcon_loss` and `SupConLoss`.
+
+`supcon_per_anchor_loss` checks its arguments, lays out anchors and contrast
+set (view-major) and picks the dense or blockwise form; the formulas are in
+the `supcon_tf.losses` package docstring.
+"""
+
+import keras
+import tensorflow as tf
+
+from supcon_tf import _checks
+from supcon_tf.losses._inputs import (
+    BLOCKWISE_THRESHOLD,
+    DEFAULT_BLOCK_SIZE,
+    IMPLEMENTATIONS,
+    PerAnchorLoss,
+    _check_cap_against_views,
+    _checked_options,
+    _compute_dtype,
+    _flatten_trailing,
+    _validate_inputs,
+    _validate_queue,
+)
+from supcon_tf.losses.blockwise import _blockwise_cap_bounds, _blockwise_core, _blockwise_ids
+from supcon_tf.losses.dense import _dense_core
+
+
+def supcon_per_anchor_loss(
+    features,
+    labels=None,
+    mask=None,
+    *,
+    temperature=0.1,
+    base_temperature=None,
+    contrast_mode="all",
+    variant="out",
+    normalize=False,
+    anchor_offset=0,
+    num_anchor_samples=None,
+    queue_features=None,
+    queue_labels=None,
+    implementation="auto",
+    block_size=DEFAULT_BLOCK_SIZE,
+    denominator="all",
+    positives_cap=-1,
+):
+    """SupCon loss of every anchor, and which anchors have a positive.
+
+    Args:
+      features: `[batch, views, dim]` float (any float dtype; computed in
+        float32, or float64 for float64 input). The projected embeddings;
+        expected L2-normalised unless `normalize=True`. Features of rank > 3,
+        `[batch, views, ...]`, are flattened per view to `[batch, views, -1]`
+        first (and `normalize` then normalises the flattened vectors).
+      labels: optional `[batch]` integer class ids (any values; equality
+        defines positives) or `[batch, classes]` multi-hot matrix (positives
+        share at least one class).
+      mask: optional `[batch, batch]` non-negative sample-level positive mask;
+        `mask[i, j] > 0` makes every view of sample j a positive of every view
+        of sample i (the anchor itself is always excluded). Entries act as
+        weights in both variants. Give at most one of `labels` and `mask`; with
+        neither, positives are the other views of the same sample (SimCLR).
+      temperature: tau > 0.
+      base_temperature: the loss is multiplied by `temperature /
+        base_temperature`. Default `None` means equal to `temperature`, i.e.
+        eq. 2 / eq. 3 of the paper exactly, unscaled. (The PyTorch reference
+        uses 0.07/0.07, the same thing; a different value only rescales the
+        gradients, like a learning-rate change.)
+      contrast_mode: `"all"`: every view is an anchor; `"one"`: only view 0.
+      variant: `"out"` (eq. 2, summation outside the log; the paper's loss)
+        or `"in"` (eq. 3).
+      normalize: L2-normalise `features` along `dim` first.
+      anchor_offset: the anchors are the samples
+        `[anchor_offset, anchor_offset + num_anchor_samples)` of `features`;
+        the contrast set is always all of `features`. Used for cross-replica
+        training, where `features` is the gathered global batch.
+      num_anchor_samples: number of anchor samples; default: all of them.
+      queue_features: optional `[K, dim]` extra contrast entries (a memory
+        queue of earlier embeddings). They join A(i) for every anchor, carry
+        no gradient (`stop_gradient`), and are positives by `queue_labels`.
+        Normalised like `features` when `normalize=True`. `[K, ...]` is
+        flattened to `[K, -1]` like `features`.
+      queue_labels: `[K]` ids or `[K, classes]` multi-hot, in the same form
+        as `labels`; required when `labels` is given. Without `labels`
+        (SimCLR) every queue entry is a negative. Not supported with `mask`.
+      implementation: "dense" materialises the [anchors, contrast] logit
+        matrix; "blockwise" streams over blocks of `block_size` contrast
+        columns with an online log-sum-exp and recomputes the blocks in a
+        custom backward pass, so memory grows like anchors x block_size;
+        "auto" (default) picks blockwise when the contrast set has at least
+        `BLOCKWISE_THRESHOLD` rows and no `mask` is given (a mask is always
+        dense). Both give the same values and gradients to float32 precision.
+      block_size: contrast columns per block for "blockwise".
+      denominator: which contrast entries form the softmax denominator of
+        positive p (google-research's `denominator_mode`; see the
+        `supcon_tf.losses` docstring for the formulas). `"all"` (default):
+        P(i) and N(i), i.e. every entry but the anchor (and the capped-out
+        ones), eq. 2 / eq. 3.
+        `"one_positive"`: p itself plus N(i), so each positive competes only
+        with the negatives, never with the other positives (the own other
+        views included). `"only_negatives"`: N(i) only, not even p; an anchor
+        without a negative is then excluded like one without a positive. The
+        variants keep their form: "out" averages the log-probabilities
+        l(i, p) over P(i), "in" takes the log of the mean of exp l(i, p).
+      positives_cap: int; -1 (default): no cap. c >= 0 must be a multiple of
+        the number of views V: per anchor sample, only the first c / V
+        positive samples other than its own (lowest index in `features`,
+        i.e. the gathered global batch with `anchor_offset`) stay positives,
+        with all their views; then the first c - V * (samples kept) matching
+        queue entries, in queue order (queue entries rank after every batch
+        sample and count one positive each). The other positives of the
+        anchor are capped out: neither positives nor negatives, in no
+        denominator. The other views of the anchor's own sample do not count
+        and always stay positive (if its own sample is positive at all).
+        With multi-hot `labels`, the candidates are the samples sharing a
+        class; with a `mask`, the samples with `mask > 0`, ranked by index
+        whatever their weight, the kept ones keeping their weight. Without
+        labels or mask (SimCLR) there is nothing to cap.
+
+    Returns:
+      `PerAnchorLoss(loss, has_positive)`, both
+      `[num_anchor_samples, anchor_views]` (anchor_views is `views` for
+      `"all"` and 1 for `"one"`). `has_positive` says which anchors count
+      in the mean: |P(i)| > 0, and, for `denominator="only_negatives"`,
+      |N(i)| > 0.
+
+    Raises:
+      ValueError: for a rank < 3 or a non-float dtype, both `labels` and
+        `mask`, a batch mismatch, a non-positive temperature, non-finite
+        features (checked when running eagerly), an unknown `contrast_mode`,
+        `variant` or `denominator`, a `positives_cap` that is not -1 or a
+        non-negative multiple of the number of views.
+    """
+    temperature, base_temperature, positives_cap = _checked_options(
+        temperature, base_temperature, contrast_mode, variant, denominator, positives_cap
+    )
+    base_temperature = temperature if base_temperature is None else base_temperature
+    _checks.choice(implementation, "implementation", IMPLEMENTATIONS)
+    _checks.positive_int(block_size, "block_size")
+    features = _flatten_trailing(tf.convert_to_tensor(features), 2)
+    labels = None if labels is None else tf.convert_to_tensor(labels)
+    mask = None if mask is None else tf.convert_to_tensor(mask)
+    _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples)
+    _check_cap_against_views(positives_cap, features)
+    queue_features, queue_labels = _validate_queue(features, labels, mask, queue_features, queue_labels)
+
+    dtype = _compute_dtype(features)
+    features = tf.cast(features, dtype)
+    if normalize:
+        features = tf.math.l2_normalize(features, axis=-1, epsilon=1e-12)
+
+    shape = tf.shape(features)
+    num_samples, num_views, dim = shape[0], shape[1], shape[2]
+    if num_anchor_samples is None:
+        num_anchor = num_samples - anchor_offset
+    else:
+        num_anchor = tf.cast(num_anchor_samples, tf.int32)
+    anchor_views = 1 if contrast_mode == "one" else num_views
+
+    # Contrast set, view-major: row v * N + s.
+    contrast = tf.reshape(tf.transpose(features, [1, 0, 2]), [-1, dim])
+    # Anchors, view-major over the anchor samples: row v * b + s_local.
+    anchor_block = features[anchor_offset : anchor_offset + num_anchor, :anchor_views]
+    anchors = tf.reshape(tf.transpose(anchor_block, [1, 0, 2]), [-1, dim])
+
+    # Index of each anchor in the contrast set, to remove it from A(i) and P(i).
+    view_ids = tf.repeat(tf.range(anchor_views), num_anchor)
+    sample_ids = tf.tile(tf.range(num_anchor), [anchor_views]) + anchor_offset
+    self_index = view_ids * num_samples + sample_ids
+
+    queue = None
+    if queue_features is not None:
+        queue = tf.stop_gradient(tf.cast(queue_features, dtype))
+        if normalize:
+            queue = tf.math.l2_normalize(queue, axis=-1, epsilon=1e-12)
+
+    if implementation == "auto":
+        contrast_rows = features.shape[0] * features.shape[1] if features.shape.is_fully_defined() else None
+        if queue is not None and contrast_rows is not None:
+            contrast_rows = None if queue.shape[0] is None else contrast_rows + queue.shape[0]
+        use_blockwise = mask is None and contrast_rows is not None and contrast_rows >= BLOCKWISE_THRESHOLD
+    else:
+        use_blockwise = implementation == "blockwise"
+        if use_blockwise and mask is not None:
+            raise ValueError("implementation='blockwise' does not take a `mask`; use 'dense' or 'auto'")
+
+    if use_blockwise:
+        anchor_ids, column_ids = _blockwise_ids(
+            labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views
+        )
+        cap_bounds = None
+        if positives_cap >= 0 and labels is not None:  # without labels there is nothing to cap
+            cap_bounds = _blockwise_cap_bounds(
+                labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views,
+                positives_cap, block_size,
+            )
+        if queue is not None:
+            contrast = tf.concat([contrast, queue], axis=0)
+        neg_mean_log_prob, counts = _blockwise_core(
+            anchors, contrast, anchor_ids, column_ids, self_index, temperature, variant, block_size,
+            denominator=denominator, cap_bounds=cap_bounds,
+        )
+        has_positive = counts > 0
+    else:
+        neg_mean_log_prob, has_positive = _dense_core(
+            anchors, contrast, queue, labels, mask, queue_labels, self_index, num_samples, num_views,
+            anchor_offset, num_anchor, anchor_views, temperature, variant, dtype,
+            denominator=denominator, positives_cap=positives_cap,
+        )
+    loss = (temperature / base_temperature) * neg_mean_log_prob
+    loss = tf.where(has_positive, loss, tf.zeros_like(loss))
+
+    to_sample_major = lambda t: tf.transpose(tf.reshape(t, [anchor_views, num_anchor]))  # noqa: E731
+    return PerAnchorLoss(loss=to_sample_major(loss), has_positive=to_sample_major(has_positive))
+
+
+def reduce_per_anchor(per_anchor):
+    """Mean of `per_anchor.loss` over anchors with a positive; 0 when there are none.
+
+    Args:
+      per_anchor: a `PerAnchorLoss`.
+
+    Returns:
+      Scalar float tensor.
+    """
+    if not isinstance(per_anchor, PerAnchorLoss):
+        raise ValueError(f"`per_anchor` must be a PerAnchorLoss, received: {type(per_anchor).__name__}")
+    count = tf.reduce_sum(tf.cast(per_anchor.has_positive, per_anchor.loss.dtype))
+    return tf.math.divide_no_nan(tf.reduce_sum(per_anchor.loss), count)
+
+
+def supcon_loss(
+    features,
+    labels=None,
+    mask=None,
+    *,
+    temperature=0.1,
+    base_temperature=None,
+    contrast_mode="all",
+    variant="out",
+    normalize=False,
+    queue_features=None,
+    queue_labels=None,
+    implementation="auto",
+    block_size=DEFAULT_BLOCK_SIZE,
+    denominator="all",
+    positives_cap=-1,
+):
+    """Scalar SupCon batch loss: mean of L(i) over anchors with a positive.
+
+    `labels=None, mask=None` is SimCLR's NT-Xent; integer or multi-hot
+    `labels` is SupCon; a `[batch, batch]` `mask` is anything else. See
+    `supcon_per_anchor_loss` for the arguments.
+
+    Args:
+      features: `[batch, views, dim]` float embeddings (`[batch, views, ...]`
+        is flattened per view).
+      labels: optional `[batch]` int or `[batch, classes]` multi-hot.
+      mask: optional `[batch, batch]` positive mask.
+      temperature: tau > 0 (paper: 0.1 for SupCon).
+      base_temperature: scale is `temperature / base_temperature`; default
+        `None` = unscaled.
+      contrast_mode: "all" or "one".
+      variant: "out" (eq. 2) or "in" (eq. 3).
+      normalize: L2-normalise `features` first.
+      queue_features: optional `[K, dim]` memory-queue entries (constants).
+      queue_labels: their labels (with `labels`).
+      implementation: "auto" (default), "dense" or "blockwise".
+      block_size: contrast columns per block for the blockwise form.
+      denominator: "all" (default), "one_positive" or "only_negatives".
+      positives_cap: -1 (default, no cap) or a multiple of the views.
+
+    Returns:
+      Scalar float32 (float64 for float64 features) loss; 0 with zero
+      gradients when no anchor has a positive.
+
+    Example:
+
+    >>> z = tf.math.l2_normalize(tf.random.normal([8, 2, 16]), axis=-1)
+    >>> loss = supcon_loss(z, labels=tf.constant([0, 1, 0, 1, 2, 2, 3, 3]))
+    """
+    return reduce_per_anchor(
+        supcon_per_anchor_loss(
+            features,
+            labels,
+            mask,
+            temperature=temperature,
+            base_temperature=base_temperature,
+            contrast_mode=contrast_mode,
+            variant=variant,
+            normalize=normalize,
+            queue_features=queue_features,
+            queue_labels=queue_labels,
+            implementation=implementation,
+            block_size=block_size,
+            denominator=denominator,
+            positives_cap=positives_cap,
+        )
+    )
+
+
+@keras.saving.register_keras_serializable(package="supcon_tf")
+class SupConLoss(keras.losses.Loss):
+    """Keras `Loss` wrapper of `supcon_loss`: `y_true` = labels, `y_pred` = features.
+
+    Args:
+      temperature: tau > 0. Default 0.1 (the paper's SupCon value).
+      base_temperature: loss scale is `temperature / base_temperature`;
+        `None` (default) means unscaled eq. 2 / eq. 3.
+      contrast_mode: "all" (default) or "one".
+      variant: "out" (eq. 2, default) or "in" (eq. 3).
+      normalize: L2-normalise `y_pred` first. Default False.
+      use_labels: if False, `y_true` is ignored and the loss is SimCLR's
+        NT-Xent. Default True.
+      denominator: "all" (default), "one_positive" or "only_negatives"
+        (see `supcon_per_anchor_loss`).
+      positives_cap: -1 (default, no cap) or a non-negative multiple of the
+        number of views (checked against `y_pred` at call time).
+      name: loss name.
+      **kwargs: forwarded to `keras.losses.Loss` (e.g. `dtype`).
+
+    Call arguments:
+      y_true: `[batch]` or `[batch, 1]` class ids (Keras casts them to the
+        loss dtype; ids compare exactly below 2**24) or `[batch, classes]`
+        multi-hot with classes > 1.
+      y_pred: `[batch, views, dim]` float embeddings.
+
+    Example:
+
+    >>> loss_fn = SupConLoss(temperature=0.1)
+    >>> z = tf.math.l2_normalize(tf.random.normal([4, 2, 8]), axis=-1)
+    >>> value = loss_fn(tf.constant([0, 0, 1, 1]), z)
+
+    Reference:
+      Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
+    """
+
+    def __init__(
+        self,
+        temperature=0.1,
+        base_temperature=None,
+        contrast_mode="all",
+        variant="out",
+        normalize=False,
+        use_labels=True,
+        denominator="all",
+        positives_cap=-1,
+        name="supcon_loss",
+        **kwargs,
+    ):
+        kwargs.setdefault("reduction", "sum_over_batch_size")
+        super().__init__(name=name, **kwargs)
+        self.temperature, self.base_temperature, self.positives_cap = _checked_options(
+            temperature, base_temperature, contrast_mode, variant, denominator, positives_cap
+        )
+        self.contrast_mode = contrast_mode
+        self.variant = variant
+        self.normalize = bool(normalize)
+        self.use_labels = bool(use_labels)
+        self.denominator = denominator
+
+    def call(self, y_true, y_pred):
+        labels = None
+        if self.use_labels:
+            labels = tf.convert_to_tensor(y_true)
+            # Keras hands `y_true` over as [batch, 1] (and cast to the loss
+            # dtype); a one-column multi-hot matrix would be meaningless, so a
+            # [batch, 1] tensor is always read as class ids. Float ids compare
+            # exactly up to 2**24.
+            if labels.shape.rank == 2 and labels.shape[-1] == 1:
+                labels = tf.squeeze(labels, axis=-1)
+        return supcon_loss(
+            y_pred,
+            labels,
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            contrast_mode=self.contrast_mode,
+            variant=self.variant,
+            normalize=self.normalize,
+            denominator=self.denominator,
+            positives_cap=self.positives_cap,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            contrast_mode=self.contrast_mode,
+            variant=self.variant,
+            normalize=self.normalize,
+            use_labels=self.use_labels,
+            denominator=self.denominator,
+            positives_cap=self.positives_cap,
+        )
+        return config

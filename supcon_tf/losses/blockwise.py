@@ -1,0 +1,323 @@
+"""The general blockwise form of the SupCon loss: streams over contrast-column blocks, custom gradient.
+
+`_blockwise_core` serves every option but `mask`: an online log-sum-exp over
+blocks of `block_size` columns forward, the blocks recomputed in a custom
+backward pass, so memory grows like anchors x block_size. Rows and columns
+are positives when their keys match (`_blockwise_ids`); `positives_cap` is
+applied through per-row bounds streamed over key blocks
+(`_blockwise_cap_bounds`, `_first_matches_bound`). The default loss goes to
+the leaner `supcon_tf.losses.blockwise_out._blockwise_out_core`.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from supcon_tf.losses._inputs import _MASKED_LOGIT
+from supcon_tf.losses.blockwise_out import _blockwise_out_core
+
+
+def _blockwise_ids(labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views):
+    """Per-row and per-column keys: rows i and columns j are positives when their keys match.
+
+    Integer labels (and SimCLR's sample indices) are compared for equality;
+    multi-hot labels are positives when they share a class. Queue columns
+    without labels get the key -1, which no anchor has.
+    """
+    if labels is None:
+        sample_keys = tf.range(num_samples)
+        queue_keys = None if queue is None else -tf.ones([tf.shape(queue)[0]], tf.int32)
+    else:
+        sample_keys = labels
+        queue_keys = None if queue is None else tf.cast(queue_labels, labels.dtype)
+    anchor_keys = sample_keys[anchor_offset : anchor_offset + num_anchor]
+    multiples = [anchor_views] + [1] * (sample_keys.shape.rank - 1)
+    anchor_keys = tf.tile(anchor_keys, multiples)
+    column_keys = tf.tile(sample_keys, [num_views] + [1] * (sample_keys.shape.rank - 1))
+    if queue_keys is not None:
+        column_keys = tf.concat([column_keys, queue_keys], axis=0)
+    return anchor_keys, column_keys
+
+
+def _blockwise_cap_bounds(
+    labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views, positives_cap,
+    block_size,
+):
+    """`cap_bounds` of `_blockwise_core` for `positives_cap` >= 0, streamed over key blocks (no [b, N] matrix)."""
+    sample_keys = tf.range(num_samples) if labels is None else labels
+    anchor_samples = tf.range(num_anchor) + anchor_offset
+    anchor_keys = sample_keys[anchor_offset : anchor_offset + num_anchor]
+    per_sample_cap = positives_cap // num_views
+    batch_count, batch_bound = _first_matches_bound(anchor_keys, anchor_samples, sample_keys, per_sample_cap, block_size)
+    queue_bound = tf.zeros_like(batch_bound)
+    if queue is not None and labels is not None:
+        # Queue entries rank after every batch sample, in queue order, one positive each.
+        budget = positives_cap - num_views * tf.minimum(batch_count, per_sample_cap)
+        _, queue_bound = _first_matches_bound(
+            anchor_keys, -tf.ones_like(anchor_samples), tf.cast(queue_labels, labels.dtype), budget, block_size
+        )
+    tile = lambda t: tf.tile(t, [anchor_views])  # noqa: E731  (rows are view-major: v * b + s)
+    return tile(anchor_samples), tile(batch_bound), tile(queue_bound), num_samples, num_views * num_samples
+
+
+def _first_matches_bound(row_keys, row_ids, column_keys, limit, block_size):
+    """Streams over column blocks: how many columns match each row, and where its first `limit` matches end.
+
+    A column matches a row when their keys match (equal ids; multi-hot:
+    a shared class) and its index is not the row's `row_ids` entry (-1:
+    none excluded). Returns `(count, bound)`, `[rows]` int32: `count` is the
+    number of matching columns; the first `limit` of them (by index) are
+    exactly the matching columns with index < `bound` (0 when `limit` <= 0,
+    the number of columns when fewer match). Memory: rows x block_size.
+    """
+    multi_hot = row_keys.shape.rank == 2
+    num_rows = tf.shape(row_keys)[0]
+    if column_keys.shape[0] is not None:
+        num_columns = column_keys.shape[0]
+        num_blocks = max(1, -(-num_columns // block_size))
+    else:
+        num_columns = tf.shape(column_keys)[0]
+        num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
+    tail = [0] * (column_keys.shape.rank - 1)
+    keys_padded = tf.pad(column_keys, [[0, num_blocks * block_size - num_columns]] + [[0, 0]] * len(tail))
+    limit = tf.broadcast_to(tf.cast(limit, tf.int32), [num_rows])
+    row_float = tf.cast(row_keys, tf.float32) if multi_hot else None
+
+    def body(k, count, bound):
+        start = k * block_size
+        keys = tf.slice(keys_padded, [start] + tail, [block_size] + [-1] * len(tail))
+        index = start + tf.range(block_size)
+        if multi_hot:
+            match = tf.matmul(row_float, tf.cast(keys, tf.float32), transpose_b=True) > 0
+        else:
+            match = tf.equal(row_keys[:, None], keys[None, :])
+        match = match & (index[None, :] < num_columns) & (index[None, :] != row_ids[:, None])
+        match_int = tf.cast(match, tf.int32)
+        running = tf.cumsum(match_int, axis=1) + count[:, None]
+        ends_here = match & tf.equal(running, limit[:, None])
+        block_bound = tf.reduce_min(tf.where(ends_here, index[None, :] + 1, num_columns), axis=1)
+        return [k + 1, count + tf.reduce_sum(match_int, axis=1), tf.minimum(bound, block_bound)]
+
+    _, count, bound = tf.while_loop(
+        lambda k, *_: k < num_blocks,
+        body,
+        [tf.constant(0), tf.zeros([num_rows], tf.int32), tf.fill([num_rows], tf.cast(num_columns, tf.int32))],
+        maximum_iterations=num_blocks,
+        parallel_iterations=1,
+    )
+    return count, tf.where(limit > 0, bound, tf.zeros_like(bound))
+
+
+def _blockwise_core(
+    anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size,
+    denominator="all", cap_bounds=None,
+):
+    """Streaming form: `(-(mean log-probability of the positives) [A], anchor counts [A] float)`.
+
+    Forward: one pass over column blocks keeps, per anchor, an online
+    log-sum-exp over the denominator set, the sum and count of positive
+    logits, and (for "in") an online log-sum-exp over P(i); "one_positive"
+    needs a second pass, once the negatives' log-sum-exp n_i is known, for
+    sum_p l(i, p) (or its log-sum-exp) and the weight c_i of the negatives
+    in the gradient. Backward: a second pass recomputes each block's logits
+    and probabilities and accumulates dL/d anchors = G C / tau and
+    dL/d contrast = G^T A / tau, with G = dL/d logits:
+    "all"/"only_negatives": p - pos/|P| ("out") or p - q ("in"), p the
+    softmax over the denominator set; "one_positive": c_i * softmax_N on
+    the negatives and -(1 - sigma_ip)/|P| ("out") or -r_ip (1 - sigma_ip)
+    ("in") on the positives, with sigma_ip = exp(l(i, p)),
+    r_ip = softmax_P(l(i, .)), c_i = sum_p of the positives' factors.
+    Peak memory is a few [anchors, block_size] matrices.
+
+    `cap_bounds`: None, or `(row_sample, batch_bound, queue_bound,
+    num_samples, num_batch_columns)` from `positives_cap`: a matching batch
+    column of sample t stays positive for row r when t is the row's own
+    sample or t < batch_bound[r]; a matching queue column q when
+    q < queue_bound[r]; the other matching columns are capped out.
+
+    The default loss (`[rows]` keys, "out", "all", no cap) goes to
+    `_blockwise_out_core`, which needs no positives in the blocks, keeps one
+    or two blocks alive and compiles nothing; what follows is the general
+    form, for every other option.
+    """
+    if denominator == "all" and variant == "out" and cap_bounds is None and anchor_keys.shape.rank == 1:
+        return _blockwise_out_core(anchors, contrast, column_keys, self_index, temperature, block_size)
+    dtype = anchors.dtype
+    multi_hot = anchor_keys.shape.rank == 2
+    num_rows = tf.shape(anchors)[0]
+    if contrast.shape[0] is not None:  # static sizes: what XLA needs (fixed trip count and TensorArray size)
+        num_columns = contrast.shape[0]
+        num_blocks = max(1, -(-num_columns // block_size))
+    else:
+        num_columns = tf.shape(contrast)[0]
+        num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
+    padding = num_blocks * block_size - num_columns
+    key_padding = [[0, padding]] + [[0, 0]] * (column_keys.shape.rank - 1)
+    keys_padded = tf.pad(column_keys, key_padding)
+    inverse_temperature = tf.constant(1.0 / temperature, dtype)
+    masked = tf.constant(_MASKED_LOGIT, dtype)
+    anchor_keys = tf.stop_gradient(anchor_keys)
+    one_positive = denominator == "one_positive"
+
+    def block(anchor_matrix, contrast_padded, k):
+        """Columns, logits, the denominator set (bool) and the positives (0/1) of block k."""
+        start = k * block_size
+        columns = tf.slice(contrast_padded, [start, 0], [block_size, -1])
+        keys = tf.slice(keys_padded, [start] + [0] * (column_keys.shape.rank - 1), [block_size] + [-1] * (column_keys.shape.rank - 1))
+        logits = tf.matmul(anchor_matrix, columns, transpose_b=True) * inverse_temperature
+        column_index = start + tf.range(block_size)
+        valid = (column_index[None, :] < num_columns) & (column_index[None, :] != self_index[:, None])
+        if multi_hot:
+            match = tf.matmul(tf.cast(anchor_keys, dtype), tf.cast(keys, dtype), transpose_b=True) > 0
+        else:
+            match = tf.equal(anchor_keys[:, None], keys[None, :])
+        match = match & valid
+        if cap_bounds is None:
+            kept = match
+        else:
+            row_sample, batch_bound, queue_bound, num_samples, num_batch_columns = cap_bounds
+            column_sample = tf.math.floormod(column_index, num_samples)[None, :]
+            in_queue = (column_index >= num_batch_columns)[None, :]
+            keep = tf.where(
+                in_queue,
+                (column_index - num_batch_columns)[None, :] < queue_bound[:, None],
+                tf.equal(column_sample, row_sample[:, None]) | (column_sample < batch_bound[:, None]),
+            )
+            kept = match & keep
+        if denominator == "all":
+            in_denominator = valid & ~(match & ~kept)  # everything but the anchor and the capped out
+        else:
+            in_denominator = valid & ~match  # the negatives
+        return columns, logits, in_denominator, tf.cast(kept, dtype)
+
+    def online_log_sum_exp(old_max, old_sum, values, selected, factor=None):
+        """One block of an online log-sum-exp over `values` where `selected` (optionally a weighted second sum)."""
+        values = tf.where(selected, values, masked)
+        new_max = tf.maximum(old_max, tf.reduce_max(values, axis=1))
+        scaled = tf.exp(values - new_max[:, None]) * tf.cast(selected, dtype)
+        rescale = tf.exp(old_max - new_max)
+        new_sum = old_sum * rescale + tf.reduce_sum(scaled, axis=1)
+        if factor is None:
+            return new_max, new_sum
+        return new_max, new_sum, rescale, tf.reduce_sum(scaled * factor, axis=1)
+
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
+
+    def forward(anchor_matrix, contrast_padded):
+        def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count):
+            _, logits, in_denominator, positive = block(anchor_matrix, contrast_padded, k)
+            new_max, row_sum = online_log_sum_exp(row_max, row_sum, logits, in_denominator)
+            new_pos_max, pos_exp_sum = online_log_sum_exp(pos_max, pos_exp_sum, logits, positive > 0)
+            pos_sum += tf.reduce_sum(positive * logits, axis=1)
+            pos_count += tf.reduce_sum(positive, axis=1)
+            if denominator == "only_negatives":  # an anchor needs a negative to count
+                den_count += tf.reduce_sum(tf.cast(in_denominator, dtype), axis=1)
+            return [k + 1, new_max, row_sum, pos_sum, pos_count, new_pos_max, pos_exp_sum, den_count]
+
+        lowest, zeros = tf.fill([num_rows], masked), tf.zeros([num_rows], dtype)
+        start = [lowest, zeros, zeros, zeros, lowest, zeros, zeros]  # row max/sum, pos sum/count, pos max/sum, den count
+        _, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count = tf.while_loop(
+            lambda k, *_: k < num_blocks, body, [tf.constant(0)] + start, maximum_iterations=num_blocks,
+            parallel_iterations=1,  # one block in flight: memory stays ~ anchors x block_size
+        )
+        log_normaliser = row_max + tf.math.log(tf.maximum(row_sum, tiny))
+        log_positive = pos_max + tf.math.log(tf.maximum(pos_exp_sum, tiny))
+        negative_weight = zeros
+        if one_positive:
+            # Second pass: l(i, p) = -softplus(n_i - s_ip) and 1 - sigma_ip = sigmoid(n_i - s_ip).
+            def second(k, lp_sum, lp_max, lp_exp_sum, miss_sum):
+                _, logits, _, positive = block(anchor_matrix, contrast_padded, k)
+                gap = log_normaliser[:, None] - logits
+                log_prob, miss = -tf.nn.softplus(gap), tf.sigmoid(gap)
+                if variant == "out":
+                    return [k + 1, lp_sum + tf.reduce_sum(positive * log_prob, axis=1), lp_max, lp_exp_sum,
+                            miss_sum + tf.reduce_sum(positive * miss, axis=1)]
+                new_max, lp_exp_sum, rescale, block_miss = online_log_sum_exp(
+                    lp_max, lp_exp_sum, log_prob, positive > 0, factor=miss
+                )
+                return [k + 1, lp_sum, new_max, lp_exp_sum, miss_sum * rescale + block_miss]
+
+            _, lp_sum, lp_max, lp_exp_sum, miss_sum = tf.while_loop(
+                lambda k, *_: k < num_blocks, second, [tf.constant(0), zeros, lowest, zeros, zeros],
+                maximum_iterations=num_blocks, parallel_iterations=1,
+            )
+            safe_count = tf.where(pos_count > 0, pos_count, tf.ones_like(pos_count))
+            if variant == "out":
+                pos_sum = lp_sum  # sum_p l(i, p)
+                negative_weight = miss_sum / safe_count
+            else:
+                log_positive = lp_max + tf.math.log(tf.maximum(lp_exp_sum, tiny))  # log sum_p exp l(i, p)
+                negative_weight = miss_sum / tf.maximum(lp_exp_sum, tiny)
+        return log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight
+
+    def backward(anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight):
+        def body(k, anchor_grad, contrast_grads):
+            columns, logits, in_denominator, positive = block(anchor_matrix, contrast_padded, k)
+            probability = tf.exp(tf.where(in_denominator, logits, masked) - log_normaliser[:, None]) * tf.cast(
+                in_denominator, dtype
+            )
+            if one_positive:
+                gap = log_normaliser[:, None] - logits
+                miss = tf.sigmoid(gap)
+                if variant == "out":
+                    target = positive * miss / safe_count[:, None]
+                else:
+                    log_prob = tf.where(positive > 0, -tf.nn.softplus(gap), masked)
+                    target = positive * tf.exp(log_prob - log_positive[:, None]) * miss
+                g = (negative_weight[:, None] * probability - target) * weight[:, None]
+            else:
+                if variant == "out":
+                    target = positive / safe_count[:, None]
+                else:
+                    target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
+                g = (probability - target) * weight[:, None]
+            anchor_grad += tf.matmul(g, columns)
+            contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
+            return [k + 1, anchor_grad, contrast_grads]
+
+        grads = tf.TensorArray(dtype, size=num_blocks, element_shape=tf.TensorShape([block_size, None]))
+        _, anchor_grad, grads = tf.while_loop(
+            lambda k, *_: k < num_blocks,
+            body,
+            [tf.constant(0), tf.zeros_like(anchor_matrix), grads],
+            maximum_iterations=num_blocks,
+            parallel_iterations=1,
+        )
+        return anchor_grad, grads.concat()[:num_columns]
+
+    # Inside a graph with static sizes, each pass is compiled with XLA: the
+    # loop then fuses the per-block exp/compare/reduce work and keeps one block
+    # of temporaries alive (measured: benchmarks/RESULTS.md). Eagerly, or with
+    # dynamic sizes, the passes run as plain TensorFlow ops.
+    if isinstance(num_blocks, int) and tf.inside_function():
+        forward = tf.function(forward, jit_compile=True, autograph=False)
+        backward = tf.function(backward, jit_compile=True, autograph=False)
+
+    @tf.custom_gradient
+    def core(anchor_matrix, contrast_matrix):
+        contrast_padded = tf.pad(contrast_matrix, [[0, padding], [0, 0]])
+        # The passes are never differentiated by autodiff (the custom gradient
+        # below is the derivative); cutting their inputs keeps tapes from
+        # asking for while-loop gradients of an XLA function.
+        log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight = forward(
+            tf.stop_gradient(anchor_matrix), tf.stop_gradient(contrast_padded)
+        )
+        counts = pos_count > 0
+        if denominator == "only_negatives":
+            counts = counts & (den_count > 0)
+        safe_count = tf.where(pos_count > 0, pos_count, tf.ones_like(pos_count))
+        if one_positive:
+            mean_log_prob = pos_sum / safe_count if variant == "out" else log_positive - tf.math.log(safe_count)
+        elif variant == "out":
+            mean_log_prob = pos_sum / safe_count - log_normaliser
+        else:
+            mean_log_prob = log_positive - tf.math.log(safe_count) - log_normaliser
+        neg = tf.where(counts, -mean_log_prob, tf.zeros_like(mean_log_prob))
+
+        def grad(upstream):
+            weight = tf.where(counts, upstream, tf.zeros_like(upstream)) * inverse_temperature
+            inputs = (anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight)
+            return backward(*[tf.stop_gradient(t) for t in inputs])
+
+        return (neg, tf.stop_gradient(tf.cast(counts, dtype))), lambda upstream, _unused: grad(upstream)
+
+    return core(anchors, contrast)

@@ -15,12 +15,14 @@ seconds: it runs in a child process, killed if its stop takes longer
 (`STOP_GRACE_SECONDS`). Bad flags: one line on stderr, exit status 2.
 
 This binary does not import `experiments.common` (which defines every
-training flag); it has its own small error handling with the same
-conventions, and checks its flags before importing TensorFlow.
+training flag): its flags are the fields of `ServiceConfig`
+(`experiments/flagging.py`, the binaries' one flag mechanism and error
+convention), checked before TensorFlow is imported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -32,26 +34,11 @@ import time
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from experiments import flagging  # noqa: E402
+from experiments.flagging import option  # noqa: E402
 
-FLAGS = flags.FLAGS
 ROLES = ("dispatcher", "worker")
-
-flags.DEFINE_string("role", None, f"What to run: {' | '.join(ROLES)}.")
-flags.DEFINE_string("port", None, "Port to serve on (1..65535; 0 picks a free port, printed at start).")
-flags.DEFINE_string(
-    "workers", None, "dispatcher: the comma-separated workers it shards over, HOST:PORT each (or HOST for any port)."
-)
-flags.DEFINE_string("dispatcher", None, "worker: the dispatcher's HOST:PORT.")
-flags.DEFINE_string("host", "localhost", "worker: the host name the dispatcher and the trainer reach this worker at.")
-
 _PROGRAM = "supcon-data-service"
-
-
-def _fail(error):
-    message = " ".join(str(error).split()) or type(error).__name__
-    print(f"{_PROGRAM}: error: {message}", file=sys.stderr, flush=True)
-    return 2
 
 
 def _port(value):
@@ -82,30 +69,45 @@ def _worker_entry(value):
     return _address(value, "workers")
 
 
-def _options():
-    """The validated flags as a dict; ValueError (one line) on a bad or missing value."""
-    if FLAGS.role not in ROLES:
-        raise ValueError(f"`role` must be one of {', '.join(ROLES)}, received: --role={FLAGS.role!r}")
-    if FLAGS.port is None:
-        raise ValueError(f"`port` is required for --role={FLAGS.role}")
-    port = _port(FLAGS.port)
-    if FLAGS.role == "dispatcher":
-        if FLAGS.dispatcher is not None:
-            raise ValueError(f"`dispatcher` is for --role=worker, received: --dispatcher={FLAGS.dispatcher!r}")
-        if not FLAGS.workers:
-            raise ValueError(
-                "`workers` is required for --role=dispatcher: the comma-separated HOST:PORT of its workers"
-            )
-        workers = [_worker_entry(w.strip()) for w in FLAGS.workers.split(",")]
-        return {"role": "dispatcher", "port": port, "workers": workers}
-    if FLAGS.workers is not None:
-        raise ValueError(f"`workers` is for --role=dispatcher, received: --workers={FLAGS.workers!r}")
-    if not FLAGS.dispatcher:
-        raise ValueError("`dispatcher` is required for --role=worker: the dispatcher's HOST:PORT")
-    dispatcher = _address(FLAGS.dispatcher, "dispatcher")
-    if not re.fullmatch(_HOST, FLAGS.host or ""):
-        raise ValueError(f"`host` must be a host name or address, received: --host={FLAGS.host!r}")
-    return {"role": "worker", "port": port, "dispatcher": dispatcher, "host": FLAGS.host}
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """The server to run, as given by the flags; `options()` checks it (ValueError, one line, naming the flag)."""
+
+    role: str | None = option(None, f"What to run: {' | '.join(ROLES)}.")
+    port: str | None = option(None, "Port to serve on (1..65535; 0 picks a free port, printed at start).")
+    workers: str | None = option(
+        None, "dispatcher: the comma-separated workers it shards over, HOST:PORT each (or HOST for any port)."
+    )
+    dispatcher: str | None = option(None, "worker: the dispatcher's HOST:PORT.")
+    host: str = option("localhost", "worker: the host name the dispatcher and the trainer reach this worker at.")
+
+    def __post_init__(self):
+        self.options()
+
+    def options(self):
+        """The validated settings as a dict (what the server process is given)."""
+        if self.role not in ROLES:
+            raise ValueError(f"`role` must be one of {', '.join(ROLES)}, received: --role={self.role!r}")
+        if self.port is None:
+            raise ValueError(f"`port` is required for --role={self.role}")
+        port = _port(self.port)
+        if self.role == "dispatcher":
+            if self.dispatcher is not None:
+                raise ValueError(f"`dispatcher` is for --role=worker, received: --dispatcher={self.dispatcher!r}")
+            if not self.workers:
+                raise ValueError(
+                    "`workers` is required for --role=dispatcher: the comma-separated HOST:PORT of its workers"
+                )
+            workers = [_worker_entry(w.strip()) for w in self.workers.split(",")]
+            return {"role": "dispatcher", "port": port, "workers": workers}
+        if self.workers is not None:
+            raise ValueError(f"`workers` is for --role=dispatcher, received: --workers={self.workers!r}")
+        if not self.dispatcher:
+            raise ValueError("`dispatcher` is required for --role=worker: the dispatcher's HOST:PORT")
+        dispatcher = _address(self.dispatcher, "dispatcher")
+        if not re.fullmatch(_HOST, self.host or ""):
+            raise ValueError(f"`host` must be a host name or address, received: --host={self.host!r}")
+        return {"role": "worker", "port": port, "dispatcher": dispatcher, "host": self.host}
 
 
 STOP_GRACE_SECONDS = 2.0  # after a signal: how long the server may take to stop before it is killed
@@ -171,7 +173,7 @@ def _serve(options):
             server = data_service.start_worker(options["dispatcher"], options["port"], host=options["host"])
             detail = f"dispatcher {options['dispatcher']}"
     except Exception as error:  # noqa: BLE001  (a port in use, an unknown host: reported in one line)
-        os._exit(_fail(ValueError(f"cannot start the {options['role']} on port {options['port']}: {error}")))
+        os._exit(flagging.fail(ValueError(f"cannot start the {options['role']} on port {options['port']}: {error}")))
     port = options["port"] or int(server._address.rsplit(":", 1)[-1])  # 0: the port it bound
     where = f"grpc://localhost:{port}" if options["role"] == "dispatcher" else f"{options['host']}:{port}"
     print(f"{_PROGRAM}: {options['role']} serving at {where} ({detail}); SIGTERM or Ctrl-C stops it", flush=True)
@@ -217,27 +219,15 @@ def _supervise(options, stop):
     return 0
 
 
-def main(argv):
-    stop = _StopSignal()
-    if len(argv) > 1:
-        return _fail(ValueError(f"unexpected positional arguments: {argv[1:]}"))
-    try:
-        options = _options()
-    except ValueError as error:
-        return _fail(error)
+def main():
+    stop = _StopSignal()  # first, so that a signal during start-up also ends cleanly
+    options = flagging.from_flags(ServiceConfig).options()
     return _supervise(options, stop)
 
 
-def _parse_flags(argv):
-    """absl's parser, with an unknown or malformed flag reported in one line and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(_fail(error))
-
-
 def entry():
-    app.run(main, flags_parser=_parse_flags)
+    flagging.define(ServiceConfig)
+    flagging.run_binary(main)
 
 
 if __name__ == "__main__":

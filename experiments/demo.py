@@ -25,87 +25,98 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from experiments import flagging  # noqa: E402
+from experiments.flagging import option  # noqa: E402
 
-FLAGS = flags.FLAGS
+METHODS = ("supcon", "simclr", "ce")
+# The `RunConfig` settings the demo sets on every stage, over the stage's digits_* preset, with the demo's
+# defaults. Their flags are the training binaries' flags of the same names (`RunConfig`'s help and validation);
+# the linear probes keep their preset's epochs and batch size (they train --probe_epochs epochs).
+STAGE_DEFAULTS = dict(epochs=60, batch_size=128, image_size=16, seed=0, verbose=2)
+PROBE_KEEPS = ("epochs", "batch_size")
 
-
-def define_flags():
-    """Defines the demo's flags (only when run as a program, so importing the module defines none)."""
-    flags.DEFINE_string("output_dir", "runs/demo", "Where metrics, config and models are written.")
-    flags.DEFINE_integer("epochs", 60, "Pre-training epochs for SupCon / SimCLR and training epochs for CE.")
-    flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (on cached features).")
-    flags.DEFINE_integer("batch_size", 128, "Training batch size (samples; each gives `views` images).")
-    flags.DEFINE_integer("image_size", 16, "Digits (8x8) are resized to this size.")
-    flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
-    flags.DEFINE_list("methods", ["supcon", "simclr", "ce"], "Which methods to run.")
-    flags.DEFINE_integer("verbose", 2, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Resolved, validated settings of one demo run (the recipes are the `digits_*` presets)."""
+    """Resolved, validated settings of one demo run (the recipes are the `digits_*` presets).
 
-    output_dir: str
-    epochs: int = 60
-    probe_epochs: int = 100
-    batch_size: int = 128
-    image_size: int = 16
-    seed: int = 0
-    methods: tuple = ("supcon", "simclr", "ce")
-    verbose: int = 2
+    `stage` holds the `RunConfig` settings of every stage (`STAGE_DEFAULTS`
+    for those it does not give); construction builds every stage's
+    `RunConfig`, so a bad value fails before anything is written.
+    """
+
+    output_dir: str = option("runs/demo", "Where metrics, config and models are written.")
+    probe_epochs: int = option(
+        100, "Linear-probe epochs (on cached features); --epochs is the SupCon / SimCLR pre-training and CE epochs."
+    )
+    methods: tuple[str, ...] = option(METHODS, "Which methods to run.")
+    stage: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("epochs", "probe_epochs", "batch_size", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, received: {name}={value!r}")
-        if self.image_size < 8:
-            raise ValueError(f"`image_size` must be >= 8, received: image_size={self.image_size}")
-        unknown = set(self.methods) - {"supcon", "simclr", "ce"}
-        if unknown or not self.methods:
-            raise ValueError(
-                f"`methods` must be a non-empty subset of supcon, simclr, ce; received: methods={list(self.methods)}"
-            )
         if not self.output_dir:
             raise ValueError("`output_dir` must be a non-empty path, received: output_dir=''")
+        if isinstance(self.probe_epochs, bool) or not isinstance(self.probe_epochs, int) or self.probe_epochs < 1:
+            raise ValueError(f"`probe_epochs` must be a positive int, received: probe_epochs={self.probe_epochs!r}")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown or not self.methods:
+            raise ValueError(
+                f"`methods` must be a non-empty subset of {', '.join(METHODS)}; received: methods={list(self.methods)}"
+            )
+        unknown = sorted(set(self.stage) - set(STAGE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"`stage` sets only {', '.join(STAGE_DEFAULTS)}; received: {unknown}")
+        object.__setattr__(self, "stage", {**STAGE_DEFAULTS, **self.stage})
+        for method in self.methods:  # every stage's RunConfig validates the stage settings now, not mid-run
+            self.run_config(f"digits_{method}", "check")
+        self.probe_config("check")
+        if self.stage["image_size"] < 8:
+            raise ValueError(
+                f"`image_size` must be >= 8 (the digits are 8x8), received: image_size={self.stage['image_size']}"
+            )
 
     def run_config(self, preset, model_dir, **overrides):
-        """The `RunConfig` of one stage: the digits preset with this demo's settings."""
+        """The `RunConfig` of one stage: the digits preset with this demo's settings, then `overrides`."""
         from experiments import presets
         from supcon_tf.config import RunConfig
 
         values = presets.get_preset(preset)
-        values.update(
-            model_dir=model_dir,
-            image_size=self.image_size,
-            seed=self.seed,
-            verbose=self.verbose,
-            export=False,
-        )
-        if values["method"] != "linear":
-            values.update(epochs=self.epochs, batch_size=self.batch_size)
+        linear = values["method"] == "linear"
+        values.update({k: v for k, v in self.stage.items() if not (linear and k in PROBE_KEEPS)})
+        values.update(model_dir=model_dir, export=False)
         values.update(overrides)
         return RunConfig.from_dict(values)
+
+    def probe_config(self, method_dir):
+        """The linear probe of the encoder pre-trained in `method_dir`: `probe_epochs` epochs, silent."""
+        return self.run_config(
+            "digits_linear", os.path.join(method_dir, "linear"), pretrained=os.path.join(method_dir, "model.keras"),
+            epochs=self.probe_epochs, verbose=0,
+        )
+
+    def to_dict(self):
+        """The demo's settings, flat: its own fields and the stage settings (config.json, metrics.json)."""
+        own = {"output_dir": self.output_dir, "probe_epochs": self.probe_epochs, "methods": list(self.methods)}
+        return {**own, **self.stage}
+
+
+def define_flags():
+    """Defines the demo's flags (only when run as a program, so importing the module defines none)."""
+    from supcon_tf.config import RunConfig
+
+    flagging.define(DemoConfig)
+    flagging.define(RunConfig, names=tuple(STAGE_DEFAULTS), defaults=STAGE_DEFAULTS)
 
 
 def config_from_flags() -> DemoConfig:
     """The one place where flags become a config."""
-    return DemoConfig(
-        output_dir=FLAGS.output_dir,
-        epochs=FLAGS.epochs,
-        probe_epochs=FLAGS.probe_epochs,
-        batch_size=FLAGS.batch_size,
-        image_size=FLAGS.image_size,
-        seed=FLAGS.seed,
-        methods=tuple(FLAGS.methods),
-        verbose=FLAGS.verbose,
-    )
+    from supcon_tf.config import RunConfig
+
+    return flagging.from_flags(DemoConfig, stage=flagging.values(RunConfig, names=tuple(STAGE_DEFAULTS)))
 
 
 def _log(message):
@@ -118,35 +129,27 @@ def run(config: DemoConfig):
 
     os.makedirs(config.output_dir, exist_ok=True)
     with open(os.path.join(config.output_dir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+        json.dump(config.to_dict(), f, indent=2)
 
     rows = []
     for method in config.methods:
         method_dir = os.path.join(config.output_dir, method)
         if method == "ce":
-            _log(f"ce: training {config.epochs} epochs end to end")
+            _log(f"ce: training {config.stage['epochs']} epochs end to end")
             metrics = runner.run(config.run_config("digits_ce", method_dir))
             train_seconds = metrics["train_seconds"]
         else:
-            _log(f"{method}: pre-training {config.epochs} epochs")
+            _log(f"{method}: pre-training {config.stage['epochs']} epochs")
             pretrain = runner.run(config.run_config(f"digits_{method}", method_dir))
             _log(f"{method}: linear probe {config.probe_epochs} epochs on cached features")
-            metrics = runner.run(
-                config.run_config(
-                    "digits_linear",
-                    os.path.join(method_dir, "linear"),
-                    pretrained=os.path.join(method_dir, "model.keras"),
-                    epochs=config.probe_epochs,
-                    verbose=0,
-                )
-            )
+            metrics = runner.run(config.probe_config(method_dir))
             train_seconds = pretrain["train_seconds"] + metrics["train_seconds"]
         row = {"method": method, "test_top1": metrics["test_top1"], "train_seconds": round(train_seconds, 1)}
         _log(f"{method}: test top-1 {row['test_top1']:.4f}, train time {train_seconds:.0f} s")
         rows.append(row)
 
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
-        json.dump({"results": rows, "config": dataclasses.asdict(config)}, f, indent=2)
+        json.dump({"results": rows, "config": config.to_dict()}, f, indent=2)
     return rows
 
 
@@ -157,14 +160,8 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = config_from_flags()
-    except ValueError as error:
-        print(f"demo: error: {error}", file=sys.stderr)
-        return 2
+def _main():
+    config = config_from_flags()
     start = time.time()
     rows = run(config)
     print()
@@ -173,6 +170,10 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def entry():
     define_flags()
-    app.run(main)
+    flagging.run_binary(_main)
+
+
+if __name__ == "__main__":
+    entry()

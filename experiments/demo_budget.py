@@ -16,6 +16,7 @@ after an interruption); the demo's own run folders resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -24,30 +25,35 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
 
-FLAGS = flags.FLAGS
+from experiments import flagging
+from experiments.flagging import option
+
 METHODS = ("supcon", "simclr", "ce")
 
 
-def define_flags():
-    """Defines the flags; only when run as a program."""
-    flags.DEFINE_list("epochs", ["10", "20", "40", "80"], "Pre-training (and CE) epochs to try.")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every budget runs once per seed.")
-    flags.DEFINE_integer("image_size", 8, "The demo's --image_size.")
-    flags.DEFINE_string("work_dir", "runs/demo_budget", "Where the demo runs go.")
-    flags.DEFINE_string("output", "reports/demo/budget.json", "The results file to write.")
-    flags.DEFINE_string("render", None, "Only print the Markdown table from this results file.")
+@dataclasses.dataclass(frozen=True)
+class BudgetConfig:
+    """The grid (every point a demo config, validated by `experiments.demo.DemoConfig`) and the files."""
 
+    epochs: tuple[int, ...] = option((10, 20, 40, 80), "Pre-training (and CE) epochs to try.")
+    seeds: tuple[int, ...] = option((0, 1, 2), "Seeds; every budget runs once per seed.")
+    image_size: int = option(8, "The demo's --image_size.")
+    work_dir: str = option("runs/demo_budget", "Where the demo runs go.")
+    output: str = option("reports/demo/budget.json", "The results file to write.")
+    render: str | None = option(None, "Only print the Markdown table from this results file.")
 
-def _positive_ints(values, name):
-    try:
-        parsed = [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"`--{name}` must be a list of ints, received: --{name}={','.join(values)}") from None
-    if not parsed or min(parsed) < (1 if name == "epochs" else 0):
-        raise ValueError(f"`--{name}` must be a non-empty list of ints >= 1, received: --{name}={','.join(values)}")
-    return parsed
+    def __post_init__(self):
+        if self.render:
+            return  # the grid is not used
+        for name in ("epochs", "seeds"):
+            if not getattr(self, name):
+                raise ValueError(f"`--{name}` must be a non-empty list, received: --{name}=")
+        from experiments.demo import DemoConfig
+
+        for epochs in self.epochs:
+            for seed in self.seeds:
+                DemoConfig(stage=dict(epochs=epochs, seed=seed, image_size=self.image_size, verbose=0))
 
 
 def _one_run(work_dir, epochs, seed, image_size):
@@ -138,27 +144,21 @@ def render(results, path="reports/demo/budget.json"):
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"demo_budget: error: unexpected positional arguments: {argv[1:]}", file=sys.stderr)
-        return 2
-    if FLAGS.render:
-        with open(FLAGS.render) as f:
-            print(render(json.load(f), FLAGS.render))
+def main():
+    config = flagging.from_flags(BudgetConfig)
+    if config.render:
+        with open(config.render) as f:
+            print(render(json.load(f), config.render))
         return 0
-    try:
-        epochs_grid = _positive_ints(FLAGS.epochs, "epochs")
-        seeds = _positive_ints(FLAGS.seeds, "seeds")
-        if FLAGS.image_size < 8:
-            raise ValueError(f"`--image_size` must be >= 8, received: --image_size={FLAGS.image_size}")
-    except ValueError as error:
-        print(f"demo_budget: error: {error}", file=sys.stderr)
-        return 2
-    results = run(epochs_grid, seeds, FLAGS.image_size, FLAGS.work_dir, FLAGS.output)
-    print(render(results, FLAGS.output))
+    results = run(config.epochs, config.seeds, config.image_size, config.work_dir, config.output)
+    print(render(results, config.output))
     return 0
 
 
+def entry():
+    flagging.define(BudgetConfig)
+    flagging.run_binary(main)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    entry()

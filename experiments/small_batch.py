@@ -43,7 +43,8 @@ import time
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from experiments import flagging  # noqa: E402
+from experiments.flagging import option  # noqa: E402
 
 ARMS = ("b16_plain", "b16_queue", "b16_queue_momentum", "b16_pk", "b256_plain")
 SMALL_BATCH = 16
@@ -51,57 +52,36 @@ LARGE_BATCH = 256
 QUEUE_ARMS = ("b16_queue", "b16_queue_momentum")
 ALPHA = 0.05
 
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """Defines this binary's flags; called only when it runs as a program.
-
-    Several names (queue_size, key_momentum, ...) are also `RunConfig` flags of
-    experiments/common.py, so defining them at import would clash with it in
-    one process (e.g. a test session that imports both).
-    """
-    flags.DEFINE_string("output_dir", "runs/small_batch", "Where results.json and results.md are written.")
-    flags.DEFINE_string("work_dir", None, "Where the run folders go (default: --output_dir).")
-    flags.DEFINE_integer("steps", 150, "Optimizer steps of every pre-training arm.")
-    flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds; every arm runs once per seed.")
-    flags.DEFINE_list("arms", list(ARMS), f"Arms to run, a subset of: {', '.join(ARMS)}.")
-    flags.DEFINE_integer("queue_size", 512, "Memory-queue entries of the queue arms, when --queue_size_grid is empty.")
-    flags.DEFINE_list("queue_size_grid", [], "Queue sizes to choose from on the validation split (empty: --queue_size).")
-    flags.DEFINE_integer("queue_warmup_steps", 0, "Steps before the queue joins the loss.")
-    flags.DEFINE_float("key_momentum", 0.95, "EMA momentum of the key encoder, when --key_momentum_grid is empty.")
-    flags.DEFINE_list("key_momentum_grid", [], "Key momenta to choose from on the validation split (with the queue size).")
-    flags.DEFINE_integer("samples_per_class", 4, "K of the b16_pk arm (P = 16 / K classes per batch).")
-    flags.DEFINE_integer("probe_epochs", 20, "Linear-probe epochs (cached features).")
-    flags.DEFINE_integer("verbose", 0, "Keras verbosity of each run: 0 silent, 2 one line per epoch.")
-    flags.DEFINE_bool("render_only", False, "Only render results.md (and --document) from --output_dir/results.json.")
-    flags.DEFINE_string("document", None, "Also write the full Markdown write-up here (e.g. experiments/small_batch_results.md).")
-    flags.DEFINE_bool("readme", False, "With --render_only: print README.md's small-batch table instead.")
-
 
 @dataclasses.dataclass(frozen=True)
 class SmallBatchConfig:
-    """Resolved, validated settings of the experiment.
+    """Resolved, validated settings of the experiment (every field with a help text is a flag of its name).
 
     The stages are RunConfigs: `pretrain_config` composes the digits_supcon
     preset with the report's shared settings and the arm's options,
-    `probe_config` the report's linear probe.
+    `probe_config` the report's linear probe. The queue and sampler fields
+    are the arms' settings (RunConfig validates them when the arms' configs
+    are built, at construction).
     """
 
-    output_dir: str
-    work_dir: str | None = None
-    steps: int = 150
-    seeds: tuple = (0, 1, 2, 3, 4)
-    arms: tuple = ARMS
-    queue_size: int = 512
-    queue_size_grid: tuple = ()
-    queue_warmup_steps: int = 0
-    key_momentum: float = 0.95
-    key_momentum_grid: tuple = ()
-    samples_per_class: int = 4
-    probe_epochs: int = 20
+    output_dir: str = option("runs/small_batch", "Where results.json and results.md are written.")
+    work_dir: str | None = option(None, "Where the run folders go (default: --output_dir).")
+    steps: int = option(150, "Optimizer steps of every pre-training arm.")
+    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), "Seeds; every arm runs once per seed.")
+    arms: tuple[str, ...] = option(ARMS, f"Arms to run, a subset of: {', '.join(ARMS)}.")
+    queue_size: int = option(512, "Memory-queue entries of the queue arms, when --queue_size_grid is empty.")
+    queue_size_grid: tuple[int, ...] = option(
+        (), "Queue sizes to choose from on the validation split (empty: --queue_size)."
+    )
+    queue_warmup_steps: int = option(0, "Steps before the queue joins the loss.")
+    key_momentum: float = option(0.95, "EMA momentum of the key encoder, when --key_momentum_grid is empty.")
+    key_momentum_grid: tuple[float, ...] = option(
+        (), "Key momenta to choose from on the validation split (with the queue size)."
+    )
+    samples_per_class: int = option(4, "K of the b16_pk arm (P = 16 / K classes per batch).")
+    probe_epochs: int = option(20, "Linear-probe epochs (cached features).")
     tuning_seed: int = 0
-    verbose: int = 0
+    verbose: int = option(0, "Keras verbosity of each run: 0 silent, 2 one line per epoch.")
 
     def __post_init__(self):
         if not self.output_dir:
@@ -119,13 +99,11 @@ class SmallBatchConfig:
             raise ValueError(
                 f"`samples_per_class` must divide {SMALL_BATCH}, received: samples_per_class={self.samples_per_class}"
             )
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"`verbose` must be 0, 1 or 2, received: verbose={self.verbose}")
         for name in ("queue_size_grid", "key_momentum_grid"):
             values = getattr(self, name)
             if not isinstance(values, tuple) or len(set(values)) != len(values):
                 raise ValueError(f"`{name}` must be a tuple of distinct values, received: {name}={values!r}")
-        # The arms' RunConfigs validate the rest (queue sizes, momenta, warm-up, ...) now, not mid-run.
+        # The arms' RunConfigs validate the rest (queue sizes, momenta, warm-up, verbose, ...) now, not mid-run.
         for arm in self.arms:
             for queue_size in self.queue_size_grid or (self.queue_size,):
                 for momentum in self.key_momentum_grid or (self.key_momentum,):
@@ -174,32 +152,31 @@ class SmallBatchConfig:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class ProgramOptions:
+    """What the program does besides the study's settings: run it, or only render its results."""
+
+    render_only: bool = option(False, "Only render results.md (and --document) from --output_dir/results.json.")
+    document: str | None = option(
+        None, "Also write the full Markdown write-up here (e.g. experiments/small_batch_results.md)."
+    )
+    readme: bool = option(False, "With --render_only: print README.md's small-batch table instead.")
+
+
+def define_flags():
+    """Defines this binary's flags; called only when it runs as a program.
+
+    Several names (queue_size, key_momentum, ...) are also `RunConfig` flags of
+    experiments/common.py, so defining them at import would clash with it in
+    one process (e.g. a test session that imports both).
+    """
+    flagging.define(SmallBatchConfig)
+    flagging.define(ProgramOptions)
+
+
 def config_from_flags() -> SmallBatchConfig:
     """The one place where flags become a config."""
-    try:
-        seeds = tuple(int(s) for s in FLAGS.seeds)
-        queue_sizes = tuple(int(s) for s in FLAGS.queue_size_grid)
-        momenta = tuple(float(s) for s in FLAGS.key_momentum_grid)
-    except ValueError:
-        raise ValueError(
-            f"`seeds`, `queue_size_grid` and `key_momentum_grid` must be numbers, received: seeds={FLAGS.seeds}, "
-            f"queue_size_grid={FLAGS.queue_size_grid}, key_momentum_grid={FLAGS.key_momentum_grid}"
-        ) from None
-    return SmallBatchConfig(
-        output_dir=FLAGS.output_dir,
-        work_dir=FLAGS.work_dir,
-        steps=FLAGS.steps,
-        seeds=seeds,
-        arms=tuple(FLAGS.arms),
-        queue_size=FLAGS.queue_size,
-        queue_size_grid=queue_sizes,
-        queue_warmup_steps=FLAGS.queue_warmup_steps,
-        key_momentum=FLAGS.key_momentum,
-        key_momentum_grid=momenta,
-        samples_per_class=FLAGS.samples_per_class,
-        probe_epochs=FLAGS.probe_epochs,
-        verbose=FLAGS.verbose,
-    )
+    return flagging.from_flags(SmallBatchConfig)
 
 
 def _log(message):
@@ -498,34 +475,35 @@ def study(config, command):
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = config_from_flags()
-    except ValueError as error:
-        print(f"small_batch: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+def _main():
+    config = config_from_flags()
+    options = flagging.from_flags(ProgramOptions)
     path = os.path.join(config.output_dir, "results.json")
-    if FLAGS.render_only:
+    if options.render_only:
         if not os.path.exists(path):
-            print(f"small_batch: error: no results to render: {path} does not exist", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"no results to render: {path} does not exist")
         with open(path) as f:
             results = json.load(f)
-        if FLAGS.readme:
+        if options.readme:
             print(readme_table(results, path))
             return 0
     else:
         command = "python -m experiments.small_batch " + " ".join(sys.argv[1:])
         results = study(config, command.strip())
-    write_outputs(results, config.output_dir, FLAGS.document)
+    write_outputs(results, config.output_dir, options.document)
     print()
     print(format_table(results))
     print(f"\nTotal wall time: {results['timing']['wall_seconds']:.0f} s. Outputs in {config.output_dir}/")
     return 0
 
 
-if __name__ == "__main__":
+main = flagging.absl_main(_main)  # `absl.app.run(main)` after `define_flags()`, as `entry` does
+
+
+def entry():
     define_flags()
-    app.run(main)
+    flagging.run_binary(_main)
+
+
+if __name__ == "__main__":
+    entry()

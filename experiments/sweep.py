@@ -49,9 +49,9 @@ import time
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags  # noqa: E402
-
-from supcon_tf.config import AUGMENTATIONS, RunConfig  # noqa: E402  (pure Python)
+from experiments import flagging  # noqa: E402
+from experiments.flagging import option  # noqa: E402
+from supcon_tf.config import AUGMENTATIONS, RunConfig  # noqa: E402
 
 TUNERS = ("random", "hyperband", "grid")
 OBJECTIVE = "val_accuracy"
@@ -85,20 +85,27 @@ class SweepConfig:
     the validation split (carved from TRAIN with `base.seed`), `base.seed` also
     seeds the tuner. `probe` is a `RunConfig` of method "linear" (its
     model_dir and pretrained are set per trial; default `default_probe(base)`).
-    Empty grids keep the base value (not searched).
+    Empty grids keep the base value (not searched). The fields with a help
+    text are the sweep binary's flags (the grids: `--<field>_grid`).
     """
 
     base: RunConfig
     probe: RunConfig | None = None
-    tuner: str = "random"
-    max_trials: int = 10  # random / grid (grid: at most this many points); hyperband sizes itself
-    temperatures: tuple = ()
-    learning_rates: tuple = ()
-    batch_sizes: tuple = ()
-    augmentations: tuple = ()
-    epochs: tuple = ()
-    hyperband_factor: int = 3
-    probe_ce: bool = False  # score CE by a linear probe too (its own classifier's score kept alongside)
+    tuner: str = option("random", f"keras-tuner search: {' | '.join(TUNERS)}.")
+    max_trials: int = option(10, "Trials for random / grid search (hyperband sizes itself from --epochs).")
+    temperatures: tuple[float, ...] = option(
+        (), "Temperatures to search (empty: --temperature; not for ce).", flag="temperature_grid"
+    )
+    learning_rates: tuple[float, ...] = option(
+        (), "Learning rates to search (empty: --learning_rate).", flag="learning_rate_grid"
+    )
+    batch_sizes: tuple[int, ...] = option((), "Batch sizes to search (empty: --batch_size).", flag="batch_size_grid")
+    augmentations: tuple[str, ...] = option(
+        (), f"Augmentation policies to search, of {', '.join(AUGMENTATIONS)}.", flag="augmentation_grid"
+    )
+    epochs: tuple[int, ...] = option((), "Epochs to search (empty: --epochs; not with hyperband).", flag="epochs_grid")
+    hyperband_factor: int = option(3, "Hyperband's reduction factor.")
+    probe_ce: bool = option(False, "Score CE by a linear probe on its frozen encoder too.")
 
     def __post_init__(self):
         if not isinstance(self.base, RunConfig):
@@ -413,31 +420,24 @@ def run_sweep(sweep, *, callbacks=None, overwrite=True, verbose=0):
 # The binary.
 # ---------------------------------------------------------------------------
 
-FLAGS = flags.FLAGS
+
+@dataclasses.dataclass(frozen=True)
+class ProbeOptions:
+    """The sweep binary's linear stage: `default_probe(base, epochs=probe_epochs)`."""
+
+    probe_epochs: int = option(100, "Linear-probe epochs (contrastive methods; the digits_linear recipe).")
 
 
 def _define_flags():
     """Defines the training flags (experiments/common.py) and the sweep's own; only when run as a binary."""
     from experiments import common  # noqa: F401  (defines --preset and every RunConfig flag)
 
-    flags.DEFINE_enum("tuner", "random", list(TUNERS), "keras-tuner search: random | hyperband | grid.")
-    flags.DEFINE_integer("max_trials", 10, "Trials for random / grid search (hyperband sizes itself from --epochs).")
-    flags.DEFINE_list("temperature_grid", [], "Temperatures to search (empty: --temperature; not for ce).")
-    flags.DEFINE_list("learning_rate_grid", [], "Learning rates to search (empty: --learning_rate).")
-    flags.DEFINE_list("batch_size_grid", [], "Batch sizes to search (empty: --batch_size).")
-    flags.DEFINE_list("augmentation_grid", [], f"Augmentation policies to search, of {', '.join(AUGMENTATIONS)}.")
-    flags.DEFINE_list("epochs_grid", [], "Epochs to search (empty: --epochs; not with hyperband).")
+    flagging.define(SweepConfig)
+    flagging.define(ProbeOptions)
     # --validation_fraction is the training binaries' flag (experiments.common); the sweep defaults it to 0.2.
-    flags.DEFINE_integer("hyperband_factor", 3, "Hyperband's reduction factor.")
-    flags.DEFINE_integer("probe_epochs", 100, "Linear-probe epochs (contrastive methods; the digits_linear recipe).")
-    flags.DEFINE_bool("probe_ce", False, "Score CE by a linear probe on its frozen encoder too.")
 
 
-def _parse_list(name, values, kind):
-    try:
-        return tuple(kind(v) for v in values)
-    except ValueError:
-        raise ValueError(f"`--{name}` must be a comma-separated list of {kind.__name__}s, received: {','.join(values)!r}")
+_parse_list = flagging.parse_list
 
 
 def config_from_flags():
@@ -445,23 +445,14 @@ def config_from_flags():
     from experiments import common
 
     base = common.config_from_flags()
-    if FLAGS["model_dir"].value is None:
-        base = base.replace(model_dir=os.path.join("runs", f"sweep_{base.method}_{FLAGS.tuner}"))
-    if FLAGS.validation_fraction is None:
+    given = flagging.values(RunConfig, names=("model_dir", "validation_fraction"), unset=True)
+    values = flagging.values(SweepConfig)
+    if "model_dir" not in given:
+        base = base.replace(model_dir=os.path.join("runs", f"sweep_{base.method}_{values['tuner']}"))
+    if "validation_fraction" not in given:
         base = base.replace(validation_fraction=0.2)
-    return SweepConfig(
-        base=base.replace(evaluate_test=False),
-        probe=default_probe(base, epochs=FLAGS.probe_epochs),
-        tuner=FLAGS.tuner,
-        max_trials=FLAGS.max_trials,
-        temperatures=_parse_list("temperature_grid", FLAGS.temperature_grid, float),
-        learning_rates=_parse_list("learning_rate_grid", FLAGS.learning_rate_grid, float),
-        batch_sizes=_parse_list("batch_size_grid", FLAGS.batch_size_grid, int),
-        augmentations=tuple(FLAGS.augmentation_grid),
-        epochs=_parse_list("epochs_grid", FLAGS.epochs_grid, int),
-        hyperband_factor=FLAGS.hyperband_factor,
-        probe_ce=FLAGS.probe_ce,
-    )
+    probe = default_probe(base, epochs=flagging.from_flags(ProbeOptions).probe_epochs)
+    return SweepConfig(base=base.replace(evaluate_test=False), probe=probe, **values)
 
 
 def main():
@@ -479,9 +470,7 @@ def main():
 
 def entry():
     _define_flags()
-    from experiments import common
-
-    common.run_binary(main)
+    flagging.run_binary(main)
 
 
 if __name__ == "__main__":

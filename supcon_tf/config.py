@@ -3,7 +3,9 @@
 The binaries in `experiments/` turn flags and named presets into a
 `RunConfig` in exactly one place; the library only ever sees this object.
 Validation happens at construction, so a bad value fails before anything is
-built or written, with a message naming the field and the value.
+built or written, with a message naming the field and the value. Each field
+carries its help text (`metadata["help"]`), from which `experiments/flagging.py`
+generates the binaries' flag of the same name; the library reads no flags.
 """
 
 from __future__ import annotations
@@ -38,83 +40,166 @@ ENCODER_FORMS = ("keras.applications:<Name>", "<module>:<function>", "<path/to/f
 VIT_SIZE_FIELDS = ("vit_hidden_dim", "vit_depth", "vit_num_heads", "vit_mlp_dim")  # vit_tiny_patch4_32 only
 
 
+def _field(default, text):
+    """A `RunConfig` field with its help text (`metadata["help"]`: the text of its flag in the binaries)."""
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything one training stage needs. Field units are in the comments.
+    """Everything one training stage needs. Each field's help text gives its meaning and unit.
 
     `method`: "supcon" / "simclr" pre-train encoder + head; "ce" trains the
     cross-entropy baseline; "linear" trains a linear probe on the frozen
     encoder of the pre-trained model at `pretrained`.
     """
 
-    method: str = "supcon"
-    model_dir: str = "runs/default"
+    method: str = _field("supcon", "supcon | simclr (pretrain), ce (train_ce), linear (linear_eval).")
+    model_dir: str = _field(
+        "runs/default",
+        "Run folder: config.json, checkpoints/, backup/, logs/, model.keras, saved_model/, metrics.json.",
+    )
     # Data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    num_classes: int | None = None  # required for "folder"; known for the others
-    image_size: int = 16  # pixels, square
-    channels: int | None = None  # image folders: 1 or 3 channels to decode to (None: 3)
-    augmentation: str = "simclr"
-    crop_scale_min: float = 0.2
-    flip: bool = True
-    num_views: int = 2
+    dataset: str = _field(
+        "digits", "digits | cifar10 | cifar100 | imagenet2012 (TFDS, prepared under --data_dir) | folder."
+    )
+    data_dir: str | None = _field(
+        None, "TFDS data_dir, or the image-folder root holding train/<class>/ and test/<class>/."
+    )
+    # required for "folder"; known for the others
+    num_classes: int | None = _field(None, "Number of classes (folders: default = number of class sub-folders).")
+    image_size: int = _field(16, "Square training/eval image size in pixels.")
+    channels: int | None = _field(None, "Image folders: decode to 1 (grayscale) or 3 (RGB) channels (default 3).")
+    augmentation: str = _field("simclr", "simclr | autoaugment | randaugment | stacked_randaugment | none.")
+    crop_scale_min: float = _field(0.2, "Lower bound of the random-resized-crop area fraction.")
+    flip: bool = _field(True, "Random horizontal flips.")
+    num_views: int = _field(2, "Augmented views per image (contrastive methods).")
     # Model
-    encoder: str = "small_cnn"
-    encoder_width: float = 1.0  # small_cnn only
-    encoder_weights: str | None = None  # .weights.h5 (encoder.save_weights) or .keras file initialising the encoder
-    vit_hidden_dim: int | None = None  # vit_tiny_patch4_32 sizes; None: its default (192, 6, 3, 768)
-    vit_depth: int | None = None
-    vit_num_heads: int | None = None
-    vit_mlp_dim: int | None = None
-    head_hidden: int = 128  # 0 gives a linear head
-    embedding_dim: int = 64
-    synchronized_bn: bool = False
+    encoder: str = _field(
+        "small_cnn",
+        "small_cnn | resnet18 | resnet34 | resnet50 | imagenet_resnet50 | imagenet_resnet200 | vit_tiny_patch4_32 | "
+        "vit_b16, or any keras.applications:<Name> (e.g. keras.applications:EfficientNetV2B0; random init), or your "
+        "own build function <module>:<function> / <path/to/file.py>:<function>, called as function(image_shape) -> "
+        "keras.Model (this imports and runs that module). See docs/backbones.md.",
+    )
+    encoder_width: float = _field(1.0, "Channel multiplier of small_cnn.")
+    encoder_weights: str | None = _field(
+        None,
+        "Initialise the encoder from this file: a .weights.h5 written by encoder.save_weights, or a .keras model whose "
+        "encoder is taken (e.g. a run's model.keras); shapes must match.",
+    )
+    vit_hidden_dim: int | None = _field(
+        None, "vit_tiny_patch4_32: token width (divisible by --vit_num_heads; unset: 192)."
+    )
+    vit_depth: int | None = _field(None, "vit_tiny_patch4_32: transformer blocks (unset: 6).")
+    vit_num_heads: int | None = _field(None, "vit_tiny_patch4_32: attention heads (unset: 3).")
+    vit_mlp_dim: int | None = _field(None, "vit_tiny_patch4_32: MLP hidden width (unset: 768).")
+    head_hidden: int = _field(128, "Projection head hidden width (0: linear head).")
+    embedding_dim: int = _field(64, "Projection (embedding) dimension.")
+    synchronized_bn: bool = _field(False, "Cross-replica BatchNormalization.")
     # Loss
-    temperature: float = 0.1
-    base_temperature: float | None = None
-    contrast_mode: str = "all"
-    variant: str = "out"
-    denominator: str = "all"  # "all" | "one_positive" | "only_negatives" (google-research's denominator_mode)
-    positives_cap: int = -1  # per anchor, at most this many positives (a multiple of num_views); -1: no cap
+    temperature: float = _field(0.1, "Loss temperature tau (> 0).")
+    base_temperature: float | None = _field(None, "Loss scale tau / base_temperature (unset: unscaled, eq. 2).")
+    contrast_mode: str = _field("all", "all | one.")
+    variant: str = _field("out", "out (eq. 2) | in (eq. 3).")
+    denominator: str = _field(
+        "all",
+        "all (the paper) | one_positive (each positive against the negatives only) | only_negatives (the negatives "
+        "alone): google-research's denominator_mode.",
+    )
+    positives_cap: int = _field(
+        -1,
+        "Per anchor, keep only the first N positives of the global batch (a multiple of --num_views; the anchor's own "
+        "other views always stay); -1: no cap.",
+    )
     # Small batches (SupConModel's memory queue and momentum encoder; data.make_class_balanced_dataset)
-    queue_size: int = 0  # memory-queue entries, embeddings of earlier steps (0: no queue)
-    queue_warmup_steps: int = 0  # optimizer steps before the queue joins the loss
-    key_momentum: float | None = None  # EMA momentum of the key encoder that fills the queue (None: no key encoder)
-    sampler: str = "random"  # "random" batches, or "class_balanced" P x K batches
-    samples_per_class: int = 4  # K of the P x K sampler; P = batch_size / K
+    queue_size: int = _field(
+        0, "Memory queue: contrast every anchor also with the last N embeddings (and labels) of earlier steps; 0: off."
+    )
+    queue_warmup_steps: int = _field(
+        0, "Optimizer steps before the memory queue joins the loss (it is filled from the start)."
+    )
+    key_momentum: float | None = _field(
+        None,
+        "Momentum m in [0, 1) of an EMA copy of encoder + head that fills the queue (MoCo); unset: the online "
+        "embeddings fill it. Needs --queue_size.",
+    )
+    sampler: str = _field(
+        "random",
+        "random | class_balanced (each batch: batch_size / samples_per_class classes x samples_per_class samples).",
+    )
+    samples_per_class: int = _field(4, "K of the class_balanced (P x K) sampler; must divide --batch_size.")
     # Optimisation
-    optimizer: str = "sgd"
-    learning_rate: float = 0.05  # peak learning rate at reference_batch_size (see resolved_learning_rate)
-    learning_rate_scaling: str = "linear"  # "linear" | "sqrt" | "none": how it follows batch_size
-    reference_batch_size: int | None = None  # the batch learning_rate is given for (None: batch_size itself)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 0
-    epochs: int = 60
-    batch_size: int = 128  # global, across all replicas
-    steps_per_epoch: int | None = None  # None: one pass over the training split
+    optimizer: str = _field("sgd", "sgd | lars | adam.")
+    # the learning rate training uses is resolved_learning_rate
+    learning_rate: float = _field(
+        0.05, "Peak learning rate (> 0) at --reference_batch_size, reached after the warm-up."
+    )
+    learning_rate_scaling: str = _field(
+        "linear",
+        "linear | sqrt | none: how the learning rate follows --batch_size when it differs from --reference_batch_size "
+        "(linear: lr x batch / reference). The resolved value is written to config.json.",
+    )
+    reference_batch_size: int | None = _field(
+        None,
+        "The batch --learning_rate is given for (default: a preset's own batch_size, else --batch_size itself, i.e. "
+        "no scaling).",
+    )
+    momentum: float = _field(0.9, "SGD / LARS momentum.")
+    weight_decay: float = _field(1e-4, "Weight decay (>= 0).")
+    warmup_epochs: int = _field(0, "Linear warm-up epochs before the cosine decay.")
+    epochs: int = _field(60, "Training epochs.")
+    batch_size: int = _field(128, "Global batch size (divisible by the number of replicas).")
+    steps_per_epoch: int | None = _field(None, "Steps per epoch (default: one pass over the training split).")
     # Evaluation while training
-    online_eval: bool = False  # supcon/simclr: online linear classifier + contrast_top1/contrast_entropy metrics
-    validation_fraction: float = 0.0  # carve this fraction of the TRAIN split for validation (0: none)
-    evaluate_test: bool = True  # ce / linear: evaluate on the test split at the end (False: never read it)
+    online_eval: bool = _field(
+        False,
+        "Pre-training: train a linear classifier on the stop-gradient representation alongside (its own Adam "
+        "optimizer, learning rate 0.01) and log online_top1, online_loss, contrast_top1 and contrast_entropy.",
+    )
+    validation_fraction: float = _field(
+        0.0,
+        "Carve this fraction of the TRAINING split for validation (val_* metrics each epoch; the test split is never "
+        "used for it); 0: none.",
+    )
+    evaluate_test: bool = _field(
+        True,
+        "ce / linear: evaluate on the test split at the end (false: the test split is never read, e.g. while "
+        "tuning).",
+    )
     # Linear evaluation
-    pretrained: str | None = None  # .keras file of a pre-trained SupConModel / encoder
-    cache_features: bool = True  # probe on features computed once (no augmentation)
+    pretrained: str | None = _field(None, "linear_eval: the pre-trained model (.keras) whose encoder is probed.")
+    cache_features: bool = _field(True, "linear_eval: compute the frozen features once (no augmentation).")
     # Runtime
-    strategy: str = "default"
-    cpu_devices: int = 0  # >1 splits the CPU into that many logical devices (try mirrored without GPUs)
-    tpu: str | None = None
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    seed: int = 0
-    data_service: str | None = None  # tf.data service dispatcher "grpc://HOST:PORT" that augments (None: in-process)
-    checkpoint_every: int = 1  # epochs
-    backup_every_steps: int = 100  # steps between step-level backups (0: epoch ends only)
-    divergence_factor: float = 10.0  # stop when the loss exceeds this x the first logged loss (0: NaN/inf only)
-    deterministic: bool = False  # TensorFlow op determinism (bit-identical resumes on CPU; slower)
-    export: bool = True
-    verbose: int = 1  # Keras: 0 silent, 1 progress bar, 2 one line per epoch
+    strategy: str = _field("default", "default | one_device | mirrored | multi_worker (TF_CONFIG) | tpu.")
+    cpu_devices: int = _field(
+        0, "Split the CPU into N logical devices (N > 1), e.g. to try --strategy=mirrored without GPUs."
+    )
+    tpu: str | None = _field(None, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
+    mixed_precision: bool = _field(False, "mixed_float16 compute (GPU/TPU speed-up; slower on CPU).")
+    jit_compile: bool = _field(False, "XLA-compile the train step.")
+    seed: int = _field(0, "Random seed (initialisation, data order, augmentation).")
+    data_service: str | None = _field(
+        None,
+        "tf.data service dispatcher grpc://HOST:PORT (start it and its workers with supcon-data-service): the workers "
+        "build and augment the training batches, this process trains on them.",
+    )
+    checkpoint_every: int = _field(1, "Save checkpoints/latest.keras every N epochs.")
+    backup_every_steps: int = _field(
+        100,
+        "Write a step-level backup every N steps (and at every epoch end); 0: epoch ends only. A killed or preempted "
+        "run resumes at the newest backup.",
+    )
+    divergence_factor: float = _field(
+        10.0,
+        "Stop (exit 3, last good backup kept) when the loss exceeds this multiple of the run's first logged loss; 0: "
+        "stop on NaN/inf only.",
+    )
+    deterministic: bool = _field(
+        False, "TensorFlow op determinism: a resumed run ends bit-for-bit like an uninterrupted one on CPU (slower)."
+    )
+    export: bool = _field(True, "Write a SavedModel under model_dir/saved_model at the end.")
+    verbose: int = _field(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
     def __post_init__(self):
         _choice("method", self.method, METHODS)

@@ -13,6 +13,7 @@ interruption; `--overwrite` starts afresh there).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -20,74 +21,70 @@ import sys
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from experiments import flagging  # noqa: E402
+from experiments.flagging import option  # noqa: E402
 
-FLAGS = flags.FLAGS
 PROGRAM = "python -m experiments.report"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramOptions:
+    """The program's flags: which `ReportConfig` (mode and folders), and what to do with it."""
+
+    quick: bool = option(False, "The few-minute version (2 seeds, 3-epoch runs) that the end-to-end test runs.")
+    output_dir: str | None = option(None, "Where results.json, REPORT.md and the plots go (default: by mode).")
+    work_dir: str | None = option(None, "Where the training runs go (default: by mode).")
+    overwrite: bool = option(False, "Clear --work_dir first (otherwise finished runs are reused, others resume).")
+    render_only: bool = option(False, "Only render REPORT.md and the plots from --output_dir/results.json.")
+    readme: bool = option(False, "Only print README.md's report tables from --output_dir/results.json.")
+    plots: bool = option(True, "Draw the PNG plots.")
+    demo_table: str | None = option(None, "Only print README.md's `make demo` table from this metrics.json.")
+
+    def __post_init__(self):
+        if self.render_only and self.readme:
+            raise ValueError("`--render_only` and `--readme` exclude each other: pass one")
+
+    def report_config(self):
+        """The `ReportConfig` of the mode, with the folders given."""
+        from experiments.report.config import ReportConfig
+
+        config = ReportConfig.quick() if self.quick else ReportConfig.full()
+        changes = {name: getattr(self, name) for name in ("output_dir", "work_dir") if getattr(self, name)}
+        return config.replace(**changes) if changes else config
 
 
 def define_flags():
     """Defines the flags; only when run as a program (importing the package defines none)."""
-    flags.DEFINE_bool("quick", False, "The few-minute version (2 seeds, 3-epoch runs) that the end-to-end test runs.")
-    flags.DEFINE_string("output_dir", None, "Where results.json, REPORT.md and the plots go (default: by mode).")
-    flags.DEFINE_string("work_dir", None, "Where the training runs go (default: by mode).")
-    flags.DEFINE_bool("overwrite", False, "Clear --work_dir first (otherwise finished runs are reused, others resume).")
-    flags.DEFINE_bool("render_only", False, "Only render REPORT.md and the plots from --output_dir/results.json.")
-    flags.DEFINE_bool("readme", False, "Only print README.md's report tables from --output_dir/results.json.")
-    flags.DEFINE_bool("plots", True, "Draw the PNG plots.")
-    flags.DEFINE_string("demo_table", None, "Only print README.md's `make demo` table from this metrics.json.")
+    flagging.define(ProgramOptions)
 
 
-def config_from_flags():
-    """The one place where flags become a `ReportConfig`."""
-    from experiments.report.config import ReportConfig
-
-    config = ReportConfig.quick() if FLAGS.quick else ReportConfig.full()
-    changes = {name: FLAGS[name].value for name in ("output_dir", "work_dir") if FLAGS[name].value}
-    return config.replace(**changes) if changes else config
-
-
-def main(argv):
-    if len(argv) > 1:
-        print(f"report: error: unexpected positional arguments: {argv[1:]}", file=sys.stderr)
-        return 2
-    try:
-        config = config_from_flags()
-        if FLAGS.render_only and FLAGS.readme:
-            raise ValueError("`--render_only` and `--readme` exclude each other: pass one")
-    except ValueError as error:
-        print(f"report: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+def main():
+    options = flagging.from_flags(ProgramOptions)  # the one place where flags become a `ReportConfig`
+    config = options.report_config()
     from experiments.report import compute, readme, render
 
-    if FLAGS.demo_table:
-        if not os.path.exists(FLAGS.demo_table):
-            print(f"report: error: no demo metrics: {FLAGS.demo_table} does not exist", file=sys.stderr)
-            return 2
-        print(readme.demo_table(render.load(FLAGS.demo_table), FLAGS.demo_table))
+    if options.demo_table:
+        if not os.path.exists(options.demo_table):
+            raise FileNotFoundError(f"no demo metrics: {options.demo_table} does not exist")
+        print(readme.demo_table(render.load(options.demo_table), options.demo_table))
         return 0
     _quiet_tensorflow()
     results_path = os.path.join(config.output_dir, compute.RESULTS_FILE)
-    if FLAGS.readme or FLAGS.render_only:
+    if options.readme or options.render_only:
         if not os.path.exists(results_path):
-            print(f"report: error: no results to render: {results_path} does not exist", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"no results to render: {results_path} does not exist")
         results = render.load(results_path)
-        if FLAGS.readme:
+        if options.readme:
             print(readme.readme_tables(results, results_path))
             return 0
-        path = render.render(results, config.output_dir, plots=FLAGS.plots)
+        path = render.render(results, config.output_dir, plots=options.plots)
         print(f"wrote {path}")
         return 0
     command = " ".join([PROGRAM, *(shlex.quote(a) for a in sys.argv[1:])])
-    try:
-        results = compute.run(config, command=command, overwrite=FLAGS.overwrite)
-    except ValueError as error:
-        print(f"report: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    path = render.render(results, config.output_dir, plots=FLAGS.plots)
-    for claim, entry in results["verdicts"].items():
-        print(f"{claim}: {entry['verdict']}")
+    results = compute.run(config, command=command, overwrite=options.overwrite)
+    path = render.render(results, config.output_dir, plots=options.plots)
+    for claim, outcome in results["verdicts"].items():
+        print(f"{claim}: {outcome['verdict']}")
     print(f"wrote {path}")
     return 0
 
@@ -102,7 +99,7 @@ def _quiet_tensorflow():
 
 def entry():
     define_flags()
-    app.run(main)
+    flagging.run_binary(main)
 
 
 if __name__ == "__main__":

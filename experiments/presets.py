@@ -47,7 +47,7 @@ _IMAGENET = dict(
 # Digits: what runs here in minutes (same settings as `make demo`).
 _DIGITS = dict(
     dataset="digits",
-    image_size=16,
+    image_size=8,
     augmentation="simclr",
     crop_scale_min=0.4,
     flip=False,
@@ -58,7 +58,7 @@ _DIGITS = dict(
     learning_rate=0.05,
     momentum=0.9,
     weight_decay=1e-4,
-    epochs=60,
+    epochs=10,
     batch_size=128,
 )
 

@@ -107,7 +107,8 @@ def test_demo_config_composes_the_run_config_settings():
         "output_dir": "runs/demo", "probe_epochs": 100, "methods": ["supcon", "simclr", "ce"], **config.stage
     }
     supcon = config.run_config("digits_supcon", "runs/x")
-    assert (supcon.epochs, supcon.batch_size, supcon.image_size, supcon.verbose, supcon.export) == (3, 128, 16, 2, False)
+    assert (supcon.epochs, supcon.batch_size, supcon.verbose, supcon.export) == (3, 128, 2, False)
+    assert supcon.image_size == STAGE_DEFAULTS["image_size"]
     probe = config.probe_config("runs/x/supcon")
     assert (probe.epochs, probe.verbose, probe.pretrained) == (100, 0, "runs/x/supcon/model.keras")
     assert probe.batch_size == presets.get_preset("digits_linear")["batch_size"]  # the probe keeps its preset's batch

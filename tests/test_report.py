@@ -195,6 +195,8 @@ def _readme_block(marker):
          lambda r: readme.demo_table(r, "reports/demo/metrics.json")),
         ("--render_only --output_dir reports/small_batch --readme`", "reports/small_batch/results.json",
          lambda r: __import__("experiments.small_batch").small_batch.readme_table(r, "reports/small_batch/results.json")),
+        ("`python -m experiments.demo_budget --render reports/demo/budget.json`", "reports/demo/budget.json",
+         lambda r: __import__("experiments.demo_budget").demo_budget.render(r, "reports/demo/budget.json")),
     ],
 )
 def test_readme_numbers_are_rendered_from_committed_json(marker, results, rendering):

@@ -25,6 +25,51 @@ from supcon_tf.losses.blockwise import _blockwise_cap_bounds, _blockwise_core, _
 from supcon_tf.losses.dense import _dense_core
 
 
+def _anchor_layout(features, contrast_mode, anchor_offset, num_anchor_samples):
+    """Anchors and contrast set of `features` `[N, V, dim]`, view-major, and each anchor's own contrast row.
+
+    Returns `(anchors, contrast, self_index, num_samples, num_views,
+    num_anchor, anchor_views)`: contrast `[V * N, dim]`, row v * N + s;
+    anchors `[anchor_views * b, dim]` over the b = `num_anchor` anchor
+    samples from `anchor_offset`, row v * b + s_local; `self_index`
+    `[anchors]` int32, the row of anchor i in the contrast set (to remove it
+    from A(i) and P(i)); the sizes are scalar int32 tensors, `anchor_views`
+    1 for contrast_mode "one".
+    """
+    shape = tf.shape(features)
+    num_samples, num_views, dim = shape[0], shape[1], shape[2]
+    if num_anchor_samples is None:
+        num_anchor = num_samples - anchor_offset
+    else:
+        num_anchor = tf.cast(num_anchor_samples, tf.int32)
+    anchor_views = 1 if contrast_mode == "one" else num_views
+
+    # Contrast set, view-major: row v * N + s.
+    contrast = tf.reshape(tf.transpose(features, [1, 0, 2]), [-1, dim])
+    # Anchors, view-major over the anchor samples: row v * b + s_local.
+    anchor_block = features[anchor_offset : anchor_offset + num_anchor, :anchor_views]
+    anchors = tf.reshape(tf.transpose(anchor_block, [1, 0, 2]), [-1, dim])
+
+    # Index of each anchor in the contrast set, to remove it from A(i) and P(i).
+    view_ids = tf.repeat(tf.range(anchor_views), num_anchor)
+    sample_ids = tf.tile(tf.range(num_anchor), [anchor_views]) + anchor_offset
+    self_index = view_ids * num_samples + sample_ids
+    return anchors, contrast, self_index, num_samples, num_views, num_anchor, anchor_views
+
+
+def _uses_blockwise(implementation, features, queue, mask):
+    """Whether `supcon_per_anchor_loss` takes the blockwise form (see its `implementation` argument)."""
+    if implementation == "auto":
+        contrast_rows = features.shape[0] * features.shape[1] if features.shape.is_fully_defined() else None
+        if queue is not None and contrast_rows is not None:
+            contrast_rows = None if queue.shape[0] is None else contrast_rows + queue.shape[0]
+        return mask is None and contrast_rows is not None and contrast_rows >= BLOCKWISE_THRESHOLD
+    use_blockwise = implementation == "blockwise"
+    if use_blockwise and mask is not None:
+        raise ValueError("implementation='blockwise' does not take a `mask`; use 'dense' or 'auto'")
+    return use_blockwise
+
+
 def supcon_per_anchor_loss(
     features,
     labels=None,
@@ -149,24 +194,9 @@ def supcon_per_anchor_loss(
     if normalize:
         features = tf.math.l2_normalize(features, axis=-1, epsilon=1e-12)
 
-    shape = tf.shape(features)
-    num_samples, num_views, dim = shape[0], shape[1], shape[2]
-    if num_anchor_samples is None:
-        num_anchor = num_samples - anchor_offset
-    else:
-        num_anchor = tf.cast(num_anchor_samples, tf.int32)
-    anchor_views = 1 if contrast_mode == "one" else num_views
-
-    # Contrast set, view-major: row v * N + s.
-    contrast = tf.reshape(tf.transpose(features, [1, 0, 2]), [-1, dim])
-    # Anchors, view-major over the anchor samples: row v * b + s_local.
-    anchor_block = features[anchor_offset : anchor_offset + num_anchor, :anchor_views]
-    anchors = tf.reshape(tf.transpose(anchor_block, [1, 0, 2]), [-1, dim])
-
-    # Index of each anchor in the contrast set, to remove it from A(i) and P(i).
-    view_ids = tf.repeat(tf.range(anchor_views), num_anchor)
-    sample_ids = tf.tile(tf.range(num_anchor), [anchor_views]) + anchor_offset
-    self_index = view_ids * num_samples + sample_ids
+    anchors, contrast, self_index, num_samples, num_views, num_anchor, anchor_views = _anchor_layout(
+        features, contrast_mode, anchor_offset, num_anchor_samples
+    )
 
     queue = None
     if queue_features is not None:
@@ -174,17 +204,7 @@ def supcon_per_anchor_loss(
         if normalize:
             queue = tf.math.l2_normalize(queue, axis=-1, epsilon=1e-12)
 
-    if implementation == "auto":
-        contrast_rows = features.shape[0] * features.shape[1] if features.shape.is_fully_defined() else None
-        if queue is not None and contrast_rows is not None:
-            contrast_rows = None if queue.shape[0] is None else contrast_rows + queue.shape[0]
-        use_blockwise = mask is None and contrast_rows is not None and contrast_rows >= BLOCKWISE_THRESHOLD
-    else:
-        use_blockwise = implementation == "blockwise"
-        if use_blockwise and mask is not None:
-            raise ValueError("implementation='blockwise' does not take a `mask`; use 'dense' or 'auto'")
-
-    if use_blockwise:
+    if _uses_blockwise(implementation, features, queue, mask):
         anchor_ids, column_ids = _blockwise_ids(
             labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views
         )

@@ -7,7 +7,15 @@ are positives when their keys match (`_blockwise_ids`); `positives_cap` is
 applied through per-row bounds streamed over key blocks
 (`_blockwise_cap_bounds`, `_first_matches_bound`). The default loss goes to
 the leaner `supcon_tf.losses.blockwise_out._blockwise_out_core`.
+
+The general form's pieces: `_blocks` (sizes, keys, constants), `_block`
+(one block's logits, denominator set and positives, with `_cap_kept`),
+`_general_forward` (`_first_pass`, then `_one_positive_pass` for
+"one_positive", both by `_online_log_sum_exp`), `_mean_log_prob`, and
+`_general_backward` (`_logit_gradient`: G = dL/d logits of a block).
 """
+
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -107,6 +115,274 @@ def _first_matches_bound(row_keys, row_ids, column_keys, limit, block_size):
     return count, tf.where(limit > 0, bound, tf.zeros_like(bound))
 
 
+class _Blocks(NamedTuple):
+    """What every pass of `_blockwise_core` shares: the options, the sizes, the keys and three constants.
+
+    Rows i are the anchors (`num_rows`, a scalar tensor), columns j the
+    contrast rows, visited in `num_blocks` blocks of `block_size`
+    (`padding` padded columns at the end; sizes are Python ints when static).
+    `keys_padded` holds the column keys, padded like the columns; row i
+    is column `self_index[i]`; `cap_bounds` is `_blockwise_core`'s.
+    """
+
+    dtype: tf.DType
+    variant: str
+    denominator: str
+    multi_hot: bool
+    block_size: int
+    num_rows: tf.Tensor
+    num_columns: Union[int, tf.Tensor]
+    num_blocks: Union[int, tf.Tensor]
+    padding: Union[int, tf.Tensor]
+    key_tail: int  # the keys' rank - 1: 1 for multi-hot keys, else 0
+    keys_padded: tf.Tensor
+    anchor_keys: tf.Tensor
+    self_index: tf.Tensor
+    cap_bounds: Optional[tuple]
+    inverse_temperature: tf.Tensor
+    masked: tf.Tensor
+    tiny: tf.Tensor
+
+
+def _blocks(
+    anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, denominator, cap_bounds,
+):
+    """The `_Blocks` of `_blockwise_core`'s arguments (static sizes where the contrast rows are known)."""
+    dtype = anchors.dtype
+    multi_hot = anchor_keys.shape.rank == 2
+    num_rows = tf.shape(anchors)[0]
+    if contrast.shape[0] is not None:  # static sizes: what XLA needs (fixed trip count and TensorArray size)
+        num_columns = contrast.shape[0]
+        num_blocks = max(1, -(-num_columns // block_size))
+    else:
+        num_columns = tf.shape(contrast)[0]
+        num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
+    padding = num_blocks * block_size - num_columns
+    key_padding = [[0, padding]] + [[0, 0]] * (column_keys.shape.rank - 1)
+    keys_padded = tf.pad(column_keys, key_padding)
+    inverse_temperature = tf.constant(1.0 / temperature, dtype)
+    masked = tf.constant(_MASKED_LOGIT, dtype)
+    anchor_keys = tf.stop_gradient(anchor_keys)
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
+    return _Blocks(
+        dtype=dtype, variant=variant, denominator=denominator, multi_hot=multi_hot, block_size=block_size,
+        num_rows=num_rows, num_columns=num_columns, num_blocks=num_blocks, padding=padding,
+        key_tail=column_keys.shape.rank - 1, keys_padded=keys_padded, anchor_keys=anchor_keys, self_index=self_index,
+        cap_bounds=cap_bounds, inverse_temperature=inverse_temperature, masked=masked, tiny=tiny,
+    )
+
+
+def _cap_kept(cap_bounds, column_index):
+    """`[rows, block]` bool: which columns `column_index` `[block]` the cap leaves positive, if they match."""
+    row_sample, batch_bound, queue_bound, num_samples, num_batch_columns = cap_bounds
+    column_sample = tf.math.floormod(column_index, num_samples)[None, :]
+    in_queue = (column_index >= num_batch_columns)[None, :]
+    return tf.where(
+        in_queue,
+        (column_index - num_batch_columns)[None, :] < queue_bound[:, None],
+        tf.equal(column_sample, row_sample[:, None]) | (column_sample < batch_bound[:, None]),
+    )
+
+
+def _block(blocks, anchor_matrix, contrast_padded, k):
+    """Block k: its columns `[block, dim]`, s_ij `[rows, block]`, the denominator set (bool) and P(i) (0/1).
+
+    The denominator set is A(i) without the capped out X(i) ("all") or
+    N(i) (the other denominators); the padded columns are in neither.
+    """
+    block_size, tail = blocks.block_size, blocks.key_tail
+    start = k * block_size
+    columns = tf.slice(contrast_padded, [start, 0], [block_size, -1])
+    keys = tf.slice(blocks.keys_padded, [start] + [0] * tail, [block_size] + [-1] * tail)
+    logits = tf.matmul(anchor_matrix, columns, transpose_b=True) * blocks.inverse_temperature
+    column_index = start + tf.range(block_size)
+    valid = (column_index[None, :] < blocks.num_columns) & (column_index[None, :] != blocks.self_index[:, None])
+    if blocks.multi_hot:
+        dtype = blocks.dtype
+        match = tf.matmul(tf.cast(blocks.anchor_keys, dtype), tf.cast(keys, dtype), transpose_b=True) > 0
+    else:
+        match = tf.equal(blocks.anchor_keys[:, None], keys[None, :])
+    match = match & valid
+    if blocks.cap_bounds is None:
+        kept = match
+    else:
+        kept = match & _cap_kept(blocks.cap_bounds, column_index)
+    if blocks.denominator == "all":
+        in_denominator = valid & ~(match & ~kept)  # everything but the anchor and the capped out
+    else:
+        in_denominator = valid & ~match  # the negatives
+    return columns, logits, in_denominator, tf.cast(kept, blocks.dtype)
+
+
+def _online_log_sum_exp(blocks, old_max, old_sum, values, selected, factor=None):
+    """One block of an online log-sum-exp over `values` where `selected` (optionally a weighted second sum).
+
+    Per row: the new maximum m' and sum S' = S exp(m - m') + sum_j exp(v_j - m')
+    over the selected j; with `factor` f_j, also exp(m - m') and
+    sum_j f_j exp(v_j - m'), to rescale and extend a second sum alike.
+    """
+    values = tf.where(selected, values, blocks.masked)
+    new_max = tf.maximum(old_max, tf.reduce_max(values, axis=1))
+    scaled = tf.exp(values - new_max[:, None]) * tf.cast(selected, blocks.dtype)
+    rescale = tf.exp(old_max - new_max)
+    new_sum = old_sum * rescale + tf.reduce_sum(scaled, axis=1)
+    if factor is None:
+        return new_max, new_sum
+    return new_max, new_sum, rescale, tf.reduce_sum(scaled * factor, axis=1)
+
+
+def _first_pass(blocks, anchor_matrix, contrast_padded, lowest, zeros):
+    """The forward pass over the column blocks, per anchor `[rows]` each (`lowest`, `zeros`: the starting rows).
+
+    Returns the online log-sum-exp over the denominator set (max, sum), the
+    sum and count of the positive logits, the online log-sum-exp over P(i)
+    (max, sum) and, for "only_negatives", |N(i)| (else zeros).
+    """
+
+    def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count):
+        _, logits, in_denominator, positive = _block(blocks, anchor_matrix, contrast_padded, k)
+        new_max, row_sum = _online_log_sum_exp(blocks, row_max, row_sum, logits, in_denominator)
+        new_pos_max, pos_exp_sum = _online_log_sum_exp(blocks, pos_max, pos_exp_sum, logits, positive > 0)
+        pos_sum += tf.reduce_sum(positive * logits, axis=1)
+        pos_count += tf.reduce_sum(positive, axis=1)
+        if blocks.denominator == "only_negatives":  # an anchor needs a negative to count
+            den_count += tf.reduce_sum(tf.cast(in_denominator, blocks.dtype), axis=1)
+        return [k + 1, new_max, row_sum, pos_sum, pos_count, new_pos_max, pos_exp_sum, den_count]
+
+    start = [lowest, zeros, zeros, zeros, lowest, zeros, zeros]  # row max/sum, pos sum/count, pos max/sum, den count
+    _, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count = tf.while_loop(
+        lambda k, *_: k < blocks.num_blocks, body, [tf.constant(0)] + start, maximum_iterations=blocks.num_blocks,
+        parallel_iterations=1,  # one block in flight: memory stays ~ anchors x block_size
+    )
+    return row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count
+
+
+def _one_positive_pass(blocks, anchor_matrix, contrast_padded, log_normaliser, lowest, zeros):
+    """"one_positive"'s second pass over the column blocks, once n_i = `log_normaliser` is known.
+
+    With l(i, p) = -softplus(n_i - s_ip) and 1 - sigma_ip = sigmoid(n_i - s_ip),
+    returns per anchor `[rows]`: "out": sum_p l(i, p) and
+    sum_p (1 - sigma_ip) (the max and sum slots stay `lowest`, `zeros`);
+    "in": the online log-sum-exp of l(i, p) over P(i) (max, sum) and
+    sum_p exp(l(i, p) - max) (1 - sigma_ip).
+    """
+
+    def second(k, lp_sum, lp_max, lp_exp_sum, miss_sum):
+        _, logits, _, positive = _block(blocks, anchor_matrix, contrast_padded, k)
+        gap = log_normaliser[:, None] - logits
+        log_prob, miss = -tf.nn.softplus(gap), tf.sigmoid(gap)
+        if blocks.variant == "out":
+            return [k + 1, lp_sum + tf.reduce_sum(positive * log_prob, axis=1), lp_max, lp_exp_sum,
+                    miss_sum + tf.reduce_sum(positive * miss, axis=1)]
+        new_max, lp_exp_sum, rescale, block_miss = _online_log_sum_exp(
+            blocks, lp_max, lp_exp_sum, log_prob, positive > 0, factor=miss
+        )
+        return [k + 1, lp_sum, new_max, lp_exp_sum, miss_sum * rescale + block_miss]
+
+    _, lp_sum, lp_max, lp_exp_sum, miss_sum = tf.while_loop(
+        lambda k, *_: k < blocks.num_blocks, second, [tf.constant(0), zeros, lowest, zeros, zeros],
+        maximum_iterations=blocks.num_blocks, parallel_iterations=1,
+    )
+    return lp_sum, lp_max, lp_exp_sum, miss_sum
+
+
+def _general_forward(blocks, anchor_matrix, contrast_padded):
+    """The forward passes: `(log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight)`, `[rows]`.
+
+    log_normaliser = log-sum-exp over the denominator set, log_positive =
+    log-sum-exp over P(i) ("one_positive", "in": of l(i, p)), pos_sum = the
+    sum of the positive logits ("one_positive", "out": of l(i, p)),
+    pos_count = |P(i)|, den_count = |N(i)| ("only_negatives"), and
+    negative_weight = c_i, the negatives' weight in the gradient
+    ("one_positive"; else 0).
+    """
+    tiny = blocks.tiny
+    lowest, zeros = tf.fill([blocks.num_rows], blocks.masked), tf.zeros([blocks.num_rows], blocks.dtype)
+    row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count = _first_pass(
+        blocks, anchor_matrix, contrast_padded, lowest, zeros
+    )
+    log_normaliser = row_max + tf.math.log(tf.maximum(row_sum, tiny))
+    log_positive = pos_max + tf.math.log(tf.maximum(pos_exp_sum, tiny))
+    negative_weight = zeros
+    if blocks.denominator == "one_positive":
+        lp_sum, lp_max, lp_exp_sum, miss_sum = _one_positive_pass(
+            blocks, anchor_matrix, contrast_padded, log_normaliser, lowest, zeros
+        )
+        safe_count = tf.where(pos_count > 0, pos_count, tf.ones_like(pos_count))
+        if blocks.variant == "out":
+            pos_sum = lp_sum  # sum_p l(i, p)
+            negative_weight = miss_sum / safe_count
+        else:
+            log_positive = lp_max + tf.math.log(tf.maximum(lp_exp_sum, tiny))  # log sum_p exp l(i, p)
+            negative_weight = miss_sum / tf.maximum(lp_exp_sum, tiny)
+    return log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight
+
+
+def _logit_gradient(
+    blocks, logits, in_denominator, positive, weight, log_normaliser, log_positive, safe_count, negative_weight,
+):
+    """G = dL/d logits over one block `[rows, block]`, times `weight` (w_i / tau; see `_blockwise_core`)."""
+    masked = blocks.masked
+    probability = tf.exp(tf.where(in_denominator, logits, masked) - log_normaliser[:, None]) * tf.cast(
+        in_denominator, blocks.dtype
+    )
+    if blocks.denominator == "one_positive":
+        gap = log_normaliser[:, None] - logits
+        miss = tf.sigmoid(gap)
+        if blocks.variant == "out":
+            target = positive * miss / safe_count[:, None]
+        else:
+            log_prob = tf.where(positive > 0, -tf.nn.softplus(gap), masked)
+            target = positive * tf.exp(log_prob - log_positive[:, None]) * miss
+        return (negative_weight[:, None] * probability - target) * weight[:, None]
+    if blocks.variant == "out":
+        target = positive / safe_count[:, None]
+    else:
+        target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
+    return (probability - target) * weight[:, None]
+
+
+def _general_backward(
+    blocks, anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight,
+):
+    """The backward pass over the column blocks: `(G C / tau [rows, dim], G^T A / tau [columns, dim])`.
+
+    `weight` is w_i / tau, w_i the upstream gradient (0 for the anchors
+    that do not count); the other arguments are `_general_forward`'s.
+    """
+
+    def body(k, anchor_grad, contrast_grads):
+        columns, logits, in_denominator, positive = _block(blocks, anchor_matrix, contrast_padded, k)
+        g = _logit_gradient(
+            blocks, logits, in_denominator, positive, weight, log_normaliser, log_positive, safe_count,
+            negative_weight,
+        )
+        anchor_grad += tf.matmul(g, columns)
+        contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
+        return [k + 1, anchor_grad, contrast_grads]
+
+    grads = tf.TensorArray(
+        blocks.dtype, size=blocks.num_blocks, element_shape=tf.TensorShape([blocks.block_size, None])
+    )
+    _, anchor_grad, grads = tf.while_loop(
+        lambda k, *_: k < blocks.num_blocks,
+        body,
+        [tf.constant(0), tf.zeros_like(anchor_matrix), grads],
+        maximum_iterations=blocks.num_blocks,
+        parallel_iterations=1,
+    )
+    return anchor_grad, grads.concat()[:blocks.num_columns]
+
+
+def _mean_log_prob(blocks, log_normaliser, log_positive, pos_sum, safe_count):
+    """`[rows]`: "out": (1/|P(i)|) sum_p l(i, p); "in": log((1/|P(i)|) sum_p exp l(i, p)), from the forward sums."""
+    if blocks.denominator == "one_positive":
+        return pos_sum / safe_count if blocks.variant == "out" else log_positive - tf.math.log(safe_count)
+    if blocks.variant == "out":
+        return pos_sum / safe_count - log_normaliser
+    return log_positive - tf.math.log(safe_count) - log_normaliser
+
+
 def _blockwise_core(
     anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size,
     denominator="all", cap_bounds=None,
@@ -141,160 +417,30 @@ def _blockwise_core(
     """
     if denominator == "all" and variant == "out" and cap_bounds is None and anchor_keys.shape.rank == 1:
         return _blockwise_out_core(anchors, contrast, column_keys, self_index, temperature, block_size)
-    dtype = anchors.dtype
-    multi_hot = anchor_keys.shape.rank == 2
-    num_rows = tf.shape(anchors)[0]
-    if contrast.shape[0] is not None:  # static sizes: what XLA needs (fixed trip count and TensorArray size)
-        num_columns = contrast.shape[0]
-        num_blocks = max(1, -(-num_columns // block_size))
-    else:
-        num_columns = tf.shape(contrast)[0]
-        num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
-    padding = num_blocks * block_size - num_columns
-    key_padding = [[0, padding]] + [[0, 0]] * (column_keys.shape.rank - 1)
-    keys_padded = tf.pad(column_keys, key_padding)
-    inverse_temperature = tf.constant(1.0 / temperature, dtype)
-    masked = tf.constant(_MASKED_LOGIT, dtype)
-    anchor_keys = tf.stop_gradient(anchor_keys)
-    one_positive = denominator == "one_positive"
-
-    def block(anchor_matrix, contrast_padded, k):
-        """Columns, logits, the denominator set (bool) and the positives (0/1) of block k."""
-        start = k * block_size
-        columns = tf.slice(contrast_padded, [start, 0], [block_size, -1])
-        keys = tf.slice(keys_padded, [start] + [0] * (column_keys.shape.rank - 1), [block_size] + [-1] * (column_keys.shape.rank - 1))
-        logits = tf.matmul(anchor_matrix, columns, transpose_b=True) * inverse_temperature
-        column_index = start + tf.range(block_size)
-        valid = (column_index[None, :] < num_columns) & (column_index[None, :] != self_index[:, None])
-        if multi_hot:
-            match = tf.matmul(tf.cast(anchor_keys, dtype), tf.cast(keys, dtype), transpose_b=True) > 0
-        else:
-            match = tf.equal(anchor_keys[:, None], keys[None, :])
-        match = match & valid
-        if cap_bounds is None:
-            kept = match
-        else:
-            row_sample, batch_bound, queue_bound, num_samples, num_batch_columns = cap_bounds
-            column_sample = tf.math.floormod(column_index, num_samples)[None, :]
-            in_queue = (column_index >= num_batch_columns)[None, :]
-            keep = tf.where(
-                in_queue,
-                (column_index - num_batch_columns)[None, :] < queue_bound[:, None],
-                tf.equal(column_sample, row_sample[:, None]) | (column_sample < batch_bound[:, None]),
-            )
-            kept = match & keep
-        if denominator == "all":
-            in_denominator = valid & ~(match & ~kept)  # everything but the anchor and the capped out
-        else:
-            in_denominator = valid & ~match  # the negatives
-        return columns, logits, in_denominator, tf.cast(kept, dtype)
-
-    def online_log_sum_exp(old_max, old_sum, values, selected, factor=None):
-        """One block of an online log-sum-exp over `values` where `selected` (optionally a weighted second sum)."""
-        values = tf.where(selected, values, masked)
-        new_max = tf.maximum(old_max, tf.reduce_max(values, axis=1))
-        scaled = tf.exp(values - new_max[:, None]) * tf.cast(selected, dtype)
-        rescale = tf.exp(old_max - new_max)
-        new_sum = old_sum * rescale + tf.reduce_sum(scaled, axis=1)
-        if factor is None:
-            return new_max, new_sum
-        return new_max, new_sum, rescale, tf.reduce_sum(scaled * factor, axis=1)
-
-    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
+    blocks = _blocks(
+        anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, denominator,
+        cap_bounds,
+    )
 
     def forward(anchor_matrix, contrast_padded):
-        def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count):
-            _, logits, in_denominator, positive = block(anchor_matrix, contrast_padded, k)
-            new_max, row_sum = online_log_sum_exp(row_max, row_sum, logits, in_denominator)
-            new_pos_max, pos_exp_sum = online_log_sum_exp(pos_max, pos_exp_sum, logits, positive > 0)
-            pos_sum += tf.reduce_sum(positive * logits, axis=1)
-            pos_count += tf.reduce_sum(positive, axis=1)
-            if denominator == "only_negatives":  # an anchor needs a negative to count
-                den_count += tf.reduce_sum(tf.cast(in_denominator, dtype), axis=1)
-            return [k + 1, new_max, row_sum, pos_sum, pos_count, new_pos_max, pos_exp_sum, den_count]
-
-        lowest, zeros = tf.fill([num_rows], masked), tf.zeros([num_rows], dtype)
-        start = [lowest, zeros, zeros, zeros, lowest, zeros, zeros]  # row max/sum, pos sum/count, pos max/sum, den count
-        _, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count = tf.while_loop(
-            lambda k, *_: k < num_blocks, body, [tf.constant(0)] + start, maximum_iterations=num_blocks,
-            parallel_iterations=1,  # one block in flight: memory stays ~ anchors x block_size
-        )
-        log_normaliser = row_max + tf.math.log(tf.maximum(row_sum, tiny))
-        log_positive = pos_max + tf.math.log(tf.maximum(pos_exp_sum, tiny))
-        negative_weight = zeros
-        if one_positive:
-            # Second pass: l(i, p) = -softplus(n_i - s_ip) and 1 - sigma_ip = sigmoid(n_i - s_ip).
-            def second(k, lp_sum, lp_max, lp_exp_sum, miss_sum):
-                _, logits, _, positive = block(anchor_matrix, contrast_padded, k)
-                gap = log_normaliser[:, None] - logits
-                log_prob, miss = -tf.nn.softplus(gap), tf.sigmoid(gap)
-                if variant == "out":
-                    return [k + 1, lp_sum + tf.reduce_sum(positive * log_prob, axis=1), lp_max, lp_exp_sum,
-                            miss_sum + tf.reduce_sum(positive * miss, axis=1)]
-                new_max, lp_exp_sum, rescale, block_miss = online_log_sum_exp(
-                    lp_max, lp_exp_sum, log_prob, positive > 0, factor=miss
-                )
-                return [k + 1, lp_sum, new_max, lp_exp_sum, miss_sum * rescale + block_miss]
-
-            _, lp_sum, lp_max, lp_exp_sum, miss_sum = tf.while_loop(
-                lambda k, *_: k < num_blocks, second, [tf.constant(0), zeros, lowest, zeros, zeros],
-                maximum_iterations=num_blocks, parallel_iterations=1,
-            )
-            safe_count = tf.where(pos_count > 0, pos_count, tf.ones_like(pos_count))
-            if variant == "out":
-                pos_sum = lp_sum  # sum_p l(i, p)
-                negative_weight = miss_sum / safe_count
-            else:
-                log_positive = lp_max + tf.math.log(tf.maximum(lp_exp_sum, tiny))  # log sum_p exp l(i, p)
-                negative_weight = miss_sum / tf.maximum(lp_exp_sum, tiny)
-        return log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight
+        return _general_forward(blocks, anchor_matrix, contrast_padded)
 
     def backward(anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight):
-        def body(k, anchor_grad, contrast_grads):
-            columns, logits, in_denominator, positive = block(anchor_matrix, contrast_padded, k)
-            probability = tf.exp(tf.where(in_denominator, logits, masked) - log_normaliser[:, None]) * tf.cast(
-                in_denominator, dtype
-            )
-            if one_positive:
-                gap = log_normaliser[:, None] - logits
-                miss = tf.sigmoid(gap)
-                if variant == "out":
-                    target = positive * miss / safe_count[:, None]
-                else:
-                    log_prob = tf.where(positive > 0, -tf.nn.softplus(gap), masked)
-                    target = positive * tf.exp(log_prob - log_positive[:, None]) * miss
-                g = (negative_weight[:, None] * probability - target) * weight[:, None]
-            else:
-                if variant == "out":
-                    target = positive / safe_count[:, None]
-                else:
-                    target = positive * tf.exp(tf.where(positive > 0, logits, masked) - log_positive[:, None])
-                g = (probability - target) * weight[:, None]
-            anchor_grad += tf.matmul(g, columns)
-            contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
-            return [k + 1, anchor_grad, contrast_grads]
-
-        grads = tf.TensorArray(dtype, size=num_blocks, element_shape=tf.TensorShape([block_size, None]))
-        _, anchor_grad, grads = tf.while_loop(
-            lambda k, *_: k < num_blocks,
-            body,
-            [tf.constant(0), tf.zeros_like(anchor_matrix), grads],
-            maximum_iterations=num_blocks,
-            parallel_iterations=1,
+        return _general_backward(
+            blocks, anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight
         )
-        return anchor_grad, grads.concat()[:num_columns]
 
     # Inside a graph with static sizes, each pass is compiled with XLA: the
     # loop then fuses the per-block exp/compare/reduce work and keeps one block
     # of temporaries alive (measured: benchmarks/RESULTS.md). Eagerly, or with
     # dynamic sizes, the passes run as plain TensorFlow ops.
-    if isinstance(num_blocks, int) and tf.inside_function():
+    if isinstance(blocks.num_blocks, int) and tf.inside_function():
         forward = tf.function(forward, jit_compile=True, autograph=False)
         backward = tf.function(backward, jit_compile=True, autograph=False)
 
     @tf.custom_gradient
     def core(anchor_matrix, contrast_matrix):
-        contrast_padded = tf.pad(contrast_matrix, [[0, padding], [0, 0]])
+        contrast_padded = tf.pad(contrast_matrix, [[0, blocks.padding], [0, 0]])
         # The passes are never differentiated by autodiff (the custom gradient
         # below is the derivative); cutting their inputs keeps tapes from
         # asking for while-loop gradients of an XLA function.
@@ -305,19 +451,14 @@ def _blockwise_core(
         if denominator == "only_negatives":
             counts = counts & (den_count > 0)
         safe_count = tf.where(pos_count > 0, pos_count, tf.ones_like(pos_count))
-        if one_positive:
-            mean_log_prob = pos_sum / safe_count if variant == "out" else log_positive - tf.math.log(safe_count)
-        elif variant == "out":
-            mean_log_prob = pos_sum / safe_count - log_normaliser
-        else:
-            mean_log_prob = log_positive - tf.math.log(safe_count) - log_normaliser
+        mean_log_prob = _mean_log_prob(blocks, log_normaliser, log_positive, pos_sum, safe_count)
         neg = tf.where(counts, -mean_log_prob, tf.zeros_like(mean_log_prob))
 
         def grad(upstream):
-            weight = tf.where(counts, upstream, tf.zeros_like(upstream)) * inverse_temperature
+            weight = tf.where(counts, upstream, tf.zeros_like(upstream)) * blocks.inverse_temperature
             inputs = (anchor_matrix, contrast_padded, weight, log_normaliser, log_positive, safe_count, negative_weight)
             return backward(*[tf.stop_gradient(t) for t in inputs])
 
-        return (neg, tf.stop_gradient(tf.cast(counts, dtype))), lambda upstream, _unused: grad(upstream)
+        return (neg, tf.stop_gradient(tf.cast(counts, blocks.dtype))), lambda upstream, _unused: grad(upstream)
 
     return core(anchors, contrast)

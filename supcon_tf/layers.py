@@ -1,6 +1,6 @@
 """Reusable Keras layers: L2 normalisation, projection head, input preprocessing.
 
-Every layer here follows the keras-hub layer contract (STYLE.md 10): it is
+Every layer here follows the keras-hub layer contract: it is
 registered for serialisation under the package name ``supcon_tf``, keeps one
 attribute per constructor argument, forwards ``**kwargs`` (``name``, ``dtype``,
 ``trainable``) to ``keras.layers.Layer`` and chains ``get_config`` to it.

@@ -1,4 +1,4 @@
-"""Shared test helpers: serialisation round trips for layers and models (STYLE.md 11)."""
+"""Shared test helpers: serialisation round trips for layers and models."""
 
 import copy
 import os

@@ -38,7 +38,7 @@ sized for the ``input_shape`` given, so a built model only takes that
 size. The ViTs have no BatchNormalization (LayerNorm needs no cross-replica
 statistics).
 
-The layers follow the keras-hub layer contract (STYLE.md 10): each is
+The layers follow the keras-hub layer contract: each is
 registered for serialisation under the package name ``supcon_tf`` (so
 ``.keras`` files that stored them as ``supcon_tf.layers`` classes still load),
 keeps one attribute per constructor argument, forwards ``**kwargs`` (``name``,

@@ -84,8 +84,8 @@ class _Classifier(distribute.MultiWorkerFitMixin, keras.Model):
 class LinearProbe(_Classifier):
     """Linear evaluation: a frozen encoder (called with `training=False`) and a trainable `Dense` classifier.
 
-    The probe is its own model, so nothing of it leaks into pre-training
-    (STYLE.md 8). Constructing it sets `encoder.trainable = False`: from this
+    The probe is its own model, so nothing of it leaks into pre-training.
+    Constructing it sets `encoder.trainable = False`: from this
     point the encoder is an evaluation-only feature extractor (also for any
     other model that shares it).
 

@@ -23,7 +23,6 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -128,10 +127,9 @@ def _log(message):
 def run(config: DemoConfig):
     """Runs every method in `config.methods` through `supcon_tf.runner`; returns the result rows."""
     from supcon_tf import runner
+    from supcon_tf.checkpointing import write_json_atomically
 
-    os.makedirs(config.output_dir, exist_ok=True)
-    with open(os.path.join(config.output_dir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    write_json_atomically(os.path.join(config.output_dir, "config.json"), config.to_dict(), indent=2)
 
     rows = []
     for method in config.methods:
@@ -150,8 +148,9 @@ def run(config: DemoConfig):
         _log(f"{method}: test top-1 {row['test_top1']:.4f}, train time {train_seconds:.0f} s")
         rows.append(row)
 
-    with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
-        json.dump({"results": rows, "config": config.to_dict()}, f, indent=2)
+    write_json_atomically(
+        os.path.join(config.output_dir, "metrics.json"), {"results": rows, "config": config.to_dict()}, indent=2
+    )
     return rows
 
 

@@ -27,9 +27,9 @@ import time
 import numpy as np
 
 from experiments import flagging
+from experiments.demo import METHODS  # SupCon, SimCLR, CE: the order the ranking checks
 from experiments.flagging import option
 
-METHODS = ("supcon", "simclr", "ce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,12 @@ class BudgetConfig:
                 DemoConfig(stage=dict(epochs=epochs, seed=seed, image_size=self.image_size, verbose=0))
 
 
+def _write_json(path, payload):
+    from supcon_tf.checkpointing import write_json_atomically  # (imports TensorFlow: not for --render)
+
+    write_json_atomically(path, payload, indent=2)
+
+
 def _one_run(work_dir, epochs, seed, image_size):
     """One demo process; returns `{"epochs", "seed", "wall_seconds", "results": [...]}`."""
     run_dir = os.path.join(work_dir, f"e{epochs}_s{seed}")
@@ -76,10 +82,7 @@ def _one_run(work_dir, epochs, seed, image_size):
         "epochs": epochs, "seed": seed, "wall_seconds": round(wall, 1), "load_average_after": os.getloadavg()[0],
         "results": metrics["results"], "config": metrics["config"],
     }
-    tmp = record + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(row, f, indent=2)
-    os.replace(tmp, record)
+    _write_json(record, row)
     return row
 
 
@@ -102,11 +105,7 @@ def run(epochs_grid, seeds, image_size, work_dir, output):
         },
         "runs": runs,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, output)
+    _write_json(output, results)
     return results
 
 

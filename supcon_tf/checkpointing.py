@@ -110,6 +110,16 @@ def atomic_path(path, fault_point=None):
             os.remove(temporary)
 
 
+def write_json_atomically(path, payload, fault_point=None, **dump_kwargs):
+    """Writes `payload` as JSON to `path` through `atomic_path`: the old file or the new one, never a torn one.
+
+    `dump_kwargs` go to `json.dump` (e.g. `indent`, `sort_keys`).
+    """
+    with atomic_path(path, fault_point) as temporary:
+        with open(temporary, "w") as f:
+            json.dump(payload, f, **dump_kwargs)
+
+
 def save_model_atomically(model, path, fault_point=None):
     """Saves `model` to `path` (`.keras` or `.weights.h5`) via `atomic_path`, on the chief only.
 
@@ -237,9 +247,7 @@ class BackupStore:
         with atomic_path(weights_path, fault_point="backup_write") as temporary:
             model.save_weights(temporary)
         payload = dict(meta, epoch=int(epoch), step=int(step), global_step=int(global_step))
-        with atomic_path(meta_path) as temporary:
-            with open(temporary, "w") as f:
-                json.dump(payload, f)
+        write_json_atomically(meta_path, payload)
         for old in sorted(self._steps(self.folder))[: -self.keep]:
             for path in self._paths(old):
                 if os.path.exists(path):

@@ -195,9 +195,7 @@ class RunFolder:
 
     def write_json(self, name, payload, fault_point=None):
         """Writes `payload` as JSON to `name` in the folder, atomically."""
-        with checkpointing.atomic_path(self.path(name), fault_point) as temporary:
-            with open(temporary, "w") as f:
-                json.dump(payload, f, indent=2, sort_keys=True)
+        checkpointing.write_json_atomically(self.path(name), payload, fault_point, indent=2, sort_keys=True)
 
     def finish(self):
         """Writes the FINISHED marker (after every final output), then deletes the backups."""

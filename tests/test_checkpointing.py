@@ -59,6 +59,18 @@ def test_atomic_path_replaces_on_success_and_keeps_old_on_failure(tmp_path):
     assert sorted(os.listdir(target.parent)) == ["model.keras"]
 
 
+def test_write_json_atomically_writes_whole_files_or_leaves_the_old_one(tmp_path):
+    path = tmp_path / "sub" / "metrics.json"
+    checkpointing.write_json_atomically(path, {"b": 1, "a": [1.5]}, indent=2, sort_keys=True)
+    assert path.read_text() == json.dumps({"a": [1.5], "b": 1}, indent=2, sort_keys=True)
+    with pytest.raises(TypeError):  # not JSON-serialisable: nothing replaces the old file, no temporary is left
+        checkpointing.write_json_atomically(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": [1.5], "b": 1}
+    assert sorted(os.listdir(path.parent)) == ["metrics.json"]
+    with pytest.raises(ValueError, match="`path` must be a non-empty path, received: path=''"):
+        checkpointing.write_json_atomically("", {})
+
+
 def test_atomic_path_replaces_a_folder_whole(tmp_path):
     target = tmp_path / "export"
     for version in ("1", "2"):

@@ -53,6 +53,13 @@ from supcon_tf import checkpointing
 PHASES = ("new", "running", "finishing", "finished")
 FINISHED = "FINISHED"
 STATE = "run_state.json"
+# The ownership marker: written first, when the project creates a run folder (its run id, host, pid, time).
+MARKER = "supcon_run.json"
+
+
+def is_run_folder(path):
+    """True when `path` is a folder that supcon_tf created as a run folder (it holds the marker `MARKER`)."""
+    return os.path.isfile(os.path.join(os.fspath(path), MARKER))
 
 # Config fields that may change between the starts of one run (e.g. a lower
 # learning rate after a divergence): they do not change the model's shape,

@@ -40,26 +40,44 @@ Only the chief writes here, except each worker's own backup folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
 import io
 import json
 import os
+import re
 import shutil
 import time
-import uuid
 
-from supcon_tf import checkpointing
+from supcon_tf import checkpointing, ownership
 
 PHASES = ("new", "running", "finishing", "finished")
 FINISHED = "FINISHED"
 STATE = "run_state.json"
-# The ownership marker: written first, when the project creates a run folder (its run id, host, pid, time).
-MARKER = "supcon_run.json"
+MARKER = ownership.MARKER  # written first, when the project creates the folder (supcon_tf.ownership)
+KIND = "run"
+CLASSES = "classes.json"
+ERROR_LOG = "error.log"
+# Everything the project writes at the top of a run folder. A folder holding anything else is not replaced.
+OWN_ENTRIES = frozenset(
+    {
+        "config.json", STATE, "backup", "checkpoints", "logs", "training_log.csv", "model.keras", "saved_model",
+        "metrics.json", FINISHED, CLASSES, ERROR_LOG,
+    }
+)
+# The entries that make an unmarked folder (an older version's run) a run folder to adopt.
+_CORE = ("config.json", STATE, FINISHED)
+# Targets of atomic writes (`checkpointing.atomic_path`), per folder, whose temporaries start-up removes.
+_ROOT_TARGETS = frozenset({"config.json", STATE, "model.keras", "saved_model", "metrics.json", FINISHED, CLASSES,
+                           "training_log.csv"})
+_CHECKPOINT_TARGETS = frozenset({"latest.keras"})
+_BACKUP_TARGETS = (re.compile(r"step-\d{10}\.(weights\.h5|json)"),)
 
 
 def is_run_folder(path):
     """True when `path` is a folder that supcon_tf created as a run folder (it holds the marker `MARKER`)."""
-    return os.path.isfile(os.path.join(os.fspath(path), MARKER))
+    return ownership.is_owned(path, KIND)
 
 # Config fields that may change between the starts of one run (e.g. a lower
 # learning rate after a divergence): they do not change the model's shape,
@@ -79,7 +97,7 @@ class RunFolder:
     """One stage's run folder (see the module docstring for the layout and the lifecycle).
 
     Args:
-      model_dir: the folder path (created on `start`).
+      model_dir: the folder path (created on `claim`).
     """
 
     def __init__(self, model_dir):
@@ -101,18 +119,87 @@ class RunFolder:
     def _read_json(self, name):
         try:
             with open(self.path(name)) as f:
-                return json.load(f)
+                value = json.load(f)
         except (OSError, ValueError):
             return None
+        return value if isinstance(value, dict) else None
+
+    # -- ownership -------------------------------------------------------------------------------------
+
+    def check_claimable(self):
+        """Refuses (ValueError) a file, or a non-empty folder supcon_tf did not create; reads only."""
+        return ownership.check_claimable(self.root, kind=KIND, own_entries=OWN_ENTRIES, core=_CORE)
+
+    def check_replaceable(self):
+        """Refuses (ValueError) what `--overwrite` must never replace (supcon_tf.ownership); reads only."""
+        ownership.check_replaceable(self.root, kind=KIND, own_entries=OWN_ENTRIES)
+
+    @contextlib.contextmanager
+    def claimed(self):
+        """Claims the folder (marker first, creating it if needed) and holds this process's lock while inside.
+
+        A folder that this call created, or found empty, is given back as it
+        was (marker and lock removed) when the block raises before
+        `start` wrote anything, so that bad input leaves nothing behind.
+        """
+        before = self.check_claimable()
+        ownership.claim(self.root, kind=KIND, own_entries=OWN_ENTRIES, core=_CORE)
+        task_type, task_index = checkpointing.task_type_and_index()
+        lock = ownership.FolderLock(self.root, f"{task_type}_{task_index}")
+        self.lock = lock.acquire()
+        try:
+            yield self
+        except BaseException:
+            if before in ("absent", "empty") and set(os.listdir(self.root)) <= ownership.BOOKKEEPING:
+                lock.release()
+                shutil.rmtree(self.path(ownership.LOCKS), ignore_errors=True)
+                os.remove(self.path(MARKER))
+                if before == "absent":
+                    os.rmdir(self.root)
+            raise
+        finally:
+            lock.release()
+
+    def replace(self):
+        """`--overwrite`: the old run becomes the sibling `<model_dir>.previous-<id>` until the new one finishes.
+
+        Holds the new folder's lock on return. Returns the sibling's path (None
+        when there was nothing to replace).
+        """
+        if set(os.listdir(self.root)) <= ownership.BOOKKEEPING:
+            return None
+        old_lock = self.lock
+        sibling = ownership.replace(self.root, kind=KIND, own_entries=OWN_ENTRIES)
+        self.lock = ownership.FolderLock(self.root, os.path.basename(old_lock.path)[: -len(".lock")]).acquire()
+        old_lock.release()
+        return sibling
+
+    # -- state -------------------------------------------------------------------------------------------
+
+    def _has_training_record(self):
+        return any(os.path.exists(self.path(name)) for name in ("config.json", STATE)) or os.path.isdir(
+            self.backup_dir
+        )
+
+    def outputs_complete(self):
+        """True when the final outputs are all written (metrics.json is written after model.keras and saved_model/)."""
+        return self._read_json("metrics.json") is not None and os.path.exists(self.path("model.keras"))
 
     def phase(self):
-        """"new", "running", "finishing" or "finished"."""
+        """"new", "running", "finishing" or "finished".
+
+        A damaged or missing run_state.json never reads as "new" while the
+        folder holds a config, a state or backups: the run is "running", and
+        the config-change rules apply to it.
+        """
         if os.path.exists(self.path(FINISHED)):
             return "finished"
         state = self._read_json(STATE)
-        if not state:
-            return "new"
-        return state.get("phase", "running")
+        if state and state.get("phase") in ("running", "finishing"):
+            return state["phase"]
+        if self.outputs_complete():
+            return "finishing"
+        return "running" if self._has_training_record() else "new"
 
     def state(self):
         return self._read_json(STATE) or {}
@@ -121,59 +208,81 @@ class RunFolder:
         """The finished run's metrics.json."""
         return self._read_json("metrics.json")
 
+    def _backup_config(self):
+        """The config recorded in the newest backup that holds one (any worker), or None."""
+        newest = None
+        for path in glob.glob(os.path.join(self.backup_dir, "*", "step-*.json")):
+            name = os.path.basename(path)
+            if not name[5:-5].isdigit():
+                continue
+            try:
+                with open(path) as f:
+                    config = json.load(f).get("config")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(config, dict) and (newest is None or int(name[5:-5]) > newest[0]):
+                newest = (int(name[5:-5]), config)
+        return newest[1] if newest else None
+
+    def recorded_config(self):
+        """The settings of the unfinished run: config.json, else the newest backup's copy; None if nothing records them.
+
+        Raises:
+          ValueError: neither records them, while backups exist (whether a
+            command continues this run cannot be checked).
+        """
+        config = self._read_json("config.json") or self._backup_config()
+        if config is None and os.path.isdir(self.backup_dir) and any(os.scandir(self.backup_dir)):
+            raise ValueError(
+                f"`model_dir` {self.root}: config.json is missing or unreadable and the backups (written by an older "
+                "version) do not record the settings, so it cannot be checked that this command continues that run: "
+                "put the run's config.json back, or pass --overwrite to start afresh (the old run is kept beside it "
+                "until the new one finishes)"
+            )
+        return config
+
     def check_resumable(self, config_dict):
         """Raises ValueError when an unfinished run's config differs from `config_dict` in a non-resumable field."""
         if self.phase() not in ("running", "finishing"):
             return
-        previous = self._read_json("config.json") or {}
+        previous = self.recorded_config()
+        if previous is None:  # nothing trained is kept: the run starts at step 0 whatever its settings
+            return
         changed = sorted(
             name for name in set(previous) | set(config_dict)
             if name not in RESUMABLE_FIELDS and previous.get(name) != config_dict.get(name)
         )
         if changed:
-            details = ", ".join(f"{n}={previous.get(n)!r} -> {config_dict.get(n)!r}" for n in changed)
+            details = ", ".join(f"{n}={previous.get(n)!r} -> {config_dict.get(n)!r}" for n in changed[:4])
+            if len(changed) > 4:
+                details += f", and {len(changed) - 4} more (see {self.path('config.json')})"
             raise ValueError(
-                f"`model_dir` {self.root} holds an unfinished run with other settings ({details}); run the same "
-                "command to resume it, or pass --overwrite to start afresh"
+                f"`model_dir` {self.root} holds an unfinished run with other settings ({details}); resume it with "
+                "its own settings, or pass --overwrite to start afresh (the old run is kept beside it until the new "
+                "one finishes)"
             )
 
-    def clear(self):
-        """Removes the whole folder: renamed aside first, so a kill never leaves a mix of old and new files."""
-        if not os.path.exists(self.root):
-            return
-        parent, name = os.path.split(os.path.abspath(self.root))
-        aside = os.path.join(parent, f".{name}.overwritten-{uuid.uuid4().hex[:8]}")
-        os.replace(self.root, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-
     def remove_temporaries(self):
-        """Deletes what interrupted atomic writes left behind (`.tmp-*`, `.old-*`), anywhere in the folder."""
-        removed = []
-        for directory, subdirectories, files in os.walk(self.root):
-            for name in list(subdirectories) + files:
-                if name.startswith((".tmp-", ".old-")):
-                    path = os.path.join(directory, name)
-                    if os.path.isdir(path):
-                        shutil.rmtree(path, ignore_errors=True)
-                        subdirectories.remove(name)
-                    elif os.path.exists(path):
-                        os.remove(path)
-                    removed.append(path)
-        return removed
+        """Deletes what interrupted atomic writes left: only the project's own temporaries, where it writes them."""
+        found = ownership.temporaries(self.root, _ROOT_TARGETS)
+        found += ownership.temporaries(self.path("checkpoints"), _CHECKPOINT_TARGETS)
+        if os.path.isdir(self.backup_dir):
+            for name in sorted(os.listdir(self.backup_dir)):
+                found += ownership.temporaries(os.path.join(self.backup_dir, name), _BACKUP_TARGETS)
+        return ownership.remove_paths(found)
 
     def start(self, config_dict):
         """Chief: enters "running" (or keeps "finishing"), writes config.json, counts a restart.
 
-        Returns:
+        Call inside `claimed()`. Returns:
           the number of restarts so far (0 for a new run).
         """
         previous = self.state()
         phase = self.phase()
-        os.makedirs(self.root, exist_ok=True)
         self.remove_temporaries()
         restarts = int(previous.get("restarts", -1)) + 1 if phase in ("running", "finishing") else 0
         changes = list(previous.get("config_changes", []))
-        old_config = self._read_json("config.json")
+        old_config = self._read_json("config.json") or self._backup_config()
         if phase != "new" and old_config and old_config != config_dict:
             changes.append(
                 {
@@ -182,8 +291,13 @@ class RunFolder:
                                 if old_config.get(k) != config_dict.get(k)},
                 }
             )
+        extra = {}
+        if phase != "new" and not previous:
+            extra["state_rebuilt"] = list(previous.get("state_rebuilt", [])) + [restarts]
         self.write_json("config.json", config_dict)
-        self._write_state(phase="running" if phase == "new" else phase, restarts=restarts, config_changes=changes)
+        self._write_state(
+            phase="running" if phase == "new" else phase, restarts=restarts, config_changes=changes, **extra
+        )
         return restarts
 
     def _write_state(self, **fields):
@@ -205,15 +319,17 @@ class RunFolder:
         checkpointing.write_json_atomically(self.path(name), payload, fault_point, indent=2, sort_keys=True)
 
     def finish(self):
-        """Writes the FINISHED marker (after every final output), then deletes the backups."""
+        """Writes the FINISHED marker (after every final output), then deletes the backups and the replaced run."""
         with checkpointing.atomic_path(self.path(FINISHED), fault_point="finished_marker") as temporary:
             with open(temporary, "w") as f:
                 f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         self.delete_backups()
 
     def delete_backups(self):
-        """Removes every worker's backups: the last step of a finished run (also after a kill right after FINISHED)."""
+        """Removes every worker's backups, and the run that `--overwrite` replaced: both are done with after FINISHED."""
         shutil.rmtree(self.backup_dir, ignore_errors=True)
+        ownership.discard_replaced(self.root, kind=KIND)
+
 
     def truncate_log(self, from_epoch):
         """Drops the CSV rows of epochs >= `from_epoch` (0-based) and any torn row, atomically.

@@ -357,9 +357,12 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
 
     Args:
       config: the stage's `RunConfig`.
-      overwrite: on a finished (or any existing) run folder, start afresh.
-        Without it a finished folder is left untouched and its metrics are
-        returned with `already_finished=True`.
+      overwrite: on a finished (or unfinished) run folder, start afresh: the
+        old run is renamed to the sibling `<model_dir>.previous-<id>` and
+        deleted only when the new run finishes. Only a run folder that
+        supcon_tf created is replaced (`supcon_tf.ownership`). Without it a
+        finished folder is left untouched and its metrics are returned with
+        `already_finished=True`.
       callbacks: extra Keras callbacks for `fit` (e.g. a tuner's), after the
         run folder's own.
 
@@ -370,7 +373,9 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
       `evaluate_test`, for ce / linear: "test_loss", "test_top1"}`.
 
     Raises:
-      ValueError / FileNotFoundError: bad input, before anything is written.
+      ValueError / FileNotFoundError: bad input, before anything is written;
+        also a `model_dir` that is a file, a non-empty folder that supcon_tf
+        did not create, or a run folder another process is writing (its lock).
       resilience.Interrupted: SIGINT / SIGTERM; a backup at the step is written.
       resilience.Diverged: non-finite or exploding loss; the last good backup stays.
     """
@@ -382,10 +387,25 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
     if not all(isinstance(c, keras.callbacks.Callback) for c in callbacks):
         raise ValueError(f"`callbacks` must be Keras callbacks, received: callbacks={callbacks!r}")
     folder = RunFolder(config.model_dir)
-    if folder.phase() == "finished" and not overwrite:
-        return _already_finished(folder)
+    folder.check_claimable()  # a file, or a folder with content supcon_tf did not write: refused, nothing touched
+    if overwrite:
+        folder.check_replaceable()
+    elif folder.phase() == "finished" and not os.path.exists(folder.backup_dir):
+        return _already_finished(folder)  # reading only: a finished folder is left byte-identical
+    with folder.claimed():  # the marker, and this process's lock: a second writer is refused here
+        return _run_claimed(config, folder, overwrite, callbacks)
+
+
+def _run_claimed(config, folder, overwrite, callbacks):
+    """`run` inside the claimed, locked run folder: checks, builds, then the first write."""
     if not overwrite:
+        if folder.phase() == "finished":
+            return _already_finished(folder)
         folder.check_resumable(config.to_dict())
+        if folder.outputs_complete():  # every final output written, only the FINISHED marker missing
+            if checkpointing.is_chief():
+                folder.finish()
+            return _already_finished(folder)
 
     # Reading only, up to the first write: every check that can fail runs here.
     process_start = time.time()
@@ -419,7 +439,7 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
 
     if checkpointing.is_chief():
         if overwrite:
-            folder.clear()
+            folder.replace()  # the old run stays beside it, as <model_dir>.previous-<id>, until this one finishes
         restarts = folder.start(config.to_dict())
     else:
         restarts = folder.state().get("restarts", 0)
@@ -503,7 +523,7 @@ class _StageTrainer:
             first_step=first_step,
             first_metrics=first_metrics,
             signals=signals,
-            meta=lambda: {"train_seconds": clock(), "reference_loss": guard.reference},
+            meta=lambda: {"train_seconds": clock(), "reference_loss": guard.reference, "config": config.to_dict()},
         )
         guard.position = backup.position
         callbacks = [guard]

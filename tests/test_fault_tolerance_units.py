@@ -94,18 +94,21 @@ def test_lifecycle_phases_and_restarts(tmp_path):
     assert folder.phase() == "finished" and not os.path.exists(folder.backup_dir)
 
 
-def test_start_removes_temporaries_of_interrupted_writes(tmp_path):
+def test_start_removes_only_our_own_temporaries(tmp_path):
     folder = RunFolder(tmp_path / "run")
-    os.makedirs(folder.path("checkpoints", ".tmp-1234-latest"))
-    os.makedirs(folder.path("backup", "worker_0"))
-    for path in (folder.path(".tmp-ab-model.keras"), folder.path("backup", "worker_0", ".tmp-cd-step.json"),
-                 folder.path(".old-ef-saved_model"), folder.path("keep.txt")):
-        open(path, "w").close()
+    ours = [".tmp-0123abcd-model.keras", ".old-89abcdef-saved_model", ".tmp-00ff00ff-metrics.json",
+            "checkpoints/.tmp-1234abcd-latest.keras", "backup/worker_0/.tmp-cd12cd12-step-0000000004.json",
+            "backup/worker_0/.tmp-cd12cd12-step-0000000004.weights.h5"]
+    # A user's files that look like temporaries, or sit where the project writes none: never touched.
+    theirs = ["keep.txt", ".tmp-notes", ".tmp-0123abcd-thesis.tex", "chapter/.tmp-figure",
+              "checkpoints/.tmp-1234abcd-other.keras", "logs/.old-0000aaaa-model.keras"]
+    for name in ours + theirs:
+        os.makedirs(os.path.dirname(folder.path(name)), exist_ok=True)
+        (os.makedirs if name.endswith("saved_model") else lambda p: open(p, "w").close())(folder.path(name))
     folder.start({})
-    left = sorted(os.path.relpath(os.path.join(d, n), folder.root) for d, ds, fs in os.walk(folder.root)
-                  for n in ds + fs)
-    assert not [p for p in left if ".tmp-" in p or ".old-" in p], left
-    assert "keep.txt" in left
+    left = {os.path.relpath(os.path.join(d, n), folder.root) for d, ds, fs in os.walk(folder.root) for n in ds + fs}
+    assert not left & set(ours), sorted(left & set(ours))
+    assert set(theirs) <= left
 
 
 def test_truncate_log_drops_resumed_epochs_and_torn_rows(tmp_path):
@@ -126,19 +129,12 @@ def test_structural_change_of_an_unfinished_run_is_refused(tmp_path):
     config = RunConfig(model_dir=str(tmp_path / "run"))
     folder.start(config.to_dict())
     folder.check_resumable(config.replace(learning_rate=0.01).to_dict())  # resumable: allowed
-    with pytest.raises(ValueError, match=r"other settings \(batch_size=128 -> 64\); run the same command"):
+    with pytest.raises(ValueError, match=r"other settings \(batch_size=128 -> 64\); resume it with its own settings"):
         folder.check_resumable(config.replace(batch_size=64).to_dict())
     folder.start(config.replace(learning_rate=0.01).to_dict())
     assert folder.state()["config_changes"] == [
         {"restart": 1, "changed": {"learning_rate": [0.05, 0.01], "resolved_learning_rate": [0.05, 0.01]}}
     ]
-
-
-def test_clear_leaves_nothing_behind(tmp_path):
-    folder = RunFolder(tmp_path / "run")
-    folder.start({})
-    folder.clear()
-    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,11 @@ r"""Exports a trained model (.keras) as a SavedModel with named serving signatur
 
 A SupConModel (or a bare encoder) gives the encoder signatures (embedding,
 representation); a LinearProbe / CrossEntropyModel gives the classifier
-signatures (logits, probabilities, embedding).
+signatures (logits, probabilities, embedding). When a classifier's model file
+has a classes.json next to it (a run folder's: `{"class_names": [names in id
+order], ...}`), the export also returns each image's "class_name" and keeps
+the names (`supcon_tf.export.saved_model_class_names`); a classes.json whose
+number of names is not the model's number of classes is an error.
 """
 
 import dataclasses
@@ -17,6 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from experiments import flagging  # noqa: E402
 from experiments.flagging import option  # noqa: E402
+
+# A run folder's class names, next to its model.keras.
+CLASSES_FILE = "classes.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +53,35 @@ def main():
     from supcon_tf import export, models
 
     model = keras.saving.load_model(config.model, compile=False)
+    named = ""
     if isinstance(model, (models.LinearProbe, models.CrossEntropyModel)):
-        path = export.export_classifier(model, config.output, overwrite=config.overwrite)
+        class_names = _class_names_next_to(config.model, model.num_classes, export)
+        path = export.export_classifier(model, config.output, overwrite=config.overwrite, class_names=class_names)
+        if class_names is not None:
+            named = f" with the {len(class_names)} class names of {_classes_json(config.model)}"
     else:
         path = export.export_encoder(model, config.output, overwrite=config.overwrite)
-    print(f"exported {type(model).__name__} to {path}; inspect with: saved_model_cli show --dir {path} --all")
+    print(f"exported {type(model).__name__}{named} to {path}; inspect with: saved_model_cli show --dir {path} --all")
     return 0
+
+
+def _classes_json(model_path):
+    """The classes.json next to a model file (a run folder's)."""
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), CLASSES_FILE)
+
+
+def _class_names_next_to(model_path, num_classes, export):
+    """The class names of the classes.json next to `model_path`, checked against `num_classes`; None if absent."""
+    classes_path = _classes_json(model_path)
+    if not os.path.exists(classes_path):
+        return None
+    class_names = export.read_classes_json(classes_path)
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"{classes_path} names {len(class_names)} classes but the model {model_path} has {num_classes} "
+            "outputs: they are not from the same run"
+        )
+    return class_names
 
 
 def entry():

@@ -3,8 +3,9 @@
 An exported folder is a plain TensorFlow SavedModel, for TF Serving,
 `tf.saved_model.load` or `keras.layers.TFSMLayer`; it needs neither
 `supcon_tf` nor the model's Python code to run. Every signature has a single
-named input, `"images"`, and returns a dict of named float32 outputs. Three
-signatures per export differ only in their input:
+named input, `"images"`, and returns a dict of named float32 outputs (plus
+one string output, "class_name", from a classifier exported with its class
+names). Three signatures per export differ only in their input:
 
     export_encoder (SupConModel or a bare encoder)
       "serving_default", "embed":  images float32 [batch, H, W, C] in [0, 1], the trained size
@@ -25,6 +26,19 @@ signatures per export differ only in their input:
                                                        projection head: its embedding is its
                                                        L2-normalised representation, ready for
                                                        cosine similarity / kNN)
+               "class_name"      [batch] string        the name of the argmax class (UTF-8);
+                                                       only with `class_names=`
+
+Class ids are the indices of the logits. A classifier exported with
+`class_names` (the training split's names in id order, e.g. a run folder's
+classes.json) also returns "class_name" from every signature, and keeps the
+names in the SavedModel as a string variable, the variable collection
+"class_names" (`tf.saved_model.load(path).class_names[0]`), which
+`saved_model_class_names(path)` reads from the checkpoint without loading
+the graph. Without `class_names` the class ids are the only output, and
+`saved_model_class_names` returns None. `read_classes_json(path)` reads the
+names from a run folder's classes.json (`{"class_names": [...], ...}`), as
+`supcon-export` does for the model.keras next to it.
 
 `(H, W, C)` is the encoder's input size (C is 1 or 3). The preprocessing is
 inside the graph and is the evaluation pipeline's (`data.make_eval_dataset`,
@@ -60,8 +74,8 @@ error. NumPy arrays are converted to the input's dtype by TF without a
 check: a float array sent to a uint8 input is cast (wrapping modulo 256),
 so send uint8 to the uint8 signatures. Everything runs in
 inference mode (`training=False`: batch normalisation uses its moving
-statistics). Outputs are cast to float32 (they can be float16 under mixed
-precision).
+statistics). Numeric outputs are cast to float32 (they can be float16 under
+mixed precision).
 
 Besides the signatures, the endpoints (all names but "serving_default") are
 methods of the loaded object, called with a positional argument:
@@ -83,10 +97,14 @@ Example:
 >>> served.signatures["classify_uint8"](images=uint8_batch)["probabilities"]
 >>> jpeg_bytes = [open(name, "rb").read() for name in ("a.jpg", "b.png")]
 >>> served.signatures["classify_encoded"](images=tf.constant(jpeg_bytes))["logits"]
+>>> export_classifier(probe, "run/export/named", class_names=["cat", "dog"])
+>>> tf.saved_model.load("run/export/named").classify_uint8(uint8_batch)["class_name"]  # [b"dog", ...]
+>>> saved_model_class_names("run/export/named")  # ["cat", "dog"]
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -97,6 +115,7 @@ from supcon_tf import checkpointing
 from supcon_tf import layers as layers_lib
 from supcon_tf import models
 from supcon_tf._checks import boolean as _check_bool
+from supcon_tf.data.sources import _check_class_names
 
 # Name of the one input of every signature.
 INPUT_NAME = "images"
@@ -109,6 +128,12 @@ EMBED_ENCODED = "embed_encoded"
 CLASSIFY = "classify"
 CLASSIFY_UINT8 = "classify_uint8"
 CLASSIFY_ENCODED = "classify_encoded"
+# The string output of a classifier exported with class names: the argmax class's name.
+CLASS_NAME = "class_name"
+# The variable collection (a list of one string variable [num_classes]) that
+# holds the class names, and that variable's key in the SavedModel's checkpoint.
+CLASS_NAMES = "class_names"
+_CLASS_NAMES_KEY = f"{CLASS_NAMES}/0/.ATTRIBUTES/VARIABLE_VALUE"
 # The file that marks a folder as a SavedModel.
 _SAVED_MODEL_FILE = "saved_model.pb"
 # Leading bytes of the encoded formats the "*_encoded" signatures accept
@@ -190,7 +215,8 @@ def _resolve_image_shape(encoder, image_shape):
 
 
 def _as_float32(outputs):
-    return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
+    """Numeric outputs cast to float32 (float16 under mixed precision); string outputs as they are."""
+    return {key: value if value.dtype == tf.string else tf.cast(value, tf.float32) for key, value in outputs.items()}
 
 
 def _runtime_shape(tensor):
@@ -313,19 +339,23 @@ def _check_destination(path, overwrite):
         )
 
 
-def _write(path, forward, image_shape, names, tracked, overwrite):
+def _write(path, forward, image_shape, names, tracked, overwrite, collections=None):
     """Builds the three endpoints around `forward` and writes the archive to `path` atomically.
 
     `forward` maps float32 `[batch, H, W, C]` images in [0, 1] to a dict of
-    output tensors; `names` is `(float name, uint8 name, encoded name)`.
-    Every function is traced before anything touches the disk, so an error
-    in the model leaves the destination alone.
+    output tensors; `names` is `(float name, uint8 name, encoded name)`;
+    `collections` maps names to lists of variables saved with the archive
+    (`ExportArchive.add_variable_collection`). Every function is traced
+    before anything touches the disk, so an error in the model leaves the
+    destination alone.
     """
     float_name, uint8_name, encoded_name = names
     _check_destination(path, overwrite)
     archive = keras.export.ExportArchive()
     for layer in tracked:
         archive.track(layer)
+    for name, variables in (collections or {}).items():
+        archive.add_variable_collection(name, variables)
     height, width, channels = image_shape
     float_message = (
         f"{SERVING_DEFAULT}/{float_name} expects images float32 [batch, {height}, {width}, {channels}] in [0, 1]"
@@ -438,7 +468,7 @@ def export_encoder(model, path, *, image_shape=None, overwrite=False):
     return _write(path, forward, image_shape, (EMBED, EMBED_UINT8, EMBED_ENCODED), tracked, overwrite)
 
 
-def export_classifier(model, path, *, image_shape=None, overwrite=False):
+def export_classifier(model, path, *, image_shape=None, overwrite=False, class_names=None):
     """Exports a classifier as a SavedModel: "serving_default"/"classify", "classify_uint8", "classify_encoded".
 
     Args:
@@ -446,6 +476,12 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False):
       path: destination folder (str or os.PathLike), created with its parents.
       image_shape: optional `(height, width, channels)`; as in `export_encoder`.
       overwrite: replace an existing export at `path` (default False).
+      class_names: None (the default: the class ids, the logits' indices, are
+        the only output), or the name of each class in id order, a list or
+        tuple of `model.num_classes` distinct non-empty str (the training
+        split's: a run folder's classes.json). Every signature then also
+        returns "class_name", and the SavedModel keeps the names (the string
+        variable collection "class_names", read by `saved_model_class_names`).
 
     Returns: as `export_encoder`.
 
@@ -458,11 +494,13 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False):
       "representation": [batch, rep_dim], "embedding": [batch, rep_dim]}`.
       A classifier has no projection head, so its "embedding" is its
       representation L2-normalised (`layers.L2Normalize`, as the head's last
-      step), not a SupCon z.
+      step), not a SupCon z. With `class_names`, also `"class_name"`: string
+      `[batch]`, `class_names[argmax(logits)]` (UTF-8 bytes).
 
     Raises:
       ValueError: `model` is not a LinearProbe or CrossEntropyModel, or is
-        unbuilt; bad `path`, `image_shape` or `overwrite`.
+        unbuilt; bad `path`, `image_shape`, `overwrite` or `class_names`
+        (e.g. not `model.num_classes` names).
       FileExistsError: `path` exists and `overwrite` is False (or it is not a
         SavedModel folder).
     """
@@ -473,19 +511,105 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False):
         )
     path = _check_path(path)
     _check_bool(overwrite, "overwrite")
+    if class_names is not None:
+        class_names = _check_class_names(class_names)
+        if len(class_names) != model.num_classes:
+            raise ValueError(
+                f"`class_names` must have {model.num_classes} names, one per output of the classifier, "
+                f"received: {len(class_names)} names, class_names={class_names!r}"
+            )
     _check_built(model)
     normalize = layers_lib.L2Normalize()
 
     def forward(images):
         outputs = dict(model.predict_all(images))
         outputs[models.EMBEDDING] = normalize(tf.cast(outputs[models.REPRESENTATION], tf.float32))
+        if class_names is not None:
+            # A constant in the graph: the lookup needs no variable, table or asset.
+            ids = tf.argmax(tf.cast(outputs[models.LOGITS], tf.float32), axis=-1)
+            outputs[CLASS_NAME] = tf.gather(tf.constant(class_names, tf.string), ids)
         return outputs
 
     image_shape = _resolve_image_shape(model.encoder, image_shape)
     if not checkpointing.is_chief():
         return None
+    collections = None
+    if class_names is not None:
+        with tf.init_scope():  # eager, outside any tf.function or distribution strategy
+            names_variable = tf.Variable(class_names, dtype=tf.string, trainable=False, name=CLASS_NAMES)
+        collections = {CLASS_NAMES: [names_variable]}
     names = (CLASSIFY, CLASSIFY_UINT8, CLASSIFY_ENCODED)
-    return _write(path, forward, image_shape, names, [model.encoder, model.classifier], overwrite)
+    return _write(path, forward, image_shape, names, [model.encoder, model.classifier], overwrite, collections)
+
+
+def saved_model_class_names(path):
+    """The class names a classifier export keeps (`export_classifier(..., class_names=...)`), or None.
+
+    Reads the "class_names" variable from the SavedModel's checkpoint
+    (`variables/`) without loading the graph or running a signature.
+
+    Args:
+      path: a SavedModel folder.
+
+    Returns:
+      The list of class names (str) in id order, or None when the export has
+      none (an encoder, or a classifier exported without `class_names`).
+
+    Raises:
+      ValueError: `path` is not a path to a SavedModel folder.
+    """
+    path = _check_saved_model(path)
+    prefix = os.path.join(path, "variables", "variables")
+    try:
+        keys = {key for key, _ in tf.train.list_variables(prefix)}
+    except (tf.errors.NotFoundError, ValueError):  # no variables at all
+        return None
+    if _CLASS_NAMES_KEY not in keys:
+        return None
+    return [name.decode("utf-8") for name in tf.train.load_variable(prefix, _CLASS_NAMES_KEY).tolist()]
+
+
+def read_classes_json(path):
+    """The class names in a run folder's classes.json: `{"class_names": [names in id order], ...}`.
+
+    Other keys (e.g. "source", where the names came from) are ignored.
+
+    Args:
+      path: the classes.json file (str or os.PathLike).
+
+    Returns:
+      The list of class names (str), in id order.
+
+    Raises:
+      FileNotFoundError: `path` is not a file.
+      ValueError: bad `path`; the file is not JSON, not an object, or its
+        "class_names" is missing or not a non-empty list of distinct
+        non-empty strings.
+    """
+    path = _check_path(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`path` is not a file, received: path={path!r}")
+    try:
+        with open(path, encoding="utf-8") as file:
+            content = json.load(file)
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a JSON file ({error}), received: path={path!r}") from error
+    if not isinstance(content, dict) or "class_names" not in content:
+        raise ValueError(
+            f'{path} must hold a JSON object {{"class_names": [names in id order], ...}}, '
+            f"received: {str(content)[:200]}"
+        )
+    try:
+        return _check_class_names(content["class_names"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _check_saved_model(path):
+    path = _check_path(path)
+    if not os.path.isfile(os.path.join(path, _SAVED_MODEL_FILE)):
+        raise ValueError(f"`path` must be a SavedModel folder (with {_SAVED_MODEL_FILE}), received: path={path!r}")
+    return path
 
 
 def _describe(tensor):
@@ -508,9 +632,7 @@ def saved_model_signatures(path):
     Raises:
       ValueError: `path` is not a path to a SavedModel folder.
     """
-    path = _check_path(path)
-    if not os.path.isfile(os.path.join(path, _SAVED_MODEL_FILE)):
-        raise ValueError(f"`path` must be a SavedModel folder (with {_SAVED_MODEL_FILE}), received: path={path!r}")
+    path = _check_saved_model(path)
     loaded = tf.saved_model.load(path)
     signatures = {}
     for name in sorted(loaded.signatures.keys()):

@@ -7,6 +7,7 @@ the class-name list for image folders). `supcon_tf.data.pipelines` turns a
 source into batches.
 """
 
+import collections
 import functools
 import numbers
 import os
@@ -236,14 +237,41 @@ def _decode_image_file(path, channels):
         raise ValueError(f"Cannot decode image file {path!r}: {message}") from error
 
 
-def load_image_folder(root, *, image_size=None, channels=3):
+def _check_class_names(class_names):
+    """`class_names` as a list: a list or tuple of distinct non-empty str (a training split's names, in id order)."""
+    if not isinstance(class_names, (list, tuple)) or not class_names:
+        raise ValueError(
+            "`class_names` must be a non-empty list or tuple of class names (the training split's, "
+            f"in id order), received: class_names={class_names!r}"
+        )
+    bad = [name for name in class_names if not isinstance(name, str) or not name]
+    if bad:
+        raise ValueError(
+            f"`class_names` must hold non-empty strings, received: class_names={class_names!r} "
+            f"(not a non-empty str: {', '.join(repr(name) for name in bad)})"
+        )
+    duplicates = [name for name, count in collections.Counter(class_names).items() if count > 1]
+    if duplicates:
+        raise ValueError(
+            f"`class_names` must be distinct (one id per class), received: class_names={class_names!r} "
+            f"(repeated: {', '.join(repr(name) for name in duplicates)})"
+        )
+    return list(class_names)
+
+
+def load_image_folder(root, *, image_size=None, channels=3, class_names=None):
     """Reads a `root/<class>/<image>` folder tree as a source.
 
-    Class ids are the indices of the sorted class directory names (hidden
-    directories skipped); a class directory's images are the files (searched
-    recursively) ending in .png, .jpg or .jpeg (any case), in sorted order.
-    Every image is decoded once here, so that a corrupt file fails now, with
-    its path, rather than mid-training; the dataset decodes again lazily.
+    Without `class_names`, class ids are the indices of the sorted class
+    directory names (hidden directories skipped). That numbering is this
+    folder's own: a test split that lacks one of the training classes would
+    number the others differently, so load every split but the training one
+    with `class_names=<the training split's class names>`, which gives each
+    class directory the id of its name in that list. A class directory's
+    images are the files (searched recursively) ending in .png, .jpg or .jpeg
+    (any case), in sorted order. Every image is decoded once here, so that a
+    corrupt file fails now, with its path, rather than mid-training; the
+    dataset decodes again lazily.
 
     Args:
       root: path of the folder tree.
@@ -252,17 +280,26 @@ def load_image_folder(root, *, image_size=None, channels=3):
         antialiased, rounded back to uint8).
       channels: 1 or 3, the channels to decode to (grayscale/RGB conversion
         as TF's decoders do it).
+      class_names: None (ids from this folder's sorted class directories), or
+        the training split's class names in id order (a non-empty list/tuple
+        of distinct non-empty str): a class directory named
+        `class_names[i]` gets label i. Every class directory must be in the
+        list; `root` may lack some of the listed classes (their ids then have
+        no sample here).
 
     Returns:
       `(dataset, class_names)`: a `tf.data.Dataset` of `(image uint8 [H, W,
-      channels], label int32 [])` in class then file order, and the sorted
-      list of class names (its length is the number of classes).
+      channels], label int32 [])` in class (id) then file order, and the list
+      of class names in id order, whose length is the number of classes: the
+      sorted class directory names, or, with `class_names`, a copy of that
+      list (also the classes `root` lacks).
 
     Raises:
       FileNotFoundError: `root` is not a directory.
       ValueError: no class directories, a class directory without images
-        (it would silently become a class no sample has), a file that does not
-        decode, or images of different sizes with `image_size=None`.
+        (it would silently become a class no sample has), a class directory
+        whose name is not in `class_names`, a file that does not decode,
+        images of different sizes with `image_size=None`, or a bad argument.
     """
     if not isinstance(root, (str, os.PathLike)):
         raise ValueError(f"`root` must be a path, received: root={root!r}")
@@ -270,22 +307,38 @@ def load_image_folder(root, *, image_size=None, channels=3):
         raise ValueError(f"`channels` must be 1 or 3, received: channels={channels!r}")
     if image_size is not None:
         image_size = _as_size(image_size, "image_size")
+    if class_names is not None:
+        class_names = _check_class_names(class_names)
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"`root` is not a directory, received: root={root!r}")
 
-    class_names = sorted(
+    folder_names = sorted(
         entry.name
         for entry in os.scandir(root)
         if entry.is_dir() and not entry.name.startswith(".")
     )
-    if not class_names:
+    if not folder_names:
         raise ValueError(
             f"`root` must contain one sub-directory per class, received: root={root!r} "
             "with no sub-directories"
         )
+    if class_names is None:
+        class_names = folder_names
+    else:
+        unknown = [name for name in folder_names if name not in class_names]
+        if unknown:
+            raise ValueError(
+                f"image folder {root!r} has class folder{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(name) for name in unknown)} that the training split does not have "
+                f"(training classes: {', '.join(class_names)}); every class folder must be one of "
+                "`class_names`"
+            )
+    present = set(folder_names)
     paths, labels = [], []
     for label, class_name in enumerate(class_names):
+        if class_name not in present:  # a training class this split lacks
+            continue
         class_files = []
         for directory, subdirectories, files in os.walk(os.path.join(root, class_name)):
             subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]

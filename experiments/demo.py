@@ -126,9 +126,14 @@ def _log(message):
 
 def run(config: DemoConfig):
     """Runs every method in `config.methods` through `supcon_tf.runner`; returns the result rows."""
-    from supcon_tf import runner
+    from supcon_tf import ownership, runner
     from supcon_tf.checkpointing import write_json_atomically
 
+    # The demo's folder is its own (a marker, like a run folder's): a user's folder is refused, never written into.
+    ownership.claim(
+        config.output_dir, kind="demo", own_entries={"config.json", "metrics.json", *METHODS},
+        core=("config.json", "metrics.json"), name="output_dir",
+    )
     write_json_atomically(os.path.join(config.output_dir, "config.json"), config.to_dict(), indent=2)
 
     rows = []

@@ -401,7 +401,12 @@ def run_sweep(sweep, *, callbacks=None, overwrite=True, verbose=0):
 
     if not isinstance(sweep, SweepConfig):
         raise ValueError(f"`sweep` must be a SweepConfig, received: {type(sweep).__name__}")
+    from supcon_tf import ownership
+
     start = time.time()
+    # The sweep's folder is its own (supcon_tf.ownership): a folder supcon_tf did not create is refused.
+    ownership.claim(sweep.output_dir, kind="sweep", own_entries=None, core=("summary.json", "tuner", "trials"),
+                    name="output_dir")
     if overwrite:
         shutil.rmtree(os.path.join(sweep.output_dir, "trials"), ignore_errors=True)
     tuner = make_tuner(sweep, callbacks=callbacks, overwrite=overwrite)

@@ -9,7 +9,8 @@ folder: `{"kind", "id", "created", "host", "pid", "supcon_tf"}`. The rules:
   already carries a marker of the same kind. A folder written by an older
   version of the project (no marker, but nothing in it except the names the
   project writes there, `own_entries`, and at least one of its `core`
-  entries) is adopted. Anything else (a file, a folder with other content, a
+  entries; `own_entries=None` for a composite folder whose names vary, e.g.
+  a report's work folder: the `core` entries alone) is adopted. Anything else (a file, a folder with other content, a
   marker of another kind) is refused with one line, before anything is
   written.
 * **Replacing** (`--overwrite`). Only a claimed folder whose every entry is
@@ -111,7 +112,7 @@ def check_claimable(path, *, kind, own_entries, core=(), name="model_dir"):
     entries = set(os.listdir(path))
     if not entries:
         return "empty"
-    if entries <= (set(own_entries) | BOOKKEEPING) and entries & set(core):
+    if (own_entries is None or entries <= (set(own_entries) | BOOKKEEPING)) and entries & set(core):
         return "adoptable"
     raise ValueError(
         f"`{name}` {path} is not empty and supcon_tf did not create it (no {MARKER}; it holds {_listing(path)}): "
@@ -169,7 +170,7 @@ def _contains(outer, inner):
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
-def check_replaceable(path, *, kind, own_entries, name="model_dir", flag="--overwrite"):
+def check_replaceable(path, *, kind, own_entries, core=(), name="model_dir", flag="--overwrite"):
     """Raises ValueError unless `path` may be replaced (module docstring); reads only. An absent folder is fine."""
     path = _check_path(path, name)
     if not os.path.lexists(path):
@@ -185,8 +186,10 @@ def check_replaceable(path, *, kind, own_entries, name="model_dir", flag="--over
         )
     if os.path.islink(path):
         raise ValueError(f"`{name}` {path} is a symbolic link: {flag} replaces only real run folders")
-    if check_claimable(path, kind=kind, own_entries=own_entries, core=own_entries, name=name) != "owned":
+    if check_claimable(path, kind=kind, own_entries=own_entries, core=core, name=name) != "owned":
         return  # empty, or an older version's folder holding only the project's own entries
+    if own_entries is None:  # a composite folder (e.g. a report's work folder): everything in it is the project's
+        return
     foreign = sorted(set(os.listdir(path)) - set(own_entries) - BOOKKEEPING)
     if foreign:
         raise ValueError(
@@ -195,7 +198,7 @@ def check_replaceable(path, *, kind, own_entries, name="model_dir", flag="--over
         )
 
 
-def replace(path, *, kind, own_entries, name="model_dir"):
+def replace(path, *, kind, own_entries, core=(), name="model_dir"):
     """Renames the owned folder `path` to `<path>.previous-<id>` and claims a fresh one; returns the sibling's path.
 
     Call `check_replaceable` first (and hold the old folder's lock, so no
@@ -205,7 +208,7 @@ def replace(path, *, kind, own_entries, name="model_dir"):
     if not os.path.isdir(path) or not os.listdir(path):
         return None
     if not is_owned(path, kind):
-        claim(path, kind=kind, own_entries=own_entries, core=own_entries, name=name)
+        claim(path, kind=kind, own_entries=own_entries, core=core, name=name)
     old_id = (marker(path) or {}).get("id") or uuid.uuid4().hex
     sibling = f"{path}.previous-{old_id[:8]}"
     while os.path.lexists(sibling):

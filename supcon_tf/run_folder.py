@@ -132,7 +132,7 @@ class RunFolder:
 
     def check_replaceable(self):
         """Refuses (ValueError) what `--overwrite` must never replace (supcon_tf.ownership); reads only."""
-        ownership.check_replaceable(self.root, kind=KIND, own_entries=OWN_ENTRIES)
+        ownership.check_replaceable(self.root, kind=KIND, own_entries=OWN_ENTRIES, core=_CORE)
 
     @contextlib.contextmanager
     def claimed(self):
@@ -169,7 +169,7 @@ class RunFolder:
         if set(os.listdir(self.root)) <= ownership.BOOKKEEPING:
             return None
         old_lock = self.lock
-        sibling = ownership.replace(self.root, kind=KIND, own_entries=OWN_ENTRIES)
+        sibling = ownership.replace(self.root, kind=KIND, own_entries=OWN_ENTRIES, core=_CORE)
         self.lock = ownership.FolderLock(self.root, os.path.basename(old_lock.path)[: -len(".lock")]).acquire()
         old_lock.release()
         return sibling

@@ -32,7 +32,6 @@ import gc
 import json
 import os
 import platform
-import shutil
 import statistics
 import threading
 import time
@@ -53,12 +52,25 @@ def log(message):
 # ---------------------------------------------------------------------------
 
 
+WORK_DIR = dict(kind="report", own_entries=None, core=("report_config.json", "protocol.json"), name="work_dir")
+
+
 def prepare_work_dir(config, overwrite=False):
-    """Checks that `work_dir` belongs to this config (or clears it with `overwrite`); writes its config."""
+    """Checks that `work_dir` belongs to this config (or, with `overwrite`, sets it aside); writes its config.
+
+    The work folder is the report's own (`supcon_tf.ownership`): a folder
+    that supcon_tf did not create is refused. `overwrite` renames an old one
+    to `<work_dir>.previous-<id>`, deleted when the new report finishes.
+    """
+    from supcon_tf import ownership
+
     path = os.path.join(config.work_dir, "report_config.json")
     payload = config.to_dict()
-    if overwrite and os.path.isdir(config.work_dir):
-        shutil.rmtree(config.work_dir)
+    ownership.check_claimable(config.work_dir, **WORK_DIR)
+    if overwrite:
+        ownership.check_replaceable(config.work_dir, **WORK_DIR)
+        ownership.replace(config.work_dir, **WORK_DIR)
+    ownership.claim(config.work_dir, **WORK_DIR)
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
@@ -484,6 +496,9 @@ def run(config, *, command, overwrite=False):
     os.makedirs(config.output_dir, exist_ok=True)
     _write_json(os.path.join(config.output_dir, RESULTS_FILE), results)
     log(f"results: {os.path.join(config.output_dir, RESULTS_FILE)} ({results['timing']['wall_seconds'] / 60:.1f} min)")
+    from supcon_tf import ownership
+
+    ownership.discard_replaced(config.work_dir, kind=WORK_DIR["kind"])  # an --overwrite's old work folder
     return results
 
 

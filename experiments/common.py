@@ -4,7 +4,9 @@ Resolution order: `RunConfig` defaults < `--preset` < explicit flags. Every
 `RunConfig` field has a flag of the same name, generated with its help text by
 `experiments/flagging.py` (the one flag mechanism of every binary); a flag left
 unset does not override the preset. Bad values end the program with one line
-on stderr and exit status 2, never a traceback.
+on stderr and exit status 2, never a traceback; other errors end it with one
+line and the status of their kind (`supcon_tf/errors.py`), the traceback
+appended to `<model_dir>/error.log` (`flagging.set_run_folder`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ INHERITED_FROM_PRETRAINED = ("dataset", "data_dir", "image_size", "channels")
 def _pretrained_run_config(pretrained):
     """The config.json next to a `--pretrained` model file, or {}."""
     path = os.path.join(os.path.dirname(os.path.abspath(pretrained)), "config.json")
-    if not os.path.exists(path):
+    if not os.path.isfile(pretrained) or not os.path.exists(path):  # a folder or a missing file: the loader says so
         return {}
     try:
         with open(path) as f:
@@ -109,6 +111,7 @@ def stage_entry(*, methods, summary):
 
     def main():
         config = config_from_flags(**({"method": methods[0]} if len(methods) == 1 else {}))
+        flagging.set_run_folder(config.model_dir)  # a top-level error's traceback goes to its error.log
         if config.method not in methods:
             raise ValueError(f"`method` must be one of {', '.join(methods)} here, received: method={config.method!r}")
         metrics = run_stage(config)

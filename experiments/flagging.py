@@ -15,7 +15,12 @@ defines the flags of a config, `values` reads them back as `{field: value}`,
 and the config validates them at construction (a `ValueError` naming the
 field and the value). `run_binary` runs a program's main with one error
 convention: a malformed or unknown flag, a positional argument or a bad
-value is one line on stderr and exit status 2, before anything is written.
+value is one line on stderr and exit status 2, before anything is written;
+any other error that reaches the top level is one line too, with the exit
+status of its kind (the table of `supcon_tf/errors.py`), and its traceback is
+kept: appended to `<model_dir>/error.log` when the binary registered a run
+folder (`set_run_folder`), else printed after the line for unexpected and
+storage errors; absl's `-v 1` prints it to stderr in any case.
 
 This module defines no flag by itself and imports no TensorFlow, so that a
 binary checks its flags before TensorFlow loads.
@@ -24,8 +29,12 @@ binary checks its flags before TensorFlow loads.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import importlib.util
 import os
+import shlex
 import sys
+import traceback
 import types
 import typing
 
@@ -35,8 +44,6 @@ from absl import app, flags
 flags.disclaim_key_flags()
 
 FLAGS = flags.FLAGS
-EXIT_BAD_INPUT = 2
-_EXIT_SIGINT = 130  # = supcon_tf.resilience.EXIT_SIGINT, without importing TensorFlow
 _DEFINE = {
     bool: flags.DEFINE_bool,
     int: flags.DEFINE_integer,
@@ -158,6 +165,34 @@ def parse_list(name, items, kind):
 # ---------------------------------------------------------------------------
 
 
+def _load_errors():
+    """`supcon_tf.errors` (the table of exit statuses), loaded without the package, whose import loads TensorFlow.
+
+    The module is registered under its own name, so the library's later
+    `from supcon_tf.errors import ...` gets this same module (and classes).
+    """
+    name = "supcon_tf.errors"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("supcon_tf")  # finds the package without importing it
+    path = os.path.join(package.submodule_search_locations[0], "errors.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+errors = _load_errors()
+EXIT_BAD_INPUT = errors.EXIT_BAD_INPUT
+# The marker file of a run folder the project created (= supcon_tf.run_folder.MARKER, which imports TensorFlow).
+RUN_FOLDER_MARKER = "supcon_run.json"
+
+
 def program_name():
     """The program as the user typed it: the console script, or the module of `python -m`."""
     path = sys.argv[0] if sys.argv else ""
@@ -182,34 +217,110 @@ def parse_flags(argv):
         sys.exit(fail(error))
 
 
+# The run folder of this process, where a top-level error's traceback is appended (`set_run_folder`).
+_run_folder = None
+
+
+def set_run_folder(path):
+    """Tells the top level the binary's run folder (its `model_dir`): a top-level error's traceback goes there.
+
+    It is used only while the folder holds the project's marker file
+    (`RUN_FOLDER_MARKER`): the program never writes into a folder it did not
+    create. None forgets it.
+    """
+    global _run_folder
+    _run_folder = None if path is None else os.path.abspath(os.fspath(path))
+
+
+def is_run_folder(path):
+    """True when `path` is a run folder the project created (`supcon_tf.run_folder.is_run_folder`, TF-free)."""
+    return path is not None and os.path.isfile(os.path.join(os.fspath(path), RUN_FOLDER_MARKER))
+
+
+def _verbose():
+    """absl's `-v` / `--verbosity` >= 1: the traceback of a top-level error goes to stderr too."""
+    try:
+        return (FLAGS["verbosity"].value or 0) >= 1
+    except (KeyError, AttributeError, flags.Error):
+        return False
+
+
+def _append_error_log(folder, status, line, trace):
+    """Appends one block (time, argv, status, the line, the traceback) to `<folder>/error.log`; its path or None.
+
+    One `write` on a file opened for appending, so that blocks of concurrent
+    processes do not interleave; None when the write fails (e.g. the full
+    disk that caused the error): the caller then prints the traceback.
+    """
+    path = os.path.join(folder, errors.ERROR_LOG)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    block = (
+        f"==== {stamp} pid {os.getpid()} exit status {status}\n"
+        f"argv: {shlex.join(sys.argv)}\n"
+        f"{line}\n{trace}"
+        f"{'' if trace.endswith(chr(10)) else chr(10)}\n"
+    ).encode("utf-8", "backslashreplace")
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(descriptor, block)
+        finally:
+            os.close(descriptor)
+    except OSError:
+        return None
+    return path if written == len(block) else None
+
+
+def report_error(error):
+    """Reports an exception that reached the top level; returns its exit status (`supcon_tf.errors`).
+
+    One line on stderr. The traceback is appended to the registered run
+    folder's error.log (when the project created that folder), printed to
+    stderr with `-v 1`, and otherwise printed after the line when the error
+    is unexpected (status 1) or a storage / OS error (4), so it is never lost.
+    """
+    outcome = errors.classify(error)
+    program = program_name()
+    trace = "".join(traceback.format_exception(error))
+    if outcome.plain:
+        line = outcome.line
+    elif outcome.internal:
+        line = f"{program}: internal error: {outcome.line}"
+    else:
+        line = f"{program}: error: {outcome.line}"
+    signal_stop = outcome.status in (errors.EXIT_SIGINT, errors.EXIT_SIGTERM)
+    log = None
+    if not signal_stop and is_run_folder(_run_folder):
+        log = _append_error_log(_run_folder, outcome.status, line, trace)
+    verbose = _verbose()
+    if outcome.keep_traceback:
+        line += f" (traceback in {log})" if log else " (traceback below)" if not verbose else ""
+    print(line, file=sys.stderr, flush=True)
+    if verbose or (outcome.keep_traceback and log is None):
+        print(trace, end="", file=sys.stderr, flush=True)
+    return outcome.status
+
+
 def absl_main(main_fn):
     """The `main(argv)` for `absl.app.run`: runs `main_fn()` and turns its errors into exit statuses.
 
-    2: bad input (a positional argument, a bad value, a missing or existing
-    file; nothing written). 130 / 143: SIGINT / SIGTERM during training (a
-    backup at the step is written; run the same command to resume). 3: the
-    loss diverged (the last good backup is kept).
+    The statuses are those of `supcon_tf/errors.py`: 2 bad input (a
+    positional argument, a bad value, a missing or existing file; nothing
+    written), 3 the loss diverged (the last good backup is kept), 4 a storage
+    or OS error (disk full, permission, ...), 5 a bad input file, 1 an
+    unexpected error, 130 / 143 SIGINT / SIGTERM during training (a backup at
+    the step is written; run the same command to resume). Each is one line on
+    stderr (`report_error`).
     """
 
     def main(argv):
+        set_run_folder(None)
         if len(argv) > 1:
             return fail(ValueError(f"unexpected positional arguments: {argv[1:]}"))
         try:
             return main_fn()
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            return fail(error)
-        except KeyboardInterrupt:
-            print("interrupted outside a training step; nothing new to resume from", file=sys.stderr)
-            return _EXIT_SIGINT
-        except Exception as error:
-            resilience = sys.modules.get("supcon_tf.resilience")  # loaded by whatever trained, and raised its errors
-            if resilience is not None and isinstance(error, resilience.Interrupted):
-                print(error, file=sys.stderr)
-                return error.exit_status
-            if resilience is not None and isinstance(error, resilience.Diverged):
-                print(f"{program_name()}: {error}", file=sys.stderr)
-                return error.exit_status
-            raise
+        except (Exception, KeyboardInterrupt) as error:  # SystemExit passes: an exit status chosen already
+            return report_error(error)
 
     return main
 

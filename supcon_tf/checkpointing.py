@@ -95,7 +95,7 @@ def atomic_path(path, fault_point=None):
         if not os.path.exists(temporary):
             raise FileNotFoundError(f"nothing was written to the temporary path {temporary} for {path}")
         if fault_point:
-            resilience.faults().reached(fault_point)
+            resilience.faults().reached(fault_point, path)
         if os.path.isdir(temporary) and os.path.isdir(path):
             aside = os.path.join(folder, f".old-{token}-{name}")
             os.replace(path, aside)

@@ -15,11 +15,16 @@ A training process stops early for three reasons, each an exception that
 
 `FaultInjector` makes the process SIGKILL itself at a named point; tests use
 it (environment variable `SUPCON_TF_FAULT`) to prove that every write of a run
-folder survives a kill. It does nothing unless that variable is set.
+folder survives a kill. `disk_full:<point>` makes that write fail as on a full
+disk instead (OSError ENOSPC naming the file), and `internal_error:<point>`
+raises an unexpected RuntimeError there (a stand-in for a bug), to test the
+top level's exit statuses (`supcon_tf.errors`). It does nothing unless that
+variable is set.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -28,16 +33,16 @@ import time
 
 import keras
 
-EXIT_DIVERGED = 3
-EXIT_SIGINT = 130  # 128 + SIGINT, what shells report for Ctrl-C
-EXIT_SIGTERM = 143  # 128 + SIGTERM
+from supcon_tf.errors import EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM  # noqa: F401  (the one table of statuses)
 
 FAULT_ENV = "SUPCON_TF_FAULT"
 # Named points where `SUPCON_TF_FAULT=<point>[:<n>]` kills the process (the
 # n-th time the point is reached, 1 by default); `step:<k>` kills before
 # global step k runs, `nan_loss:<k>` makes the divergence guard see NaN at
 # global step k, `slow_steps:<ms>` sleeps that long before every step (to
-# signal a tiny run mid-epoch).
+# signal a tiny run mid-epoch). `disk_full:<point>[:<n>]` raises OSError ENOSPC
+# at a write point instead of killing, `internal_error:<point>[:<n>]` a
+# RuntimeError.
 FAULT_POINTS = (
     "backup_write",
     "checkpoint_write",
@@ -50,6 +55,13 @@ FAULT_POINTS = (
     "nan_loss",
     "slow_steps",
 )
+# The points where a file is written (atomically, or the CSV row): where `disk_full:` and `internal_error:` apply.
+WRITE_POINTS = (
+    "backup_write", "checkpoint_write", "csv_append", "final_model_save", "saved_model_export", "metrics_write",
+    "finished_marker",
+)
+# What happens at the point instead of SIGKILL.
+FAULT_MODES = ("disk_full", "internal_error")
 
 
 class Interrupted(Exception):
@@ -86,26 +98,45 @@ class FaultInjector:
 
     `SUPCON_TF_FAULT=csv_append` kills the first time the CSV row is being
     appended; `backup_write:3` the third time a backup is written; `step:7`
-    before global step 7 (0-based) runs.
+    before global step 7 (0-based) runs. `disk_full:checkpoint_write` makes
+    the first checkpoint write fail with OSError ENOSPC naming its file (the
+    temporary output is removed, the old file kept, as on a full disk);
+    `internal_error:metrics_write:1` raises a RuntimeError there.
     """
 
     def __init__(self, spec=None):
         spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
-        self.point, self.count = None, 1
+        self.point, self.count, self.mode = None, 1, None
+        given = spec
         if spec:
+            mode, _, rest = spec.partition(":")
+            if mode in FAULT_MODES:
+                self.mode, spec = mode, rest
             point, _, count = spec.partition(":")
-            if point not in FAULT_POINTS or (count and not count.isdigit()):
-                raise ValueError(f"{FAULT_ENV} must be <point>[:<n>] with point one of {FAULT_POINTS}, received: {spec!r}")
+            if (
+                point not in (WRITE_POINTS if self.mode else FAULT_POINTS)
+                or (count and not count.isdigit())
+            ):
+                raise ValueError(
+                    f"{FAULT_ENV} must be <point>[:<n>] with point one of {FAULT_POINTS}, or "
+                    f"<mode>:<point>[:<n>] with mode one of {FAULT_MODES} and point one of {WRITE_POINTS}, "
+                    f"received: {given!r}"
+                )
             self.point, self.count = point, int(count or 1)
         self._seen = 0
 
-    def reached(self, point):
-        """Call at `point`: kills the process if this is the requested occurrence."""
+    def reached(self, point, path=None):
+        """Call at `point` (writing `path`, when known): kills the process, or raises, at the requested occurrence."""
         if point != self.point:
             return
         self._seen += 1
-        if self._seen == self.count:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self._seen != self.count:
+            return
+        if self.mode == "disk_full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else os.fspath(path))
+        if self.mode == "internal_error":
+            raise RuntimeError(f"injected internal error at {point} ({FAULT_ENV})")
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def before_step(self, global_step):
         """Call before global step `global_step` runs: kills the process when `step:<global_step>` is set."""
@@ -119,11 +150,11 @@ class FaultInjector:
         return self.point == "nan_loss" and self.count == global_step
 
     def torn_write(self, point, file, partial):
-        """At `point`: when it is the requested occurrence, writes `partial` to `file`, flushes, and kills."""
+        """At `point`: when it is the requested occurrence, writes `partial` to `file`, flushes, and kills or raises."""
         if point == self.point and self._seen + 1 == self.count:
             file.write(partial)
             file.flush()
-        self.reached(point)
+        self.reached(point, getattr(file, "name", None))
 
 
 _injector = None

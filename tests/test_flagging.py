@@ -116,3 +116,23 @@ def test_demo_config_composes_the_run_config_settings():
         DemoConfig(stage={"batch_size": 0})
     with pytest.raises(ValueError, match="stage"):
         DemoConfig(stage={"temperature": 0.5})
+
+
+def test_absl_main_forgets_the_run_folder_of_an_earlier_main(tmp_path, capsys):
+    """A run folder registered by one main (`set_run_folder`) does not receive the error.log of the next one."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / flagging.RUN_FOLDER_MARKER).write_text("{}")
+
+    def first():
+        flagging.set_run_folder(folder)
+        return 0
+
+    def second():
+        raise RuntimeError("boom")
+
+    assert flagging.absl_main(first)(["prog"]) == 0
+    assert flagging.absl_main(second)(["prog"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom (traceback below)" in err and "Traceback" in err
+    assert not (folder / "error.log").exists()

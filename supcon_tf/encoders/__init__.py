@@ -33,6 +33,9 @@ family:
   encoder from a ``.weights.h5`` file (``encoder.save_weights``) or from the
   encoder of a ``.keras`` model (a SupConModel, a classifier or a bare
   encoder), after checking that every variable's shape matches;
+  ``load_pretrained_encoder(path, image_shape)`` loads the encoder of a
+  saved model (``--pretrained``), refusing a folder, a truncated, corrupt or
+  wrong-kind file and non-finite weights (``supcon_tf.errors.BadInputFile``);
 - ``registry``: the names and forms, their sizes and options,
   ``parse_encoder``, ``representation_dim`` and ``build_encoder``.
 
@@ -78,7 +81,7 @@ from supcon_tf.encoders.vit import (
     TokenPooling,
     TransformerBlock,
 )
-from supcon_tf.encoders.weights import load_encoder_weights
+from supcon_tf.encoders.weights import load_encoder_weights, load_pretrained_encoder
 
 # Names the single-module `supcon_tf.encoders` also exposed (imported there from supcon_tf.layers).
 from supcon_tf.layers import BN_EPSILON, BN_MOMENTUM, CaffeImageNetPreprocessing  # noqa: F401
@@ -101,6 +104,7 @@ __all__ = [
     "application_preprocessing",
     "build_encoder",
     "load_encoder_weights",
+    "load_pretrained_encoder",
     "parse_encoder",
     "representation_dim",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 
 from supcon_tf import augment, checkpointing, data, distribute, encoders, export, layers, models, resilience
 from supcon_tf.config import TFDS_DATASETS, RunConfig
-from supcon_tf.run_folder import RunFolder
+from supcon_tf.run_folder import CLASSES, RunFolder
 
 
 def build_strategy(config):
@@ -75,16 +75,35 @@ def load_source(config, split):
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
-    # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg
+    # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
     root = os.path.join(config.data_dir, split)
-    dataset, class_names = data.load_image_folder(root, image_size=config.image_size, channels=config.channels or 3)
-    if len(class_names) < 2 and config.method != "simclr":
+    training_names = None if split == "train" else class_names(config)
+    dataset, class_names_found = data.load_image_folder(
+        root, image_size=config.image_size, channels=config.channels or 3, class_names=training_names
+    )
+    class_names_found = list(class_names_found)
+    if len(class_names_found) < 2 and config.method != "simclr":
         raise ValueError(
-            f"image folder {root!r} has {len(class_names)} class folder ({', '.join(class_names)}): method "
-            f"{config.method!r} needs at least 2 classes (one sub-folder per class); use --method simclr for "
-            "unlabelled images"
+            f"image folder {root!r} has {len(class_names_found)} class folder ({', '.join(class_names_found)}): "
+            f"method {config.method!r} needs at least 2 classes (one sub-folder per class); use --method simclr "
+            "for unlabelled images"
         )
-    return dataset, int(dataset.cardinality().numpy()), config.num_classes or len(class_names)
+    return dataset, int(dataset.cardinality().numpy()), config.num_classes or len(class_names_found)
+
+
+def class_names(config):
+    """The class names in id order, from the TRAINING split: every other split, the probe and exports use them.
+
+    Digits: "0" ... "9". TFDS: the label feature's names. Image folders: the
+    sorted class sub-folders of `<data_dir>/train`.
+    """
+    if config.dataset == "digits":
+        return [str(label) for label in range(data.DIGITS_NUM_CLASSES)]
+    if config.dataset in TFDS_DATASETS:
+        _, info = data.load_tfds(config.dataset, "train", data_dir=config.data_dir)
+        return [str(name) for name in info.features["label"].names]
+    root = os.path.join(config.data_dir, "train")
+    return list(data.load_image_folder(root, image_size=config.image_size, channels=config.channels or 3)[1])
 
 
 class TrainValidationSplit(NamedTuple):
@@ -298,21 +317,7 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
     return model
 
 
-def load_pretrained_encoder(path, image_shape=None):
-    """The encoder of the model saved at `path`; checks that it takes images of `image_shape` when given."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"`pretrained` does not exist: {path}")
-    loaded = keras.saving.load_model(path, compile=False)
-    encoder = getattr(loaded, "encoder", loaded)
-    if not isinstance(encoder, keras.Model):
-        raise ValueError(f"`pretrained` must hold a SupConModel, classifier or encoder, received: {type(loaded)}")
-    expected = tuple(encoder.inputs[0].shape[1:]) if getattr(encoder, "inputs", None) else None
-    if image_shape is not None and expected is not None and None not in expected and expected != tuple(image_shape):
-        raise ValueError(
-            f"`image_size` / `channels` give images {tuple(image_shape)}, but the pretrained encoder in {path} takes "
-            f"{expected}: leave --image_size and --channels unset to take them from the pre-training run"
-        )
-    return encoder
+load_pretrained_encoder = encoders.load_pretrained_encoder  # checks the file, its kind, the shape, finiteness
 
 
 def check_inputs(config, strategy, num_train, num_classes):
@@ -339,6 +344,14 @@ def check_inputs(config, strategy, num_train, num_classes):
             f"`batch_size` ({config.batch_size}) gives fewer than one example per replica ({replicas} replicas)"
         )
     return config.steps_per_epoch or max(1, (num_train or config.batch_size) // config.batch_size)
+
+
+def _names_source(config):
+    if config.dataset == "digits":
+        return "digits: the digit each class shows"
+    if config.dataset in TFDS_DATASETS:
+        return f"tfds {config.dataset}: the label feature's names"
+    return f"image folder {os.path.join(config.data_dir, 'train')}: its class sub-folders, sorted"
 
 
 def _already_finished(folder):
@@ -437,10 +450,15 @@ def _run_claimed(config, folder, overwrite, callbacks):
         model = build_model(config, image_shape, num_classes, steps_per_epoch)
         models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
+    names = class_names(config)
+    if len(names) != num_classes:  # --num_classes beyond the data's classes: ids without names
+        names = None
     if checkpointing.is_chief():
         if overwrite:
             folder.replace()  # the old run stays beside it, as <model_dir>.previous-<id>, until this one finishes
         restarts = folder.start(config.to_dict())
+        if names is not None:
+            folder.write_json(CLASSES, {"class_names": names, "source": _names_source(config)})
     else:
         restarts = folder.state().get("restarts", 0)
 
@@ -471,7 +489,7 @@ def _run_claimed(config, folder, overwrite, callbacks):
             if config.method in ("supcon", "simclr"):
                 export.export_encoder(model, saved_model, overwrite=True)
             else:
-                export.export_classifier(model, saved_model, overwrite=True)
+                export.export_classifier(model, saved_model, overwrite=True, class_names=names)
         folder.write_json("metrics.json", metrics, fault_point="metrics_write")
         folder.finish()
     return metrics

@@ -278,3 +278,40 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
     assert "Traceback" not in stderr
     assert "names 2 classes but the model" in stderr and "has 3 outputs" in stderr and "classes.json" in stderr
     assert not os.path.exists(run_bad / "export")
+
+
+# ---------------------------------------------------------------------------
+# Through the training binary: the run folder records the mapping, the test split and the export use it.
+# ---------------------------------------------------------------------------
+
+
+def _train_ce(data_dir, model_dir):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train_ce", "--dataset=folder", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+         "--image_size=8", "--epochs=1", "--batch_size=4", "--encoder_width=0.25", "--verbose=0"],
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+def test_a_run_records_its_class_names_and_exports_them(tmp_path):
+    _write_split(tmp_path / "data" / "train", ["a", "b", "c"], per_class=3)
+    _write_split(tmp_path / "data" / "test", ["a", "c"], per_class=3)
+    result = _train_ce(tmp_path / "data", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "run" / "classes.json") as f:
+        assert json.load(f)["class_names"] == ["a", "b", "c"]
+    assert export.saved_model_class_names(str(tmp_path / "run" / "saved_model")) == ["a", "b", "c"]
+    # The test split's labels are the training ids: c is 2 (a per-split mapping made it 1).
+    dataset, _ = data.load_image_folder(str(tmp_path / "data" / "test"), class_names=["a", "b", "c"])
+    assert sorted({int(label) for _, label in dataset.as_numpy_iterator()}) == [0, 2]
+
+
+def test_a_test_class_training_never_saw_stops_the_run_before_it_writes(tmp_path):
+    _write_split(tmp_path / "data" / "train", ["a", "b"], per_class=3)
+    _write_split(tmp_path / "data" / "test", ["a", "d"], per_class=3)
+    result = _train_ce(tmp_path / "data", tmp_path / "run")
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "has class folder 'd' that the training split does not have (training classes: a, b)" in last
+    assert not os.path.exists(tmp_path / "run")

@@ -14,6 +14,17 @@ SIGTERM or SIGINT, then stops and exits with status 0 within about two
 seconds: it runs in a child process, killed if its stop takes longer
 (`STOP_GRACE_SECONDS`). Bad flags: one line on stderr, exit status 2.
 
+Security: the server's port takes unauthenticated gRPC requests from every
+host that can reach it, and a client can make the service run any TensorFlow
+graph it registers (reading and writing files with this user's rights).
+TensorFlow binds the port on all interfaces and offers neither an option to
+bind one interface nor authentication (`docs/security.md` shows where, and
+how to fence the ports in). So once the port is bound the process prints one
+warning line on stderr saying so, and its start line on stdout says where it
+really listens (read back from the kernel's socket table):
+
+    supcon-data-service: dispatcher listening on all interfaces, port 5050 (clients: grpc://<this host>:5050, ...
+
 This binary does not import `experiments.common` (which defines every
 training flag): its flags are the fields of `ServiceConfig`
 (`experiments/flagging.py`, the binaries' one flag mechanism and error
@@ -175,14 +186,85 @@ def _serve(options):
     except Exception as error:  # noqa: BLE001  (a port in use, an unknown host: reported in one line)
         os._exit(flagging.fail(ValueError(f"cannot start the {options['role']} on port {options['port']}: {error}")))
     port = options["port"] or int(server._address.rsplit(":", 1)[-1])  # 0: the port it bound
-    where = f"grpc://localhost:{port}" if options["role"] == "dispatcher" else f"{options['host']}:{port}"
-    print(f"{_PROGRAM}: {options['role']} serving at {where} ({detail}); SIGTERM or Ctrl-C stops it", flush=True)
+    where = listening_on(port)
+    print(security_warning(options["role"], port, where), file=sys.stderr, flush=True)
+    if options["role"] == "dispatcher":
+        serving = (
+            f"dispatcher listening on {where}, port {port} (clients: grpc://<this host>:{port}, "
+            f"grpc://localhost:{port} from this host)"
+        )
+    else:
+        serving = f"worker serving at {options['host']}:{port} (advertised), listening on {where}, port {port}"
+    print(f"{_PROGRAM}: {serving}; {detail}; SIGTERM or Ctrl-C stops it", flush=True)
     while not stop.event.wait(0.5):
         pass
     server.stop()
     # Nothing is left to write; skip the interpreter's teardown of TensorFlow (seconds on a loaded machine).
     sys.stdout.flush()
     os._exit(0)
+
+
+ALL_INTERFACES = "all interfaces"
+
+
+def _decode_proc_address(text):
+    """An address of /proc/net/tcp{,6} (hex, each 32-bit word printed in host byte order) -> its text form."""
+    raw = bytes.fromhex(text)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def _check_bound_port(port):
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"`port` must be a bound port, an int in [1, 65535], received: port={port!r}")
+
+
+def listening_on(port, proc_net="/proc/net"):
+    """Where a TCP port is listened on here: "all interfaces", or the local addresses, read from /proc/net/tcp{,6}.
+
+    TensorFlow's tf.data service servers (and tf.distribute's) bind
+    "0.0.0.0:PORT" (`GrpcDataServerBase::Start` in TensorFlow's
+    core/data/service/server_lib.cc), which gRPC opens as a wildcard socket:
+    every interface, IPv4 and IPv6. This reads the kernel's table rather than
+    trusting that; without /proc (not Linux) it reports TensorFlow's bind.
+    """
+    _check_bound_port(port)
+    if not isinstance(proc_net, str) or not proc_net:
+        raise ValueError(f"`proc_net` must be a directory path, received: proc_net={proc_net!r}")
+    found = []
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(os.path.join(proc_net, table)) as lines:
+                rows = [line.split() for line in lines.readlines()[1:]]
+        except OSError:
+            continue
+        for row in rows:
+            if len(row) > 3 and row[3] == "0A":  # LISTEN
+                address, _, hex_port = row[1].partition(":")
+                if int(hex_port, 16) == port:
+                    found.append(address)
+    if not found:
+        return f"{ALL_INTERFACES} (TensorFlow binds 0.0.0.0:{port}; not read back on this system)"
+    if any(set(address) == {"0"} for address in found):
+        return ALL_INTERFACES
+    return ", ".join(sorted({_decode_proc_address(address) for address in found}))
+
+
+def security_warning(role, port, where):
+    """The one line printed on stderr when a server starts: who can reach its port, and what they can do there."""
+    if role not in ROLES:
+        raise ValueError(f"`role` must be one of {', '.join(ROLES)}, received: role={role!r}")
+    _check_bound_port(port)
+    if not isinstance(where, str) or not where.strip() or "\n" in where:
+        raise ValueError(f"`where` must be a one-line description of the listening address, received: where={where!r}")
+    return (
+        f"{_PROGRAM}: warning: the {role}'s port {port} ({where}) takes unauthenticated requests that run code "
+        "(any TensorFlow graph, with this user's rights, e.g. reading and writing files) from every host that can "
+        "reach it; TensorFlow has no option to authenticate them or to bind one interface: run it on a private "
+        "network, behind a firewall or a cluster network policy that admits only the trainer and the other "
+        "service processes (see docs/security.md)"
+    )
 
 
 def _split(address):

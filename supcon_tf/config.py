@@ -184,6 +184,11 @@ class RunConfig:
         "tf.data service dispatcher grpc://HOST:PORT (start it and its workers with supcon-data-service): the workers "
         "build and augment the training batches, this process trains on them.",
     )
+    data_service_timeout: float = _field(
+        60.0,
+        "Seconds (> 0) to wait for the dispatcher at --data_service to answer before the run starts; then the run "
+        "stops with one line (exit 2) and nothing written to --model_dir.",
+    )
     checkpoint_every: int = _field(1, "Save checkpoints/latest.keras every N epochs.")
     backup_every_steps: int = _field(
         100,
@@ -378,6 +383,7 @@ class RunConfig:
                     )
 
     def _check_data_service(self):
+        _positive_number("data_service_timeout", self.data_service_timeout)
         if self.data_service is None:
             return
         if not isinstance(self.data_service, str) or not _SERVICE_ADDRESS.fullmatch(self.data_service) or not (

@@ -8,7 +8,13 @@ kinds of server (`start_dispatcher`, `start_worker`; the console script is
 `supcon-data-service`, `experiments/data_service.py`), builds the worker-side
 stream (`sharded_multiview_dataset`) and attaches it to the service
 (`distribute_through`). `supcon_tf.runner.train_dataset` uses them when
-`RunConfig.data_service` is set.
+`RunConfig.data_service` is set; `wait_for_dispatcher` checks, in bounded
+time, that a dispatcher answers at that address before a run starts.
+
+Security: the servers listen on all interfaces and run whatever dataset
+graph a client registers, without authentication; TensorFlow offers no
+option to bind one interface or to authenticate. Run them only where every
+host that can reach their ports is trusted (`docs/security.md`).
 
 Decision: static sharding by batch index (`ShardingPolicy.HINT`)
 ---------------------------------------------------------------------
@@ -129,12 +135,13 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import time
 import uuid
 
 import tensorflow as tf
 
 from supcon_tf import data
-from supcon_tf._checks import is_int
+from supcon_tf._checks import is_int, positive_number
 
 _service = tf.data.experimental.service
 
@@ -142,6 +149,13 @@ PROCESSING_MODE = _service.ShardingPolicy.HINT
 # Worker -> dispatcher heartbeat; with the service's default, a new job's tasks started about 20 s late here.
 DEFAULT_HEARTBEAT_MS = 1000
 DEFAULT_JOB_GC_TIMEOUT_MS = 60_000
+
+# wait_for_dispatcher: the longest single blocking step (a TCP connect or one gRPC call), and the pause between
+# attempts. Python runs signal handlers between steps (and gRPC's blocking call checks for them every 0.2 s).
+PROBE_SLICE_S = 0.5
+PROBE_PAUSE_S = 0.2
+# The dispatcher's gRPC method that TensorFlow's own clients call first (to compare versions); request: empty.
+_GET_VERSION = "/tensorflow.data.DispatcherService/GetVersion"
 
 _HOST_PORT = re.compile(r"(?:grpc://)?([A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})")
 
@@ -198,6 +212,9 @@ def check_worker_address(entry, name="worker_addresses"):
 def start_dispatcher(port=0, *, worker_addresses, job_gc_timeout_ms=DEFAULT_JOB_GC_TIMEOUT_MS):
     """Starts a tf.data service dispatcher in this process and returns the `DispatchServer`.
 
+    It listens on all interfaces (TensorFlow binds "0.0.0.0:port"; no option
+    binds one) and accepts unauthenticated requests: see docs/security.md.
+
     Args:
       port: port to bind (0: any free port; read it back from `server.target`);
         a port already in use is a ValueError.
@@ -235,6 +252,10 @@ def start_dispatcher(port=0, *, worker_addresses, job_gc_timeout_ms=DEFAULT_JOB_
 def start_worker(dispatcher_address, port=0, *, host="localhost", heartbeat_interval_ms=DEFAULT_HEARTBEAT_MS):
     """Starts a tf.data service worker in this process and returns the `WorkerServer`.
 
+    It listens on all interfaces, whatever `host` says (TensorFlow binds
+    "0.0.0.0:port"), and runs the dataset graphs it is given without
+    authentication: see docs/security.md.
+
     Args:
       dispatcher_address: "HOST:PORT" (or "grpc://HOST:PORT") of the dispatcher.
       port: port to bind (0: any free port); a port already in use is a ValueError.
@@ -262,6 +283,134 @@ def start_worker(dispatcher_address, port=0, *, host="localhost", heartbeat_inte
         heartbeat_interval_ms=heartbeat_interval_ms,
     )
     return _service.WorkerServer(config)
+
+
+class DispatcherUnreachable(ValueError):
+    """No tf.data service dispatcher answered at the address in time (a ValueError: bad input, exit status 2)."""
+
+
+def _varint_field_1(payload):
+    """Field 1 (a varint) of a serialised protobuf message, or 0 when absent (proto3 default); None if unreadable."""
+    if not payload:
+        return 0
+    if payload[0] != 0x08:
+        return None
+    value = shift = 0
+    for byte in payload[1:11]:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value
+    return None
+
+
+def _probe_once(host, port, slice_s, name):
+    """One attempt: `(version, None)` if a dispatcher answered, else `(None, reason)`; raises if it is no dispatcher."""
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=slice_s):
+            pass
+    except ConnectionRefusedError:
+        return None, "connection refused: nothing listens on that port"
+    except socket.gaierror as error:
+        return None, f"cannot resolve host {host!r}: {error.strerror or error}"
+    except TimeoutError:
+        return None, f"no TCP connection within {slice_s:g} s"
+    except OSError as error:
+        return None, f"cannot connect: {error.strerror or error}"
+    import grpc  # a dependency of TensorFlow itself
+
+    # A channel of its own (local subchannel pool): no reconnect back-off inherited from an earlier attempt.
+    with grpc.insecure_channel(f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        get_version = channel.unary_unary(_GET_VERSION)
+        try:
+            response = get_version(b"", timeout=slice_s, wait_for_ready=True)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise ValueError(
+                    f"`{name}`: the server at grpc://{host}:{port} answers gRPC but is not a tf.data service "
+                    "dispatcher (it does not implement DispatcherService.GetVersion; a worker's port?): give the "
+                    "dispatcher's address"
+                ) from None
+            name = getattr(code, "name", str(code))
+            return None, f"the port accepts TCP connections but no dispatcher answered gRPC GetVersion: {name}"
+    version = _varint_field_1(response)
+    if version is None:
+        return None, "the port answered GetVersion with an unreadable response"
+    return version, None
+
+
+def wait_for_dispatcher(address, timeout_s=60.0, *, name="data_service"):
+    """Returns once a tf.data service dispatcher answers at `address`; raises `DispatcherUnreachable` after `timeout_s`.
+
+    The trainer calls it before it writes anything: TensorFlow's own client
+    (`distribute`) retries a dispatcher that does not answer forever, inside
+    one C++ call that holds the interpreter, so a training process given a
+    wrong or dead address hung with no output and ignored SIGINT / SIGTERM.
+
+    How it probes, attempt after attempt until `timeout_s` has passed:
+
+    1. A TCP connection to HOST:PORT (at most `PROBE_SLICE_S`). A refused
+       connection proves quickly that nothing listens; an accepted one does
+       not prove a dispatcher (any server accepts).
+    2. One gRPC call, `tensorflow.data.DispatcherService/GetVersion` (the
+       call TensorFlow's own client makes first; an empty request), on a
+       fresh channel with a deadline of at most `PROBE_SLICE_S`. Only a
+       dispatcher answers it. A gRPC server without that method (a tf.data
+       worker's port, a tf.distribute server) answers UNIMPLEMENTED: a
+       ValueError at once, as waiting cannot help.
+
+    Between attempts it sleeps `PROBE_PAUSE_S` in the calling thread. No
+    step blocks longer than `PROBE_SLICE_S` (resolving a host name aside:
+    the system resolver has its own timeout), so Python's signal handlers
+    run within that time: SIGINT raises KeyboardInterrupt out of this call,
+    SIGTERM's default action ends the process, and a handler installed for
+    it runs (and stops the wait if it raises, e.g. SystemExit).
+
+    Rejected: reading one element of a tiny dataset through the service in a
+    (daemon) thread with a timeout. It needs the workers too (a statically
+    sharded job waits for every listed worker), registers a dataset and a job
+    on the dispatcher, and on timeout leaves the thread blocked in
+    TensorFlow's endless retry: a daemon thread does not block interpreter
+    exit, but it keeps the job alive and its C++ call may still be running
+    during interpreter teardown. The gRPC probe starts no thread, leaves
+    nothing on the dispatcher, and needs no worker.
+
+    Args:
+      address: the dispatcher, "grpc://HOST:PORT" (as `RunConfig.data_service`)
+        or "HOST:PORT".
+      timeout_s: seconds to wait, a finite number > 0 (`RunConfig.data_service_timeout`).
+      name: the setting named in the timeout message (default "data_service", the flag).
+
+    Returns:
+      The dispatcher's tf.data service protocol version (an int).
+
+    Raises:
+      ValueError: a bad argument, or a gRPC server at `address` that is no dispatcher.
+      DispatcherUnreachable (a ValueError): no dispatcher answered within `timeout_s`;
+        one line naming the address, the time and the last reason.
+    """
+    host, port = parse_address(address, "address")
+    timeout = positive_number(timeout_s, "timeout_s")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"`name` must be the setting's name (an identifier), received: name={name!r}")
+    deadline = time.monotonic() + timeout
+    reason = "no attempt finished"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        version, reason = _probe_once(host, port, min(PROBE_SLICE_S, remaining), name)
+        if version is not None:
+            return version
+        pause = min(PROBE_PAUSE_S, deadline - time.monotonic())
+        if pause > 0:
+            time.sleep(pause)
+    raise DispatcherUnreachable(
+        f"`{name}`: no tf.data service dispatcher answered at grpc://{host}:{port} within {timeout:g} s ({reason}); "
+        f"start one with `supcon-data-service --role dispatcher --port {port} --workers HOST:PORT,...` and its "
+        "workers, or check the address"
+    )
 
 
 def job_name(seed, start_batch):

@@ -66,6 +66,13 @@ def test_unknown_preset_lists_valid_names():
         (dict(model_dir=""), "model_dir"),
         (dict(verbose=3), "verbose"),
         (dict(image_size=True), "image_size"),
+        (dict(data_service_timeout=0), "data_service_timeout"),
+        (dict(data_service_timeout=-1.0), "data_service_timeout"),
+        (dict(data_service_timeout=float("nan")), "data_service_timeout"),
+        (dict(data_service_timeout=float("inf")), "data_service_timeout"),
+        (dict(data_service_timeout=True), "data_service_timeout"),
+        (dict(data_service_timeout="60"), "data_service_timeout"),
+        (dict(data_service_timeout=None), "data_service_timeout"),
     ],
 )
 def test_invalid_values_name_the_field(changes, field):
@@ -109,3 +116,16 @@ def test_overriding_a_presets_batch_rescales_its_learning_rate():
         flag_values.unparse_flags()
     assert (config.reference_batch_size, config.batch_size) == (1024, 256)
     assert config.resolved_learning_rate == pytest.approx(0.5 * 256 / 1024)
+
+
+def test_data_service_timeout_defaults_to_a_minute_and_is_a_float_flag():
+    assert RunConfig().data_service_timeout == 60.0
+    config = RunConfig(data_service="grpc://localhost:5050", data_service_timeout=2.5)
+    assert config.data_service_timeout == 2.5 and RunConfig.from_dict(config.to_dict()) == config
+    assert RunConfig(data_service_timeout=1).data_service_timeout == 1
+    with pytest.raises(ValueError) as error:
+        RunConfig(data_service="grpc://localhost:5050", data_service_timeout=0)
+    assert str(error.value) == "`data_service_timeout` must be a positive number, received: data_service_timeout=0"
+    from experiments import common
+
+    assert "data_service_timeout" in common.FLAGS and "Seconds" in common._HELP["data_service_timeout"]

@@ -247,15 +247,32 @@ def _wait_for_line(process, pattern, timeout=120):
     raise AssertionError(f"no line matching {pattern!r}; stderr: {process.stderr.read()[-2000:]}")
 
 
+def _wildcard_listener(port):
+    """True when the kernel lists a LISTEN socket on `port` bound to the wildcard address (Linux /proc/net)."""
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("no /proc/net/tcp on this system")
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            with open(table) as lines:
+                for row in (line.split() for line in list(lines)[1:]):
+                    address, _, hex_port = row[1].partition(":")
+                    if row[3] == "0A" and int(hex_port, 16) == port and not address.strip("0"):
+                        return True
+    return False
+
+
 def test_console_script_serves_the_trainer_and_stops_on_sigterm():
     dispatcher_port, worker_port = _free_port(), _free_port()
     # Started together: the worker waits for the dispatcher's port (and still stops on a signal meanwhile).
     dispatcher = _script("--role=dispatcher", f"--port={dispatcher_port}", f"--workers=localhost:{worker_port}")
     worker = _script("--role=worker", f"--dispatcher=localhost:{dispatcher_port}", f"--port={worker_port}")
     try:
-        address = _wait_for_line(dispatcher, r"dispatcher serving at (grpc://localhost:\d+)").group(1)
-        assert address == f"grpc://localhost:{dispatcher_port}"
-        _wait_for_line(worker, rf"worker serving at localhost:{worker_port}")
+        listening = _wait_for_line(dispatcher, r"dispatcher listening on (.+?), port (\d+) \(clients: grpc://")
+        assert listening.groups() == ("all interfaces", str(dispatcher_port))
+        address = f"grpc://localhost:{dispatcher_port}"
+        _wait_for_line(worker, rf"worker serving at localhost:{worker_port} \(advertised\), listening on all interf")
+        for port in (dispatcher_port, worker_port):  # the kernel's table agrees: a wildcard socket, not loopback only
+            assert _wildcard_listener(port), f"port {port} is not listened on by a wildcard socket"
         assert [int(i) for i, _, _ in _read(address, 0, 3)] == [0, 1, 2]  # one worker: the exact order
         for process, name in ((worker, "worker"), (dispatcher, "dispatcher")):
             began = time.monotonic()
@@ -263,6 +280,12 @@ def test_console_script_serves_the_trainer_and_stops_on_sigterm():
             assert process.wait(timeout=30) == 0, process.stderr.read()[-2000:]
             assert time.monotonic() - began < 5
             assert f"{name} stopped on SIGTERM" in process.stdout.read()
+            port = dispatcher_port if name == "dispatcher" else worker_port
+            warnings = [line for line in process.stderr.read().splitlines() if "supcon-data-service: warning:" in line]
+            assert len(warnings) == 1, warnings
+            for part in (f"{name}'s port {port} (all interfaces)", "unauthenticated", "run code", "every host",
+                         "firewall", "network policy", "docs/security.md"):
+                assert part in warnings[0], (part, warnings[0])
     finally:
         for process in (dispatcher, worker):
             if process.poll() is None:
@@ -347,3 +370,196 @@ def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one
                                                                     weights(tmp_path / "reference")))
     print(f"through the tf.data service: killed before step 5, resumed at step 4, max weight difference {difference}")
     assert difference <= 1e-5
+
+
+# --- where the servers listen (the launcher's report) ------------------------------------------------------------
+
+
+def _proc_net(tmp_path, tcp="", tcp6=""):
+    tmp_path.mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    for name, rows in (("tcp", tcp), ("tcp6", tcp6)):
+        if rows is not None:
+            (tmp_path / name).write_text(header + rows)
+    return str(tmp_path)
+
+
+def test_listening_on_reads_the_kernels_table(tmp_path):
+    from experiments import data_service as launcher
+
+    wildcard6 = "   0: 00000000000000000000000000000000:13BA 00000000000000000000000000000000:0000 0A 0 0 0 0 0 0\n"
+    loopback4 = "   0: 0100007F:13BA 00000000:0000 0A 0 0 0 0 0 0\n"
+    connected4 = "   1: 0100007F:13BA 0100007F:9C40 01 0 0 0 0 0 0\n"  # an established connection, not a listener
+    assert launcher.listening_on(5050, _proc_net(tmp_path / "a", tcp6=wildcard6)) == "all interfaces"
+    assert launcher.listening_on(5050, _proc_net(tmp_path / "b", tcp=loopback4 + connected4)) == "127.0.0.1"
+    assert launcher.listening_on(5051, _proc_net(tmp_path / "c", tcp=loopback4)).startswith(
+        "all interfaces (TensorFlow binds 0.0.0.0:5051; not read back"
+    )
+    if os.path.exists("/proc/net/tcp"):  # a real socket bound to loopback only is reported as such
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            assert launcher.listening_on(listener.getsockname()[1]) == "127.0.0.1"
+
+
+def test_launcher_report_helpers_reject_bad_arguments():
+    from experiments import data_service as launcher
+
+    for port in (0, -1, 65536, True, "5050", None):
+        with pytest.raises(ValueError, match="`port`"):
+            launcher.listening_on(port)
+        with pytest.raises(ValueError, match="`port`"):
+            launcher.security_warning("worker", port, "all interfaces")
+    with pytest.raises(ValueError, match="`proc_net`"):
+        launcher.listening_on(5050, proc_net="")
+    with pytest.raises(ValueError, match="`role`"):
+        launcher.security_warning("trainer", 5050, "all interfaces")
+    with pytest.raises(ValueError, match="`where`"):
+        launcher.security_warning("worker", 5050, "a\nb")
+    line = launcher.security_warning("dispatcher", 5050, "all interfaces")
+    assert "\n" not in line and line.startswith("supcon-data-service: warning: the dispatcher's port 5050 (all interf")
+
+
+# --- wait_for_dispatcher: a dead or wrong address fails in bounded time ----------------------------------------------
+
+
+def _silent_listener():
+    """A loopback TCP port that accepts connections (the kernel's backlog) but never speaks gRPC."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener
+
+
+def _one_line_timeout(address, timeout_s):
+    began = time.monotonic()
+    with pytest.raises(data_service.DispatcherUnreachable) as error:
+        data_service.wait_for_dispatcher(address, timeout_s)
+    elapsed = time.monotonic() - began
+    message = str(error.value)
+    assert timeout_s - 0.05 <= elapsed < timeout_s + 1.5, elapsed
+    assert "\n" not in message and message.startswith("`data_service`: no tf.data service dispatcher answered at ")
+    assert f"within {timeout_s:g} s" in message and "supcon-data-service --role dispatcher" in message
+    return message
+
+
+def test_wait_for_dispatcher_gives_up_in_time_when_nothing_listens():
+    port = _free_port()
+    message = _one_line_timeout(f"grpc://127.0.0.1:{port}", 2)
+    assert f"grpc://127.0.0.1:{port} within 2 s (connection refused" in message
+    assert f"--port {port}" in message
+
+
+def test_wait_for_dispatcher_gives_up_in_time_when_the_port_is_no_grpc_server():
+    with _silent_listener() as listener:
+        message = _one_line_timeout(f"127.0.0.1:{listener.getsockname()[1]}", 1.5)
+    assert "accepts TCP connections but no dispatcher answered gRPC GetVersion" in message
+
+
+def test_wait_for_dispatcher_returns_at_once_when_the_dispatcher_answers(service):
+    port = service.address.rsplit(":", 1)[1]
+    for address in (service.address, f"localhost:{port}", f"grpc://127.0.0.1:{port}"):
+        began = time.monotonic()
+        version = data_service.wait_for_dispatcher(address, 10)
+        assert time.monotonic() - began < 2
+        assert isinstance(version, int) and version > 0
+
+
+def test_wait_for_dispatcher_refuses_a_workers_port_at_once(service):
+    worker = service.workers[0]._address  # localhost:PORT, a gRPC server of the service that is no dispatcher
+    began = time.monotonic()
+    with pytest.raises(ValueError, match="answers gRPC but is not a tf.data service dispatcher") as error:
+        data_service.wait_for_dispatcher(worker, 30, name="dispatcher")
+    assert time.monotonic() - began < 5 and "\n" not in str(error.value)
+    assert str(error.value).startswith("`dispatcher`: ")
+
+
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        (("grpc://localhost:1", 0), "timeout_s"),
+        (("grpc://localhost:1", -1.0), "timeout_s"),
+        (("grpc://localhost:1", float("nan")), "timeout_s"),
+        (("grpc://localhost:1", float("inf")), "timeout_s"),
+        (("grpc://localhost:1", True), "timeout_s"),
+        (("grpc://localhost:1", "5"), "timeout_s"),
+        (("grpc://localhost:1", None), "timeout_s"),
+        (("localhost", 1), "address"),
+        (("http://localhost:1", 1), "address"),
+        (("grpc://localhost:0", 1), "address"),
+        (("grpc://localhost:70000", 1), "address"),
+        ((5050, 1), "address"),
+        ((None, 1), "address"),
+    ],
+)
+def test_wait_for_dispatcher_rejects_bad_arguments_in_one_line(arguments, named):
+    began = time.monotonic()
+    with pytest.raises(ValueError, match=f"`{named}`") as error:
+        data_service.wait_for_dispatcher(*arguments)
+    assert time.monotonic() - began < 1  # checked before any attempt
+    assert "\n" not in str(error.value) and "received" in str(error.value)
+    assert not isinstance(error.value, data_service.DispatcherUnreachable)
+
+
+def test_wait_for_dispatcher_rejects_a_bad_name():
+    with pytest.raises(ValueError, match="`name`"):
+        data_service.wait_for_dispatcher("grpc://localhost:1", 1, name="two words")
+
+
+_WAITER = """
+import signal, sys
+from supcon_tf import data_service
+print("waiting", flush=True)
+if sys.argv[1] == "sequence":
+    try:
+        data_service.wait_for_dispatcher(sys.argv[2], 60)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+    def on_term(signum, frame):
+        print("SIGTERM handler ran", flush=True)
+        raise SystemExit(143)
+    signal.signal(signal.SIGTERM, on_term)
+    print("waiting", flush=True)
+data_service.wait_for_dispatcher(sys.argv[2], 60)
+print("returned", flush=True)
+"""
+
+
+def test_signals_stop_wait_for_dispatcher_at_once():
+    """SIGINT -> KeyboardInterrupt; an installed SIGTERM handler runs; SIGTERM's default action: each within seconds.
+
+    Two processes (importing TensorFlow is the slow part): "sequence" gets SIGINT
+    in a first wait, then SIGTERM with a handler in a second; "plain" gets
+    SIGTERM with the default action.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    with _silent_listener() as listener:  # the slow case: TCP accepted, gRPC waits for its deadline
+        address = f"grpc://127.0.0.1:{listener.getsockname()[1]}"
+        sequence, plain = (
+            subprocess.Popen([sys.executable, "-c", _WAITER, mode, address], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for mode in ("sequence", "plain")
+        )
+
+        def interrupt(process, signum, marker):
+            _wait_for_line(process, r"^waiting$")
+            time.sleep(1.0)  # inside the wait: between, or in, the probes
+            began = time.monotonic()
+            process.send_signal(signum)
+            if marker:  # printed by the except clause or the handler, before TensorFlow's slow teardown
+                _wait_for_line(process, rf"^{marker}$", timeout=10)
+            else:
+                process.wait(timeout=10)
+            assert time.monotonic() - began < 3, (signum, marker)
+
+        try:
+            interrupt(sequence, signal.SIGINT, "KeyboardInterrupt")
+            interrupt(sequence, signal.SIGTERM, "SIGTERM handler ran")
+            interrupt(plain, signal.SIGTERM, None)
+            assert plain.wait(timeout=10) == -signal.SIGTERM
+            assert sequence.wait(timeout=60) == 143, sequence.stderr.read()[-2000:]
+            assert "returned" not in sequence.stdout.read() + plain.stdout.read()
+        finally:
+            for process in (sequence, plain):
+                if process.poll() is None:
+                    process.kill()

@@ -2,7 +2,10 @@
 
 Layout (`model_dir`):
 
+    supcon_run.json            the ownership marker, written first (supcon_tf.ownership)
+    locks/<task>.lock          one flock per process, held while it runs
     config.json                the resolved config of the latest start
+    classes.json               the class names in id order, from the training split
     run_state.json             phase ("running" / "finishing"), restarts, config changes
     backup/<task>/             step-<global step>.weights.h5 + .json: the newest two training
                                states of each worker (checkpointing.BackupStore)
@@ -13,10 +16,11 @@ Layout (`model_dir`):
     saved_model/               SavedModel export
     metrics.json               test metrics, train_seconds (summed over restarts), restarts
     FINISHED                   the marker, written last
+    error.log                  the tracebacks of errors that ended a process (experiments/flagging.py)
 
 The lifecycle, as the runner drives it:
 
-    new        the folder is absent or has no run_state.json.
+    new        the folder is absent, empty, or holds no config, state or backups.
     running    run_state.json says "running": training, with backups every
                `backup_every_steps` steps and at every epoch end.
     finishing  run_state.json says "finishing": every epoch is trained (the
@@ -29,13 +33,22 @@ The lifecycle, as the runner drives it:
 Starting the same command again on a running or finishing folder resumes at
 the newest backup (no epoch is trained twice; the CSV rows of the epochs that
 will run again, and a torn last row, are dropped first) or completes the
-missing outputs. On a finished folder it changes nothing, unless
-`overwrite=True`, which moves the old folder aside, starts afresh in an empty
-one, and only then deletes the old one. Every write is atomic (temporary file,
-then rename), and at start-up the chief removes the temporaries of writes that
-a kill interrupted.
+missing outputs (a folder whose final outputs are all written but whose
+FINISHED is missing gets the marker; it is never retrained). On a finished
+folder it changes nothing, unless `overwrite=True`, which renames the old run
+to `<model_dir>.previous-<id>`, starts afresh, and deletes the old one only
+after the new FINISHED. A damaged or missing run_state.json reads as
+"running" while the folder holds a config or backups, and a missing
+config.json is taken from the newest backup (which records the config), so
+the config-change rules always apply. Every write is atomic (temporary file,
+then rename), and at start-up the chief removes the temporaries of its own
+writes that a kill interrupted, by their exact names, only where it writes
+them.
 
-Only the chief writes here, except each worker's own backup folder.
+The folder must be the project's (`supcon_tf.ownership`: the marker; a
+non-empty folder without it is refused), and each process holds its lock
+for as long as it runs (`claimed`). Only the chief writes here, except each
+worker's own backup folder.
 """
 
 from __future__ import annotations

@@ -405,6 +405,10 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
         folder.check_replaceable()
     elif folder.phase() == "finished" and not os.path.exists(folder.backup_dir):
         return _already_finished(folder)  # reading only: a finished folder is left byte-identical
+    if config.data_service:  # a dead or wrong dispatcher fails here, in bounded time, before anything is written
+        from supcon_tf import data_service
+
+        data_service.wait_for_dispatcher(config.data_service, config.data_service_timeout)
     with folder.claimed():  # the marker, and this process's lock: a second writer is refused here
         return _run_claimed(config, folder, overwrite, callbacks)
 

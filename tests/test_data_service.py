@@ -563,3 +563,20 @@ def test_signals_stop_wait_for_dispatcher_at_once():
             for process in (sequence, plain):
                 if process.poll() is None:
                     process.kill()
+
+
+def test_a_training_binary_with_a_dead_dispatcher_fails_in_bounded_time_and_writes_nothing(tmp_path):
+    model_dir = tmp_path / "run"
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.pretrain", "--preset=digits_supcon", f"--model_dir={model_dir}",
+         f"--data_service=grpc://localhost:{_free_port()}", "--data_service_timeout=2", "--verbose=0"],
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no tf.data service dispatcher answered at grpc://localhost:" in last and "within 2 s" in last
+    assert "Traceback" not in result.stderr
+    assert not model_dir.exists()
+    assert time.monotonic() - start < 60  # TensorFlow's import, then at most the 2 s wait

@@ -1,4 +1,4 @@
-"""Shared test helpers: serialisation round trips for layers and models."""
+"""Shared test helpers: serialisation round trips for layers and models; the environment of binaries run in tests."""
 
 import copy
 import os
@@ -61,3 +61,18 @@ def assert_serialization_roundtrip(obj, inputs, atol=1e-6):
             loaded = keras.saving.load_model(path)
         _assert_trees_close(_to_numpy_tree(loaded(inputs, training=False)), expected, atol)
     return clone
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(fault=None):
+    """The environment for a binary run by a test: quiet TensorFlow, the repository importable, single-process,
+    and `SUPCON_TF_FAULT` set to `fault` (or unset)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    env.pop("TF_CONFIG", None)
+    env.pop("SUPCON_TF_FAULT", None)
+    if fault:
+        env["SUPCON_TF_FAULT"] = fault
+    return env
+

@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from helpers import subprocess_env
 
 from supcon_tf import ownership
 from supcon_tf.run_folder import MARKER, RunFolder
@@ -32,13 +33,7 @@ TINY = [
 ]
 
 
-def _env(fault=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    env.pop("TF_CONFIG", None)
-    env.pop("SUPCON_TF_FAULT", None)
-    if fault:
-        env["SUPCON_TF_FAULT"] = fault
-    return env
+_env = subprocess_env
 
 
 def _command(model_dir, *flags):

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, STEPS, EVERY = 3, 4, 2
@@ -36,13 +37,7 @@ TINY = [
 pytestmark = pytest.mark.slow
 
 
-def _env(fault=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    env.pop("TF_CONFIG", None)
-    env.pop("SUPCON_TF_FAULT", None)
-    if fault:
-        env["SUPCON_TF_FAULT"] = fault
-    return env
+_env = subprocess_env
 
 
 def _run(model_dir, *flags, fault=None, module="pretrain", timeout=300):

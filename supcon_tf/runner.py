@@ -421,6 +421,7 @@ def _run_claimed(config, folder, overwrite, callbacks):
         folder.check_resumable(config.to_dict())
         if folder.outputs_complete():  # every final output written, only the FINISHED marker missing
             if checkpointing.is_chief():
+                folder.remove_temporaries()
                 folder.finish()
             return _already_finished(folder)
 

@@ -120,7 +120,7 @@ FAULTS = {
     "final_model_save": 12,  # training complete: the restart only writes the outputs
     "saved_model_export": 12,
     "metrics_write": 12,
-    "finished_marker": 12,
+    "finished_marker": None,  # every output written: the restart only writes the marker (no resume, no retraining)
 }
 
 
@@ -132,7 +132,12 @@ def test_kill_at_each_write_point_resumes_and_matches(tmp_path, reference, fault
     assert not os.path.exists(model_dir / "FINISHED")
     resumed = _run(model_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    resumes = _state(model_dir)["resumes"]
+    resumes = _state(model_dir).get("resumes", [])
+    if FAULTS[fault] is None:
+        assert resumes == [] and "already finished" in resumed.stdout
+        difference = _assert_finished_like(model_dir, reference, restarts=0)
+        print(f"fault {fault}: completed without training; max weight difference {difference:.3g}")
+        return
     assert [r["global_step"] for r in resumes] == [FAULTS[fault]], resumes
     difference = _assert_finished_like(model_dir, reference, restarts=1)
     print(f"fault {fault}: resumed at global step {resumes[0]['global_step']} (epoch {resumes[0]['epoch']} "

@@ -46,8 +46,34 @@ def test_full_and_quick_configs_compose_the_digits_presets():
         assert config.stages["linear"].method == "linear" and config.stages["linear"].cache_features
         json.dumps(config.to_dict())  # registrable
     full = ReportConfig.full()
-    assert len(full.seeds) == 5 and full.stability.size == 6
+    assert len(full.seeds) == 5 and full.stability.size == 12 and full.stability.warmup_epochs == (0, 2)
     assert all(space.max_trials == full.search["ce"].max_trials for space in full.search.values())  # equal budgets
+    # Amendment 1: every method, CE included, searches warm-up; the amendment is part of the registration.
+    assert all(space.warmup_epochs == (0, 5, 10) for space in full.search.values())
+    assert full.to_dict()["amendments"][0]["date"] == "2026-12-07"
+
+
+def test_an_amended_protocol_keeps_the_earlier_registration(tmp_path):
+    from experiments.report import compute
+
+    config = ReportConfig.quick(output_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    os.makedirs(tmp_path / "out")
+    first = {"registered_at": "2026-11-30 22:45:59 UTC", "command": "python -m experiments.report", "config": {"mode": "full"}}
+    with open(tmp_path / "out" / "results.json", "w") as f:
+        json.dump({"protocol": dict(first, verdict_rules="...")}, f)
+    amended = config.replace(amendments=({"date": "2026-12-07", "reason": "r", "changes": "c"},))
+    os.makedirs(tmp_path / "work")
+    protocol = compute.register(amended, "cmd")
+    assert protocol["earlier_registrations"] == [first]
+    assert protocol["config"]["amendments"] == [{"date": "2026-12-07", "reason": "r", "changes": "c"}]
+    lines = "\n".join(render._amendments(protocol))
+    assert "Earlier registration** at 2026-11-30 22:45:59 UTC" in lines and "**Amendment 1** (2026-12-07" in lines
+    again = compute.register(config, "cmd")  # a resumed run keeps its registration
+    assert again["registered_at"] == protocol["registered_at"] and again["earlier_registrations"] == [first]
+    with pytest.raises(ValueError, match="an amendment must be a dict with date, reason and changes"):
+        config.replace(amendments=({"date": "x"},))
+    with pytest.raises(ValueError, match="warm-up epochs"):
+        ReportConfig.quick(search={m: SearchSpace(learning_rates=(0.1,), epochs=(3,), warmup_epochs=(3,)) for m in METHODS})
 
 
 @pytest.mark.parametrize(

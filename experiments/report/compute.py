@@ -179,17 +179,18 @@ class LoadSampler:
 
 def data_facts(config):
     """The training data as the report uses it (the test split's size is added by the final evaluation)."""
-    from supcon_tf import corruptions, data, runner
+    from supcon_tf import corruptions, runner
 
-    images, labels = data.load_digits("train")
     stage = config.stage("ce", seed=config.tuning_seed)
+    source, size, num_classes = runner.load_source(stage, "train")
+    first_image = next(iter(source))[0]
     split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
     return {
         "dataset": stage.dataset,
-        "raw_image_shape": list(images.shape[1:]),
+        "raw_image_shape": list(first_image.shape),
         "image_size": stage.image_size,
-        "num_classes": int(labels.max()) + 1,
-        "train": int(len(labels)),
+        "num_classes": int(num_classes),
+        "train": int(size),
         "validation_fraction": stage.validation_fraction,
         "train_part": split.num_train,
         "validation": split.num_validation,
@@ -452,6 +453,29 @@ def stability_grid(config, tuning):
     return out
 
 
+def hardness_analysis(config, equal_epochs):
+    """The implicit-hard-mining check (`experiments/report/hardness.py`) on each contrastive method's first-seed
+    equal-epoch encoder, on its training part (the test split is not read)."""
+    from experiments.report import hardness
+    from supcon_tf import runner
+
+    rules, seed = config.rules, config.seeds[0]
+    images, labels, _, _ = monitor.split_arrays(config.stage("ce", seed=seed))
+    out = {"rule": hardness.HARDNESS_RULE, "norm_convention": hardness.NORM_CONVENTION, "methods": {}}
+    for method in ("supcon", "simclr"):
+        run = next(r for r in equal_epochs["runs"][method] if r["seed"] == seed)
+        stage = config.stage(method, seed=seed)
+        log(f"hardness: {method} seed {seed}, per-pair gradient terms on 256 training images")
+        out["methods"][method] = hardness.analyse_encoder(
+            os.path.join(run["model_dir"], "model.keras"), images, labels, method=method,
+            temperature=run["temperature"], num_views=stage.num_views, augment=runner._augmentation(stage),
+            seed=rules.bootstrap_seed, max_samples=256, bins=20, resamples=rules.bootstrap_resamples,
+            level=rules.bootstrap_level,
+        )
+        out["methods"][method]["model_path"] = os.path.relpath(out["methods"][method]["model_path"], config.work_dir)
+    return out
+
+
 _DATA_FACTS = {}
 
 
@@ -520,6 +544,9 @@ def run(config, *, command, overwrite=False):
             stability = stability_grid(config, tuning)
             phases["stability grid"] = time.time() - mark
         mark = time.time()
+        hardness_results = hardness_analysis(config, equal_epochs)
+        phases["hardness"] = time.time() - mark
+        mark = time.time()
         log("final evaluation: the test split is read now, once")
         test = evaluate.evaluate_on_test(config, {"equal_epochs": equal_epochs, "equal_time": equal_time})
         phases["test evaluation"] = time.time() - mark
@@ -538,6 +565,7 @@ def run(config, *, command, overwrite=False):
         "tuning": tuning,
         "comparisons": {"equal_epochs": equal_epochs, "equal_time": equal_time},
         "stability": stability,
+        "hardness": hardness_results,
         "test": test,
     }
     results["verdicts"] = compute_verdicts(config, test, stability)

@@ -1,7 +1,10 @@
 """The report's settings: the stages (`RunConfig`s composed from the digits presets), search spaces, grid and rules.
 
 `ReportConfig.full()` is the committed report (as amended: `AMENDMENT_1`),
-`ReportConfig.quick()` the few-minute version that the end-to-end test runs. Both are registered (written
+`ReportConfig.quick()` the few-minute version that the end-to-end test runs.
+Both take `data`, RunConfig data settings over the digits ones (e.g. an image
+folder: `dict(dataset="folder", data_dir=..., image_size=32, channels=3)`),
+so that the same protocol runs on a user's own data. Both are registered (written
 to the work folder and into results.json) before anything trains.
 """
 
@@ -215,7 +218,7 @@ class ReportConfig:
         }
 
     @classmethod
-    def full(cls, **changes):
+    def full(cls, data=None, **changes):
         """The committed report, as amended (AMENDMENT_1): 5 seeds, an 8-trial random search per method with
         warm-up, a 12-point stability grid."""
         rates = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
@@ -223,7 +226,7 @@ class ReportConfig:
         warmup = (0, 5, 10)
         values = dict(
             mode="full",
-            stages=stage_configs(linear=dict(epochs=20, learning_rate=0.02, batch_size=128)),
+            stages=stage_configs(shared=data, linear=dict(epochs=20, learning_rate=0.02, batch_size=128)),
             search={
                 "ce": SearchSpace(learning_rates=rates, epochs=epochs, warmup_epochs=warmup, max_trials=8),
                 "supcon": SearchSpace(
@@ -246,12 +249,13 @@ class ReportConfig:
         return cls(**values)
 
     @classmethod
-    def quick(cls, **changes):
+    def quick(cls, data=None, **changes):
         """A few minutes: 2 seeds, one trial per method, 3-epoch runs, a 2-point grid (feeds the end-to-end test)."""
         values = dict(
             mode="quick",
             stages=stage_configs(
-                shared=dict(encoder_width=0.5, batch_size=128), linear=dict(epochs=4, learning_rate=0.05, batch_size=256)
+                shared={"encoder_width": 0.5, "batch_size": 128, **(data or {})},
+                linear=dict(epochs=4, learning_rate=0.05, batch_size=256),
             ),
             search={
                 "ce": SearchSpace(learning_rates=(0.2,), epochs=(3,), tuner="grid", max_trials=1),

@@ -55,7 +55,7 @@ from supcon_tf.config import AUGMENTATIONS, RunConfig  # noqa: E402
 
 TUNERS = ("random", "hyperband", "grid")
 OBJECTIVE = "val_accuracy"
-SWEPT_FIELDS = ("temperature", "learning_rate", "batch_size", "augmentation", "epochs")
+SWEPT_FIELDS = ("temperature", "learning_rate", "batch_size", "augmentation", "epochs", "warmup_epochs")
 # The linear stage's optimisation recipe when none is given (the digits_linear preset's).
 PROBE_FIELDS = ("augmentation", "cache_features", "optimizer", "learning_rate", "weight_decay", "epochs", "batch_size")
 # What the linear stage takes from the stage it probes.
@@ -104,6 +104,10 @@ class SweepConfig:
         (), f"Augmentation policies to search, of {', '.join(AUGMENTATIONS)}.", flag="augmentation_grid"
     )
     epochs: tuple[int, ...] = option((), "Epochs to search (empty: --epochs; not with hyperband).", flag="epochs_grid")
+    warmup_epochs: tuple[int, ...] = option(
+        (), "Warm-up epochs to search (empty: --warmup_epochs; each at most the trial's epochs).",
+        flag="warmup_epochs_grid",
+    )
     hyperband_factor: int = option(3, "Hyperband's reduction factor.")
     probe_ce: bool = option(False, "Score CE by a linear probe on its frozen encoder too.")
 
@@ -141,6 +145,8 @@ class SweepConfig:
         if self.tuner == "hyperband":
             if self.epochs:
                 raise ValueError("hyperband chooses the epochs itself: leave the epochs grid empty")
+            if self.warmup_epochs:
+                raise ValueError("hyperband trains in rounds of its own length: leave the warm-up grid empty")
             if self.base.epochs < self.hyperband_factor:
                 raise ValueError(
                     f"`epochs` must be >= hyperband_factor ({self.hyperband_factor}) for hyperband, "
@@ -148,7 +154,7 @@ class SweepConfig:
                 )
 
     def _grid_values(self):
-        return (self.temperatures, self.learning_rates, self.batch_sizes, self.augmentations, self.epochs)
+        return (self.temperatures, self.learning_rates, self.batch_sizes, self.augmentations, self.epochs, self.warmup_epochs)
 
     @property
     def output_dir(self):

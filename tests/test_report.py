@@ -46,8 +46,34 @@ def test_full_and_quick_configs_compose_the_digits_presets():
         assert config.stages["linear"].method == "linear" and config.stages["linear"].cache_features
         json.dumps(config.to_dict())  # registrable
     full = ReportConfig.full()
-    assert len(full.seeds) == 5 and full.stability.size == 6
+    assert len(full.seeds) == 5 and full.stability.size == 12 and full.stability.warmup_epochs == (0, 2)
     assert all(space.max_trials == full.search["ce"].max_trials for space in full.search.values())  # equal budgets
+    # Amendment 1: every method, CE included, searches warm-up; the amendment is part of the registration.
+    assert all(space.warmup_epochs == (0, 5, 10) for space in full.search.values())
+    assert full.to_dict()["amendments"][0]["date"] == "2026-12-07"
+
+
+def test_an_amended_protocol_keeps_the_earlier_registration(tmp_path):
+    from experiments.report import compute
+
+    config = ReportConfig.quick(output_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    os.makedirs(tmp_path / "out")
+    first = {"registered_at": "2026-11-30 22:45:59 UTC", "command": "python -m experiments.report", "config": {"mode": "full"}}
+    with open(tmp_path / "out" / "results.json", "w") as f:
+        json.dump({"protocol": dict(first, verdict_rules="...")}, f)
+    amended = config.replace(amendments=({"date": "2026-12-07", "reason": "r", "changes": "c"},))
+    os.makedirs(tmp_path / "work")
+    protocol = compute.register(amended, "cmd")
+    assert protocol["earlier_registrations"] == [first]
+    assert protocol["config"]["amendments"] == [{"date": "2026-12-07", "reason": "r", "changes": "c"}]
+    lines = "\n".join(render._amendments(protocol))
+    assert "Earlier registration** at 2026-11-30 22:45:59 UTC" in lines and "**Amendment 1** (2026-12-07" in lines
+    again = compute.register(config, "cmd")  # a resumed run keeps its registration
+    assert again["registered_at"] == protocol["registered_at"] and again["earlier_registrations"] == [first]
+    with pytest.raises(ValueError, match="an amendment must be a dict with date, reason and changes"):
+        config.replace(amendments=({"date": "x"},))
+    with pytest.raises(ValueError, match="warm-up epochs"):
+        ReportConfig.quick(search={m: SearchSpace(learning_rates=(0.1,), epochs=(3,), warmup_epochs=(3,)) for m in METHODS})
 
 
 @pytest.mark.parametrize(
@@ -310,7 +336,7 @@ def test_quick_report_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, 
     assert "EVALUATION" in split_reads
     before, after = split_reads[: split_reads.index("EVALUATION")], split_reads[split_reads.index("EVALUATION") :]
     assert "train" in before and not [e for e in before if "test" in e]
-    assert [e for e in after if "test" in e] == ["test"]
+    assert [e for e in after if "test" in e] == ["source:test", "test"]  # one read, through runner.load_source
 
     path = render.render(results, config.output_dir)
     text = open(path).read()
@@ -329,3 +355,46 @@ def test_quick_report_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, 
             assert len(run["curves"]["knn_top1"]) == run["epochs"]  # one monitor record per epoch
     # Rendering again from the saved file gives the same report.
     assert render.report_markdown(render.load(str(tmp_path / "report" / "results.json"))) == text
+
+
+def _image_folder(root, classes=4, per_class=150, size=8, seed=0):
+    """A small learnable image folder: each class a bright bar at its own position, plus noise; train/ and test/."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("test", per_class // 4)):
+        for label in range(classes):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 60, (size, size), dtype=np.uint8)
+                pixels[:, 2 * label : 2 * label + 2] = 220
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_the_report_runs_on_an_image_folder(tmp_path):
+    data_dir = _image_folder(tmp_path / "images")
+    out, work = tmp_path / "report", tmp_path / "work"
+    result = _program(
+        "experiments.report", "--quick", "--dataset=folder", f"--data_dir={data_dir}", "--image_size=8",
+        "--channels=1", "--batch_size=32", "--noplots", f"--output_dir={out}", f"--work_dir={work}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = render.load(str(out / "results.json"))
+    facts = results["facts"]["data"]
+    assert facts["dataset"] == "folder" and facts["num_classes"] == 4 and facts["train"] == 600
+    assert facts["test"] == 148  # 37 a class
+    assert {m: results["hardness"]["methods"][m]["verdict"]["verdict"] in ("yes", "no", "inconclusive")
+            for m in ("supcon", "simclr")} == {"supcon": True, "simclr": True}
+    assert results["protocol"]["config"]["stages"]["supcon"]["data_dir"] == str(data_dir)
+    text = (out / "REPORT.md").read_text()
+    assert text.startswith("# SupCon on folder: a reproduction report")
+    assert all(results["verdicts"][claim]["verdict"] for claim in results["verdicts"])
+
+
+def test_report_data_flags_are_checked():
+    result = _program("experiments.report", "--quick", "--data_dir=/tmp/x")
+    assert result.returncode == 2 and "`--data_dir` / `--channels` are for --dataset folder" in result.stderr
+

@@ -5,6 +5,7 @@ r"""The digits reproduction report, as a program.
     python -m experiments.report --render_only   # REPORT.md and the plots again, from reports/digits/results.json
     python -m experiments.report --readme        # print README.md's tables, from reports/digits/results.json
     python -m experiments.report --demo_table reports/demo/metrics.json   # README.md's `make demo` table
+    python -m experiments.report --dataset folder --data_dir ~/my_images --image_size 32   # your own data
 
 `python -m experiments.digits_report` is the same program. Training runs go
 to `--work_dir` (resumable: run the same command again after an
@@ -39,17 +40,44 @@ class ProgramOptions:
     readme: bool = option(False, "Only print README.md's report tables from --output_dir/results.json.")
     plots: bool = option(True, "Draw the PNG plots.")
     demo_table: str | None = option(None, "Only print README.md's `make demo` table from this metrics.json.")
+    dataset: str = option("digits", "The data: digits (bundled), a TFDS name, or folder (with --data_dir).")
+    data_dir: str | None = option(None, "With --dataset folder: the root holding train/<class>/ and test/<class>/.")
+    image_size: int | None = option(None, "Image size of the runs (default: 8 for digits, 32 otherwise).")
+    channels: int | None = option(None, "Image channels for an image folder (default: 3).")
+    batch_size: int | None = option(None, "Batch size of every stage (default: the digits presets'); small data sets "
+                                          "need a batch no larger than their validation split.")
 
     def __post_init__(self):
         if self.render_only and self.readme:
             raise ValueError("`--render_only` and `--readme` exclude each other: pass one")
+        if self.dataset == "digits" and (self.data_dir or self.channels):
+            raise ValueError("`--data_dir` / `--channels` are for --dataset folder (or TFDS), not digits")
+
+    def data(self):
+        """The RunConfig data settings over the digits ones, or None for digits."""
+        if self.dataset == "digits" and not self.image_size and not self.batch_size:
+            return None
+        values = {"dataset": self.dataset, "image_size": self.image_size or (8 if self.dataset == "digits" else 32)}
+        if self.batch_size:
+            values["batch_size"] = self.batch_size
+        if self.data_dir:
+            values["data_dir"] = self.data_dir
+        if self.channels:
+            values["channels"] = self.channels
+        return values
 
     def report_config(self):
-        """The `ReportConfig` of the mode, with the folders given."""
+        """The `ReportConfig` of the mode and data, with the folders given (a dataset other than digits gets its own
+        default folders, `runs/<dataset>_report/`)."""
         from experiments.report.config import ReportConfig
 
-        config = ReportConfig.quick() if self.quick else ReportConfig.full()
+        data = self.data()
+        config = ReportConfig.quick(data=data) if self.quick else ReportConfig.full(data=data)
         changes = {name: getattr(self, name) for name in ("output_dir", "work_dir") if getattr(self, name)}
+        if self.dataset != "digits":
+            root = os.path.join("runs", f"{self.dataset}_report{'_quick' if self.quick else ''}")
+            changes.setdefault("output_dir", os.path.join(root, "report"))
+            changes.setdefault("work_dir", os.path.join(root, "work"))
         return config.replace(**changes) if changes else config
 
 

@@ -84,7 +84,12 @@ def prepare_work_dir(config, overwrite=False):
 
 
 def register(config, command):
-    """The protocol record, written before any training; a resumed run keeps the original registration time."""
+    """The protocol record, written before any training; a resumed run keeps the original registration time.
+
+    An amended protocol (`config.amendments`) keeps the registrations before
+    it visible: the record of the results.json already in `output_dir` (and
+    the ones that record kept) goes to `earlier_registrations`.
+    """
     path = os.path.join(config.work_dir, "protocol.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -95,8 +100,21 @@ def register(config, command):
         "config": config.to_dict(),
         "verdict_rules": verdicts.__doc__.strip(),
     }
+    if config.amendments:
+        protocol["earlier_registrations"] = earlier_registrations(os.path.join(config.output_dir, RESULTS_FILE))
     _write_json(path, protocol)
     return protocol
+
+
+def earlier_registrations(results_path):
+    """The registration records of the results file at `results_path` and of those it kept, oldest first."""
+    if not os.path.exists(results_path):
+        return []
+    with open(results_path) as f:
+        previous = json.load(f).get("protocol") or {}
+    kept = list(previous.get("earlier_registrations", []))
+    record = {key: previous[key] for key in ("registered_at", "command", "config") if key in previous}
+    return kept + ([record] if record else [])
 
 
 def machine_facts():
@@ -161,17 +179,18 @@ class LoadSampler:
 
 def data_facts(config):
     """The training data as the report uses it (the test split's size is added by the final evaluation)."""
-    from supcon_tf import corruptions, data, runner
+    from supcon_tf import corruptions, runner
 
-    images, labels = data.load_digits("train")
     stage = config.stage("ce", seed=config.tuning_seed)
+    source, size, num_classes = runner.load_source(stage, "train")
+    first_image = next(iter(source))[0]
     split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
     return {
         "dataset": stage.dataset,
-        "raw_image_shape": list(images.shape[1:]),
+        "raw_image_shape": list(first_image.shape),
         "image_size": stage.image_size,
-        "num_classes": int(labels.max()) + 1,
-        "train": int(len(labels)),
+        "num_classes": int(num_classes),
+        "train": int(size),
         "validation_fraction": stage.validation_fraction,
         "train_part": split.num_train,
         "validation": split.num_validation,
@@ -224,6 +243,8 @@ def train_one(config, stage, *, probe_ce=False):
         "epochs": stage.epochs,
         "learning_rate": stage.learning_rate,
         "temperature": stage.temperature if stage.method != "ce" else None,
+        "warmup_epochs": stage.warmup_epochs,
+        "collapsed": collapsed(stage.model_dir),
         "model_dir": stage.model_dir,
         "stage_seconds": result["stage"]["train_seconds"],
         "probe_seconds": result["probe"]["train_seconds"] if probed else 0.0,
@@ -264,6 +285,7 @@ def tune(config):
             learning_rates=tuple(space.learning_rates),
             temperatures=tuple(space.temperatures),
             epochs=tuple(space.epochs),
+            warmup_epochs=tuple(space.warmup_epochs),
         )
         rows, _ = sweep.run_sweep(search, callbacks=_callbacks(config), overwrite=False)
         trials = []
@@ -271,6 +293,8 @@ def tune(config):
             trial = {k: v for k, v in row.items() if k not in ("augmentation", "batch_size")}
             if row["status"] == "COMPLETED":
                 trial.update(curves_of(row["model_dir"], method, config.rules, probed=method != "ce"))
+            trial["warmup_epochs"] = int(row.get("warmup_epochs", config.stages[method].warmup_epochs))
+            trial["collapsed"] = collapsed(row["model_dir"])
             trials.append(trial)
         scored = [t for t in trials if t["val_accuracy"] is not None]
         converged = [t for t in scored if t.get("converged")]
@@ -279,18 +303,40 @@ def tune(config):
         selected = dict((converged or scored)[0], selected_from="converged trials" if converged else "all trials (none converged)")
         out[method] = {"trials": trials, "selected": selected, "seconds": round(time.time() - start, 1)}
         log(
-            f"tuning {method}: selected lr {selected['learning_rate']}, epochs {selected['epochs']}"
+            f"tuning {method}: selected lr {selected['learning_rate']}, epochs {selected['epochs']}, warm-up "
+            f"{selected['warmup_epochs']}"
             + (f", tau {selected['temperature']}" if method != "ce" else "")
             + f" (val top-1 {selected['val_accuracy']:.4f})"
         )
     return out
 
 
+def collapsed(model_dir):
+    """The collapse monitor's flag in a run folder's metrics.json (None where it has none)."""
+    try:
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            value = json.load(f).get("collapsed")
+    except (OSError, ValueError):
+        return None
+    return None if value is None else bool(value)
+
+
 def _selected_stage(config, method, selected, **changes):
+    """The `method` stage with its selected hyper-parameters, then `changes`.
+
+    The selected warm-up is kept in epochs; a run shorter than the tuned one
+    (e.g. at equal time) warms up for at most half of its epochs, so that it
+    still decays.
+    """
     hyper = {"learning_rate": selected["learning_rate"]}
     if method != "ce":
         hyper["temperature"] = selected["temperature"]
-    return config.stage(method, **hyper, **changes)
+    hyper.update(changes)
+    if "warmup_epochs" in selected and "warmup_epochs" not in changes:
+        epochs = hyper.get("epochs", config.stages[method].epochs)
+        warmup = int(selected["warmup_epochs"])
+        hyper["warmup_epochs"] = warmup if epochs >= int(selected.get("epochs", 0)) else min(warmup, epochs // 2)
+    return config.stage(method, **hyper)
 
 
 def train_equal_epochs(config, tuning):
@@ -364,7 +410,7 @@ def stability_grid(config, tuning):
         base = _selected_stage(
             config, method, selected, seed=config.tuning_seed, epochs=grid.epochs, steps_per_epoch=grid.steps_per_epoch,
             warmup_epochs=0, model_dir=os.path.join(config.work_dir, "stability", method),
-        )
+        )  # warm-up 0 here: the grid's own warm-up values replace it
         log(f"stability: {method}, {grid.size} points of {grid.steps} steps")
         search = sweep.SweepConfig(
             base=base,
@@ -373,6 +419,7 @@ def stability_grid(config, tuning):
             max_trials=grid.size,
             learning_rates=tuple(grid.learning_rates),
             batch_sizes=tuple(grid.batch_sizes),
+            warmup_epochs=tuple(getattr(grid, "warmup_epochs", (0,))),
             probe_ce=True,
         )
         rows, _ = sweep.run_sweep(search, callbacks=_callbacks(config), overwrite=False)
@@ -381,6 +428,8 @@ def stability_grid(config, tuning):
             point = {
                 "learning_rate": row["learning_rate"],
                 "batch_size": row["batch_size"],
+                "warmup_epochs": int(row.get("warmup_epochs", 0)),
+                "collapsed": collapsed(row["model_dir"]),
                 "status": row["status"],
                 "val_accuracy": row["val_accuracy"],
                 "classifier_val_accuracy": row.get("classifier_val_accuracy"),
@@ -389,7 +438,7 @@ def stability_grid(config, tuning):
             if row["status"] == "COMPLETED":
                 point.update(curves_of(row["model_dir"], method, config.rules, probed=True))
             points.append(point)
-        points.sort(key=lambda p: (p["batch_size"], p["learning_rate"]))
+        points.sort(key=lambda p: (p["batch_size"], p["learning_rate"], p["warmup_epochs"]))
         rules = config.rules
         spread_args = dict(resamples=rules.bootstrap_resamples, level=rules.bootstrap_level, seed=rules.bootstrap_seed)
         out["methods"][method] = {
@@ -401,6 +450,29 @@ def stability_grid(config, tuning):
                 [chance if p["classifier_val_accuracy"] is None else p["classifier_val_accuracy"] for p in points],
                 **spread_args,
             )
+    return out
+
+
+def hardness_analysis(config, equal_epochs):
+    """The implicit-hard-mining check (`experiments/report/hardness.py`) on each contrastive method's first-seed
+    equal-epoch encoder, on its training part (the test split is not read)."""
+    from experiments.report import hardness
+    from supcon_tf import runner
+
+    rules, seed = config.rules, config.seeds[0]
+    images, labels, _, _ = monitor.split_arrays(config.stage("ce", seed=seed))
+    out = {"rule": hardness.HARDNESS_RULE, "norm_convention": hardness.NORM_CONVENTION, "methods": {}}
+    for method in ("supcon", "simclr"):
+        run = next(r for r in equal_epochs["runs"][method] if r["seed"] == seed)
+        stage = config.stage(method, seed=seed)
+        log(f"hardness: {method} seed {seed}, per-pair gradient terms on 256 training images")
+        out["methods"][method] = hardness.analyse_encoder(
+            os.path.join(run["model_dir"], "model.keras"), images, labels, method=method,
+            temperature=run["temperature"], num_views=stage.num_views, augment=runner._augmentation(stage),
+            seed=rules.bootstrap_seed, max_samples=256, bins=20, resamples=rules.bootstrap_resamples,
+            level=rules.bootstrap_level,
+        )
+        out["methods"][method]["model_path"] = os.path.relpath(out["methods"][method]["model_path"], config.work_dir)
     return out
 
 
@@ -472,6 +544,9 @@ def run(config, *, command, overwrite=False):
             stability = stability_grid(config, tuning)
             phases["stability grid"] = time.time() - mark
         mark = time.time()
+        hardness_results = hardness_analysis(config, equal_epochs)
+        phases["hardness"] = time.time() - mark
+        mark = time.time()
         log("final evaluation: the test split is read now, once")
         test = evaluate.evaluate_on_test(config, {"equal_epochs": equal_epochs, "equal_time": equal_time})
         phases["test evaluation"] = time.time() - mark
@@ -490,6 +565,7 @@ def run(config, *, command, overwrite=False):
         "tuning": tuning,
         "comparisons": {"equal_epochs": equal_epochs, "equal_time": equal_time},
         "stability": stability,
+        "hardness": hardness_results,
         "test": test,
     }
     results["verdicts"] = compute_verdicts(config, test, stability)

@@ -52,13 +52,13 @@ def evaluate_on_test(config, comparisons):
     import tensorflow as tf
 
     from experiments.report import monitor
-    from supcon_tf import data, evaluation
+    from supcon_tf import evaluation, runner
     from supcon_tf import models as _models  # noqa: F401  (registers the classes for load_model)
 
     rules = config.rules
-    image_size = config.stages["ce"].image_size
-    test_images, test_labels = data.load_digits("test")  # the one read of the test split
-    test_plain = data.make_eval_dataset(data.from_arrays(test_images, test_labels), batch_size=512, image_size=image_size)
+    stage = config.stages["ce"]
+    test_source, test_size, _ = runner.load_source(stage, "test")  # the one read of the test split
+    test_plain = runner.eval_dataset(stage, test_source, batch_size=512)
 
     plan = _comparison_models(comparisons)
     by_seed = {}
@@ -95,7 +95,7 @@ def evaluate_on_test(config, comparisons):
             scored[path]["corruption"] = result
         keras.backend.clear_session()
 
-    out = {"test_size": int(len(test_labels)), "comparisons": {}, "bins": {}, "baseline": {}}
+    out = {"test_size": int(test_size), "comparisons": {}, "bins": {}, "baseline": {}}
     for comparison, methods in plan.items():
         ce_results = [scored[path]["corruption"] for _, path in methods["ce"]]
         names = list(ce_results[0].errors)

@@ -50,4 +50,8 @@ def make_plots(results, output_dir):
         scores = {LABELS[m]: [p["score"] for p in results["stability"]["methods"][m]["points"]] for m in METHODS}
         paths.append(plots.plot_sweep_spread(scores, os.path.join(output_dir, PLOTS["stability"]),
                                              title="Probe validation top-1 over the same grid"))
+    if results.get("hardness"):
+        from experiments.report import hardness
+
+        paths.append(hardness.figure(results["hardness"]["methods"], os.path.join(output_dir, PLOTS["hardness"])))
     return paths

@@ -25,6 +25,7 @@ PLOTS = {
     "corruption_ece": "corruption_ece.png",
     "reliability": "reliability.png",
     "stability": "stability.png",
+    "hardness": "hardness.png",
 }
 
 
@@ -87,7 +88,7 @@ def _header(results):
     protocol, timing = results["protocol"], results["timing"]
     phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timing["phases"].items())
     return [
-        "# SupCon on digits: a reproduction report",
+        f"# SupCon on {results['facts']['data']['dataset']}: a reproduction report",
         "",
         "Rendered from [results.json](results.json) by `python -m experiments.report --render_only`; every number "
         "and fact below is read from that file.",
@@ -132,6 +133,7 @@ def _protocol(results):
         f"Registered at {protocol['registered_at']}, before the first training step (the registration record is "
         "`protocol` in results.json; this section is rendered from it).",
         "",
+        *_amendments(protocol),
         f"1. **Data.** The {data['dataset']} training split only, until the end: each run carves a stratified "
         f"{100 * data['validation_fraction']:.0f}% validation split from it, seeded by the run's seed, and trains on "
         "the rest. The test split is read once, after all training, by the final evaluation.",
@@ -144,20 +146,23 @@ def _protocol(results):
         f"   The linear probe: {linear['optimizer']} learning rate {linear['learning_rate']}, {linear['epochs']} "
         f"epochs, batch {linear['batch_size']}, on features computed once without augmentation. Learning rates are "
         f"used as given at every batch size (`learning_rate_scaling={stages['ce']['learning_rate_scaling']}`); "
-        "cosine decay over each run, no warm-up.",
+        + ("linear warm-up as searched, then cosine decay over each run (a run shorter than the tuned one warms up "
+           "for at most half its epochs)." if _searches_warmup(config) else "cosine decay over each run, no warm-up."),
         f"3. **Hyper-parameters per method** from a keras-tuner search (`experiments/sweep.py`) on the validation "
-        f"split of seed {config['tuning_seed']}: learning rate, temperature (SupCon, SimCLR) and epochs. Objective: "
+        f"split of seed {config['tuning_seed']}: learning rate, temperature (SupCon, SimCLR), epochs"
+        + (" and warm-up epochs" if _searches_warmup(config) else "") + ". Objective: "
         "validation top-1 (CE: its classifier; SupCon / SimCLR: the linear probe). Selected: the best trial whose "
         "validation curves all meet the convergence rule (if none does, the best trial, marked).",
         "",
         table(
-            ["method", "tuner", "trials", "learning rates", "temperatures", "epochs"],
+            ["method", "tuner", "trials", "learning rates", "temperatures", "epochs", "warm-up epochs"],
             [
                 (
                     LABELS[m], config["search"][m]["tuner"],
                     f"{min(config['search'][m]['max_trials'], _space_size(config['search'][m]))} of {_space_size(config['search'][m])}",
                     _list(config["search"][m]["learning_rates"]), _list(config["search"][m]["temperatures"]) or "-",
                     _list(config["search"][m]["epochs"]),
+                    _list(config["search"][m].get("warmup_epochs", ())) or str(stages[m].get("warmup_epochs", 0)),
                 )
                 for m in METHODS
             ],
@@ -185,7 +190,8 @@ def _protocol(results):
         grid = config["stability"]
         lines.append(
             f"7. **Stability grid**, the same for every method: learning rate {_list(grid['learning_rates'])} x batch "
-            f"{_list(grid['batch_sizes'])}, every point {grid['steps_per_epoch'] * grid['epochs']} optimizer steps "
+            f"{_list(grid['batch_sizes'])} x warm-up epochs {_list(grid.get('warmup_epochs', (0,)))}, every point "
+            f"{grid['steps_per_epoch'] * grid['epochs']} optimizer steps "
             f"({grid['epochs']} epochs of {grid['steps_per_epoch']} steps, the convergence rule checked on them), "
             f"seed {config['tuning_seed']}, each method's selected temperature; every point scored by the linear "
             "probe on the frozen encoder (CE's own classifier reported alongside); a failed point scores chance."
@@ -211,7 +217,39 @@ def _protocol(results):
 
 
 def _space_size(space):
-    return len(space["learning_rates"]) * len(space["epochs"]) * max(1, len(space["temperatures"]))
+    return (
+        len(space["learning_rates"]) * len(space["epochs"]) * max(1, len(space["temperatures"]))
+        * max(1, len(space.get("warmup_epochs", ())))
+    )
+
+
+def _searches_warmup(config):
+    return any(config["search"][m].get("warmup_epochs") for m in METHODS)
+
+
+def _amendments(protocol):
+    """The amendments of the protocol and the registrations before them (empty for an unamended protocol)."""
+    amendments = protocol["config"].get("amendments") or []
+    if not amendments:
+        return []
+    lines = []
+    for earlier in protocol.get("earlier_registrations", []):
+        lines.append(
+            f"**Earlier registration** at {earlier.get('registered_at', '?')} (`{earlier.get('command', '?')}`); its "
+            "full record is `protocol.earlier_registrations` in results.json."
+        )
+        lines.append("")
+    for number, amendment in enumerate(amendments, 1):
+        lines += [
+            f"**Amendment {number}** ({amendment['date']}, registered with this run before its first training step). "
+            f"Why: {amendment['reason']} What changed: {amendment['changes']}.",
+            "",
+        ]
+    return lines
+
+
+def _collapsed(flag):
+    return "n/a" if flag is None else ("**yes**" if flag else "no")
 
 
 def _list(values):
@@ -285,12 +323,17 @@ def _tuning(results):
             rows.append(
                 (
                     f"{trial['trial']}{mark}", trial["learning_rate"], trial.get("temperature", "-") or "-",
-                    trial["epochs"], num(trial["val_accuracy"]), _converged(trial.get("converged")), trial["status"],
+                    trial["epochs"], trial.get("warmup_epochs", 0), num(trial["val_accuracy"]),
+                    _converged(trial.get("converged")), _collapsed(trial.get("collapsed")), trial["status"],
                 )
             )
         lines += [f"{LABELS[method]} ({entry['seconds']:.0f} s; selected from {selected['selected_from']}):", ""]
         lines.append(
-            table(["trial", "learning rate", "temperature", "epochs", "val top-1", "curves flat", "status"], rows)
+            table(
+                ["trial", "learning rate", "temperature", "epochs", "warm-up", "val top-1", "curves flat", "collapsed",
+                 "status"],
+                rows,
+            )
         )
         lines.append("")
     return lines
@@ -356,9 +399,12 @@ def _test_tables(results):
         rows = []
         for method in _methods(results, comparison):
             e = entries[method]
+            runs = results["comparisons"][comparison]["runs"].get(method.replace("_probe", ""), [])
+            flags = [r.get("collapsed") for r in runs]
+            collapsed_runs = "n/a" if all(f is None for f in flags) else f"{sum(bool(f) for f in flags)} of {len(flags)}"
             rows.append(
                 (
-                    LABELS[method], pm([x["top1"] for x in e]), ", ".join(f"{100 * x['top1']:.1f}" for x in e),
+                    LABELS[method], collapsed_runs, pm([x["top1"] for x in e]), ", ".join(f"{100 * x['top1']:.1f}" for x in e),
                     pm([x["knn_top1"] for x in e]),
                     pm([x["ece"] for x in e], digits=2), pm([x["confidence"] for x in e]),
                     pm([x["corrupted_top1"] for x in e]), pm([x["corrupted_ece"] for x in e], digits=2),
@@ -369,7 +415,8 @@ def _test_tables(results):
         lines.append(
             table(
                 [
-                    "method", "test top-1", "per seed", f"kNN top-1 (k={rules['knn_k']})", "ECE", "mean confidence",
+                    "method", "collapsed runs", "test top-1", "per seed", f"kNN top-1 (k={rules['knn_k']})", "ECE",
+                    "mean confidence",
                     "top-1 under corruption", "ECE under corruption", "mCE", "relative mCE",
                 ],
                 rows,
@@ -440,15 +487,60 @@ def _stability(results):
         points = stability["methods"][method]["points"]
         rows = [
             (
-                p["learning_rate"], p["batch_size"], num(p["val_accuracy"]),
-                num(p["classifier_val_accuracy"]) if method == "ce" else "-", _converged(p.get("converged")), p["status"],
+                p["learning_rate"], p["batch_size"], p.get("warmup_epochs", 0), num(p["val_accuracy"]),
+                num(p["classifier_val_accuracy"]) if method == "ce" else "-", _converged(p.get("converged")),
+                _collapsed(p.get("collapsed")), p["status"],
             )
             for p in points
         ]
         lines += [f"{LABELS[method]}:", ""]
-        lines.append(table(["learning rate", "batch", "probe val top-1", "classifier val top-1", "curves flat", "status"], rows))
+        lines.append(
+            table(
+                ["learning rate", "batch", "warm-up", "probe val top-1", "classifier val top-1", "curves flat",
+                 "collapsed", "status"],
+                rows,
+            )
+        )
         lines.append("")
     lines += [f"![stability]({PLOTS['stability']})", ""]
+    return lines
+
+
+def _hardness(results):
+    """The implicit-hard-mining section (absent from results of the first registration)."""
+    entry = results.get("hardness")
+    if not entry:
+        return []
+    lines = [
+        "## Implicit hard mining (paper Sec. 3.2.3)",
+        "",
+        "For L2-normalised embeddings the gradient of anchor i's loss with respect to z_i is a sum over the other "
+        "embeddings j of terms c_ij z_j, c_ij = (P_ij - 1[j positive] / |P(i)|) / tau_b (checked against "
+        "TensorFlow's autodiff of our loss to 1e-14 in float64, `tests/test_hardness.py`); projected on the sphere, "
+        "pair j's term has norm |c_ij| sqrt(1 - cos^2(z_i, z_j)) (" + entry["norm_convention"] + "). The paper's "
+        "claim: easy positives (cos near 1) and easy negatives (P_ij near 0) contribute little, hard ones much. "
+        f"Rule: {entry['rule']}. Measured on each method's first-seed equal-epoch encoder, on training images in "
+        "two augmented views.",
+        "",
+    ]
+    rows = []
+    for method, result in entry["methods"].items():
+        verdict = result["verdict"]
+        cells = []
+        for group in ("positives", "negatives"):
+            g = verdict[group]
+            interval = g["interval"]
+            cells.append(
+                "n/a" if g["rho"] is None else f"{g['rho']:+.2f}"
+                + ("" if interval is None else f" [{interval[0]:+.2f}, {interval[1]:+.2f}]")
+            )
+        rows.append((LABELS[method], result["num_samples"], *cells, f"**{verdict['verdict']}**"))
+    level = next(iter(entry["methods"].values()))["verdict"]["level"]
+    lines.append(
+        table(["method", "samples", f"Spearman rho, positives [{100 * level:.0f}% interval]",
+               f"Spearman rho, negatives [{100 * level:.0f}% interval]", "verdict"], rows)
+    )
+    lines += ["", f"![gradient norm per pair against cosine, with the analytic form]({PLOTS['hardness']})", ""]
     return lines
 
 
@@ -467,6 +559,13 @@ def _caveats(results):
                     f"- {title}: {LABELS[method]} {'runs of seeds' if len(bad) > 1 else 'run of seed'} {_list(bad)} "
                     f"{'do' if len(bad) > 1 else 'does'} not meet the convergence rule."
                 )
+            collapsed = [r["seed"] for r in runs if r.get("collapsed")]
+            if collapsed:
+                lines.append(
+                    f"- {title}: {LABELS[method]} {'runs of seeds' if len(collapsed) > 1 else 'run of seed'} "
+                    f"{_list(collapsed)} collapsed (the collapse monitor's flag: mean embedding cosine above its "
+                    "threshold for its span); they stay in the statistics."
+                )
     for comparison, title in COMPARISONS.items():
         for method in _methods(results, comparison):
             entries = results["test"]["comparisons"][comparison][method]
@@ -482,8 +581,11 @@ def _caveats(results):
     search = results["protocol"]["config"]["search"]
     for method in METHODS:
         selected = results["tuning"][method]["selected"]
-        for field, key in (("learning_rate", "learning_rates"), ("temperature", "temperatures"), ("epochs", "epochs")):
-            values = sorted(search[method][key])
+        for field, key in (
+            ("learning_rate", "learning_rates"), ("temperature", "temperatures"), ("epochs", "epochs"),
+            ("warmup_epochs", "warmup_epochs"),
+        ):
+            values = sorted(search[method].get(key, ()))
             if len(values) > 1 and selected.get(field) in (values[0], values[-1]):
                 side = "smallest" if selected[field] == values[0] else "largest"
                 lines.append(
@@ -525,7 +627,7 @@ def report_markdown(results):
     """REPORT.md's text."""
     sections = [
         _header(results), _protocol(results), _facts(results), _claims(results), _tuning(results),
-        _convergence(results), _test_tables(results), _stability(results), _caveats(results),
+        _convergence(results), _test_tables(results), _stability(results), _hardness(results), _caveats(results),
     ]
     return "\n".join(line for section in sections for line in section)
 

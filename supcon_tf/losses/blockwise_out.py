@@ -176,8 +176,9 @@ def _out_forward(blocks, augmented_anchors, contrast_matrix, order):
 def _out_backward(blocks, augmented_anchors, signed_anchors, contrast_matrix, order):
     """The softmax part of the gradient, over the column blocks: `(anchors [rows, dim], contrast [padded, dim])`.
 
-    `augmented_anchors` carries t_i = log|w_i| - log Z_i, so a block's exp is
-    |w_i| softmax_ij; `signed_anchors` is it times sign(w_i). Returns
+    `augmented_anchors` carries t_i = log|w_i| - log Z_i (the masking value
+    where w_i = 0), so a block's exp is |w_i| softmax_ij; `signed_anchors` is
+    it times sign(w_i) (or it, when no w_i < 0). Returns
     sum_j |w_i| softmax_ij c_j and sum_i w_i softmax_ij a_i / tau, the
     latter in `order` (padded columns included).
     """
@@ -303,8 +304,14 @@ def _paired_forward(blocks, slabs, features, term):
     return _unwrap(blocks, slabs, sums.concat(), window)
 
 
-def _paired_backward(blocks, slabs, features, term, sign, nonnegative):
-    """`[rows, dim]`: sum_j (G_ij + G_ji) f_j / tau, G_ij = sign_i exp(s_ij + t_i) (the softmax part)."""
+def _paired_backward(blocks, slabs, features, term, sign, positive):
+    """`[rows, dim]`: sum_j (G_ij + G_ji) f_j / tau, G_ij = sign_i exp(s_ij + t_i) (the softmax part).
+
+    `term` t_i must be finite (`_gradient_weights`): the transposed direction
+    subtracts it again. `positive` (scalar bool): every sign_i is 1, so the
+    signs are skipped; else both directions are multiplied by them, which
+    zeroes the anchors of weight 0 (sign 0) in either order.
+    """
     block_size, slab, dim, inverse_temperature = blocks.block_size, slabs.slab, blocks.dim, blocks.inverse_temperature
     rows, columns, negative_term, padded_term = _paired_operands(blocks, slabs, features, term)
     signs = _pad_rows(blocks, sign)
@@ -321,7 +328,7 @@ def _paired_backward(blocks, slabs, features, term, sign, nonnegative):
             row_sign = tf.slice(extended_signs, [start], [slab])[:, None]
             return weighted * row_sign + weighted_reverse * tf.slice(signs, [start], [block_size])[None, :]
 
-        both = tf.cond(nonnegative, lambda: weighted + weighted_reverse, signed)  # G_ij + G_ji
+        both = tf.cond(positive, lambda: weighted + weighted_reverse, signed)  # G_ij + G_ji
         window += tf.matmul(both, tf.slice(columns, [start, 0], [block_size, dim]))
         done = window[:block_size] + tf.matmul(both, slab_rows, transpose_a=True)[:, :dim] * inverse_temperature
         return [k + 1, _shift_window(blocks, window), grads.write(k, done)]
@@ -390,10 +397,21 @@ def _out_log_normaliser(blocks, slabs, anchor_matrix, contrast_matrix, positive_
 
 
 def _gradient_weights(blocks, groups, upstream):
-    """From the upstream gradient of the losses: w_i (0 without positives), log|w_i|, sign(w_i), w_i / |P(i)|."""
+    """From the upstream gradient of the losses: w_i (0 without positives), log|w_i|, sign(w_i), w_i / |P(i)|.
+
+    A zero weight (an anchor without positives, a zero sample weight, every
+    other row of a Jacobian) gets log|w_i| = 0, as if |w_i| = 1, and
+    sign 0: its rows of the softmax part are zeroed by the sign, never by
+    a masking value in t_i = log|w_i| - log Z_i. The paired form needs t_i
+    finite: it recovers s_ij + t_j from s_ij + t_i by subtracting t_i
+    (`_paired_logits`), and a masking t_i (-1e9, float32 ulp 64) would leave
+    that exponent off by tens. The rectangular form masks with t_i instead
+    (`_rectangular_gradient`), which is exact there.
+    """
     weight = tf.where(groups.counts, upstream, tf.zeros_like(upstream))
-    log_weight = tf.where(tf.not_equal(weight, 0), tf.math.log(tf.abs(weight)), blocks.masked)
-    sign = tf.where(weight < 0, -tf.ones_like(weight), tf.ones_like(weight))
+    nonzero = tf.not_equal(weight, 0)
+    log_weight = tf.math.log(tf.where(nonzero, tf.abs(weight), tf.ones_like(weight)))
+    sign = tf.sign(weight)  # -1, 0 or 1
     per_positive = (weight / groups.safe_count)[:, None]
     return weight, log_weight, sign, per_positive
 
@@ -406,8 +424,8 @@ def _paired_gradient(blocks, slabs, groups, anchor_matrix, contrast_matrix, log_
     """
     weight, log_weight, sign, per_positive = _gradient_weights(blocks, groups, upstream)
     inverse_temperature = blocks.inverse_temperature
-    nonnegative = tf.reduce_all(weight >= 0)
-    total = _paired_backward(blocks, slabs, anchor_matrix, log_weight - log_normaliser, sign, nonnegative)
+    positive = tf.reduce_all(weight > 0)  # else the signs, zeros included, weigh both orders of each slab
+    total = _paired_backward(blocks, slabs, anchor_matrix, log_weight - log_normaliser, sign, positive)
     with tf.control_dependencies([total]):  # the positives' part after the loop (see `_rectangular_gradient`)
         weighted = per_positive * anchor_matrix * inverse_temperature
         total += weighted - per_positive * _positive_sums(blocks, groups, contrast_matrix) * inverse_temperature
@@ -425,7 +443,11 @@ def _rectangular_gradient(blocks, groups, anchor_matrix, contrast_matrix, log_no
     """
     weight, log_weight, sign, per_positive = _gradient_weights(blocks, groups, upstream)
     inverse_temperature = blocks.inverse_temperature
-    augmented_anchors = _augment(blocks, anchor_matrix, log_weight - log_normaliser)
+    # A zero weight is masked through t_i here: t_i only meets row i's own entries, whose exp is then
+    # exactly 0, and nothing is recovered from them (unlike the paired form, `_gradient_weights`). So no
+    # [rows, dim] copy to zero those rows when the weights are >= 0.
+    term = tf.where(tf.not_equal(sign, 0), log_weight - log_normaliser, tf.fill(tf.shape(sign), blocks.masked))
+    augmented_anchors = _augment(blocks, anchor_matrix, term)
     signed_anchors = tf.cond(  # the contrast product needs w_i's sign back (a copy only if one is < 0)
         tf.reduce_all(weight >= 0),
         lambda: augmented_anchors,
@@ -468,7 +490,10 @@ def _blockwise_out_core(anchors, contrast, column_keys, self_index, temperature,
       underflows), then exp and a row sum; a block that overflows is redone
       with its row maxima (online log-sum-exp), raising t_i. Backward,
       t_i = log|w_i| - log Z_i: the block's exp is the row weight times the
-      softmax and goes straight into the two gradient products.
+      softmax and goes straight into the two gradient products. An anchor
+      of weight w_i = 0 is zeroed by its sign (0), its t_i kept finite, in
+      the paired form (which subtracts t_i again for the other order); the
+      rectangular form masks it through t_i (`_gradient_weights`).
     - The anchors' own entries: the columns are visited in an order that puts
       row r's own column at position r, so in block k they are the diagonal
       of the k-th [block, block] row block, set in place (`set_diag`).

@@ -368,7 +368,8 @@ class CollapseMonitor(keras.callbacks.Callback):
             or not isinstance(state.get("collapsed"), (dict, type(None)))
         ):
             raise ValueError(
-                f"`state` must be None or a dict {{'streak': int, 'collapsed': dict or None}}, received: state={state!r}"
+                "`state` must be None or a dict {'streak': int, 'collapsed': dict or None}, "
+                f"received: state={state!r}"
             )
         self.threshold = float(threshold)
         self.span = span

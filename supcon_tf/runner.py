@@ -574,7 +574,7 @@ class _StageTrainer:
         callbacks.append(
             keras.callbacks.TensorBoard(folder.path("logs", f"{task_type}_{task_index}"), update_freq="epoch")
         )
-        if monitor is not None:  # after the epoch's CSV row; before the checkpoint and the backup (nothing saved on a stop)
+        if monitor is not None:  # after the epoch's CSV row, before the checkpoint and backup (none after a stop)
             callbacks.append(monitor)
         callbacks += [
             checkpointing.ChiefModelCheckpoint(

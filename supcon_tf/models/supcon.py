@@ -144,7 +144,9 @@ def mean_cosine(embeddings):
             f"`embeddings` must be [batch, views, dim] (rank >= 2), received: embeddings with shape {embeddings.shape}"
         )
     if not embeddings.dtype.is_floating:
-        raise ValueError(f"`embeddings` must be a float tensor, received: embeddings with dtype {embeddings.dtype.name}")
+        raise ValueError(
+            f"`embeddings` must be a float tensor, received: embeddings with dtype {embeddings.dtype.name}"
+        )
     dtype = tf.float64 if embeddings.dtype == tf.float64 else tf.float32
     flat = tf.reshape(tf.cast(embeddings, dtype), [-1, tf.shape(embeddings)[-1]])
     count = tf.cast(tf.shape(flat)[0], dtype)
@@ -156,10 +158,13 @@ def mean_cosine(embeddings):
 def collapse_share(per_anchor, contrast_size, scale=1.0, tolerance=COLLAPSE_TOLERANCE):
     """The share of anchors whose loss sits at its all-equal value log(N_c - 1).
 
-    When all similarities z_i . z_a of an anchor are equal (a collapsed
-    representation), every log-probability is -log(N_c - 1) and the anchor's
-    loss (either variant) is `scale * log(N_c - 1)`, N_c the contrast-set size
-    (N_c - 1 entries besides the anchor itself). This is the share, among the
+    When all similarities z_i . z_a of an anchor are equal, every
+    log-probability is -log(N_c - 1) and the anchor's loss (either variant)
+    is `scale * log(N_c - 1)`, N_c the contrast-set size (N_c - 1 entries
+    besides the anchor itself): the anchor cannot tell its positives from its
+    negatives. A collapsed representation (all similarities 1) gives it, and
+    so do equally spread embeddings (e.g. orthogonal ones, all 0):
+    `mean_cosine` tells the two apart. This is the share, among the
     anchors with a positive (`per_anchor.has_positive`), of those whose
     `loss / scale` is within `tolerance` nats of log(N_c - 1). It holds for
     `denominator="all"` without a positives cap (the defaults); other
@@ -270,8 +275,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         self.encoder, self.head = encoder, head
         options = _checked_supcon_options(
             method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes, contrast_metrics,
-            collapse_metrics, temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode, variant=variant,
-            denominator=denominator, positives_cap=positives_cap,
+            collapse_metrics, temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode,
+            variant=variant, denominator=denominator, positives_cap=positives_cap,
         )
         for name in _SUPCON_OPTIONS:  # method, temperature, ..., contrast_metrics
             setattr(self, name, options[name])

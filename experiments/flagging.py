@@ -307,8 +307,9 @@ def absl_main(main_fn):
     The statuses are those of `supcon_tf/errors.py`: 2 bad input (a
     positional argument, a bad value, a missing or existing file; nothing
     written), 3 the loss diverged (the last good backup is kept), 4 a storage
-    or OS error (disk full, permission, ...), 5 a bad input file, 1 an
-    unexpected error, 130 / 143 SIGINT / SIGTERM during training (a backup at
+    or OS error (disk full, permission, ...), 5 a bad input file, 6 a
+    collapsed pre-training with --stop_on_collapse (the backups from before
+    the collapse are kept), 1 an unexpected error, 130 / 143 SIGINT / SIGTERM during training (a backup at
     the step is written; run the same command to resume). Each is one line on
     stderr (`report_error`).
     """

@@ -200,6 +200,17 @@ class RunConfig:
         "Stop (exit 3, last good backup kept) when the loss exceeds this multiple of the run's first logged loss; 0: "
         "stop on NaN/inf only.",
     )
+    collapse_cosine: float = _field(
+        0.995,
+        "supcon / simclr: an epoch whose mean cosine between the embeddings (the logged mean_cosine) is at or above "
+        "this, in (0, 1], counts as collapsed; after --collapse_epochs such epochs in a row the run prints one line "
+        "and records it in metrics.json (\"collapsed\"), or stops with --stop_on_collapse.",
+    )
+    collapse_epochs: int = _field(1, "Collapsed epochs in a row (>= 1) that make a collapse (--collapse_cosine).")
+    stop_on_collapse: bool = _field(
+        False,
+        "Stop a collapsed pre-training (exit 6; the backups from before the collapse are kept) instead of warning.",
+    )
     deterministic: bool = _field(
         False, "TensorFlow op determinism: a resumed run ends bit-for-bit like an uninterrupted one on CPU (slower)."
     )
@@ -254,6 +265,15 @@ class RunConfig:
                 "`divergence_factor` must be 0 (off) or a number > 1, received: "
                 f"divergence_factor={self.divergence_factor!r}"
             )
+        if (
+            isinstance(self.collapse_cosine, bool)
+            or not isinstance(self.collapse_cosine, (int, float))
+            or not 0.0 < self.collapse_cosine <= 1.0
+        ):
+            raise ValueError(f"`collapse_cosine` must be in (0, 1], received: collapse_cosine={self.collapse_cosine!r}")
+        _positive_int("collapse_epochs", self.collapse_epochs)
+        if not isinstance(self.stop_on_collapse, bool):
+            raise ValueError(f"`stop_on_collapse` must be a bool, received: stop_on_collapse={self.stop_on_collapse!r}")
         if (
             isinstance(self.validation_fraction, bool)
             or not isinstance(self.validation_fraction, (int, float))

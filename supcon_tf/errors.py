@@ -15,6 +15,9 @@ path and the cause, and ends the program with the status of its kind:
                           machine ran out of a resource (memory); fix that and run the same command to resume
     5       bad file      an input file is corrupt, truncated, of the wrong kind, a folder where a file is expected,
                           or a model with non-finite weights (`BadInputFile`)
+    6       collapsed     --stop_on_collapse: the embeddings collapsed (their mean cosine stayed at or above
+                          --collapse_cosine for --collapse_epochs epochs); the backups from before the collapse
+                          are kept
     130     SIGINT        Ctrl-C during training: a backup at the step was written; the same command resumes
     143     SIGTERM       preemption during training: as SIGINT
 
@@ -42,7 +45,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STORAGE = 4
 EXIT_BAD_FILE = 5
-# 6: reserved (a collapsed representation).
+EXIT_COLLAPSED = 6
 EXIT_SIGINT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_SIGTERM = 143  # 128 + SIGTERM
 
@@ -54,6 +57,7 @@ EXIT_STATUSES = {
     EXIT_DIVERGED: ("diverged", "the loss diverged; the last good backup is kept"),
     EXIT_STORAGE: ("storage / OS", "reading or writing failed (ENOSPC, EACCES, EROFS, EIO, ...) or out of memory"),
     EXIT_BAD_FILE: ("bad file", "an input file is corrupt, truncated, of the wrong kind, a folder, or non-finite"),
+    EXIT_COLLAPSED: ("collapsed", "the embeddings collapsed (--stop_on_collapse); the backups before it are kept"),
     EXIT_SIGINT: ("SIGINT", "interrupted by Ctrl-C; a backup was written, the same command resumes"),
     EXIT_SIGTERM: ("SIGTERM", "preempted; a backup was written, the same command resumes"),
 }
@@ -217,6 +221,8 @@ def classify(error):
         return Outcome(EXIT_SIGINT, "interrupted outside a training step; nothing new to resume from", plain=True)
     if _is(error, "supcon_tf.resilience", "Diverged"):
         return Outcome(getattr(error, "exit_status", EXIT_DIVERGED), _one_line(error))
+    if _is(error, "supcon_tf.resilience", "Collapsed"):
+        return Outcome(getattr(error, "exit_status", EXIT_COLLAPSED), _one_line(error))
     if isinstance(error, BadInputFile):
         return Outcome(EXIT_BAD_FILE, _one_line(error))
     if isinstance(error, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):

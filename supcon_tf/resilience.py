@@ -1,6 +1,6 @@
-"""Stopping a run safely: preemption signals, divergence, and the test-only fault injector.
+"""Stopping a run safely: preemption signals, divergence, collapse, and the test-only fault injector.
 
-A training process stops early for three reasons, each an exception that
+A training process stops early for these reasons, each an exception that
 `supcon_tf.runner` turns into one line and a documented exit status:
 
     Interrupted  SIGINT (Ctrl-C) or SIGTERM (a scheduler or cloud preempting
@@ -12,6 +12,17 @@ A training process stops early for three reasons, each an exception that
                  step, so the last good backup stays; exit status 3. Change a
                  flag (e.g. --learning_rate) and run the command again to
                  resume from that backup.
+    Collapsed    with --stop_on_collapse: the epoch mean of `mean_cosine`
+                 (the mean cosine between the embeddings) stayed at or above
+                 `collapse_cosine` for `collapse_epochs` epochs in a row
+                 (`CollapseMonitor`). The backups written from the epoch
+                 before those on are dropped (it may end collapsed: an
+                 epoch's mean mixes the steps before and after a collapse);
+                 exit status 6. Without --stop_on_collapse the monitor
+                 prints one warning line and training goes on.
+
+Epochs in these messages are 0-based, as in training_log.csv (Keras' progress
+bar shows epoch e as "Epoch e+1/...").
 
 `FaultInjector` makes the process SIGKILL itself at a named point; tests use
 it (environment variable `SUPCON_TF_FAULT`) to prove that every write of a run
@@ -28,12 +39,18 @@ import errno
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
 import keras
 
-from supcon_tf.errors import EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM  # noqa: F401  (the one table of statuses)
+from supcon_tf.errors import (  # noqa: F401  (the one table of statuses)
+    EXIT_COLLAPSED,
+    EXIT_DIVERGED,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+)
 
 FAULT_ENV = "SUPCON_TF_FAULT"
 # Named points where `SUPCON_TF_FAULT=<point>[:<n>]` kills the process (the
@@ -90,6 +107,46 @@ class Diverged(Exception):
             f"training diverged at epoch {epoch} step {step}: loss {loss:.6g} ({reason}), learning rate "
             f"{learning_rate:.6g}; the last good backup is kept: change a flag (e.g. --learning_rate) and run "
             "the same command to resume from it"
+        )
+
+
+COLLAPSE_REMEDIES = "warm-up (--warmup_epochs), a higher --temperature, or a lower --learning_rate"
+
+
+def collapse_message(epoch, mean_cosine, threshold, span):
+    """The sentence shared by the warning and `Collapsed`: the epoch (0-based), the mean cosine, the rule."""
+    rule = f"at or above --collapse_cosine {threshold:g}" + ("" if span == 1 else f" for {span} epochs in a row")
+    return (
+        f"training collapsed at epoch {epoch}: the mean cosine between the embeddings is {mean_cosine:.6f} "
+        f"({rule}), so the loss sits at its all-equal value and its gradient vanishes"
+    )
+
+
+class Collapsed(Exception):
+    """Training stopped on a collapsed representation (`CollapseMonitor(stop=True)`); exit status 6.
+
+    Attributes: `epoch` (0-based, the epoch whose end detected it),
+    `first_epoch` (the first epoch of the collapsed span), `drop_from_epoch`
+    (the backups written during or after this epoch are condemned: the
+    epoch before the span, since an epoch's mean mixes the steps before and
+    after a collapse, so that epoch may already end collapsed; it does in
+    the digits reproduction), `mean_cosine` (that epoch's mean),
+    `threshold`, `span`.
+    """
+
+    exit_status = EXIT_COLLAPSED
+
+    def __init__(self, epoch, mean_cosine, threshold, span):
+        self.epoch = epoch
+        self.first_epoch = epoch - span + 1
+        self.drop_from_epoch = max(self.first_epoch - 1, 0)
+        self.mean_cosine = mean_cosine
+        self.threshold = threshold
+        self.span = span
+        super().__init__(
+            f"{collapse_message(epoch, mean_cosine, threshold, span)}; the backups from epoch "
+            f"{self.drop_from_epoch} on are dropped (it may end collapsed already), so a rerun resumes before it or "
+            f"starts afresh: try {COLLAPSE_REMEDIES} (--warmup_epochs changes the schedule: with --overwrite)"
         )
 
 
@@ -266,3 +323,86 @@ class DivergenceGuard(keras.callbacks.Callback):
             raise Diverged(self._epoch, step, loss, current_learning_rate(self.model), reason, global_step)
         if self.reference is None:
             self.reference = loss
+
+
+class CollapseMonitor(keras.callbacks.Callback):
+    """Detects a collapsed representation from the epoch mean of the logged `mean_cosine` (`models.SupConModel`).
+
+    An epoch counts as collapsed when its training `mean_cosine` is finite
+    and at or above `threshold` (a perfectly collapsed representation gives
+    1.0). After `span` collapsed epochs in a row, the first time, it records
+    `{"epoch", "first_epoch", "mean_cosine", "threshold", "span"}` (epochs
+    0-based) in `collapsed`, calls `on_collapse(record)`, and then either
+    prints one line on stderr (`warning: training collapsed at epoch ...`,
+    with the remedies) when `announce`, or, with `stop`, raises `Collapsed`
+    (at every span that ends collapsed, not only the first). Epochs without
+    `mean_cosine` in their logs leave it unchanged.
+
+    Put it after the CSV logger (the collapsed epoch's row is written) and
+    before the checkpoint and backup callbacks (with `stop`, nothing after
+    the collapsed epoch is saved).
+
+    Args:
+      threshold: float in (0, 1].
+      span: int >= 1, consecutive collapsed epochs needed.
+      stop: bool; raise `Collapsed` instead of warning.
+      state: `state()` of an earlier process of the run (a backup's), or None.
+      on_collapse: None, or a callable `(record) -> None` (e.g. writing the run folder).
+      announce: bool; print the warning line (the chief does, other workers not).
+    """
+
+    def __init__(self, threshold=0.995, span=1, stop=False, state=None, on_collapse=None, announce=True):
+        super().__init__()
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+            raise ValueError(f"`threshold` must be a number in (0, 1], received: threshold={threshold!r}")
+        if isinstance(span, bool) or not isinstance(span, int) or span < 1:
+            raise ValueError(f"`span` must be an int >= 1, received: span={span!r}")
+        for name, value in (("stop", stop), ("announce", announce)):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be a bool, received: {name}={value!r}")
+        if on_collapse is not None and not callable(on_collapse):
+            raise ValueError(f"`on_collapse` must be callable or None, received: on_collapse={on_collapse!r}")
+        if state is not None and (
+            not isinstance(state, dict)
+            or not isinstance(state.get("streak", 0), int)
+            or not isinstance(state.get("collapsed"), (dict, type(None)))
+        ):
+            raise ValueError(
+                "`state` must be None or a dict {'streak': int, 'collapsed': dict or None}, "
+                f"received: state={state!r}"
+            )
+        self.threshold = float(threshold)
+        self.span = span
+        self.stop = stop
+        self.on_collapse = on_collapse
+        self.announce = announce
+        self.streak = int((state or {}).get("streak", 0))
+        self.collapsed = (state or {}).get("collapsed")
+
+    def state(self):
+        """`{"streak", "collapsed"}`: JSON-able, for a backup's metadata (resumed with `state=`)."""
+        return {"streak": self.streak, "collapsed": self.collapsed}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs or "mean_cosine" not in logs:
+            return
+        value = float(logs["mean_cosine"])
+        if not (math.isfinite(value) and value >= self.threshold):
+            self.streak = 0
+            return
+        self.streak += 1
+        if self.streak < self.span:
+            return
+        first = self.collapsed is None
+        if first:
+            self.collapsed = {
+                "epoch": int(epoch), "first_epoch": int(epoch) - self.span + 1, "mean_cosine": value,
+                "threshold": self.threshold, "span": self.span,
+            }
+            if self.on_collapse is not None:
+                self.on_collapse(dict(self.collapsed, stopped=self.stop))
+        if self.stop:
+            raise Collapsed(int(epoch), value, self.threshold, self.span)
+        if first and self.announce:
+            message = collapse_message(epoch, value, self.threshold, self.span)
+            print(f"warning: {message}: try {COLLAPSE_REMEDIES}", file=sys.stderr, flush=True)

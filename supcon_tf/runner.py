@@ -6,7 +6,9 @@ a kill at any moment leaves a folder that the same call resumes at the newest
 step-level backup or completes; a finished folder is left as it is unless
 `overwrite=True`; SIGINT / SIGTERM write a backup after the current step and
 raise `resilience.Interrupted`; a diverging loss raises
-`resilience.Diverged` with the last good backup kept.
+`resilience.Diverged` with the last good backup kept; a collapsed
+pre-training (`resilience.CollapseMonitor`) prints one line, or raises
+`resilience.Collapsed` with `stop_on_collapse`.
 
 Every input check that can fail (flags, data set size against the batch,
 classes) runs before anything is written.
@@ -26,7 +28,7 @@ import numpy as np
 
 from supcon_tf import augment, checkpointing, data, distribute, encoders, export, layers, models, resilience
 from supcon_tf.config import TFDS_DATASETS, RunConfig
-from supcon_tf.run_folder import CLASSES, RunFolder
+from supcon_tf.run_folder import CLASSES, STATE, RunFolder
 
 
 def build_strategy(config):
@@ -382,8 +384,11 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
     Returns:
       `{"method", "train_seconds" (summed over restarts), "epochs",
       "restarts", "final_train_loss", "final_logs" (the last epoch's logs,
-      `val_*` included with `validation_fraction`), and with
-      `evaluate_test`, for ce / linear: "test_loss", "test_top1"}`.
+      `val_*` included with `validation_fraction`), "collapsed" (supcon /
+      simclr: false, or the `resilience.CollapseMonitor` record `{"epoch",
+      "first_epoch", "mean_cosine", "threshold", "span"}`, epochs 0-based;
+      ce / linear: null, not monitored), and with `evaluate_test`, for
+      ce / linear: "test_loss", "test_top1"}`.
 
     Raises:
       ValueError / FileNotFoundError: bad input, before anything is written;
@@ -391,6 +396,8 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
         did not create, or a run folder another process is writing (its lock).
       resilience.Interrupted: SIGINT / SIGTERM; a backup at the step is written.
       resilience.Diverged: non-finite or exploding loss; the last good backup stays.
+      resilience.Collapsed: `stop_on_collapse` and a collapsed representation; the backups written before the
+        epoch preceding the collapsed epochs stay.
     """
     if not isinstance(config, RunConfig):
         raise ValueError(f"`config` must be a RunConfig, received: {type(config).__name__}")
@@ -481,6 +488,7 @@ def _run_claimed(config, folder, overwrite, callbacks):
         "restarts": restarts,
         "final_train_loss": float(history_logs.get("loss", np.nan)),
         "final_logs": {name: float(value) for name, value in history_logs.items()},
+        "collapsed": trainer.collapsed if trainer.monitors_collapse else None,
     }
     if config.method in ("ce", "linear") and config.evaluate_test:
         loss, accuracy = model.evaluate(eval_dataset(config, test_source), verbose=0)
@@ -511,6 +519,8 @@ class _StageTrainer:
 
     def __init__(self, config, folder, model, train_source, steps_per_epoch, validation_source=None, extra=()):
         self.extra_callbacks = list(extra)
+        self.monitors_collapse = config.method in ("supcon", "simclr")  # SupConModel logs mean_cosine
+        self.collapsed = False  # or the CollapseMonitor's record, after `train`
         self.config = config
         self.folder = folder
         self.model = model
@@ -536,7 +546,14 @@ class _StageTrainer:
             if validation_source is not None:
                 self.validation = validation_dataset(config, validation_source)
 
-    def _callbacks(self, signals, guard, first_step, first_metrics, clock):
+    def _record_collapse(self, record):
+        """The chief appends a detected collapse to run_state.json's "collapses" (with the restart it happened in)."""
+        if checkpointing.is_chief():
+            state = self.folder.state()
+            entry = dict(record, restart=state.get("restarts", 0))
+            self.folder.write_json(STATE, dict(state, collapses=list(state.get("collapses", [])) + [entry]))
+
+    def _callbacks(self, signals, guard, monitor, first_step, first_metrics, clock):
         config, folder = self.config, self.folder
         task_type, task_index = checkpointing.task_type_and_index()
         backup = checkpointing.StepBackup(
@@ -546,14 +563,21 @@ class _StageTrainer:
             first_step=first_step,
             first_metrics=first_metrics,
             signals=signals,
-            meta=lambda: {"train_seconds": clock(), "reference_loss": guard.reference, "config": config.to_dict()},
+            meta=lambda: {
+                "train_seconds": clock(), "reference_loss": guard.reference, "config": config.to_dict(),
+                "collapse": None if monitor is None else monitor.state(),
+            },
         )
         guard.position = backup.position
         callbacks = [guard]
         if checkpointing.is_chief():
             callbacks.append(checkpointing.RunCSVLogger(folder.csv_path))
+        callbacks.append(
+            keras.callbacks.TensorBoard(folder.path("logs", f"{task_type}_{task_index}"), update_freq="epoch")
+        )
+        if monitor is not None:  # after the epoch's CSV row, before the checkpoint and backup (none after a stop)
+            callbacks.append(monitor)
         callbacks += [
-            keras.callbacks.TensorBoard(folder.path("logs", f"{task_type}_{task_index}"), update_freq="epoch"),
             checkpointing.ChiefModelCheckpoint(
                 folder.path("checkpoints", "latest.keras"), period=config.checkpoint_every
             ),
@@ -564,17 +588,25 @@ class _StageTrainer:
 
     @contextlib.contextmanager
     def _keeping_good_backups(self):
-        """On divergence, drops the backups that no later finite loss vouches for.
+        """On divergence, drops the backups that no later finite loss vouches for; on a collapse, those after it began.
 
         The loss of step g is computed with the weights after update g - 1, so
         a bad loss at step g condemns the state saved after update g - 1 (and
-        any later one): resuming from it would diverge again.
+        any later one): resuming from it would diverge again. A collapse
+        detected over epochs f..e condemns every state saved after epoch
+        f - 1 began (`Collapsed.drop_from_epoch`): epoch f - 1's mean mixes
+        steps before and after a collapse, so its end may be collapsed
+        already (in the digits reproduction it is, and resuming from it with
+        --temperature 0.1 stays collapsed).
         """
         try:
             yield
         except resilience.Diverged as diverged:
             if diverged.global_step is not None:
                 self.store.discard_from(diverged.global_step - 1)
+            raise
+        except resilience.Collapsed as collapsed:
+            self.store.discard_from(collapsed.drop_from_epoch * self.steps_per_epoch + 1)
             raise
 
     def train(self, process_start):
@@ -584,6 +616,13 @@ class _StageTrainer:
         epoch, step, meta = (resumed.epoch, resumed.step, resumed.meta) if resumed else (0, 0, {})
         if resumed is not None and checkpointing.is_chief():
             self.folder.record_resume(epoch, step, resumed.global_step)
+        monitor = None
+        if self.monitors_collapse:
+            monitor = resilience.CollapseMonitor(
+                config.collapse_cosine, config.collapse_epochs, stop=config.stop_on_collapse,
+                state=meta.get("collapse"), on_collapse=self._record_collapse, announce=checkpointing.is_chief(),
+            )
+            self.collapsed = monitor.collapsed or False
         seconds_before = float(meta.get("train_seconds", 0.0))
         self.train_seconds = seconds_before
         if epoch >= epochs:  # finishing: training was complete
@@ -605,7 +644,7 @@ class _StageTrainer:
             segments.append((epoch, epochs, steps, 0, None))
         with resilience.SignalWatcher() as signals, self._keeping_good_backups():
             for first_epoch, end_epoch, segment_steps, first_step, first_metrics in segments:
-                callbacks, backup = self._callbacks(signals, guard, first_step, first_metrics, clock)
+                callbacks, backup = self._callbacks(signals, guard, monitor, first_step, first_metrics, clock)
                 self.model.fit(
                     self.stream(first_epoch * steps + first_step),
                     initial_epoch=first_epoch,
@@ -617,6 +656,8 @@ class _StageTrainer:
                     verbose=config.verbose,
                 )
                 logs = backup.epoch_logs or logs
+                if monitor is not None:
+                    self.collapsed = monitor.collapsed or False
             if signals.received is not None:  # a signal during the last epoch's end: training is complete
                 raise resilience.Interrupted(signals.received, epochs, 0)
         self.train_seconds = clock()

@@ -61,12 +61,15 @@ def _one_error_line(result):
 
 def test_one_table_of_distinct_statuses_shared_by_the_library_and_the_binaries():
     statuses = [errors.EXIT_OK, errors.EXIT_INTERNAL, errors.EXIT_BAD_INPUT, errors.EXIT_DIVERGED,
-                errors.EXIT_STORAGE, errors.EXIT_BAD_FILE, errors.EXIT_SIGINT, errors.EXIT_SIGTERM]
-    assert statuses == [0, 1, 2, 3, 4, 5, 130, 143]
+                errors.EXIT_STORAGE, errors.EXIT_BAD_FILE, errors.EXIT_COLLAPSED, errors.EXIT_SIGINT,
+                errors.EXIT_SIGTERM]
+    assert statuses == [0, 1, 2, 3, 4, 5, 6, 130, 143]
     assert sorted(errors.EXIT_STATUSES) == statuses
     for status in statuses:  # the module docstring documents each one
         assert f"\n    {status:<8}{errors.EXIT_STATUSES[status][0]}" in errors.__doc__
-    assert (resilience.EXIT_DIVERGED, resilience.EXIT_SIGINT, resilience.EXIT_SIGTERM) == (3, 130, 143)
+    assert (resilience.EXIT_DIVERGED, resilience.EXIT_COLLAPSED, resilience.EXIT_SIGINT, resilience.EXIT_SIGTERM) == (
+        3, 6, 130, 143
+    )
     assert flagging.errors is errors and flagging.EXIT_BAD_INPUT == 2  # the same module, so the same classes
     assert flagging.RUN_FOLDER_MARKER == run_folder.MARKER
 

@@ -11,7 +11,7 @@ from supcon_tf import distribute
 from supcon_tf import losses as losses_lib
 from supcon_tf import memory as memory_lib
 from supcon_tf import online_eval as online_eval_lib
-from supcon_tf._checks import is_int
+from supcon_tf._checks import is_int, positive_number
 from supcon_tf.models._base import (
     EMBEDDING,
     REPRESENTATION,
@@ -24,17 +24,21 @@ from supcon_tf.models._base import (
 )
 
 METHODS = ("supcon", "simclr")
+# `collapse_share` counts an anchor as "at the all-equal value" when its loss, divided by the loss scale
+# temperature / base_temperature, is within this many nats of log(N_c - 1) (see `collapse_share`).
+COLLAPSE_TOLERANCE = 0.01
 
 
 # SupConModel's constructor arguments besides encoder and head, in order (attributes and `get_config` keys).
 _SUPCON_OPTIONS = (
     "method", "temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap",
     "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum", "online_eval_classes", "contrast_metrics",
+    "collapse_metrics",
 )
 
 
 def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes,
-                            contrast_metrics, **loss_options):
+                            contrast_metrics, collapse_metrics, **loss_options):
     """SupConModel's options after its argument checks (a ValueError naming the argument), as `{name: value}`."""
     if not isinstance(cross_replica, bool):
         raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
@@ -60,6 +64,8 @@ def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_step
         online_eval_classes = int(online_eval_classes)
     if not isinstance(contrast_metrics, bool):
         raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
+    if not isinstance(collapse_metrics, bool):
+        raise ValueError(f"`collapse_metrics` must be a bool, received: collapse_metrics={collapse_metrics!r}")
     base_temperature = loss_options["base_temperature"]
     return dict(
         method=method, temperature=float(loss_options["temperature"]),
@@ -68,6 +74,7 @@ def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_step
         denominator=loss_options["denominator"], positives_cap=int(loss_options["positives_cap"]),
         cross_replica=cross_replica, queue_size=int(queue_size), queue_warmup_steps=int(queue_warmup_steps),
         key_momentum=key_momentum, online_eval_classes=online_eval_classes, contrast_metrics=contrast_metrics,
+        collapse_metrics=collapse_metrics,
     )
 
 
@@ -112,6 +119,83 @@ def _contrast_statistics(embeddings, labels, temperature):
     )
 
 
+def mean_cosine(embeddings):
+    """The mean of z_i . z_j over the N (N - 1) ordered pairs i != j of the N = batch x views embeddings.
+
+    Computed without the `[N, N]` Gram matrix: with s = sum_i z_i,
+    sum_{i != j} z_i . z_j = ||s||^2 - sum_i ||z_i||^2, so the mean is
+    `(||s||^2 - sum_i ||z_i||^2) / (N (N - 1))`, exact for any vectors. For
+    L2-normalised embeddings (SupConModel's) it is the mean pairwise cosine,
+    `(||s||^2 - N) / (N (N - 1))`: 1 when every embedding is the same vector
+    (a collapsed representation), 0 for orthogonal ones, and -1 / (N - 1) at
+    the least (embeddings summing to zero).
+
+    Args:
+      embeddings: `[batch, views, dim]` float (any `[..., dim]` of rank >= 2:
+        every row along the last axis is one embedding); computed in float32,
+        or float64 for float64 input.
+
+    Returns:
+      A scalar tensor; 0 when there are fewer than 2 embeddings.
+    """
+    embeddings = tf.convert_to_tensor(embeddings)
+    if embeddings.shape.rank is not None and embeddings.shape.rank < 2:
+        raise ValueError(
+            f"`embeddings` must be [batch, views, dim] (rank >= 2), received: embeddings with shape {embeddings.shape}"
+        )
+    if not embeddings.dtype.is_floating:
+        raise ValueError(
+            f"`embeddings` must be a float tensor, received: embeddings with dtype {embeddings.dtype.name}"
+        )
+    dtype = tf.float64 if embeddings.dtype == tf.float64 else tf.float32
+    flat = tf.reshape(tf.cast(embeddings, dtype), [-1, tf.shape(embeddings)[-1]])
+    count = tf.cast(tf.shape(flat)[0], dtype)
+    total = tf.reduce_sum(flat, axis=0)
+    pair_sum = tf.reduce_sum(tf.square(total)) - tf.reduce_sum(tf.square(flat))
+    return tf.math.divide_no_nan(pair_sum, count * (count - 1.0))
+
+
+def collapse_share(per_anchor, contrast_size, scale=1.0, tolerance=COLLAPSE_TOLERANCE):
+    """The share of anchors whose loss sits at its all-equal value log(N_c - 1).
+
+    When all similarities z_i . z_a of an anchor are equal, every
+    log-probability is -log(N_c - 1) and the anchor's loss (either variant)
+    is `scale * log(N_c - 1)`, N_c the contrast-set size (N_c - 1 entries
+    besides the anchor itself): the anchor cannot tell its positives from its
+    negatives. A collapsed representation (all similarities 1) gives it, and
+    so do equally spread embeddings (e.g. orthogonal ones, all 0):
+    `mean_cosine` tells the two apart. This is the share, among the
+    anchors with a positive (`per_anchor.has_positive`), of those whose
+    `loss / scale` is within `tolerance` nats of log(N_c - 1). It holds for
+    `denominator="all"` without a positives cap (the defaults); other
+    denominators and a cap change the all-equal value per anchor.
+
+    Args:
+      per_anchor: a `losses.PerAnchorLoss`.
+      contrast_size: N_c >= 2 (int or int scalar tensor): the contrast set's
+        rows, e.g. views x global batch (+ the queue rows the loss read).
+      scale: the loss scale temperature / base_temperature (> 0).
+      tolerance: nats (> 0).
+
+    Returns:
+      A float32 scalar tensor in [0, 1]; 0 when no anchor has a positive.
+    """
+    if not isinstance(per_anchor, losses_lib.PerAnchorLoss):
+        raise ValueError(f"`per_anchor` must be a PerAnchorLoss, received: {type(per_anchor).__name__}")
+    if is_int(contrast_size) and contrast_size < 2:
+        raise ValueError(f"`contrast_size` must be >= 2, received: contrast_size={contrast_size!r}")
+    if isinstance(contrast_size, (bool, float)):
+        raise ValueError(f"`contrast_size` must be an int >= 2, received: contrast_size={contrast_size!r}")
+    scale = positive_number(scale, "scale")
+    tolerance = positive_number(tolerance, "tolerance")
+    loss = tf.cast(per_anchor.loss, tf.float32) / scale
+    all_equal = tf.math.log(tf.cast(contrast_size, tf.float32) - 1.0)
+    at_value = tf.logical_and(per_anchor.has_positive, tf.abs(loss - all_equal) <= tolerance)
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(tf.cast(at_value, tf.float32)), tf.reduce_sum(tf.cast(per_anchor.has_positive, tf.float32))
+    )
+
+
 @keras.saving.register_keras_serializable(package="supcon_tf")
 class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     """Encoder + projection head trained with a supervised (or self-supervised) contrastive loss.
@@ -140,6 +224,16 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         `online_top1`; its gradient never reaches the encoder. Needs labels.
       contrast_metrics: log `contrast_top1` and `contrast_entropy`
         (`online_eval.contrast_statistics`).
+      collapse_metrics: (default True) log `mean_cosine`, the mean cosine
+        between the step's embeddings (function `mean_cosine`: every view of
+        this replica's batch, pairs i != j; 1 when they all coincide), and,
+        for `denominator="all"` without a positives cap, `collapse_share`,
+        the share of this replica's anchors whose loss is within
+        `COLLAPSE_TOLERANCE` nats of its all-equal value log(N_c - 1), N_c
+        the contrast set: views x global batch, plus the queue rows read that
+        step (function `collapse_share`). Both come from what the step
+        computes anyway (no extra `[N, N]` matrix);
+        `resilience.CollapseMonitor` watches `mean_cosine`.
       **kwargs: forwarded to `keras.Model`.
 
     `model(images)` returns `{REPRESENTATION: [batch, rep_dim], EMBEDDING: [batch, dim]}`.
@@ -173,15 +267,16 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
 
     def __init__(self, encoder, head, method="supcon", temperature=0.1, base_temperature=None, contrast_mode="all",
                  variant="out", denominator="all", positives_cap=-1, cross_replica=True, queue_size=0,
-                 queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, contrast_metrics=False, **kwargs):
+                 queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, contrast_metrics=False,
+                 collapse_metrics=True, **kwargs):
         super().__init__(**kwargs)
         check_model("encoder", encoder)
         check_model("head", head)
         self.encoder, self.head = encoder, head
         options = _checked_supcon_options(
             method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes, contrast_metrics,
-            temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode, variant=variant,
-            denominator=denominator, positives_cap=positives_cap,
+            collapse_metrics, temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode,
+            variant=variant, denominator=denominator, positives_cap=positives_cap,
         )
         for name in _SUPCON_OPTIONS:  # method, temperature, ..., contrast_metrics
             setattr(self, name, options[name])
@@ -195,6 +290,10 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         self.key_head = getattr(self.memory, "key_head", None)
         self.online_classifier = self.online_optimizer = None
         names = ["loss"] + ["contrast_top1", "contrast_entropy"] * contrast_metrics
+        if self.collapse_metrics:
+            names.append("mean_cosine")
+            if self._has_collapse_share:
+                names.append("collapse_share")
         if self.online_eval_classes is not None:
             self.online_classifier = keras.layers.Dense(online_eval_classes, name="online_classifier", dtype="float32")
             names.append("online_loss")
@@ -228,6 +327,11 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         for key in ("loss", "loss_weights", "metrics", "weighted_metrics"):
             config.pop(key, None)
         compile_and_build_optimizer(self, config)
+
+    @property
+    def _has_collapse_share(self):
+        """Whether `collapse_share` is logged: its all-equal value log(N_c - 1) needs denominator "all", no cap."""
+        return self.collapse_metrics and self.denominator == "all" and self.positives_cap < 0
 
     @property
     def metrics(self):
@@ -279,6 +383,10 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         over replicas is the global loss, so Keras' summed gradients are its gradient) and the global loss, for
         logging. With one replica both are the plain loss.
         """
+        return self._contrastive_loss(embeddings, labels, use_queue, sample_weight)[:2]
+
+    def _contrastive_loss(self, embeddings, labels, use_queue=False, sample_weight=None):
+        """`compute_contrastive_loss`'s `(replica_loss, global_loss)`, and the step's `collapse_share` (or None)."""
         labels = labels if self.method == "supcon" else None
         if self.cross_replica:
             gathered = distribute.gather_global(embeddings, labels)
@@ -294,11 +402,19 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             positives_cap=self.positives_cap, anchor_offset=gathered.offset, num_anchor_samples=gathered.num_local,
             **queue,
         )
+        share = None
+        if self._has_collapse_share:  # the contrast set: every view of the gathered batch, plus the queue rows read
+            contrast_size = tf.shape(gathered.features)[0] * tf.shape(gathered.features)[1]
+            if queue:
+                contrast_size += tf.shape(queue["queue_features"])[0]
+            base = self.temperature if self.base_temperature is None else self.base_temperature
+            share = collapse_share(tf.nest.map_structure(tf.stop_gradient, per_anchor), contrast_size,
+                                   scale=self.temperature / base)
         loss, count = per_anchor.loss, tf.cast(per_anchor.has_positive, per_anchor.loss.dtype)
         if sample_weight is not None:  # [local_batch] -> [local_batch, 1]: one weight for all views of a sample
             weight = tf.reshape(tf.cast(sample_weight, loss.dtype), [tf.shape(loss)[0], 1])
             loss, count = loss * weight, count * weight
-        return distribute.cross_replica_mean(tf.reduce_sum(loss), tf.reduce_sum(count))
+        return (*distribute.cross_replica_mean(tf.reduce_sum(loss), tf.reduce_sum(count)), share)
 
     def _unpack(self, data):
         views, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -320,7 +436,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         with tf.GradientTape() as tape, tf.GradientTape() as online_tape:
             embeddings, representation = self.embed_views(views, training=True, return_representation=True)
             use_queue = self.memory is not None
-            loss, global_loss = self.compute_contrastive_loss(embeddings, labels, use_queue, sample_weight)
+            loss, global_loss, share = self._contrastive_loss(embeddings, labels, use_queue, sample_weight)
             regularization = self._regularization_loss()
             # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
             scaled_loss = self.optimizer.scale_loss(loss + regularization)
@@ -333,21 +449,27 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             self.online_optimizer.apply(online_tape.gradient(online_scaled, online_variables), online_variables)
         if self.memory is not None:  # after the optimizer step (the queue was read above, before this write)
             self.memory.update(embeddings, views, labels if self.method == "supcon" else None)
-        return self._logs(global_loss + regularization * distribute.num_replicas_in_sync(), embeddings, labels, online)
+        return self._logs(
+            global_loss + regularization * distribute.num_replicas_in_sync(), embeddings, labels, online, share
+        )
 
     def test_step(self, data):
         views, labels, sample_weight = self._unpack(data)
         embeddings, representation = self.embed_views(views, training=False, return_representation=True)
-        _, global_loss = self.compute_contrastive_loss(embeddings, labels, sample_weight=sample_weight)
+        _, global_loss, share = self._contrastive_loss(embeddings, labels, sample_weight=sample_weight)
         online = None
         if self.online_classifier is not None:
             online = _online_outputs(self.online_classifier, representation, labels, tf.shape(views)[1])
         loss = global_loss + self._regularization_loss() * distribute.num_replicas_in_sync()
-        return self._logs(loss, embeddings, labels, online)
+        return self._logs(loss, embeddings, labels, online, share)
 
-    def _logs(self, loss, embeddings, labels, online):
+    def _logs(self, loss, embeddings, labels, online, share=None):
         """Updates the metric trackers with the step's loss and (unweighted) statistics; returns the logs."""
         self._trackers["loss"].update_state(loss)
+        if self.collapse_metrics:
+            self._trackers["mean_cosine"].update_state(mean_cosine(tf.stop_gradient(embeddings)))
+            if share is not None:
+                self._trackers["collapse_share"].update_state(share)
         if self.contrast_metrics:
             labels = labels if self.method == "supcon" else None
             top1, entropy = _contrast_statistics(embeddings, labels, self.temperature)

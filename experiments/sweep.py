@@ -271,6 +271,8 @@ def _tuner_class():
                 result = train_and_score(stage, sweep.probe, probe_ce=sweep.probe_ce, callbacks=callbacks)
             except resilience.Diverged as error:  # a legitimate outcome of a hyper-parameter choice
                 raise keras_tuner.errors.FailedTrialError(f"diverged: {error}") from None
+            except resilience.Collapsed as error:  # stop_on_collapse: so is a collapse
+                raise keras_tuner.errors.FailedTrialError(f"collapsed: {error}") from None
             except BaseException as error:  # anything else ends the search, with its own type
                 self.stopped = error
                 raise keras_tuner.errors.FatalError(str(error)) from error

@@ -325,6 +325,13 @@ class RunFolder:
         resumes = list(state.get("resumes", [])) + [{"epoch": epoch, "step": step, "global_step": global_step}]
         self._write_state(resumes=resumes)
 
+    def record_collapse(self, record):
+        """Appends a detected collapse (`resilience.CollapseMonitor`'s record) to run_state.json's "collapses",
+        with the restart it happened in."""
+        state = self.state()
+        entry = dict(record, restart=state.get("restarts", 0))
+        self._write_state(collapses=list(state.get("collapses", [])) + [entry])
+
     def enter_finishing(self, **fields):
         self._write_state(phase="finishing", **fields)
 

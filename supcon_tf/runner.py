@@ -28,7 +28,7 @@ import numpy as np
 
 from supcon_tf import augment, checkpointing, data, distribute, encoders, export, layers, models, resilience
 from supcon_tf.config import TFDS_DATASETS, RunConfig
-from supcon_tf.run_folder import CLASSES, STATE, RunFolder
+from supcon_tf.run_folder import CLASSES, RunFolder
 
 
 def build_strategy(config):
@@ -547,11 +547,9 @@ class _StageTrainer:
                 self.validation = validation_dataset(config, validation_source)
 
     def _record_collapse(self, record):
-        """The chief appends a detected collapse to run_state.json's "collapses" (with the restart it happened in)."""
+        """The chief appends a detected collapse to run_state.json's "collapses"."""
         if checkpointing.is_chief():
-            state = self.folder.state()
-            entry = dict(record, restart=state.get("restarts", 0))
-            self.folder.write_json(STATE, dict(state, collapses=list(state.get("collapses", [])) + [entry]))
+            self.folder.record_collapse(record)
 
     def _callbacks(self, signals, guard, monitor, first_step, first_metrics, clock):
         config, folder = self.config, self.folder

@@ -23,7 +23,8 @@ def _figure(rows, cols, width=4.0, height=3.2):
     return figure, axes
 
 
-def _save(figure, path):
+def save_figure(figure, path):
+    """Writes a matplotlib figure to `path` (.png; its folder created), laid out tight; returns the path."""
     path = os.fspath(path)
     if not path.endswith(".png"):
         raise ValueError(f"`path` must end with .png, received: path={path!r}")
@@ -78,7 +79,7 @@ def plot_training_curves(panels, path, *, title=None):
         axes[index // cols][index % cols].axis("off")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_tsne(embeddings, path, *, seed=0, perplexity=30.0, title=None):
@@ -155,7 +156,7 @@ def plot_reliability_diagrams(bins, path, *, title=None):
         axis.legend(loc="upper left", fontsize=8)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_corruption_severity(results, path, *, metric="accuracy", title=None):
@@ -204,7 +205,7 @@ def plot_corruption_severity(results, path, *, metric="accuracy", title=None):
     figure.supxlabel("severity (0 = clean)")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_sweep_spread(scores, path, *, ylabel="validation accuracy", title=None):
@@ -228,4 +229,4 @@ def plot_sweep_spread(scores, path, *, ylabel="validation accuracy", title=None)
     axis.grid(alpha=0.3, axis="y")
     if title:
         axis.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -759,9 +759,6 @@ def figure(results, path):
             axis.set_ylabel("|c_ij| sqrt(1 - cos²)")
             axis.grid(alpha=0.3)
             axis.legend(fontsize=6)
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    canvas_figure.tight_layout()
-    canvas_figure.savefig(path, format="png")
-    return path
+    from supcon_tf import plots
+
+    return plots.save_figure(canvas_figure, path)

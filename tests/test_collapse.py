@@ -368,10 +368,11 @@ def test_config_fields_defaults_validation_and_resumable():
 # Real digits runs through the binary.
 # ---------------------------------------------------------------------------
 
-# The report's SupCon settings (experiments/report/config.py SHARED on the digits_supcon preset) at temperature
-# 0.05, seed 4, two epochs.
+# The first report registration's SupCon settings (experiments/report/config.py SHARED on the digits_supcon preset,
+# no warm-up) at temperature 0.05, seed 4, two epochs.
 REPRO = [
-    "--preset=digits_supcon", "--temperature=0.05", "--seed=4", "--epochs=2", "--validation_fraction=0.2",
+    "--preset=digits_supcon", "--temperature=0.05", "--warmup_epochs=0", "--seed=4", "--epochs=2",
+    "--validation_fraction=0.2",
     "--learning_rate_scaling=none", "--verbose=0", "--noexport",
 ]
 

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import presets
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=64", "--verbose=2", "--encoder_width=0.25"]
 
@@ -51,7 +53,7 @@ def pretrained(tmp_path_factory):
 def test_pretrain_writes_everything_and_shows_progress(pretrained):
     model_dir, result = pretrained
     config, metrics = _assert_run_folder(model_dir)
-    assert config["method"] == "supcon" and config["epochs"] == 1 and config["temperature"] == 0.1
+    assert config["method"] == "supcon" and config["epochs"] == 1 and config["temperature"] == presets.get_preset("digits_supcon")["temperature"]
     assert config["crop_scale_min"] == 0.4  # from the preset
     assert np.isfinite(metrics["final_train_loss"])
     assert "2/2 - " in result.stdout and "loss:" in result.stdout  # Keras per-epoch progress line

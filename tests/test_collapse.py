@@ -228,7 +228,12 @@ def test_a_collapsed_model_logs_cosine_one_and_share_one_with_the_queue_in_the_c
 
 
 def test_two_replicas_average_their_local_mean_cosines():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from supcon_tf import distribute
+
+    # The project's CPU strategy (reduction to one device): a raw MirroredStrategy's collective instance keys
+    # would clash with another test's in the same process.
+    cpus = tf.config.list_logical_devices("CPU")
+    strategy = distribute.get_strategy("mirrored", devices=[d.name for d in cpus[:2]])
     views, labels = _batch(batch=8)
     with strategy.scope():
         model = _model()

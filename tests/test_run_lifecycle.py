@@ -209,7 +209,8 @@ def test_injected_nan_stops_the_run_and_it_resumes(tmp_path, reference):
 def test_exploding_loss_stops_with_one_line_and_resumes_after_a_flag_change(tmp_path):
     """The CE baseline at a huge learning rate: the loss grows past the bound; a sane rate then finishes the run."""
     model_dir = tmp_path / "ce"
-    flags = ["--preset=digits_ce", "--epochs=3", "--backup_every_steps=1"]
+    # No warm-up: the huge rate must act from the first step (with warm-up it grows into the weights unnoticed).
+    flags = ["--preset=digits_ce", "--epochs=3", "--backup_every_steps=1", "--warmup_epochs=0"]
     result = _run(model_dir, *flags, "--learning_rate=1000", module="train_ce")
     assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
     line = result.stderr.strip().splitlines()[-1]

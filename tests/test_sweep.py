@@ -105,8 +105,8 @@ def test_contrastive_trials_are_a_pretrain_and_a_linear_run_scored_on_validation
         table = list(csv.DictReader(f))
     assert [row["trial"] for row in table] == [r["trial"] for r in rows]
     assert set(table[0]) == {
-        "trial", "temperature", "learning_rate", "batch_size", "augmentation", "epochs", "val_accuracy", "status",
-        "model_dir",
+        "trial", "temperature", "learning_rate", "batch_size", "augmentation", "epochs", "warmup_epochs",
+        "val_accuracy", "status", "model_dir",
     }
     markdown = (tmp_path / "sweep" / "results.md").read_text()
     assert "| trial | temperature | learning_rate |" in markdown and "validation split of train" in markdown
@@ -118,7 +118,7 @@ def test_contrastive_trials_are_a_pretrain_and_a_linear_run_scored_on_validation
 @pytest.mark.slow
 def test_ce_grid_with_epochs_and_a_probe(tmp_path, no_test_split, only_runner_fits):
     config = _sweep(tmp_path, "ce", tuner="grid", max_trials=5, epochs=(1, 2), probe_ce=True)
-    assert set(config.grids()) == {"learning_rate", "batch_size", "augmentation", "epochs"}
+    assert set(config.grids()) == {"learning_rate", "batch_size", "augmentation", "epochs", "warmup_epochs"}
     rows, _ = sweep.run_sweep(config)
     assert sorted(r["epochs"] for r in rows) == [1, 2]  # the whole grid, once
     assert "temperature" not in rows[0]

@@ -109,7 +109,9 @@ def check_claimable(path, *, kind, own_entries, core=(), name="model_dir"):
                 f"`{name}` {path} is a supcon_tf {found} folder, not a {kind} folder: choose another folder"
             )
         return "owned"
-    entries = set(os.listdir(path))
+    # A marker being written by another process that claims the folder at this moment (multi-worker start-up)
+    # is that process's, not foreign content.
+    entries = {e for e in os.listdir(path) if not (_TEMPORARY.match(e) and _TEMPORARY.match(e).group(2) == MARKER)}
     if not entries:
         return "empty"
     if (own_entries is None or entries <= (set(own_entries) | BOOKKEEPING)) and entries & set(core):

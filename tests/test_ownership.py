@@ -96,6 +96,15 @@ def test_claim_writes_the_marker_and_refuses_other_content(tmp_path):
     assert ownership.check_claimable(tmp_path / "empty", kind="run", own_entries=()) == "empty"
 
 
+def test_a_marker_being_written_by_another_process_is_not_foreign_content(tmp_path):
+    os.makedirs(tmp_path / "run")
+    (tmp_path / "run" / f".tmp-0123abcd-{MARKER}").write_text("{")  # another worker, between write and link
+    assert ownership.check_claimable(tmp_path / "run", kind="run", own_entries=()) == "empty"
+    (tmp_path / "run" / ".tmp-0123abcd-notes").write_text("mine")
+    with pytest.raises(ValueError, match="did not create it"):
+        ownership.check_claimable(tmp_path / "run", kind="run", own_entries=())
+
+
 def test_an_older_versions_run_folder_is_adopted(tmp_path):
     os.makedirs(tmp_path / "old" / "backup")
     (tmp_path / "old" / "config.json").write_text("{}")

@@ -63,8 +63,7 @@ class StudyConfig:
         if unknown:
             raise ValueError(f"`--methods` must be among {', '.join(METHODS)}, received: {','.join(unknown)}")
         for method in self.methods:
-            for sweep in self.sweeps(method):
-                sweep.base  # each SweepConfig validated its grids against the preset
+            self.sweeps(method)  # each SweepConfig validates its grids against the preset
 
     def temperatures(self, method):
         return {"supcon": self.supcon_temperatures, "simclr": self.simclr_temperatures}.get(method, ())

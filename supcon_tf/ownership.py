@@ -111,7 +111,7 @@ def check_claimable(path, *, kind, own_entries, core=(), name="model_dir"):
         return "owned"
     # A marker being written by another process that claims the folder at this moment (multi-worker start-up)
     # is that process's, not foreign content.
-    entries = {e for e in os.listdir(path) if not (_TEMPORARY.match(e) and _TEMPORARY.match(e).group(2) == MARKER)}
+    entries = {e for e in os.listdir(path) if not _is_marker_temporary(e)}
     if not entries:
         return "empty"
     if (own_entries is None or entries <= (set(own_entries) | BOOKKEEPING)) and entries & set(core):
@@ -120,6 +120,11 @@ def check_claimable(path, *, kind, own_entries, core=(), name="model_dir"):
         f"`{name}` {path} is not empty and supcon_tf did not create it (no {MARKER}; it holds {_listing(path)}): "
         "choose a new or empty folder; nothing was changed"
     )
+
+
+def _is_marker_temporary(name):
+    match = _TEMPORARY.match(name)
+    return match is not None and match.group(2) == MARKER
 
 
 def _write_marker(path, record):

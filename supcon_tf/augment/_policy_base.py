@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from supcon_tf._checks import as_size
 from supcon_tf.augment._checks import check_flip, check_range, check_seed
-from supcon_tf.augment.ops import random_flip_left_right, random_resized_crop, to_float_images
+from supcon_tf.augment.ops import check_images, crop_boxes, crop_to_size
 
 _POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
@@ -134,16 +134,20 @@ class CropFlipAugmentation(Augmentation):
           seed: the call's seed, split into `num_seeds` (>= 2) sub-seeds; the first two drive the
             crop and the flip.
 
+        The flip is the crop's box read from right to left (`ops.crop_boxes`): one resampling
+        pass, no second copy of the batch.
+
         Returns:
           `(images, seeds)`: the cropped and flipped float32 images and the other
           `num_seeds - 2` sub-seeds, for the rest of the policy.
         """
         seed = check_seed(seed)
-        images = to_float_images(images)
+        images = check_images(images)
         crop_seed, flip_seed, *seeds = tf.unstack(
             tf.random.experimental.stateless_split(seed, num_seeds)
         )
-        images = random_resized_crop(images, crop_seed, size=self.image_size, scale=self.crop_scale)
-        if self.flip:
-            images = random_flip_left_right(images, flip_seed)
-        return images, seeds
+        flip = None
+        if self.flip:  # the draw of `random_flip_left_right(images, flip_seed)`, done by the crop's box
+            flip = tf.random.stateless_uniform(tf.shape(images)[:1], flip_seed) < 0.5
+        boxes = crop_boxes(tf.shape(images), crop_seed, scale=self.crop_scale, ratio=(3 / 4, 4 / 3), flip=flip)
+        return crop_to_size(images, boxes, self.image_size), seeds

@@ -56,6 +56,27 @@ def to_float_images(images):
       ValueError: if `images` is not rank 4, `C` is not 1 or 3, or the dtype
         is neither uint8 nor floating point.
     """
+    images = check_images(images)
+    if images.dtype == tf.uint8:
+        return tf.image.convert_image_dtype(images, tf.float32)
+    return tf.cast(images, tf.float32)
+
+
+
+def check_images(images):
+    """Checks a batch of images and returns it as a tensor, without converting it.
+
+    Args:
+      images: `[B, H, W, C]` uint8 in [0, 255] or float in [0, 1], `C` in {1, 3}
+        and the rank and `C` known statically.
+
+    Returns:
+      `images` as a tensor of its own dtype.
+
+    Raises:
+      ValueError: if `images` is not rank 4, `C` is not 1 or 3, or the dtype
+        is neither uint8 nor floating point.
+    """
     images = tf.convert_to_tensor(images)
     if images.shape.rank != 4:
         raise ValueError(
@@ -67,14 +88,11 @@ def to_float_images(images):
             "`images` must have 1 or 3 channels (static), received: "
             f"images with shape={images.shape}"
         )
-    if images.dtype == tf.uint8:
-        return tf.image.convert_image_dtype(images, tf.float32)
-    if images.dtype.is_floating:
-        return tf.cast(images, tf.float32)
-    raise ValueError(
-        f"`images` must be uint8 or floating point, received: images with dtype={images.dtype.name}"
-    )
-
+    if images.dtype != tf.uint8 and not images.dtype.is_floating:
+        raise ValueError(
+            f"`images` must be uint8 or floating point, received: images with dtype={images.dtype.name}"
+        )
+    return images
 
 
 def random_resized_crop(images, seed, *, size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -88,6 +106,8 @@ def random_resized_crop(images, seed, *, size, scale=(0.2, 1.0), ratio=(3 / 4, 4
     whole image with its aspect ratio clamped to `ratio`. Boxes are continuous
     (not rounded to whole pixels) and resampled bilinearly with
     `tf.image.crop_and_resize`; a box as large as the output is copied exactly.
+    uint8 images are resampled as they are (one pass, no float32 copy of the
+    input) and scaled to [0, 1] afterwards.
 
     Args:
       images, seed: as the module docstring says.
@@ -99,14 +119,30 @@ def random_resized_crop(images, seed, *, size, scale=(0.2, 1.0), ratio=(3 / 4, 4
     Returns:
       `[B, size[0], size[1], C]` float32 in [0, 1].
     """
-    height_out, width_out = as_size(size, "size")
+    size = as_size(size, "size")
     scale = check_range(scale, "scale", low=0.0, high=1.0)
     ratio = check_range(ratio, "ratio", low=0.0, high=float("inf"))
     seed = check_seed(seed)
-    images = to_float_images(images)
+    images = check_images(images)
+    return crop_to_size(images, crop_boxes(tf.shape(images), seed, scale=scale, ratio=ratio), size)
 
+
+def crop_boxes(shape, seed, *, scale, ratio, flip=None):
+    """The boxes of `random_resized_crop` for images of `shape`, as `crop_and_resize` takes them.
+
+    Args:
+      shape: the images' shape `[B, H, W, C]` (a tensor).
+      seed: the crop's seed (`[2]` int64, checked).
+      scale, ratio: checked `(lo, hi)` pairs, as `random_resized_crop` takes them.
+      flip: optional `[B]` bool: the samples to mirror. A mirrored sample's box
+        runs from right to left, so `crop_and_resize` samples it mirrored, in
+        the same pass (equal to cropping, then flipping, up to float rounding
+        of the sampling positions).
+
+    Returns:
+      `[B, 4]` float32 boxes `(y1, x1, y2, x2)` in normalised coordinates.
+    """
     num_tries = 10
-    shape = tf.shape(images)
     batch = shape[0]
     height = tf.cast(shape[1], tf.float32)
     width = tf.cast(shape[2], tf.float32)
@@ -153,15 +189,27 @@ def random_resized_crop(images, seed, *, size, scale=(0.2, 1.0), ratio=(3 / 4, 4
 
     y1, y2 = to_box(top, crop_h, height)
     x1, x2 = to_box(left, crop_w, width)
-    boxes = tf.stack([y1, x1, y2, x2], axis=1)
+    if flip is not None:
+        x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
+    return tf.stack([y1, x1, y2, x2], axis=1)
 
+
+def crop_to_size(images, boxes, size):
+    """Resamples each image's box (`crop_boxes`) bilinearly to `size`: float32 in [0, 1].
+
+    uint8 images are resampled as they are (`crop_and_resize` reads them
+    directly) and scaled by 1 / 255 afterwards, which saves a float32 copy of
+    the whole input.
+    """
     crops = tf.image.crop_and_resize(
         images,
         boxes,
-        box_indices=tf.range(batch),
-        crop_size=(height_out, width_out),
+        box_indices=tf.range(tf.shape(images)[0]),
+        crop_size=size,
         method="bilinear",
     )
+    if images.dtype == tf.uint8:
+        crops = crops * (1.0 / 255.0)
     return tf.clip_by_value(crops, 0.0, 1.0)
 
 
@@ -182,11 +230,93 @@ def random_flip_left_right(images, seed, p=0.5):
     return tf.where(per_sample(flip), tf.reverse(images, axis=[2]), images)
 
 
-def _shift_hue(images, delta):
-    """Rotates the HSV hue of `[B, H, W, 3]` float32 images by `delta` `[B]` (turns)."""
-    hsv = tf.image.rgb_to_hsv(images)
-    hue = tf.math.floormod(hsv[..., 0] + tf.reshape(delta, [-1, 1, 1]), 1.0)
-    return tf.image.hsv_to_rgb(tf.stack([hue, hsv[..., 1], hsv[..., 2]], axis=-1))
+def _rotate_hue(images, delta):
+    """Rotates the HSV hue of `[..., 3]` float32 RGB in [0, 1] by `delta` (turns, broadcastable).
+
+    The HSV round trip in closed form: a pixel keeps its value (max) and
+    chroma (max - min), and hsv -> rgb is `max - chroma * clip(min(k, 4 - k),
+    0, 1)` with `k = (n + 6 h) mod 6`, n = 5, 3, 1 for R, G, B. Equal to
+    `tf.image.rgb_to_hsv`, a shift and `tf.image.hsv_to_rgb` up to float
+    rounding (measured: benchmarks/RESULTS.md), without the saturation's
+    division and with `floor` instead of `floormod` (which XLA on CPU does
+    not vectorise).
+    """
+    red, green, blue = tf.unstack(images, axis=-1)
+    high = tf.maximum(tf.maximum(red, green), blue)
+    chroma = high - tf.minimum(tf.minimum(red, green), blue)
+    inverse = 1.0 / tf.where(chroma > 0.0, chroma, 1.0)
+    sextant = tf.where(
+        high == red,
+        (green - blue) * inverse,
+        tf.where(high == green, 2.0 + (blue - red) * inverse, 4.0 + (red - green) * inverse),
+    ) + 6.0 * delta
+
+    def channel(offset):
+        k = offset + sextant
+        k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
+        return high - chroma * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
+
+    return tf.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
+
+
+def _jitter_one(image, order, factors, hue_delta, use_hue):
+    """One sample's colour jitter: the four ops in `order`, each followed by clipping to [0, 1]."""
+    out = image
+
+    def brightness():
+        return tf.clip_by_value(out * factors[0], 0.0, 1.0)
+
+    def contrast():
+        mean = tf.reduce_mean(luma(out[tf.newaxis]))
+        return tf.clip_by_value(factors[1] * out + (1.0 - factors[1]) * mean, 0.0, 1.0)
+
+    def saturation():
+        return tf.clip_by_value(factors[2] * out + (1.0 - factors[2]) * luma(out[tf.newaxis])[0], 0.0, 1.0)
+
+    def hue():
+        return tf.clip_by_value(_rotate_hue(out, hue_delta), 0.0, 1.0) if use_hue else out
+
+    for stage in range(_NUM_JITTER_OPS):
+        out = tf.switch_case(order[stage], [brightness, contrast, saturation, hue])
+    return out
+
+
+@tf.function(jit_compile=True)
+def color_transform(images, jitter, grayscale, *, use_hue):
+    """The colour part of a policy, one sample at a time, in one XLA computation.
+
+    Args:
+      images: `[B, H, W, C]` float32 in [0, 1].
+      jitter: None, or `(apply [B] bool, order [B, 4] int32, factors [B, 3]
+        float32, hue_delta [B] float32)`, the draws of `color_jitter`.
+      grayscale: None, or `[B]` bool, the samples that `random_grayscale`
+        converts (after the jitter).
+      use_hue: whether the hue op rotates (RGB and hue > 0).
+
+    Returns:
+      `[B, H, W, C]` float32 in [0, 1].
+
+    A loop over the samples with the op of each stage chosen per sample
+    (`switch_case`) keeps one image in cache through all four stages and
+    computes only the op it needs: the batched form, which computes every op
+    for every sample and selects, moves the whole batch through memory about
+    30 times and is 4-12x slower on one CPU core (benchmarks/RESULTS.md).
+    """
+    gray = grayscale if grayscale is not None else tf.zeros(tf.shape(images)[:1], tf.bool)
+
+    def one(arguments):
+        image, convert = arguments[0], arguments[1]
+        out = image
+        if jitter is not None:
+            apply, order, factors, hue_delta = arguments[2:]
+            jittered = _jitter_one(image, order, factors, hue_delta, use_hue)
+            out = tf.where(apply, jittered, image)
+        if grayscale is not None:
+            out = tf.where(convert, tf.broadcast_to(luma(out[tf.newaxis])[0], tf.shape(out)), out)
+        return out
+
+    arguments = (images, gray) + (tuple(jitter) if jitter is not None else ())
+    return tf.map_fn(one, arguments, fn_output_signature=tf.float32)
 
 
 def color_jitter(
@@ -211,10 +341,10 @@ def color_jitter(
     * hue: the HSV hue is rotated by h ~ U[-hue, hue] (a fraction of a turn),
 
     and the four ops are applied in a random order of its own (a per-sample
-    permutation), each followed by clipping to [0, 1]. The order costs four
-    stages of one per-sample blend each (cheap); the HSV round trip of the hue
-    op runs once per jittered sample, gathered at its stage. Saturation and hue
-    are no-ops for 1-channel images.
+    permutation), each followed by clipping to [0, 1]. The draws are batched
+    (`jitter_draws`); the ops run one sample at a time in one XLA computation
+    (`color_transform`), each sample computing only its own op at each stage.
+    Saturation and hue are no-ops for 1-channel images.
 
     Args:
       images, seed: as the module docstring says.
@@ -234,9 +364,22 @@ def color_jitter(
     p = check_probability(p, "p")
     seed = check_seed(seed)
     images = to_float_images(images)
-    is_rgb = images.shape[-1] == 3
-    batch = tf.shape(images)[0]
+    draws = jitter_draws(
+        tf.shape(images)[0], seed, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=p,
+        rgb=images.shape[-1] == 3,
+    )
+    return color_transform(images, draws, None, use_hue=images.shape[-1] == 3 and hue > 0.0)
 
+
+def jitter_draws(batch, seed, *, brightness, contrast, saturation, hue, p, rgb):
+    """The per-sample random draws of `color_jitter` (checked arguments; `rgb`: 3 channels).
+
+    Returns:
+      `(apply [B] bool, order [B, 4] int32, factors [B, 3] float32, hue_delta
+      [B] float32)`: whether each sample is jittered, its op of each stage,
+      its brightness, contrast and saturation factors (saturation 1 for
+      1-channel images) and its hue rotation.
+    """
     apply_seed, order_seed, factor_seed, hue_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4)
     )
@@ -249,34 +392,10 @@ def color_jitter(
     strengths = tf.constant([brightness, contrast, saturation], tf.float32)
     low = tf.maximum(0.0, 1.0 - strengths)
     factors = low + unit * (1.0 + strengths - low)  # [B, 3]: brightness, contrast, saturation.
-    if not is_rgb:
+    if not rgb:
         factors = tf.concat([factors[:, :2], tf.ones_like(factors[:, 2:])], axis=1)
     hue_delta = tf.random.stateless_uniform([batch], hue_seed, minval=-hue, maxval=hue)
-    use_hue = is_rgb and hue > 0.0
-
-    out = images
-    for stage in range(_NUM_JITTER_OPS):
-        op = order[:, stage]
-        # Each of brightness, contrast and saturation is `a * x + g * luma(x) + m * mean(luma(x))`
-        # for per-sample (a, g, m); the samples whose stage-`stage` op is hue get (1, 0, 0).
-        b_factor = tf.where(op == _BRIGHTNESS, factors[:, 0], 1.0)
-        c_factor = tf.where(op == _CONTRAST, factors[:, 1], 1.0)
-        s_factor = tf.where(op == _SATURATION, factors[:, 2], 1.0)
-        out_luma = luma(out)
-        mean_luma = tf.reduce_mean(out_luma, axis=[1, 2, 3], keepdims=True)
-        out = (
-            per_sample(b_factor * c_factor * s_factor) * out
-            + per_sample(1.0 - s_factor) * out_luma
-            + per_sample(1.0 - c_factor) * mean_luma
-        )
-        out = tf.clip_by_value(out, 0.0, 1.0)
-        if use_hue:
-            # The HSV round trip runs only on the samples whose hue op is in this stage, so the
-            # random order costs one round trip per jittered sample in total.
-            index = tf.where(tf.logical_and(op == _HUE, apply))
-            shifted = _shift_hue(tf.gather_nd(out, index), tf.gather_nd(hue_delta, index))
-            out = tf.tensor_scatter_nd_update(out, index, tf.clip_by_value(shifted, 0.0, 1.0))
-    return tf.where(per_sample(apply), out, images)
+    return apply, order, factors, hue_delta
 
 
 def random_grayscale(images, seed, p=0.2):

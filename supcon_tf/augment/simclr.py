@@ -9,7 +9,9 @@ p 0.8, grayscale with p 0.2.
 from supcon_tf._checks import as_size
 from supcon_tf.augment._checks import check_nonnegative, check_probability
 from supcon_tf.augment._policy_base import Augmentation, CropFlipAugmentation
-from supcon_tf.augment.ops import color_jitter, random_grayscale, resize
+import tensorflow as tf
+
+from supcon_tf.augment.ops import color_transform, jitter_draws, resize
 
 __all__ = ["SimCLRAugment", "NoAugment"]
 
@@ -63,19 +65,19 @@ class SimCLRAugment(CropFlipAugmentation):
 
     def __call__(self, images, seed):
         images, (jitter_seed, gray_seed) = self._crop_and_flip(images, seed, 4)
-        if self.jitter_prob > 0.0:
-            images = color_jitter(
-                images,
-                jitter_seed,
-                brightness=self.brightness,
-                contrast=self.contrast,
-                saturation=self.saturation,
-                hue=self.hue,
-                p=self.jitter_prob,
+        batch, rgb = tf.shape(images)[0], images.shape[-1] == 3
+        jitter = gray = None
+        if self.jitter_prob > 0.0:  # the draws of `ops.color_jitter`
+            jitter = jitter_draws(
+                batch, jitter_seed, brightness=self.brightness, contrast=self.contrast,
+                saturation=self.saturation, hue=self.hue, p=self.jitter_prob, rgb=rgb,
             )
-        if self.grayscale_prob > 0.0:
-            images = random_grayscale(images, gray_seed, p=self.grayscale_prob)
-        return images
+        if self.grayscale_prob > 0.0 and rgb:  # the draw of `ops.random_grayscale`
+            gray = tf.random.stateless_uniform([batch], gray_seed) < self.grayscale_prob
+        if jitter is None and gray is None:
+            return images
+        # Jitter and grayscale in one XLA computation, one sample at a time (`ops.color_transform`).
+        return color_transform(images, jitter, gray, use_hue=rgb and self.hue > 0.0)
 
 
 class NoAugment(Augmentation):

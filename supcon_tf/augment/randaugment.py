@@ -67,10 +67,11 @@ class StatelessRandAugment(Augmentation):
     layer's sub-layers, built with `value_range=(0, 1)`) but drives them itself:
 
     * each sample draws its own `num_ops` op indices (uniform, with replacement, as Keras);
-    * for each slot and op, the samples that chose it are gathered, transformed by the Keras
-      sub-layer (`get_random_transformation` + `transform_images`) and scattered back, so a
-      slot costs about one op on the whole batch, not eleven (`tf.cond` skips ops no sample
-      chose; Keras' `AutoContrast` and `Equalization` fail on an empty batch);
+    * for each slot, the batch is split by op (`tf.dynamic_partition`), each op's samples are
+      transformed by its Keras sub-layer (`get_random_transformation` + `transform_images`) and
+      the batch is stitched back (`tf.dynamic_stitch`), so a slot costs about one op on the
+      whole batch, not eleven (`tf.cond` skips ops no sample chose; Keras' `AutoContrast` and
+      `Equalization` fail on an empty batch);
     * every random draw comes from `seed` (`supcon_tf._keras_compat.StatelessSeedGenerator`),
       so the output is a pure function of `(images, seed)`, eagerly, under `tf.function` and
       in `tf.data`.
@@ -122,13 +123,11 @@ class StatelessRandAugment(Augmentation):
         """The names of Keras' RandAugment sub-layers, in the order of the op indices."""
         return tuple(name for name, _ in self._ops)
 
-    def _apply_op(self, sublayer, images, rows, seed):
-        subset = tf.gather_nd(images, rows)
+    def _apply_op(self, sublayer, subset, seed):
         generator = self._seed_generator.from_seed(seed)
         transformation = sublayer.get_random_transformation(subset, training=True, seed=generator)
         transformed = sublayer.transform_images(subset, transformation, training=True)
-        transformed = tf.clip_by_value(tf.cast(transformed, tf.float32), 0.0, 1.0)
-        return tf.tensor_scatter_nd_update(images, rows, transformed)
+        return tf.clip_by_value(tf.cast(transformed, tf.float32), 0.0, 1.0)
 
     def __call__(self, images, seed):
         seed = check_seed(seed)
@@ -146,19 +145,24 @@ class StatelessRandAugment(Augmentation):
             dtype=tf.int32,
         )
         out = images
+        positions_of = tf.range(tf.shape(images)[0])
         for slot in range(self.num_ops):
+            # The samples that chose each op, in batch order; each op runs on its own samples only.
+            positions = tf.dynamic_partition(positions_of, choice[:, slot], len(self._ops))
+            parts = tf.dynamic_partition(out, choice[:, slot], len(self._ops))
+            results = []
             for index, (_, sublayer) in enumerate(self._ops):
-                rows = tf.where(choice[:, slot] == index)  # [k, 1] int64
                 # Seeds depend on (slot, index) only, so eager execution (which runs one branch
                 # of `tf.cond`) and graphs (which trace both) draw the same numbers.
                 seed_here = tf.random.experimental.stateless_fold_in(
                     op_seed, slot * len(self._ops) + index
                 )
-                out = tf.cond(
-                    tf.shape(rows)[0] > 0,
-                    functools.partial(self._apply_op, sublayer, out, rows, seed_here),
-                    functools.partial(tf.identity, out),
-                )
+                results.append(tf.cond(
+                    tf.shape(parts[index])[0] > 0,
+                    functools.partial(self._apply_op, sublayer, parts[index], seed_here),
+                    functools.partial(tf.identity, parts[index]),
+                ))
+            out = tf.reshape(tf.dynamic_stitch(positions, results), tf.shape(images))
         return out
 
 

@@ -7,7 +7,8 @@ views a model makes from it on one device against the host pipeline's
 (SimCLR and NoAugment to the bit; AutoAugment to 2e-6, see
 `test_one_device_views_equal_the_host_pipeline`); training steps of SupCon,
 SimCLR, CE and the uncached linear probe, one device and two replicas (whose
-views differ: the replica id is folded into the seeds); a run interrupted
+views differ: the replica id is folded into the seeds), a memory queue with
+momentum key networks fed device views; a run interrupted
 with host augmentation and resumed with device augmentation; `.keras` and
 SavedModel outputs without the augmentation.
 """
@@ -209,12 +210,14 @@ def test_one_device_views_equal_the_host_pipeline(name, channels):
             np.testing.assert_array_equal(device_views, host_views)
 
 
-def test_supcon_fit_with_device_augmentation_equals_host_augmentation_on_one_device():
-    host_model, device_model = _supcon_model(), _supcon_model(_policy())
+@pytest.mark.parametrize("options", [{}, dict(queue_size=96, key_momentum=0.9, method="simclr")])
+def test_supcon_fit_with_device_augmentation_equals_host_augmentation_on_one_device(options):
+    """Plain SupCon, and SimCLR with a memory queue filled by momentum key networks (which see the views too)."""
+    host_model, device_model = _supcon_model(**options), _supcon_model(_policy(), **options)
     host = host_model.fit(_stream("host"), epochs=1, steps_per_epoch=3, shuffle=False, verbose=0).history
     device = device_model.fit(_stream("device"), epochs=1, steps_per_epoch=3, shuffle=False, verbose=0).history
     assert host == device  # loss, mean_cosine, collapse_share, to the bit
-    for a, b in zip(host_model.get_weights(), device_model.get_weights()):
+    for a, b in zip(host_model.get_weights(), device_model.get_weights()):  # the queue and key networks included
         np.testing.assert_array_equal(a, b)
 
 

@@ -101,7 +101,7 @@ def test_config_field_is_a_flag_resumable_and_agrees_with_the_library():
     RunConfig(augment_on="device", method="linear", pretrained="x.keras", cache_features=False)
 
 
-# --- the pipeline ------------------------------------------------------------------------------------------------------
+# --- the pipeline -------------------------------------------------------------------------------------------------
 
 
 def test_device_element_carries_uint8_images_and_the_host_seeds_of_each_batch():
@@ -118,7 +118,9 @@ def test_device_element_carries_uint8_images_and_the_host_seeds_of_each_batch():
         expected_seeds = data.batch_view_seeds(SEED, index, 2).numpy()
         np.testing.assert_array_equal(seeds, np.broadcast_to(expected_seeds, (BATCH, 2, 2)))  # every row
         # Reference: the seeds as the pipeline's docstring defines them, from TensorFlow's primitives.
-        base = tf.random.experimental.stateless_fold_in(tf.constant([SEED, 0x5C0], tf.int64), tf.constant(index, tf.int64))
+        base = tf.random.experimental.stateless_fold_in(
+            tf.constant([SEED, 0x5C0], tf.int64), tf.constant(index, tf.int64)
+        )
         np.testing.assert_array_equal(expected_seeds, tf.random.experimental.stateless_split(base, 2).numpy())
         # The host batch is these images augmented with these seeds (eager, as tf.data computes it).
         host_views, host_labels = host[offset]

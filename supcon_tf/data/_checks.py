@@ -63,7 +63,9 @@ def check_non_empty_string(value, name):
 
 
 def check_view_stream(dataset, *, num_views, augment, seed, repeat, start_batch, augment_on="host"):
-    """The arguments every multi-view training stream takes; returns `(num_views, seed, repeat, start_batch, augment_on)`.
+    """The arguments every multi-view training stream takes.
+
+    Returns `(num_views, seed, repeat, start_batch, augment_on)`.
 
     Checks `dataset` (a source), `num_views` (int >= 1), `augment_on` ("host"
     or "device"), `augment` (callable; None is allowed with "device", where

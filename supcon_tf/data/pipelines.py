@@ -102,7 +102,8 @@ def augment_views(images, view_seeds, augment):
         out = tf.convert_to_tensor(augment(images, view_seeds[view]))
         if out.shape.rank != 4:
             raise ValueError(
-                f"`augment` must return images [B, H', W', C], received: augment={augment!r} returning shape {out.shape}"
+                f"`augment` must return images [B, H', W', C], received: augment={augment!r} returning shape "
+                f"{out.shape}"
             )
         views.append(tf.cast(out, tf.float32))
     return tf.stack(views, axis=1)

@@ -82,13 +82,14 @@ def build_from_encoder(model):
         model.build(tuple(encoder.inputs[0].shape))
 
 
-
 def check_view_augmentation(augment):
     """`augment` for `ViewAugmentationMixin.set_view_augmentation`: None or a plain `(images, seed)` callable."""
     if augment is None:
         return None
     if not callable(augment):
-        raise ValueError(f"`augment` must be a callable (images, seed) -> images or None, received: augment={augment!r}")
+        raise ValueError(
+            f"`augment` must be a callable (images, seed) -> images or None, received: augment={augment!r}"
+        )
     if isinstance(augment, keras.layers.Layer):  # Keras would save it (and its weights) with the model
         raise ValueError(
             "`augment` must not be a Keras layer or model (it would be saved with the model; wrap it in a function), "

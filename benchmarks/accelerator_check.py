@@ -1,4 +1,5 @@
-r"""One-command accelerator check: device facts, the ResNet-50 SupCon train step, the loss at large N, precision.
+r"""One-command accelerator check: device facts, the ResNet-50 SupCon train step, the loss at large N, precision,
+host against device augmentation.
 
     python benchmarks/accelerator_check.py --out_dir benchmarks/results              # one GPU (sized for < 8 min)
     python benchmarks/accelerator_check.py --out_dir benchmarks/results --strategy tpu --tpu local   # TPU VM
@@ -58,6 +59,19 @@ What it measures (all on synthetic data held in memory; nothing is downloaded):
    ill-conditioned, so rounding the inputs alone moves it a lot), and, on a
    GPU with TensorFloat-32 on (TensorFlow's default), float32 with TF32.
 
+5. Augmentation on the host or on the device (`--augment_on`): `SupConModel.fit`
+   fed by the real training pipeline, `data.make_multiview_dataset` over
+   random uint8 images held in memory (512 at 256x256x3; no JPEG decoding),
+   SimCLR policy to 224x224, ImageNet ResNet-50 (`imagenet_resnet50`) +
+   `ProjectionHead` 2048 -> 2048 -> 128, in the half-precision policy without
+   XLA (XLA cannot compile the augmentation's image ops), largest batch from
+   256 down that fits. Row "host": the pipeline augments on this machine's
+   CPUs and hands float32 views to the model; row "device": it hands over
+   uint8 images and per-batch view seeds, and the train step augments on
+   the accelerator. Also measured: the pipeline alone (samples/s read
+   without a model) and the bytes of one batch as handed over. On a TPU
+   only the host row runs (a TPU compiles the step with XLA).
+
 Every section runs in a worker process; this driver never imports
 TensorFlow (it would hold the GPU memory or the TPU the worker needs). An
 out-of-memory error inside the worker is caught, the Keras session cleared,
@@ -66,8 +80,8 @@ abort, a crash), a fresh worker resumes with the remaining work and the
 batch below the one that killed it.
 
 `--smoke` runs the same code at tiny sizes on the CPU (small CNN encoder at
-16x16x3, batch 8, N = 64 and 128, 1 warm-up + 2 timed steps) in well under a
-minute; on a CPU the allocator keeps no statistics, so memory is recorded as
+16x16x3, batch 8, N = 64 and 128, 1 warm-up + 2 timed steps; section 5 from
+20x20x3 sources) in well under a minute; on a CPU the allocator keeps no statistics, so memory is recorded as
 null with the reason. Exit status: 0 when every section produced its
 numbers (an "OOM" of the dense loss is a result, not a failure), 1 otherwise,
 2 for bad flags.
@@ -98,6 +112,7 @@ NUM_CLASSES = 10
 LOSS_IMPLEMENTATIONS = ("blockwise", "dense")  # blockwise first: a dense OOM cannot disturb it
 FLOAT16_LOSS_SCALE = 2.0**15  # keras.optimizers.LossScaleOptimizer's initial scale
 MIN_BATCH = 2
+AUGMENT_MODES = ("host", "device")  # = supcon_tf.data.AUGMENT_ON (tests/test_accelerator_check.py checks it)
 # The names supcon_tf.distribute.get_strategy accepts (STRATEGY_NAMES). Not
 # imported: that module imports TensorFlow, which this driver must not do.
 # tests/test_accelerator_check.py checks that the two lists agree.
@@ -117,6 +132,17 @@ SIZES = {
         "loss_repeats": 3,
         "compare_batch": 128,
         "batch_cap": None,
+        # Section 5: the train step fed by the training pipeline, ImageNet-sized.
+        "augment": {
+            "encoder": "imagenet_resnet50",
+            "encoder_kwargs": {},
+            "image_shape": [224, 224, 3],
+            "source_shape": [256, 256, 3],
+            "source_images": 512,
+            "head_hidden": [2048],
+            "embedding_dim": 128,
+            "max_batch": 256,
+        },
     },
     "smoke": {
         "encoder": "small_cnn",
@@ -130,6 +156,16 @@ SIZES = {
         "loss_repeats": 1,
         "compare_batch": 8,
         "batch_cap": 8,
+        "augment": {
+            "encoder": "small_cnn",
+            "encoder_kwargs": {"width": 0.25},
+            "image_shape": [16, 16, 3],
+            "source_shape": [20, 20, 3],
+            "source_images": 32,
+            "head_hidden": [64],
+            "embedding_dim": 128,
+            "max_batch": 8,
+        },
     },
 }
 
@@ -237,6 +273,12 @@ def plan_tasks(args, sizes):
     for name, policy, jit_compile in configs:
         tasks.append({"id": f"step/{name}", "kind": "step", "config": name, "policy": policy,
                       "jit_compile": jit_compile, "batches": batch_ladder(max_batch)})
+    # Host against device augmentation, in the half-precision policy without XLA (which cannot compile the
+    # augmentation); a TPU cannot run device augmentation (it compiles everything with XLA): host row only.
+    augment_batch = min(max_batch, sizes["augment"]["max_batch"])
+    for mode in ("host",) if args.strategy == "tpu" else AUGMENT_MODES:
+        tasks.append({"id": f"augment/{mode}", "kind": "augment", "config": f"augment_{mode}", "augment_on": mode,
+                      "policy": configs[1][1], "jit_compile": False, "batches": batch_ladder(augment_batch)})
     return tasks
 
 
@@ -338,7 +380,7 @@ def run_tasks(args, sizes, tasks):
             status = TIMED_OUT if timed_out else (OOM if looks_like_oom(stderr_tail) else CRASHED)
             detail = f"{ended}: {stderr_tail[-600:]}"
             task = next(t for t in pending if t["id"] == running)
-            if task["kind"] == "step" and running in last_batch:
+            if "batches" in task and running in last_batch:
                 batch = last_batch[running]
                 attempts[running].append({"batch": batch, "status": status, "error": detail})
                 # Out of memory: resume the ladder below the batch that killed the worker. Anything else
@@ -351,7 +393,7 @@ def run_tasks(args, sizes, tasks):
             pending = [t for t in pending if t["id"] not in results]
     for task in tasks:
         results.setdefault(task["id"], {"status": TIMED_OUT, "error": f"not run within --timeout_s={args.timeout_s}"})
-        if task["kind"] == "step":
+        if "batches" in task:  # the train-step sections: the batches tried
             result = results[task["id"]]
             tried = attempts[task["id"]] + ([{"batch": result["batch"], "status": OK}] if result["status"] == OK else [])
             result["attempts"] = tried
@@ -396,6 +438,8 @@ def build_report(args, argv, sizes, tasks, results, started, wall_s):
              for t in tasks if t["kind"] == "step"]
     loss_rows = [dict(results[t["id"]], rows=t["rows"], batch=t["rows"] // VIEWS, implementation=t["implementation"])
                  for t in tasks if t["kind"] == "loss"]
+    augment_rows = [dict(results[t["id"]], config=t["config"], augment_on=t["augment_on"], policy=t["policy"],
+                         jit_compile=t["jit_compile"]) for t in tasks if t["kind"] == "augment"]
     for row in loss_rows:
         if row["implementation"] == "dense":
             row["dense_logits_bytes"] = row["rows"] * row["rows"] * 4
@@ -414,9 +458,13 @@ def build_report(args, argv, sizes, tasks, results, started, wall_s):
                   "views_per_s": "views (encoder images) per second = 2 x samples_per_s",
                   "step_ms": "milliseconds per optimizer step (mean over the timed steps)",
                   "time_ms": "milliseconds per forward + backward pass (median)",
+                  "input_samples_per_s": "samples per second of the training pipeline alone (no model)",
+                  "input_bytes_per_batch": "bytes of one batch as the pipeline hands it to the model: float32 views "
+                                           "(host) or uint8 images and int64 view seeds (device)",
                   "bytes": "peak device memory from tf.config.experimental.get_memory_info(device)['peak']"},
         "facts": results["facts"],
         "train_step": steps,
+        "augmentation": augment_rows,
         "loss": loss_rows,
         "mixed_vs_float32": results["compare"],
     })
@@ -494,6 +542,37 @@ def render_markdown(report):
             )
         else:
             lines.append(f"| {row['config']} | - | - | - | - | - | {row['jit_compile']} | {tried}; {_status(row)} |")
+    augment = settings["augment"]
+    half = report["augmentation"][0]["policy"] if report["augmentation"] else "-"
+    lines += [
+        "",
+        f"## Augmentation on the host or on the device: SupConModel.fit on the training pipeline, encoder "
+        f"{augment['encoder']} at {'x'.join(map(str, augment['image_shape']))}",
+        "",
+        f"`data.make_multiview_dataset` over {augment['source_images']}+ random uint8 images of "
+        f"{'x'.join(map(str, augment['source_shape']))} held in memory (no decoding), SimCLR policy to "
+        f"{'x'.join(map(str, augment['image_shape'][:2]))}, 2 views, {half}, no XLA (it cannot compile the "
+        "augmentation). host: the tf.data pipeline augments on this host's CPUs and hands over float32 views; "
+        "device: it hands over uint8 images and view seeds, and the train step augments (`--augment_on device`). "
+        "Input alone: the pipeline read without a model (after the warm-up batches; its prefetch buffer may hold a "
+        "few ready batches, and so may the train step's first timed steps).",
+        "",
+        "| augment_on | batch | samples/s | views/s | step (ms) | input alone (samples/s) | MiB per batch handed over "
+        "| peak memory (MiB) | batches tried |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["augmentation"]:
+        tried = ", ".join(f"{a['batch']} {a['status']}" for a in row.get("attempts", [])) or "-"
+        if row["status"] == OK:
+            lines.append(
+                f"| {row['augment_on']} | {row['batch']} | {_num(row['samples_per_s'])} | {_num(row['views_per_s'])} | "
+                f"{_num(row['step_ms'])} | {_num(row['input_samples_per_s'])} | {_mib(row['input_bytes_per_batch'])} | "
+                f"{_mib(row['peak_memory_bytes'])} | {tried} |"
+            )
+        else:
+            lines.append(f"| {row['augment_on']} | - | - | - | - | - | - | - | {tried}; {_status(row)} |")
+    if settings["strategy"] == "tpu":
+        lines += ["", "No device row: a TPU compiles the train step with XLA, which cannot compile the augmentation."]
     lines += [
         "",
         f"## Loss forward + backward (dim {LOSS_DIM}, 2 views, float32, {NUM_CLASSES} classes)",
@@ -886,19 +965,22 @@ def _step_clock(warmup_steps, total_steps, memory):
     return StepClock()
 
 
-def _fit_once(ctx, task, batch, replicas):
-    """Builds the model at `batch` and times `SupConModel.fit`; raises on OOM."""
+def _timed_fit(ctx, task, batch, replicas, sizes, dataset, view_augmentation=None):
+    """Builds SupConModel (`sizes`, under `task['policy']`) and times `fit` on `dataset`; raises on OOM.
+
+    With `view_augmentation`, the model makes the views of the dataset's
+    `(images, view_seeds)` batches in its train step (`set_view_augmentation`).
+    """
     import keras
     import tensorflow as tf
 
-    sizes = ctx["sizes"]
-    warmup, timed = sizes["warmup_steps"], sizes["timed_steps"]
-    views, labels = _synthetic_views(batch, sizes["image_shape"], seed=0)
-    dataset = tf.data.Dataset.from_tensors((views, labels)).repeat().prefetch(tf.data.AUTOTUNE)
+    warmup, timed = ctx["sizes"]["warmup_steps"], ctx["sizes"]["timed_steps"]
     memory = _DeviceMemory(ctx["device"])
     keras.utils.set_random_seed(0)
     with ctx["strategy"].scope():
         model = _build_model(sizes, task["policy"])
+        if view_augmentation is not None:
+            model.set_view_augmentation(view_augmentation)
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
         if task["policy"] == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -929,15 +1011,71 @@ def _fit_once(ctx, task, batch, replicas):
         "jit_compile_effective": bool(model.jit_compile),
         "loss_scale_optimizer": isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer),
     }
-    _say(f"step {task['config']} batch {batch}: {result['samples_per_s']:,.1f} samples/s "
+    _say(f"{task['id']} batch {batch}: {result['samples_per_s']:,.1f} samples/s "
          f"({result['views_per_s']:,.1f} views/s), {result['step_ms']:.1f} ms/step")
-    del model, dataset, clock
-    _release()
+    del model, clock
     return result
 
 
-def measure_step(task, ctx):
-    """Section 2: the SupCon train step at the largest batch of `task['batches']` that fits."""
+def _fit_once(ctx, task, batch, replicas):
+    """Section 2 at `batch`: `SupConModel.fit` on one in-memory batch of views (no input cost); raises on OOM."""
+    import tensorflow as tf
+
+    views, labels = _synthetic_views(batch, ctx["sizes"]["image_shape"], seed=0)
+    dataset = tf.data.Dataset.from_tensors((views, labels)).repeat().prefetch(tf.data.AUTOTUNE)
+    try:
+        return _timed_fit(ctx, task, batch, replicas, ctx["sizes"], dataset)
+    finally:
+        del dataset
+        _release()
+
+
+def _input_rate(dataset, warmup, timed):
+    """Batches per second of `dataset` alone (no model), over `timed` batches read after `warmup` batches."""
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(timed):
+        next(iterator)
+    return timed / (time.perf_counter() - start)
+
+
+def _augment_fit_once(ctx, task, batch, replicas):
+    """Section 5 at `batch`: `SupConModel.fit` on the real training pipeline, augmenting on the host or the device."""
+    import numpy as np
+
+    from supcon_tf import augment, data
+
+    sizes, warmup, timed = ctx["sizes"]["augment"], ctx["sizes"]["warmup_steps"], ctx["sizes"]["timed_steps"]
+    rng = np.random.default_rng(0)
+    count = max(sizes["source_images"], 2 * batch)
+    images = rng.integers(0, 256, (count, *sizes["source_shape"]), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, count).astype(np.int32)
+    policy = augment.SimCLRAugment(tuple(sizes["image_shape"][:2]))
+    dataset = data.make_multiview_dataset(
+        data.from_arrays(images, labels), batch_size=batch, num_views=VIEWS, augment=policy, seed=0, repeat=True,
+        augment_on=task["augment_on"],
+    )
+    try:
+        input_batches_per_s = _input_rate(dataset, warmup, timed)
+        result = _timed_fit(ctx, task, batch, replicas, sizes, dataset,
+                            view_augmentation=policy if task["augment_on"] == "device" else None)
+    finally:
+        del dataset
+        _release()
+    height, width, channels = sizes["image_shape"]
+    if task["augment_on"] == "host":  # float32 views
+        batch_bytes = batch * VIEWS * height * width * channels * 4
+    else:  # uint8 source images + int64 [batch, views, 2] seeds
+        batch_bytes = batch * int(np.prod(sizes["source_shape"])) + batch * VIEWS * 2 * 8
+    result.update(augment_on=task["augment_on"], input_samples_per_s=batch * input_batches_per_s,
+                  input_bytes_per_batch=batch_bytes)
+    return result
+
+
+def _largest_batch(task, ctx, attempt):
+    """`attempt(ctx, task, batch, replicas)` at the largest batch of `task['batches']` that fits (halving on OOM)."""
     replicas = int(ctx["strategy"].num_replicas_in_sync)
     for batch in task["batches"]:
         batch -= batch % replicas  # the global batch splits evenly over the replicas
@@ -946,19 +1084,30 @@ def measure_step(task, ctx):
         ctx["events"].write(task=task["id"], event="attempt", batch=batch)
         oom = None
         try:
-            return _fit_once(ctx, task, batch, replicas)
+            return attempt(ctx, task, batch, replicas)
         except Exception as error:  # noqa: BLE001
             if not _is_oom_error(error):
                 raise
             oom = _short(error)
         # Out of the except block: the traceback (and the model it holds) is gone, so memory can be freed.
         _release()
-        _say(f"step {task['config']} batch {batch}: OOM, halving")
+        _say(f"{task['id']} batch {batch}: OOM, halving")
         ctx["events"].write(task=task["id"], event="oom", batch=batch, error=oom)
     return {"status": OOM, "error": f"no batch of {task['batches']} fit ({replicas} replica(s))"}
 
 
-MEASUREMENTS = {"facts": measure_facts, "loss": measure_loss, "compare": measure_precision, "step": measure_step}
+def measure_step(task, ctx):
+    """Section 2: the SupCon train step at the largest batch of `task['batches']` that fits."""
+    return _largest_batch(task, ctx, _fit_once)
+
+
+def measure_augment(task, ctx):
+    """Section 5: the SupCon train step fed by the training pipeline, host or device augmentation."""
+    return _largest_batch(task, ctx, _augment_fit_once)
+
+
+MEASUREMENTS = {"facts": measure_facts, "loss": measure_loss, "compare": measure_precision, "step": measure_step,
+                "augment": measure_augment}
 
 
 def worker_main(plan_path):

@@ -98,7 +98,9 @@ class MultiWorkerFitMixin:
        advances a `shuffle(reshuffle_each_iteration=True)`, so training sees
        other batches than a one-device run with the same seed. Here Keras
        gets the dataset's element spec instead (shapes and dtypes are all it
-       needs), and no data is read.
+       needs), and no data is read; a model whose train step makes its
+       inputs from the batch (device augmentation) maps that spec to its
+       inputs' first (`_symbolic_batch`).
     2. After each step the logs are reduced with
        `strategy.reduce("MEAN", value, axis=0)` (the reduction is hard-coded
        to "auto" in the step function), which fails on scalar logs
@@ -120,7 +122,14 @@ class MultiWorkerFitMixin:
         if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
             data_batch = iterator.data_adapter.get_tf_dataset().element_spec
             iterator = None
+        if data_batch is not None:
+            data_batch = self._symbolic_batch(data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _symbolic_batch(self, data_batch):
+        """The batch (or its specs) Keras builds the model's state from; a model whose train step transforms its
+        inputs first (`models._base.ViewAugmentationMixin`) returns what the model is called on."""
+        return data_batch
 
     def _finalize_logs(self, logs):
         from supcon_tf.distribute import is_multi_worker  # late: distribute re-exports this class

@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "lars", "adam")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 AUGMENTATIONS = ("simclr", "autoaugment", "randaugment", "stacked_randaugment", "none")
 SAMPLERS = ("random", "class_balanced")
+AUGMENT_ON = ("host", "device")  # = supcon_tf.data.AUGMENT_ON (tests/test_device_augment.py keeps them equal)
 LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
 DERIVED_FIELDS = ("resolved_learning_rate",)  # written to config.json by to_dict, not settable
 # tf.data service dispatcher address: grpc://HOST:PORT (a host name, IPv4 address or [IPv6] address).
@@ -74,6 +75,14 @@ class RunConfig:
     crop_scale_min: float = _field(0.2, "Lower bound of the random-resized-crop area fraction.")
     flip: bool = _field(True, "Random horizontal flips.")
     num_views: int = _field(2, "Augmented views per image (contrastive methods).")
+    augment_on: str = _field(
+        "host",
+        "host | device: where the training views are made. host: in the tf.data pipeline (batches of float32 views). "
+        "device: the pipeline (or the tf.data service) only reads and batches uint8 images, and the train step runs "
+        "the same --augmentation with the same per-batch seeds on each replica's device (for input-bound GPU runs; "
+        "with several replicas the draws differ from host's, same distribution). Not with --jit_compile or "
+        "--strategy tpu (XLA has no kernels for the augmentation's image ops); no effect on a cached linear probe.",
+    )
     # Model
     encoder: str = _field(
         "small_cnn",
@@ -226,6 +235,7 @@ class RunConfig:
         _choice("contrast_mode", self.contrast_mode, ("all", "one"))
         _choice("variant", self.variant, ("out", "in"))
         _choice("sampler", self.sampler, SAMPLERS)
+        _choice("augment_on", self.augment_on, AUGMENT_ON)
         _choice("learning_rate_scaling", self.learning_rate_scaling, LEARNING_RATE_SCALINGS)
         if self.reference_batch_size is not None:
             _positive_int("reference_batch_size", self.reference_batch_size)
@@ -312,6 +322,7 @@ class RunConfig:
         if self.strategy == "tpu" and self.tpu is None:
             raise ValueError("`tpu` must name the TPU ('local' on a TPU VM) for strategy='tpu', received: None")
         self._check_small_batch_options()
+        self._check_augment_on()
         self._check_encoder_options()
         self._check_data_service()
         if self.verbose not in (0, 1, 2):
@@ -351,6 +362,23 @@ class RunConfig:
                     "`sampler`='class_balanced' holds the training set in memory: not for imagenet2012, "
                     "received: sampler='class_balanced' with dataset='imagenet2012'"
                 )
+
+    def _check_augment_on(self):
+        """Device augmentation runs inside the train step, which XLA compiles whole (jit_compile, TPUs)."""
+        if self.augment_on != "device":
+            return
+        if self.jit_compile:
+            raise ValueError(
+                "`augment_on`='device' cannot be combined with jit_compile (Keras XLA-compiles the whole train step, "
+                "and XLA has no kernels for the augmentation's image ops, e.g. CropAndResize): drop --jit_compile or "
+                "use --augment_on host, received: augment_on='device' with jit_compile=True"
+            )
+        if self.strategy == "tpu":
+            raise ValueError(
+                "`augment_on`='device' cannot run on a TPU (TPUs compile the train step with XLA, which has no "
+                "kernels for the augmentation's image ops): use --augment_on host, received: augment_on='device' "
+                "with strategy='tpu'"
+            )
 
     @property
     def resolved_learning_rate(self):

@@ -76,7 +76,8 @@ Consequences:
     persistently slower worker falls behind in proportion to the speed
     difference. So with several workers, step `s` trains on batch `s` up to
     that displacement; every batch's content is the local stream's.
-(c) Throughput: each worker augments 1/N of the batches. What every worker
+(c) Throughput: each worker augments 1/N of the batches (none with
+    `augment_on="device"`: then it only reads and batches). What every worker
     still does in full is reading, shuffling and batching the *source*
     (cheap for in-memory digits / CIFAR; for ImageNet from TFDS it is the
     JPEG decode and resize, which then does not scale with N).
@@ -117,7 +118,11 @@ What static sharding asks of the deployment:
   process: a trainer with worker processes received nothing (measured).
 * Batches travel as float32 views (4 bytes a pixel): 6.3 MB for 256 x 2 x
   32 x 32 x 3, 38.5 MB for 32 x 2 x 224 x 224 x 3, uncompressed by default
-  (`distribute_through(compression=...)`). The benchmark
+  (`distribute_through(compression=...)`). With `augment_on="device"` the
+  workers only read, shuffle and batch, and send uint8 images with their
+  view seeds: 1 byte a pixel for all the views together, 1 / (4 x views) of
+  the float32 bytes (4.8 MB instead of 38.5 MB for the 224x224 batch above),
+  and the trainer's accelerator augments. The benchmark
   (`benchmarks/data_service_benchmark.py`, results in
   `benchmarks/results/data_service.md`) measures the added time per batch.
 * Paths in the pipeline (image folders, TFDS data_dir) must be readable on
@@ -485,37 +490,39 @@ def sharded_multiview_dataset(
     num_shards=tf.data.experimental.SHARD_HINT,
     shard_index=tf.data.experimental.SHARD_HINT,
     with_index=False,
+    augment_on="host",
 ):
     """The endless stream of `data.make_multiview_dataset(..., repeat=True)`, sharded by batch before augmentation.
 
     Batch `k` (from `start_batch` on) holds the same images, labels and views
-    as batch `k` of `data.make_multiview_dataset(source, batch_size=...,
-    num_views=..., augment=..., seed=..., repeat=True,
-    start_batch=start_batch)`; only the batches of this shard are augmented.
-    The default shard arguments are the service's placeholders, replaced on
-    each worker by `(num_workers, worker_index)`; pass ints to run a shard
-    locally.
+    (or view seeds) as batch `k` of `data.make_multiview_dataset(source,
+    batch_size=..., num_views=..., augment=..., seed=..., repeat=True,
+    start_batch=start_batch, augment_on=augment_on)`; only the batches of
+    this shard are built. The default shard arguments are the service's
+    placeholders, replaced on each worker by `(num_workers, worker_index)`;
+    pass ints to run a shard locally.
 
     Args:
       source: a source dataset `(image [H, W, C], label [])`, finite.
-      batch_size, num_views, augment, seed, shuffle_buffer: as in
-        `data.make_multiview_dataset`.
+      batch_size, num_views, augment, seed, shuffle_buffer, augment_on: as in
+        `data.make_multiview_dataset` ("device": the workers only read,
+        shuffle and batch; the trainer's model augments).
       start_batch: int >= 0, the first batch of the stream (resume).
       num_shards, shard_index: the shard to keep (batches `k` with
         `(k - start_batch) % num_shards == shard_index`).
       with_index: also yield the batch index `k` first (tests, benchmarks).
 
     Returns:
-      A `tf.data.Dataset` of `(views float32 [B, V, H', W', C], labels int32 [B])`
-      (`(k, views, labels)` with `with_index`), prefetched.
+      A `tf.data.Dataset` of `(views float32 [B, V, H', W', C], labels int32 [B])`,
+      or with `augment_on="device"` `((images [B, H, W, C], view_seeds int64 [B, V, 2]),
+      labels int32 [B])` (`(k, ...)` with `with_index`), prefetched.
     """
-    data._check_source(source)
+    num_views, seed, _, start_batch, augment_on = data._check_view_stream(
+        source, num_views=num_views, augment=augment, seed=seed, repeat=True, start_batch=start_batch,
+        augment_on=augment_on,
+    )
     batch_size = data._check_positive_int(batch_size, "batch_size")
-    num_views = data._check_positive_int(num_views, "num_views")
     shuffle_buffer = data._check_positive_int(shuffle_buffer, "shuffle_buffer")
-    data._check_augment(augment)
-    seed = data._check_seed(seed)
-    start_batch = data._check_non_negative_int(start_batch, "start_batch")
 
     def one_pass(pass_index):
         return data._shuffle_pass(source, shuffle_buffer, seed, pass_index).batch(batch_size, drop_remainder=True)
@@ -526,15 +533,14 @@ def sharded_multiview_dataset(
     if skip:
         batches = batches.skip(skip)
     batches = batches.enumerate(start=start_batch).shard(num_shards, shard_index)
-    base_seed = tf.constant([seed, data._PIPELINE_SEED_SALT], tf.int64)
 
-    def make_views(index, batch):  # as data._add_views, with the batch index carried instead of counted
+    def make_element(index, batch):  # as data._add_views, with the batch index carried instead of counted
         images, labels = batch
-        view_seeds = tf.random.experimental.stateless_split(
-            tf.random.experimental.stateless_fold_in(base_seed, index), num_views
+        element = data._batch_element(
+            index, images, labels, num_views=num_views, augment=augment, seed=seed, augment_on=augment_on
         )
-        views = tf.stack([tf.cast(augment(images, view_seeds[v]), tf.float32) for v in range(num_views)], axis=1)
-        labels = tf.cast(labels, tf.int32)
-        return (index, views, labels) if with_index else (views, labels)
+        return (index, *element) if with_index else element
 
-    return batches.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return batches.map(make_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+        tf.data.AUTOTUNE
+    )

@@ -102,7 +102,7 @@ RESUMABLE_FIELDS = frozenset(
         "contrast_mode", "variant", "queue_warmup_steps", "strategy", "cpu_devices", "tpu", "jit_compile",
         "checkpoint_every", "export", "verbose", "backup_every_steps", "divergence_factor", "deterministic",
         "denominator", "positives_cap", "data_service", "data_service_timeout", "learning_rate_scaling", "reference_batch_size", "resolved_learning_rate", "evaluate_test",
-        "collapse_cosine", "collapse_epochs", "stop_on_collapse",
+        "collapse_cosine", "collapse_epochs", "stop_on_collapse", "augment_on",
     }
 )
 

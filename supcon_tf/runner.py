@@ -190,9 +190,16 @@ def train_dataset(config, source, start_batch=0):
     the tf.data service's workers and read here (`supcon_tf.data_service`:
     batch `k` has the same content; with several workers the arrival order
     is first come, first served).
+
+    With `config.augment_on == "device"` the batches are `((images,
+    view_seeds), labels)` instead (CE and linear too, with one view); the
+    model built by `build_model` makes the views in its train step.
     """
     num_views = config.num_views if config.method in ("supcon", "simclr") else 1
-    stream = dict(num_views=num_views, augment=_augmentation(config), seed=config.seed, start_batch=start_batch)
+    stream = dict(
+        num_views=num_views, augment=_augmentation(config), seed=config.seed, start_batch=start_batch,
+        augment_on=config.augment_on,
+    )
     if config.data_service:
         from supcon_tf import data_service
 
@@ -207,7 +214,7 @@ def train_dataset(config, source, start_batch=0):
         )
     else:
         dataset = data.make_multiview_dataset(source, batch_size=config.batch_size, repeat=True, **stream)
-    if num_views == 1:
+    if num_views == 1 and config.augment_on == "host":  # device: the classifier's train step takes the one view
         dataset = dataset.map(lambda views, labels: (views[:, 0], labels))
     if config.data_service:
         dataset = data_service.distribute_through(
@@ -222,7 +229,8 @@ def validation_dataset(config, source):
     Contrastive methods: every sample seen in `num_views` views made with the
     training augmentation from a fixed seed (the same views every epoch), so
     `val_loss` and the online/contrast metrics are comparable across epochs;
-    batches are whole (`drop_remainder`) as the cross-replica loss needs.
+    batches are whole (`drop_remainder`) as the cross-replica loss needs;
+    made where `config.augment_on` says, like the training batches.
     CE and linear: the plain evaluation pipeline.
     """
     if config.method in ("supcon", "simclr"):
@@ -233,6 +241,7 @@ def validation_dataset(config, source):
             augment=_augmentation(config),
             seed=config.seed,
             shuffle=False,
+            augment_on=config.augment_on,
         )
     return eval_dataset(config, source)
 
@@ -291,7 +300,9 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
     "supcon" / "simclr": SupConModel (encoder + projection head, memory queue
     and momentum encoder when configured); "ce": CrossEntropyModel; "linear":
     LinearProbe on the frozen encoder of `config.pretrained`. The optimizer's
-    schedule spans `config.epochs` epochs of `steps_per_epoch` steps.
+    schedule spans `config.epochs` epochs of `steps_per_epoch` steps. With
+    `config.augment_on == "device"` the model gets the training augmentation
+    (`set_view_augmentation`), which `train_dataset`'s batches then need.
     """
     optimizer = build_optimizer(config, steps_per_epoch)
     if config.method in ("supcon", "simclr"):
@@ -315,6 +326,8 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
         model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
     else:
         model = models.LinearProbe(load_pretrained_encoder(config.pretrained, image_shape), num_classes)
+    if config.augment_on == "device":
+        model.set_view_augmentation(_augmentation(config))
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     return model
 

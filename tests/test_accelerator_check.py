@@ -79,6 +79,19 @@ def test_smoke_train_step_in_three_configurations(smoke):
     assert steps["float32"]["batch"] == 4 and steps["mixed_float16_xla"]["batch"] == 8
 
 
+def test_smoke_host_and_device_augmentation_rows(smoke):
+    rows = {row["augment_on"]: row for row in smoke[2]["augmentation"]}
+    assert list(rows) == ["host", "device"]
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["batch"] == 8 and row["policy"] == "mixed_float16" and row["jit_compile_effective"] is False
+        assert _finite_positive(row["samples_per_s"]) and _finite_positive(row["input_samples_per_s"])
+        assert row["views_per_s"] == pytest.approx(2 * row["samples_per_s"]) and math.isfinite(row["final_loss"])
+    # What the pipeline hands over: float32 views (8 x 2 x 16x16x3 x 4 bytes) against uint8 20x20x3 sources + seeds.
+    assert rows["host"]["input_bytes_per_batch"] == 8 * 2 * 16 * 16 * 3 * 4
+    assert rows["device"]["input_bytes_per_batch"] == 8 * 20 * 20 * 3 + 8 * 2 * 2 * 8
+
+
 def test_smoke_loss_dense_and_blockwise(smoke):
     rows = smoke[2]["loss"]
     assert {(r["rows"], r["implementation"]) for r in rows} == {(n, i) for n in (64, 128) for i in ("dense", "blockwise")}
@@ -111,6 +124,7 @@ def test_smoke_markdown(smoke):
     assert f"Command: `{report['command']}`" in text
     assert "| configuration | batch | samples/s | views/s | step (ms) |" in text
     assert "| N (contrast rows) | batch | implementation | status | time (ms) |" in text
+    assert "| augment_on | batch | samples/s | views/s | step (ms) | input alone (samples/s) |" in text
     assert "| mixed_float16 vs float32 |" in text
 
 
@@ -142,9 +156,10 @@ def test_out_dir_that_is_a_file_exits_2(tmp_path):
 
 
 def test_strategy_names_match_the_library():
-    from supcon_tf import distribute
+    from supcon_tf import data, distribute
 
     assert accelerator_check.STRATEGIES == distribute.STRATEGY_NAMES
+    assert accelerator_check.AUGMENT_MODES == data.AUGMENT_ON
 
 
 def test_batch_ladder_and_configs():
@@ -163,6 +178,6 @@ def test_timeout_still_writes_both_files(tmp_path):
     with open(tmp_path / accelerator_check.JSON_NAME) as f:
         report = json.load(f)
     assert report["facts"]["status"] == "timed out"
-    assert {row["status"] for row in report["train_step"] + report["loss"]} == {"timed out"}
+    assert {row["status"] for row in report["train_step"] + report["augmentation"] + report["loss"]} == {"timed out"}
     text = (tmp_path / accelerator_check.MD_NAME).read_text()
     assert "facts not collected: timed out" in text and "Not measured: timed out" in text

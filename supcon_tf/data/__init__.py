@@ -14,7 +14,10 @@ One module per side:
   P classes x K samples per class, `class_balanced_indices`, for small
   batches), `make_eval_dataset` (`(images [B, H', W', C] float32 in [0, 1],
   labels [B] int32)`, resized only), `make_feature_batches` (the cached linear
-  probe) and `collect`;
+  probe) and `collect`; the training streams' `augment_on="device"` yields
+  `((images, view_seeds [B, V, 2]), labels)` for a model that augments in
+  its train step, with the views' seeds (`batch_view_seeds`) and the views
+  they give (`augment_views`) shared by both places;
 * `_checks`: the data-specific argument checks.
 
 Every public name is re-exported here (`data.load_digits("train")`,
@@ -32,13 +35,18 @@ from supcon_tf.data.pipelines import (
     _MAX_PASSES,
     _PIPELINE_SEED_SALT,
     _SHUFFLE_SEED_SALT,
+    AUGMENT_ON,
     _add_views,
+    _batch_element,
     _batches_per_pass,
     _check_non_negative_int,
     _check_positive_int,
     _check_seed,
+    _check_view_stream,
     _materialize,
     _shuffle_pass,
+    augment_views,
+    batch_view_seeds,
     class_balanced_indices,
     collect,
     make_class_balanced_dataset,

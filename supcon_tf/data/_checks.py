@@ -7,9 +7,14 @@ these are the data-specific ones.
 import tensorflow as tf
 
 from supcon_tf._checks import boolean as _check_bool
+from supcon_tf._checks import choice as _check_choice
 from supcon_tf._checks import non_negative_int as _check_non_negative_int
 from supcon_tf._checks import positive_int as _check_positive_int
 from supcon_tf._checks import seed as _check_seed
+
+# Where the training views are made: "host" (in the tf.data pipeline, the batches carry float32 views) or
+# "device" (the batches carry the images and the views' seeds; the model augments inside its train step).
+AUGMENT_ON = ("host", "device")
 
 
 def check_augment(augment):
@@ -57,17 +62,22 @@ def check_non_empty_string(value, name):
     return value
 
 
-def check_view_stream(dataset, *, num_views, augment, seed, repeat, start_batch):
-    """The arguments every multi-view training stream takes; returns `(num_views, seed, repeat, start_batch)`.
+def check_view_stream(dataset, *, num_views, augment, seed, repeat, start_batch, augment_on="host"):
+    """The arguments every multi-view training stream takes.
 
-    Checks `dataset` (a source), `num_views` (int >= 1), `augment`
-    (callable), `seed` (int in [0, 2**31)), `repeat` (bool) and
-    `start_batch` (int >= 0), in that order.
+    Returns `(num_views, seed, repeat, start_batch, augment_on)`.
+
+    Checks `dataset` (a source), `num_views` (int >= 1), `augment_on` ("host"
+    or "device"), `augment` (callable; None is allowed with "device", where
+    the stream does not call it), `seed` (int in [0, 2**31)), `repeat` (bool)
+    and `start_batch` (int >= 0), in that order.
     """
     check_source(dataset)
     num_views = _check_positive_int(num_views, "num_views")
-    check_augment(augment)
+    augment_on = _check_choice(augment_on, "augment_on", AUGMENT_ON)
+    if augment is not None or augment_on == "host":
+        check_augment(augment)
     seed = _check_seed(seed)
     repeat = _check_bool(repeat, "repeat")
     start_batch = _check_non_negative_int(start_batch, "start_batch")
-    return num_views, seed, repeat, start_batch
+    return num_views, seed, repeat, start_batch, augment_on

@@ -2,14 +2,19 @@
 
 * `make_multiview_dataset`: training batches `(views [B, V, H', W', C]
   float32 in [0, 1], labels [B] int32)`, V independently augmented views per
-  sample (Khosla et al. 2020, Sec. 3.1: "multiviewed batch");
+  sample (Khosla et al. 2020, Sec. 3.1: "multiviewed batch"); with
+  `augment_on="device"`, `((images [B, H, W, C], view_seeds int64 [B, V, 2]),
+  labels)` instead, for a model that augments inside its train step
+  (`augment_views`, `batch_view_seeds`);
 * `make_class_balanced_dataset`: the same batches drawn P classes x K
   samples per class (`class_balanced_indices`), for small batches;
 * `make_eval_dataset`: evaluation batches `(images [B, H', W', C] float32 in
   [0, 1], labels [B] int32)`, resized only;
 * `make_feature_batches`: shuffled batches of in-memory features (the cached
   linear probe);
-* `collect`: runs a forward function over a dataset of batches.
+* `collect`: runs a forward function over a dataset of batches;
+* `batch_view_seeds` and `augment_views`: the per-view seeds of a batch and
+  the views they give, shared by the host pipeline and the device train step.
 
 The training streams are resumable: batch `k` is a pure function of
 `(seed, k)` (stateless per-pass shuffles, `_shuffle_pass`, and stateless
@@ -21,15 +26,20 @@ import numpy as np
 import tensorflow as tf
 
 from supcon_tf._checks import boolean as _check_bool
+from supcon_tf._checks import choice as _check_choice
 from supcon_tf._checks import non_negative_int as _check_non_negative_int
 from supcon_tf._checks import positive_int as _check_positive_int
 from supcon_tf._checks import seed as _check_seed
+from supcon_tf.data._checks import AUGMENT_ON
 from supcon_tf.data._checks import check_source as _check_source
 from supcon_tf.data._checks import check_view_stream as _check_view_stream
 
 from supcon_tf import augment as augment_lib
 
 __all__ = [
+    "AUGMENT_ON",
+    "augment_views",
+    "batch_view_seeds",
     "make_multiview_dataset",
     "class_balanced_indices",
     "make_class_balanced_dataset",
@@ -46,6 +56,93 @@ _MAX_PASSES = 2**62  # "forever" for Dataset.range
 _SHUFFLE_SEED_SALT = 0x5EED
 
 
+def batch_view_seeds(seed, batch_index, num_views):
+    """The stateless seeds of the `num_views` views of batch `batch_index` of a training stream seeded `seed`.
+
+    Batch `i` gets `fold_in([seed, salt], i)`, split into one sub-seed per
+    view (`stateless_split`): every training stream (host or device
+    augmentation, local or through the tf.data service) draws its views
+    from these seeds.
+
+    Args:
+      seed: int in [0, 2**31), the stream's seed.
+      batch_index: int64 scalar (tensor or int), the batch's index in the stream.
+      num_views: int >= 1.
+
+    Returns:
+      int64 `[num_views, 2]`.
+    """
+    base_seed = tf.constant([seed, _PIPELINE_SEED_SALT], tf.int64)
+    batch_seed = tf.random.experimental.stateless_fold_in(base_seed, tf.cast(batch_index, tf.int64))
+    return tf.random.experimental.stateless_split(batch_seed, num_views)
+
+
+def augment_views(images, view_seeds, augment):
+    """`augment` called once per view on the whole batch: `[B, H, W, C]` -> views float32 `[B, V, H', W', C]`.
+
+    View `v` is `augment(images, view_seeds[v])` (a pure function of the
+    images and the seed). The host pipeline calls this in `tf.data`, the
+    models (`augment_on="device"`) in their train step.
+
+    Args:
+      images: `[B, H, W, C]` uint8 (or float in [0, 1]).
+      view_seeds: int `[V, 2]`, one stateless seed per view (`batch_view_seeds`).
+      augment: callable `(images, seed [2]) -> [B, H', W', C]` float in [0, 1].
+
+    Returns:
+      float32 `[B, V, H', W', C]`.
+    """
+    view_seeds = tf.convert_to_tensor(view_seeds)
+    if view_seeds.shape.rank != 2 or view_seeds.shape[0] is None or view_seeds.shape[1] != 2:
+        raise ValueError(
+            f"`view_seeds` must be [V, 2] with V known statically, received: view_seeds with shape {view_seeds.shape}"
+        )
+    views = []
+    for view in range(view_seeds.shape[0]):
+        out = tf.convert_to_tensor(augment(images, view_seeds[view]))
+        if out.shape.rank != 4:
+            raise ValueError(
+                f"`augment` must return images [B, H', W', C], received: augment={augment!r} returning shape "
+                f"{out.shape}"
+            )
+        views.append(tf.cast(out, tf.float32))
+    return tf.stack(views, axis=1)
+
+
+def _device_images(images):
+    """`images` with their height and width left out of the static shape (`[B, None, None, C]`), values unchanged.
+
+    Why: TensorFlow optimises a train step's graph with Grappler, but not a
+    tf.data map function. With a static image size, Grappler's constant
+    folding precomputes the size-derived part of the crop geometry, and the
+    results differ in the last bits (measured on CPU: SimCLR views up to 4e-6
+    away from the host pipeline's; equal with constant folding switched off).
+    Left dynamic, the size is read at run time, as in the pipeline, and the
+    SimCLR and NoAugment views are the host's to the bit. Grappler may still
+    fold a policy's own constants: AutoAugment's and Stacked RandAugment's
+    views differed by up to 1e-6, and RandAugment's, where such a difference
+    can cross a posterize or solarize threshold, by up to 6/255 in a few
+    pixels (same draws, same distribution).
+    """
+    shape = images.shape
+    return tf.compat.v1.placeholder_with_default(images, [shape[0], None, None, shape[-1]])
+
+
+def _batch_element(index, images, labels, *, num_views, augment, seed, augment_on):
+    """Batch `index` of a training stream: `(views, labels)` ("host") or `((images, view_seeds), labels)` ("device").
+
+    `view_seeds` is int64 `[B, V, 2]`, every row the batch's `batch_view_seeds`:
+    a tf.distribute strategy splits every tensor of a batch along axis 0, so
+    each replica receives the seeds with its rows.
+    """
+    view_seeds = batch_view_seeds(seed, index, num_views)
+    labels = tf.cast(labels, tf.int32)
+    if augment_on == "host":
+        return augment_views(images, view_seeds, augment), labels
+    rows = tf.tile(view_seeds[tf.newaxis], [tf.shape(images)[0], 1, 1])
+    return (_device_images(images), rows), labels
+
+
 def make_multiview_dataset(
     dataset,
     *,
@@ -58,6 +155,7 @@ def make_multiview_dataset(
     drop_remainder=True,
     repeat=False,
     start_batch=0,
+    augment_on="host",
 ):
     """Builds the training pipeline: shuffle -> batch -> (repeat) -> V augmented views per sample.
 
@@ -78,6 +176,14 @@ def make_multiview_dataset(
     so resuming a long run costs at most one pass of reading, never
     augmentation.
 
+    `augment_on="device"` leaves the augmentation to the model's train step
+    (`models.SupConModel`, `models.CrossEntropyModel` and `models.LinearProbe`
+    with `set_view_augmentation(augment)`): each batch carries the images as
+    the source gives them (uint8 for every bundled source: a quarter of the
+    bytes of one float32 view) and the seeds of its views, exactly those the
+    host pipeline uses for that batch, so the same model on one device sees
+    the same views either way.
+
     Args:
       dataset: a source: `(image [H, W, C] uint8 (or float in [0, 1]), label
         int [])`; all images must have the same size (resize in the source).
@@ -94,13 +200,20 @@ def make_multiview_dataset(
       repeat: repeat the (reshuffled) passes forever.
       start_batch: int >= 0, the index of the first batch to produce (0:
         the start of the stream); used to resume training at a step.
+      augment_on: "host" (the views are made here) or "device" (the batches
+        carry images and view seeds; the model makes the views).
 
     Returns:
       A `tf.data.Dataset` of `(views float32 [B, V, H', W', C], labels int32
-      [B])`, prefetched.
+      [B])` ("host") or `((images [B, H, W, C], view_seeds int64 [B, V, 2]),
+      labels int32 [B])` ("device"; every row of `view_seeds` is the batch's
+      `batch_view_seeds`, and the images keep the source's dtype with their
+      height and width left out of the static shape, see `_device_images`),
+      prefetched.
     """
-    num_views, seed, repeat, start_batch = _check_view_stream(
-        dataset, num_views=num_views, augment=augment, seed=seed, repeat=repeat, start_batch=start_batch
+    num_views, seed, repeat, start_batch, augment_on = _check_view_stream(
+        dataset, num_views=num_views, augment=augment, seed=seed, repeat=repeat, start_batch=start_batch,
+        augment_on=augment_on,
     )
     batch_size = _check_positive_int(batch_size, "batch_size")
     shuffle_buffer = _check_positive_int(shuffle_buffer, "shuffle_buffer")
@@ -121,7 +234,9 @@ def make_multiview_dataset(
         batches = one_pass(0)
     if skip:
         batches = batches.skip(skip)
-    return _add_views(batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch)
+    return _add_views(
+        batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch, augment_on=augment_on
+    )
 
 
 
@@ -165,31 +280,24 @@ def _batches_per_pass(dataset, batch_size, drop_remainder):
     return batches
 
 
-def _add_views(batches, *, num_views, augment, seed, start_batch=0):
-    """`(images [B, ...], labels [B])` batches -> `(views float32 [B, V, ...], labels int32 [B])`, prefetched.
+def _add_views(batches, *, num_views, augment, seed, start_batch=0, augment_on="host"):
+    """`(images [B, ...], labels [B])` batches -> the stream's elements (`_batch_element`), prefetched.
 
-    Batch `i` of the stream gets the stateless seed `fold_in([seed, salt], i)`,
-    split into one sub-seed per view; `batches` starts at batch `start_batch`.
+    Batch `i` of the stream gets the seeds `batch_view_seeds(seed, i,
+    num_views)`; `batches` starts at batch `start_batch`. "host": `(views
+    float32 [B, V, ...], labels int32 [B])`; "device": `((images, view_seeds
+    [B, V, 2]), labels)`.
     """
-    base_seed = tf.constant([seed, _PIPELINE_SEED_SALT], tf.int64)
+    _check_choice(augment_on, "augment_on", AUGMENT_ON)
 
-    def make_views(index, batch):
+    def make_element(index, batch):
         images, labels = batch
-        batch_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        view_seeds = tf.random.experimental.stateless_split(batch_seed, num_views)
-        views = []
-        for view in range(num_views):
-            out = tf.convert_to_tensor(augment(images, view_seeds[view]))
-            if out.shape.rank != 4:
-                raise ValueError(
-                    "`augment` must return images [B, H', W', C], received: augment="
-                    f"{augment!r} returning shape {out.shape}"
-                )
-            views.append(tf.cast(out, tf.float32))
-        return tf.stack(views, axis=1), tf.cast(labels, tf.int32)
+        return _batch_element(
+            index, images, labels, num_views=num_views, augment=augment, seed=seed, augment_on=augment_on
+        )
 
     batches = batches.enumerate(start=start_batch).map(
-        make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        make_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     return batches.prefetch(tf.data.AUTOTUNE)
 
@@ -294,6 +402,7 @@ def make_class_balanced_dataset(
     seed=0,
     repeat=False,
     start_batch=0,
+    augment_on="host",
 ):
     """Builds P x K training batches: P classes, K samples of each, V augmented views per sample.
 
@@ -323,18 +432,22 @@ def make_class_balanced_dataset(
       classes_per_batch: P, int >= 1, at most the number of classes.
       samples_per_class: K, int >= 1.
       num_views: int >= 1, views per sample.
-      augment: callable `(images [B, H, W, C], seed int64 [2]) -> [B, H', W', C]`.
+      augment: callable `(images [B, H, W, C], seed int64 [2]) -> [B, H', W', C]`
+        (not called, and may be None, with `augment_on="device"`).
       seed: int in [0, 2**31), seeds the sampler and the augmentations.
       repeat: draw epochs forever (each reshuffled); else one epoch.
       start_batch: int >= 0, the first batch to produce; the result equals
         the full stream without its first `start_batch` batches (resume).
+      augment_on: "host" or "device", as in `make_multiview_dataset`.
 
     Returns:
       A `tf.data.Dataset` of `(views float32 [P*K, V, H', W', C], labels
-      int32 [P*K])`, prefetched.
+      int32 [P*K])`, or with `augment_on="device"` `((images [P*K, H, W, C],
+      view_seeds int64 [P*K, V, 2]), labels int32 [P*K])`, prefetched.
     """
-    num_views, seed, repeat, start_batch = _check_view_stream(
-        dataset, num_views=num_views, augment=augment, seed=seed, repeat=repeat, start_batch=start_batch
+    num_views, seed, repeat, start_batch, augment_on = _check_view_stream(
+        dataset, num_views=num_views, augment=augment, seed=seed, repeat=repeat, start_batch=start_batch,
+        augment_on=augment_on,
     )
     classes_per_batch = _check_positive_int(classes_per_batch, "classes_per_batch")
     samples_per_class = _check_positive_int(samples_per_class, "samples_per_class")
@@ -370,7 +483,9 @@ def make_class_balanced_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    return _add_views(batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch)
+    return _add_views(
+        batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch, augment_on=augment_on
+    )
 
 
 def make_eval_dataset(dataset, *, batch_size, image_size):

@@ -15,7 +15,9 @@ from supcon_tf.models._base import (
     LOGITS,
     PROBABILITIES,
     REPRESENTATION,
+    ViewAugmentationMixin,
     build_from_encoder,
+    is_device_batch,
     check_model,
     check_num_classes,
     compile_and_build_optimizer,
@@ -23,8 +25,15 @@ from supcon_tf.models._base import (
 )
 
 
-class _Classifier(distribute.MultiWorkerFitMixin, keras.Model):
-    """Shared parts of the two classifiers: an encoder and a linear `Dense` head giving logits."""
+class _Classifier(ViewAugmentationMixin, distribute.MultiWorkerFitMixin, keras.Model):
+    """Shared parts of the two classifiers: an encoder and a linear `Dense` head giving logits.
+
+    Training data: `(images [B, H, W, C], labels)`, or with a policy set
+    (`set_view_augmentation`) `((images, view_seeds [B, 1, 2]), labels)` from
+    `data.make_multiview_dataset(..., num_views=1, augment_on="device")`,
+    whose one view `train_step` makes on the replica's device before the
+    forward pass (`device_views`). Evaluation data are plain images.
+    """
 
     def __init__(self, encoder, num_classes, **kwargs):
         super().__init__(**kwargs)
@@ -49,7 +58,25 @@ class _Classifier(distribute.MultiWorkerFitMixin, keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if metrics is None:
             metrics = ["accuracy"]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **self._view_compile_kwargs(kwargs))
+
+    def train_step(self, data):
+        """Keras' step on the images, made first from an `(images, view_seeds)` batch (one view) when it is one."""
+        inputs, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if is_device_batch(inputs):
+            inputs = self._call_inputs(self.device_views(*inputs))
+        return super().train_step(keras.utils.pack_x_y_sample_weight(inputs, labels, sample_weight))
+
+    def _call_inputs(self, views):
+        """A classifier is called on the single view `[B, H, W, C]` of `[B, 1, H, W, C]` views (or their spec)."""
+        if views.shape.rank != 5 or views.shape[1] != 1:
+            raise ValueError(
+                f"{type(self).__name__} trains on one view per image (num_views=1), received: views with shape "
+                f"{views.shape}"
+            )
+        if isinstance(views, tf.TensorSpec):
+            return tf.TensorSpec([views.shape[0], *views.shape[2:]], views.dtype)
+        return views[:, 0]
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model (optimizer, loss, metrics) from its saved compile config."""

@@ -15,6 +15,7 @@ from supcon_tf._checks import is_int, positive_number
 from supcon_tf.models._base import (
     EMBEDDING,
     REPRESENTATION,
+    ViewAugmentationMixin,
     build_from_encoder,
     check_compile_kwargs,
     check_model,
@@ -197,7 +198,7 @@ def collapse_share(per_anchor, contrast_size, scale=1.0, tolerance=COLLAPSE_TOLE
 
 
 @keras.saving.register_keras_serializable(package="supcon_tf")
-class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
+class SupConModel(ViewAugmentationMixin, distribute.MultiWorkerFitMixin, keras.Model):
     """Encoder + projection head trained with a supervised (or self-supervised) contrastive loss.
 
     Args:
@@ -242,7 +243,12 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
     `[batch, views, H, W, C]`, labels `[batch]` int (ignored for SimCLR), e.g.
     `data.make_multiview_dataset`. The logged `loss` is the global-batch loss
     (with the queue once in use) plus regularisation losses; `evaluate`
-    neither reads nor writes the queue.
+    neither reads nor writes the queue. With a policy set
+    (`set_view_augmentation`), the views may instead come as `(images,
+    view_seeds)` (`data.make_multiview_dataset(..., augment_on="device")`):
+    `train_step` and `test_step` make them on the replica's device first
+    (`device_views`), and everything after (loss, queue, momentum keys,
+    metrics) sees them as it sees views from the pipeline.
 
     `sample_weight` (`[batch]`, >= 0; also from `fit(class_weight=...)`)
     weights anchors: each anchor's loss is multiplied by its sample's weight
@@ -319,7 +325,7 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
             self.online_optimizer = keras.optimizers.get(online_optimizer or keras.optimizers.Adam(1e-2))
         if self.memory is not None:  # a `model.trainable = True` would hand the key networks to the optimizer
             self.memory.freeze_keys()
-        super().compile(optimizer=optimizer, **kwargs)
+        super().compile(optimizer=optimizer, **self._view_compile_kwargs(kwargs))
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model (optimizer and its state) from its saved compile config."""
@@ -417,7 +423,8 @@ class SupConModel(distribute.MultiWorkerFitMixin, keras.Model):
         return (*distribute.cross_replica_mean(tf.reduce_sum(loss), tf.reduce_sum(count)), share)
 
     def _unpack(self, data):
-        views, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        views = self._views_of(inputs)  # (images, view_seeds) batches: the views, made here (set_view_augmentation)
         if self.method == "supcon" and labels is None:
             raise ValueError(
                 "SupConModel(method='supcon') needs labels: feed (views, labels) pairs, "

@@ -20,8 +20,10 @@ explicit weights (`mask`, with queue columns), rules on label rows
 (`pair_weights`: Jaccard overlap of multi-hot rows, a truncated Gaussian
 kernel of continuous labels) and 0/1 weights from integer labels, each in the
 dense and the blockwise form. Then: 0/1 weights give today's values exactly;
-the weights across replicas and under XLA; the blockwise memory; argument
-validation.
+the weights across replicas and under XLA; the blockwise memory; the values
+of the SINCERE authors' code (tufts-ml/SupContrast `revised_losses.py`) and
+of HobbitLong's and pytorch-metric-learning's SupConLoss, re-derived from
+their formulas; argument validation.
 """
 
 import itertools
@@ -462,6 +464,149 @@ def test_weights_from_labels_stay_blockwise_in_memory():
     assert large <= 1.1 * plain, (large, plain)
     assert large < 2.5 * small, (small, large)
     assert large < 0.6 * 4096 * 4096 * 4 / 2**20, large  # the [4096, 4096] float32 logits alone: 64 MiB
+
+
+# ------------------------------------------------------------------------------------ other code, re-derived
+
+
+_GOOGLE_FEATURES = np.array([  # google-research supcon/losses_test.py's features, L2-normalised here
+    [[0.01, 0.02, 0.14], [0.38, 0.61, 0.50]],
+    [[0.86, 0.97, 0.33], [0.26, 0.68, 0.45]],
+    [[0.32, 0.64, 0.28], [0.45, 0.74, 0.73]],
+])
+_GOOGLE_FEATURES = _GOOGLE_FEATURES / np.linalg.norm(_GOOGLE_FEATURES, axis=-1, keepdims=True)
+
+
+def _tufts_ml(embeddings, labels, temperature, kind):
+    """The formula of tufts-ml/SupContrast `revised_losses.py` (commit 0288eb2), `SINCERELoss` and `DCLLoss`, in NumPy.
+
+    Logits e e^T / tau of the flat `[n, dim]` embeddings; negatives: the
+    other labels; per pair (i, j) of the same label, i != j: the cross
+    entropy -(s_ij - log(e^{s_ij} + sum_neg e^{s_in})) (SINCERE) or
+    -(s_ij - log sum_neg e^{s_in}) (DCL); each divided by the number of j's
+    partners, summed and divided by n. Their `Multiview*` classes flatten
+    `[batch, views, dim]` sample-major and repeat the labels per view.
+    """
+    logits = embeddings @ embeddings.T / temperature
+    same = labels[:, None] == labels[None, :]
+    negatives = np.log(np.sum(np.where(same, 0.0, np.exp(logits)), axis=0))  # per column; logits are symmetric
+    partner = same & ~np.eye(len(labels), dtype=bool)
+    count = partner.sum(axis=0)
+    log_denominator = np.logaddexp(logits, negatives[:, None]) if kind == "sincere" else negatives[:, None]
+    cross_entropy = np.where(partner, -(logits - log_denominator), 0.0)
+    return np.sum(cross_entropy / count) / len(labels)
+
+
+# (features, labels, temperature, their class, value of their formula (`_tufts_ml`), our denominator)
+_TUFTS_CASES = [
+    ("multiview", (0, 0, 1), 0.07, "sincere", 2.517882431131892, "one_positive"),
+    ("multiview", (0, 0, 1), 0.07, "dcl", 2.3156236969910977, "only_negatives"),
+    ("multiview", (0, 0, 1), 0.5, "sincere", 1.3698082874280795, "one_positive"),
+    ("multiview", (0, 0, 1), 0.5, "dcl", 1.0626969047354187, "only_negatives"),
+    ("single_view", (0, 0, 1, 1, 2, 2), 0.2, "sincere", 1.7450886068234734, "one_positive"),
+    ("single_view", (0, 0, 1, 1, 2, 2), 0.2, "dcl", 1.5283926506112415, "only_negatives"),
+]
+
+
+@pytest.mark.parametrize("layout, labels, temperature, kind, value, denominator", _TUFTS_CASES)
+def test_sincere_and_supervised_dcl_equal_the_sincere_authors_code(layout, labels, temperature, kind, value,
+                                                                    denominator):
+    labels = np.array(labels)
+    z = _GOOGLE_FEATURES if layout == "multiview" else _GOOGLE_FEATURES.reshape(6, 1, 3)
+    flat_labels = np.repeat(labels, z.shape[1])
+    assert _tufts_ml(z.reshape(-1, 3), flat_labels, temperature, kind) == pytest.approx(value, rel=1e-12)
+    for implementation in ("dense", "blockwise"):
+        got = supcon_loss(z, labels, temperature=temperature, denominator=denominator, implementation=implementation,
+                          block_size=4)
+        assert got.numpy() == pytest.approx(value, rel=1e-12), implementation
+        got = supcon_loss(z.astype(np.float32), labels, temperature=temperature, denominator=denominator,
+                          implementation=implementation, block_size=4)
+        assert got.numpy() == pytest.approx(value, rel=1e-5), implementation
+
+
+def _decoupled_paper(z, temperature):
+    """Yeh et al. 2021, eq. 6 (two views, no labels): sum over views k and samples i of
+    -s(z_i^k, z_i^{3-k}) + log sum_{l in views, j != i} exp s(z_i^k, z_j^l), averaged over the 2n anchors."""
+    n, total = len(z), 0.0
+    for k, i in itertools.product(range(2), range(n)):
+        anchor = z[i, k]
+        negatives = [np.dot(anchor, z[j, v]) / temperature for v in range(2) for j in range(n) if j != i]
+        total += -np.dot(anchor, z[i, 1 - k]) / temperature + np.log(np.sum(np.exp(negatives)))
+    return total / (2 * n)
+
+
+def test_only_negatives_without_labels_is_the_decoupled_papers_equation():
+    z = _unit(np.random.default_rng(6), 5, 2, 4)
+    for implementation in ("dense", "blockwise"):
+        got = supcon_loss(z, temperature=0.3, denominator="only_negatives", implementation=implementation)
+        assert got.numpy() == pytest.approx(_decoupled_paper(z, 0.3), rel=1e-12)
+
+
+def _hobbitlong(features, labels=None, mask=None, temperature=0.07, contrast_mode="all", base_temperature=0.07):
+    """HobbitLong/SupContrast `losses.py` `SupConLoss.forward` (commit 02f458c), its formula in NumPy.
+
+    Mask from labels (eq) or given (any real values), tiled over views; the
+    self-contrast entries removed; log_prob = logits - log(sum exp + 1e-9)
+    with the logits shifted by their row maximum; per anchor the
+    mask-weighted mean of log_prob over mask.sum(1) (NaN without a
+    positive), times -(temperature / base_temperature), then the mean over
+    every anchor.
+    """
+    batch, views, _ = features.shape
+    if mask is None:
+        mask = np.eye(batch) if labels is None else (labels[:, None] == labels[None, :]).astype(np.float64)
+    contrast = np.concatenate([features[:, v] for v in range(views)])
+    anchors, anchor_count = (features[:, 0], 1) if contrast_mode == "one" else (contrast, views)
+    logits = anchors @ contrast.T / temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    mask = np.tile(mask, (anchor_count, views))
+    logits_mask = np.ones_like(mask)
+    logits_mask[np.arange(batch * anchor_count), np.arange(batch * anchor_count)] = 0
+    mask = mask * logits_mask
+    log_prob = logits - np.log((np.exp(logits) * logits_mask).sum(axis=1, keepdims=True) + 1e-9)
+    mean_log_prob_pos = (mask * log_prob).sum(axis=1) / mask.sum(axis=1)
+    return np.mean(-(temperature / base_temperature) * mean_log_prob_pos)
+
+
+def _pytorch_metric_learning(embeddings, labels, temperature=0.1):
+    """pytorch-metric-learning `SupConLoss` (src/pytorch_metric_learning/losses/supcon_loss.py, commit ab8fcff) with
+    its defaults (CosineSimilarity, AvgNonZeroReducer), in NumPy: per anchor of the flat batch, -(mean over the
+    positives of log softmax over every other entry); the sum over anchors divided by the number of losses > 0;
+    0 when the batch has no positive or no negative pair."""
+    e = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    mat = e @ e.T / temperature
+    mat = mat - mat.max(axis=1, keepdims=True)
+    same, eye = labels[:, None] == labels[None, :], np.eye(len(labels), dtype=bool)
+    positive, negative = same & ~eye, ~same
+    if not positive.any() or not negative.any():
+        return 0.0
+    log_prob = mat - np.log(np.sum(np.where(positive | negative, np.exp(mat), 0.0), axis=1, keepdims=True))
+    losses = -np.sum(positive * log_prob, axis=1) / (positive.sum(axis=1) + np.finfo(np.float64).tiny)
+    return np.sum(losses) / max(int(np.sum(losses > 0)), 1)
+
+
+def test_hobbitlong_and_pytorch_metric_learning_formulas_are_ours():
+    rng = np.random.default_rng(8)
+    z = _unit(rng, 6, 2, 5)
+    labels = np.array([0, 1, 0, 2, 1, 0])
+    weights = rng.uniform(0.0, 2.0, size=(6, 6)) * (rng.random((6, 6)) < 0.6)
+    np.fill_diagonal(weights, 1.0)  # every anchor keeps a positive (HobbitLong's code gives NaN without one)
+    for mode in ("all", "one"):
+        # base_temperature 0.07 and temperature 0.5: tau / base_tau = 7.1 scales the loss.
+        ours = supcon_loss(z, labels, temperature=0.5, base_temperature=0.07, contrast_mode=mode).numpy()
+        theirs = _hobbitlong(z, labels, temperature=0.5, base_temperature=0.07, contrast_mode=mode)
+        assert ours == pytest.approx(theirs, rel=1e-7), mode  # their + 1e-9 inside the log
+        ours = supcon_loss(z, mask=weights, temperature=0.5, contrast_mode=mode, implementation="blockwise").numpy()
+        theirs = _hobbitlong(z, mask=weights, temperature=0.5, base_temperature=0.5, contrast_mode=mode)
+        assert ours == pytest.approx(theirs, rel=1e-7), mode
+    # pytorch-metric-learning: the views flattened into its batch, labels repeated; it normalises the embeddings.
+    raw = rng.normal(size=(6, 2, 5)) * 3.0
+    one_view = np.array([0, 1, 0, 2, 1, 3])  # one view: samples 3 and 5 have no positive
+    for features, ids in ((raw, labels), (raw[:, :1], one_view)):
+        flat = np.concatenate([features[:, v] for v in range(features.shape[1])])
+        theirs = _pytorch_metric_learning(flat, np.tile(ids, features.shape[1]), temperature=0.1)
+        ours = supcon_loss(features, ids, temperature=0.1, normalize=True).numpy()
+        assert ours == pytest.approx(theirs, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------ validation

@@ -19,7 +19,8 @@ w_ip-weighted: L_out(i) = -(tau / base_tau) * sum_p w_ip l(i, p) / W_i, and
 L_in(i) = -(tau / base_tau) * log(sum_p w_ip exp l(i, p) / W_i), with
 l(i, p) the log-probability below.
 
-The batch loss is the mean of L(i) over anchors with W_i > 0. Anchors
+The guide (every option, its paper and the other libraries it equals):
+docs/losses.md. The batch loss is the mean of L(i) over anchors with W_i > 0. Anchors
 without positives are excluded (and reported by the per-anchor form); a batch
 where no anchor has a positive gives 0 with zero gradients. The
 self-similarity is masked with a large finite negative number *before* a

@@ -12,6 +12,11 @@ Implementations (features [batch, 2 views, 128], L2-normalised, tau 0.1):
   tf_dense, tf_dense_xla          supcon_tf.losses.supcon_loss(implementation="dense"), tf.function (XLA)
   tf_blockwise, tf_blockwise_xla  the same with implementation="blockwise"
   tf_auto                         the default (implementation="auto")
+  tf_weighted_blockwise           blockwise with weights from labels through a `pair_weights` rule: 1 for equal
+                                  ids (the same loss as tf_blockwise, by the weighted path: each block's weights
+                                  built inside the loop)
+  tf_kernel_blockwise             blockwise with real weights from continuous labels (class id + U(0, 1)): a
+                                  truncated Gaussian kernel rule, exp(-d^2 / 2 0.5^2) for |d| < 1, else 0
   torch_dense                     the same formula written densely in PyTorch (below), autograd backward
   pml                             pytorch_metric_learning.losses.SupConLoss (temperature 0.1)
   floor                           the three matrix products any exact implementation needs:
@@ -53,9 +58,10 @@ DIM = 128
 VIEWS = 2
 TEMPERATURE = 0.1
 ALL_IMPLS = (
-    "floor", "tf_dense", "tf_dense_xla", "tf_blockwise", "tf_blockwise_xla", "tf_auto", "torch_dense", "pml",
-    "tf_tiny", "tf_tiny_xla",
+    "floor", "tf_dense", "tf_dense_xla", "tf_blockwise", "tf_blockwise_xla", "tf_auto", "tf_weighted_blockwise",
+    "tf_kernel_blockwise", "torch_dense", "pml", "tf_tiny", "tf_tiny_xla",
 )
+WEIGHTED_IMPLS = ("tf_weighted_blockwise", "tf_kernel_blockwise")
 DENSE_IMPLS = ("floor", "tf_dense", "tf_dense_xla", "torch_dense", "pml")
 DIAGNOSTIC_IMPLS = ("tf_tiny", "tf_tiny_xla")  # only when asked for (not in the default --impls)
 
@@ -149,18 +155,25 @@ def _tf_step(impl, z, y, losses_rev=None):
             return tf.reduce_sum(tf.matmul(g, a)) + tf.reduce_sum(tf.matmul(g, a, transpose_a=True))
 
         return lambda: step(anchors).numpy()
-    implementation = {"tf_dense": "dense", "tf_blockwise": "blockwise", "tf_auto": "auto"}[impl.replace("_xla", "")]
     features, labels = tf.constant(z), tf.constant(y)
     losses = _losses_module(losses_rev)
     supcon_loss = losses.supcon_loss
     block_size = int(os.environ.get("BENCH_BLOCK_SIZE", losses.DEFAULT_BLOCK_SIZE))
+    options = {}
+    if impl in WEIGHTED_IMPLS:
+        implementation = "blockwise"
+        options["pair_weights"] = _equal_ids if impl == "tf_weighted_blockwise" else _kernel
+        if impl == "tf_kernel_blockwise":
+            labels = tf.constant(_continuous_labels(y))
+    else:
+        implementation = {"tf_dense": "dense", "tf_blockwise": "blockwise", "tf_auto": "auto"}[impl.replace("_xla", "")]
 
     @tf.function(jit_compile=impl.endswith("_xla"))
     def step(x, lab):
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = supcon_loss(
-                x, lab, temperature=TEMPERATURE, implementation=implementation, block_size=block_size
+                x, lab, temperature=TEMPERATURE, implementation=implementation, block_size=block_size, **options
             )
         return loss, tape.gradient(loss, x)
 
@@ -169,6 +182,28 @@ def _tf_step(impl, z, y, losses_rev=None):
         return float(loss.numpy()) + float(grad[0, 0, 0].numpy())
 
     return run
+
+
+def _equal_ids(anchor_labels, contrast_labels):
+    """A `pair_weights` rule: 1 for equal ids (what labels give, through the weighted path)."""
+    import tensorflow as tf
+
+    return tf.cast(tf.equal(anchor_labels[:, None], contrast_labels[None, :]), tf.float32)
+
+
+def _kernel(anchor_labels, contrast_labels):
+    """A `pair_weights` rule on continuous labels: exp(-d^2 / (2 * 0.5^2)) for |d| < 1, else 0 (negatives)."""
+    import tensorflow as tf
+
+    d = anchor_labels[:, None] - contrast_labels[None, :]
+    return tf.where(tf.abs(d) < 1.0, tf.exp(-tf.square(d) / 0.5), tf.zeros_like(d))
+
+
+def _continuous_labels(y, seed=1):
+    """Continuous labels for `tf_kernel_blockwise`: the class id plus U(0, 1), float32."""
+    import numpy as np
+
+    return (y + np.random.default_rng(seed).uniform(size=y.shape)).astype(np.float32)
 
 
 def torch_supcon_dense(features, labels, temperature):
@@ -312,14 +347,15 @@ def drive(args):
 def table(rows):
     header = (
         "| batch | contrast rows | classes | implementation | median fwd+bwd (s) | peak memory (MiB) | "
-        "TF tensors peak (MiB) | time / floor | time / torch dense | memory / torch dense | load |"
+        "TF tensors peak (MiB) | time / floor | time / torch dense | memory / torch dense | "
+        "time / tf_blockwise | TF tensors / tf_blockwise | load |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_key = {(r["batch"], r["classes"], r["impl"]): r for r in rows}
     for r in rows:
         lead = f"| {r['batch']} | {VIEWS * r['batch']} | {r['classes']} | {r['impl']} |"
         if "error" in r:
-            lines.append(f"{lead} error: {r['error'][:60]} | | | | | | |")
+            lines.append(f"{lead} error: {r['error'][:60]} | | | | | | | | |")
             continue
         if "not_run" in r:
             estimate = (
@@ -327,19 +363,21 @@ def table(rows):
                 f"{(r['batch'] / r['estimate_from_batch']) ** 2:.0f}): {r['torch_dense_estimate_mib']:.0f} MiB"
                 if "torch_dense_estimate_mib" in r else ""
             )
-            lines.append(f"{lead} not run: logits alone {r['dense_logits_mib']:.0f} MiB{estimate} | | | | | | |")
+            lines.append(f"{lead} not run: logits alone {r['dense_logits_mib']:.0f} MiB{estimate} | | | | | | | | |")
             continue
         floor = by_key.get((r["batch"], r["classes"], "floor"))
         torch = by_key.get((r["batch"], r["classes"], "torch_dense"))
+        plain = by_key.get((r["batch"], r["classes"], "tf_blockwise"))
         ok = lambda b, k: b and "error" not in b and "not_run" not in b and b[k] > 0  # noqa: E731
-        ratio = lambda a, b, k, fmt=".2f": f"{a[k] / b[k]:{fmt}}" if ok(b, k) else "-"  # noqa: E731
+        ratio = lambda a, b, k, fmt=".2f": f"{a[k] / b[k]:{fmt}}" if ok(b, k) and k in a else "-"  # noqa: E731
         memory = ratio(r, torch, "peak_delta_mib", ".3f")
         if memory == "-" and torch and torch.get("torch_dense_estimate_mib"):
             memory = f"{r['peak_delta_mib'] / torch['torch_dense_estimate_mib']:.4f} (of the estimate)"
         tensors = f"{r['tf_tensor_peak_mib']:.0f}" if "tf_tensor_peak_mib" in r else "-"
         lines.append(
             f"{lead} {r['median_s']:.3f} | {r['peak_delta_mib']:.0f} | {tensors} | "
-            f"{ratio(r, floor, 'median_s')} | {ratio(r, torch, 'median_s')} | {memory} | {r.get('load_1min', 0):.1f} |"
+            f"{ratio(r, floor, 'median_s')} | {ratio(r, torch, 'median_s')} | {memory} | "
+            f"{ratio(r, plain, 'median_s')} | {ratio(r, plain, 'tf_tensor_peak_mib')} | {r.get('load_1min', 0):.1f} |"
         )
     return "\n".join(lines)
 

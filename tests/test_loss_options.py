@@ -182,7 +182,7 @@ def test_dense_and_blockwise_match_the_reference_values_and_gradients(setup, den
     z, labels, mask = case["z"], case["labels"], case["mask"]
     views = z.shape[1]
     cap = -1 if cap_views < 0 else cap_views * views
-    implementations = ("dense",) if mask is not None else ("dense", "blockwise")
+    implementations = ("dense", "blockwise")
     rng = np.random.default_rng(7)
     direction = rng.normal(size=z.shape)
     eps = 1e-6

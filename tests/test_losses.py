@@ -463,19 +463,17 @@ def test_queue_bad_input(kwargs, match):
 @pytest.mark.parametrize("case_id", range(len(_CASES)))
 def test_blockwise_matches_reference_and_dense_gradients(case_id):
     kind, views, mode, variant = _CASES[case_id]
-    if kind == "mask":
-        pytest.skip("a mask is always computed densely")
     if case_id % 4 == 1:
         mode = "one" if mode == "all" else "all"
     rng = np.random.default_rng(100 + case_id)
     temperature = _TEMPERATURES[case_id % len(_TEMPERATURES)]
-    z, labels, _ = _random_case(rng, batch=7, views=views, dim=5, num_classes=3, kind=kind)
+    z, labels, mask = _random_case(rng, batch=7, views=views, dim=5, num_classes=3, kind=kind)
     if case_id % 3 == 0:
         z[2] = z[1]
     kwargs = dict(temperature=temperature, contrast_mode=mode, variant=variant)
-    ref_losses, ref_has_pos, ref_mean = reference_supcon(z, labels, **kwargs)
+    ref_losses, ref_has_pos, ref_mean = reference_supcon(z, labels, mask, **kwargs)
     # block_size 3 over 7 * views columns: several blocks and a padded last one.
-    per_anchor = supcon_per_anchor_loss(z, labels, implementation="blockwise", block_size=3, **kwargs)
+    per_anchor = supcon_per_anchor_loss(z, labels, mask, implementation="blockwise", block_size=3, **kwargs)
     np.testing.assert_array_equal(per_anchor.has_positive.numpy(), ref_has_pos)
     tol = 2e-5 * max(1.0, 1.0 / temperature)
     np.testing.assert_allclose(per_anchor.loss.numpy(), ref_losses, rtol=1e-4, atol=tol)
@@ -483,7 +481,7 @@ def test_blockwise_matches_reference_and_dense_gradients(case_id):
     def grad(implementation):
         x = tf.Variable(z)
         with tf.GradientTape() as tape:
-            loss = supcon_loss(x, labels, implementation=implementation, block_size=3, normalize=True, **kwargs)
+            loss = supcon_loss(x, labels, mask, implementation=implementation, block_size=3, normalize=True, **kwargs)
         return loss.numpy(), tape.gradient(loss, x).numpy()
 
     dense_loss, dense_grad = grad("dense")
@@ -543,5 +541,3 @@ def test_auto_picks_blockwise_above_the_threshold_and_rejects_bad_choices():
         supcon_loss(z[:4], labels[:4], implementation="sparse")
     with pytest.raises(ValueError, match="block_size"):
         supcon_loss(z[:4], labels[:4], block_size=0)
-    with pytest.raises(ValueError, match="mask"):
-        supcon_loss(z[:4], mask=np.eye(4), implementation="blockwise")

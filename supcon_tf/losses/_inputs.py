@@ -106,10 +106,40 @@ def _compute_dtype(features):
     return tf.float64 if features.dtype == tf.float64 else tf.float32
 
 
+def _check_weight_values(weights, name):
+    """Eagerly: `weights` (a tensor) are finite and >= 0, else a ValueError naming `name` and the offending value."""
+    if tf.size(weights) == 0:
+        return
+    weights = tf.cast(weights, tf.float64)
+    if not bool(tf.reduce_all(tf.math.is_finite(weights))):
+        raise ValueError(f"`{name}` must hold finite weights >= 0, received: {name} with NaN or Inf entries")
+    smallest = float(tf.reduce_min(weights))
+    if smallest < 0:
+        raise ValueError(f"`{name}` must hold finite weights >= 0, received: {name} with a negative entry ({smallest})")
+
+
+def _validate_pair_weights(pair_weights, labels, mask):
+    """`pair_weights` is None, or a callable with `labels` to read (and no `mask`, which is weights already)."""
+    if pair_weights is None:
+        return
+    if not callable(pair_weights):
+        raise ValueError(
+            "`pair_weights` must be None or a callable (anchor_labels, contrast_labels) -> [rows, columns] weights, "
+            f"received: pair_weights={pair_weights!r}"
+        )
+    if mask is not None:
+        raise ValueError("Give at most one of `mask` (explicit weights) and `pair_weights`, received both")
+    if labels is None:
+        raise ValueError(
+            "`pair_weights` weighs pairs by their labels and needs `labels`, received: labels=None"
+        )
+
+
 def _validate_queue(features, labels, mask, queue_features, queue_labels):
     if queue_features is None:
         if queue_labels is not None:
             raise ValueError("`queue_labels` needs `queue_features`, received: queue_features=None")
+        _validate_mask_columns(features, mask, 0)
         return None, None
     queue_features = _flatten_trailing(tf.convert_to_tensor(queue_features), 1)
     if queue_features.shape.rank != 2 or (
@@ -120,7 +150,13 @@ def _validate_queue(features, labels, mask, queue_features, queue_labels):
             f"received: queue_features with shape {queue_features.shape}"
         )
     if mask is not None:
-        raise ValueError("A memory queue needs `labels` (or none), not a `mask`; received: mask and queue_features")
+        if queue_labels is not None:
+            raise ValueError(
+                "With a `mask`, its last queue_size columns weigh the queue entries: give no `queue_labels`, "
+                f"received: queue_labels with shape {tf.convert_to_tensor(queue_labels).shape}"
+            )
+        _validate_mask_columns(features, mask, queue_features.shape[0])
+        return queue_features, None
     if labels is None:
         return queue_features, None
     if queue_labels is None:
@@ -136,6 +172,20 @@ def _validate_queue(features, labels, mask, queue_features, queue_labels):
             f"({queue_features.shape[0]}), received: queue_labels with shape {queue_labels.shape}"
         )
     return queue_features, queue_labels
+
+
+def _validate_mask_columns(features, mask, queue_size):
+    """A mask has one column per batch sample, then one per queue entry: `[batch, batch + queue_size]`."""
+    if mask is None:
+        return
+    batch = _static_dim(features, 0)
+    if batch is None or queue_size is None or mask.shape[1] is None:
+        return
+    if mask.shape[1] != batch + queue_size:
+        expected = f"[batch, batch + queue_size] = [{batch}, {batch + queue_size}]" if queue_size else (
+            f"[batch, batch] = [{batch}, {batch}]"
+        )
+        raise ValueError(f"`mask` must be {expected}, received: mask with shape {mask.shape}")
 
 
 def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
@@ -165,10 +215,15 @@ def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
             )
     if mask is not None:
         if mask.shape.rank != 2:
-            raise ValueError(f"`mask` must be [batch, batch], received: mask with shape {mask.shape}")
-        if batch is not None and any(d is not None and d != batch for d in mask.shape):
             raise ValueError(
-                f"`mask` must be [batch, batch] with batch={batch}, received: mask with shape {mask.shape}"
+                f"`mask` must be [batch, batch] (or [batch, batch + queue_size] with a queue), "
+                f"received: mask with shape {mask.shape}"
+            )
+        if not (mask.dtype.is_floating or mask.dtype.is_integer or mask.dtype == tf.bool):
+            raise ValueError(f"`mask` must hold real weights, received: mask with dtype {mask.dtype.name}")
+        if batch is not None and mask.shape[0] is not None and mask.shape[0] != batch:
+            raise ValueError(
+                f"`mask` must have one row per sample of `features` ({batch}), received: mask with shape {mask.shape}"
             )
     if not isinstance(anchor_offset, (int, np.integer)) and not tf.is_tensor(anchor_offset):
         raise ValueError(f"`anchor_offset` must be an int, received: anchor_offset={anchor_offset!r}")
@@ -191,5 +246,5 @@ def _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples):
     if tf.executing_eagerly():
         if not bool(tf.reduce_all(tf.math.is_finite(features))):
             raise ValueError("`features` must be finite, received: features containing NaN or Inf")
-        if mask is not None and bool(tf.reduce_any(tf.cast(mask, tf.float32) < 0)):
-            raise ValueError("`mask` must be non-negative, received: a mask with negative entries")
+        if mask is not None:
+            _check_weight_values(mask, "mask")

@@ -19,10 +19,12 @@ from supcon_tf.losses._inputs import (
     _compute_dtype,
     _flatten_trailing,
     _validate_inputs,
+    _validate_pair_weights,
     _validate_queue,
 )
-from supcon_tf.losses.blockwise import _blockwise_cap_bounds, _blockwise_core, _blockwise_ids
+from supcon_tf.losses.blockwise import _blockwise_cap_bounds, _blockwise_core
 from supcon_tf.losses.dense import _dense_core
+from supcon_tf.losses.weights import pair_weighting, tiled_keys
 
 
 def _anchor_layout(features, contrast_mode, anchor_offset, num_anchor_samples):
@@ -57,17 +59,14 @@ def _anchor_layout(features, contrast_mode, anchor_offset, num_anchor_samples):
     return anchors, contrast, self_index, num_samples, num_views, num_anchor, anchor_views
 
 
-def _uses_blockwise(implementation, features, queue, mask):
+def _uses_blockwise(implementation, features, queue):
     """Whether `supcon_per_anchor_loss` takes the blockwise form (see its `implementation` argument)."""
     if implementation == "auto":
         contrast_rows = features.shape[0] * features.shape[1] if features.shape.is_fully_defined() else None
         if queue is not None and contrast_rows is not None:
             contrast_rows = None if queue.shape[0] is None else contrast_rows + queue.shape[0]
-        return mask is None and contrast_rows is not None and contrast_rows >= BLOCKWISE_THRESHOLD
-    use_blockwise = implementation == "blockwise"
-    if use_blockwise and mask is not None:
-        raise ValueError("implementation='blockwise' does not take a `mask`; use 'dense' or 'auto'")
-    return use_blockwise
+        return contrast_rows is not None and contrast_rows >= BLOCKWISE_THRESHOLD
+    return implementation == "blockwise"
 
 
 def supcon_per_anchor_loss(
@@ -88,6 +87,7 @@ def supcon_per_anchor_loss(
     block_size=DEFAULT_BLOCK_SIZE,
     denominator="all",
     positives_cap=-1,
+    pair_weights=None,
 ):
     """SupCon loss of every anchor, and which anchors have a positive.
 
@@ -98,13 +98,19 @@ def supcon_per_anchor_loss(
         `[batch, views, ...]`, are flattened per view to `[batch, views, -1]`
         first (and `normalize` then normalises the flattened vectors).
       labels: optional `[batch]` integer class ids (any values; equality
-        defines positives) or `[batch, classes]` multi-hot matrix (positives
-        share at least one class).
-      mask: optional `[batch, batch]` non-negative sample-level positive mask;
-        `mask[i, j] > 0` makes every view of sample j a positive of every view
-        of sample i (the anchor itself is always excluded). Entries act as
-        weights in both variants. Give at most one of `labels` and `mask`; with
-        neither, positives are the other views of the same sample (SimCLR).
+        defines positives, weight 1) or `[batch, classes]` multi-hot matrix
+        (positives share at least one class, weight 1); with `pair_weights`,
+        any `[batch]` or `[batch, k]` per-sample data that rule reads
+        (ids, multi-hot rows, continuous values).
+      mask: optional explicit weights: `[batch, batch]` finite, >= 0;
+        `mask[i, j]` is the weight w of every view of sample j as a positive
+        of every view of sample i (0: a negative; the anchor itself is
+        always excluded). With a memory queue, `[batch, batch + queue_size]`:
+        the last columns weigh the queue entries (no `queue_labels`). An
+        `[N, N]` matrix: for batches where that fits; `pair_weights` builds
+        the weights from labels instead, block by block. Give at most one of
+        `labels` and `mask`; with neither, positives are the other views of
+        the same sample (SimCLR).
       temperature: tau > 0.
       base_temperature: the loss is multiplied by `temperature /
         base_temperature`. Default `None` means equal to `temperature`, i.e.
@@ -125,28 +131,35 @@ def supcon_per_anchor_loss(
         no gradient (`stop_gradient`), and are positives by `queue_labels`.
         Normalised like `features` when `normalize=True`. `[K, ...]` is
         flattened to `[K, -1]` like `features`.
-      queue_labels: `[K]` ids or `[K, classes]` multi-hot, in the same form
-        as `labels`; required when `labels` is given. Without `labels`
-        (SimCLR) every queue entry is a negative. Not supported with `mask`.
+      queue_labels: `[K]` ids or `[K, classes]` multi-hot (or, with
+        `pair_weights`, `[K, ...]` data for the rule), in the same form as
+        `labels`; required when `labels` is given. Without `labels`
+        (SimCLR) every queue entry is a negative. With a `mask`, its last K
+        columns weigh the queue: no `queue_labels`.
       implementation: "dense" materialises the [anchors, contrast] logit
         matrix; "blockwise" streams over blocks of `block_size` contrast
         columns with an online log-sum-exp and recomputes the blocks in a
         custom backward pass, so memory grows like anchors x block_size;
         "auto" (default) picks blockwise when the contrast set has at least
-        `BLOCKWISE_THRESHOLD` rows and no `mask` is given (a mask is always
-        dense). Both give the same values and gradients to float32 precision.
+        `BLOCKWISE_THRESHOLD` rows. Both take every option and give the same
+        values and gradients to float32 precision.
       block_size: contrast columns per block for "blockwise".
       denominator: which contrast entries form the softmax denominator of
         positive p (google-research's `denominator_mode`; see the
-        `supcon_tf.losses` docstring for the formulas). `"all"` (default):
-        P(i) and N(i), i.e. every entry but the anchor (and the capped-out
-        ones), eq. 2 / eq. 3.
+        `supcon_tf.losses` docstring for the formulas). The negatives N(i)
+        are the entries of weight 0 (every entry of weight > 0 is a
+        positive, however small its weight). `"all"` (default): P(i) and
+        N(i), i.e. every entry but the anchor (and the capped-out ones),
+        eq. 2 / eq. 3.
         `"one_positive"`: p itself plus N(i), so each positive competes only
         with the negatives, never with the other positives (the own other
-        views included). `"only_negatives"`: N(i) only, not even p; an anchor
-        without a negative is then excluded like one without a positive. The
-        variants keep their form: "out" averages the log-probabilities
-        l(i, p) over P(i), "in" takes the log of the mean of exp l(i, p).
+        views included): SINCERE (Feeney & Hughes) with "out".
+        `"only_negatives"`: N(i) only, not even p: the decoupled
+        contrastive loss (Yeh et al. 2021; supervised with labels) with
+        "out"; an anchor without a negative is then excluded like one
+        without a positive. The variants keep their form: "out" averages
+        the log-probabilities l(i, p) over P(i), weighted by w_ip, "in"
+        takes the log of the w_ip-weighted mean of exp l(i, p).
       positives_cap: int; -1 (default): no cap. c >= 0 must be a multiple of
         the number of views V: per anchor sample, only the first c / V
         positive samples other than its own (lowest index in `features`,
@@ -159,22 +172,40 @@ def supcon_per_anchor_loss(
         and always stay positive (if its own sample is positive at all).
         With multi-hot `labels`, the candidates are the samples sharing a
         class; with a `mask`, the samples with `mask > 0`, ranked by index
-        whatever their weight, the kept ones keeping their weight. Without
-        labels or mask (SimCLR) there is nothing to cap.
+        whatever their weight, the kept ones keeping their weight (so with
+        `pair_weights`, the samples of weight > 0). Without labels or mask
+        (SimCLR) there is nothing to cap.
+      pair_weights: optional rule `(anchor_labels [r, ...], contrast_labels
+        [c, ...]) -> [r, c]` weights w >= 0 (finite) of each pair, from rows
+        of `labels` (and `queue_labels`): the anchors' and the contrast
+        entries' (a sample's label row once per view). The loss of anchor i
+        is then -sum_p w_ip l(i, p) / sum_p w_ip ("out"); w = 0 makes a
+        negative; anchors whose weights sum to 0 count like anchors without
+        positives. The blockwise form calls it on one block of contrast
+        columns at a time inside its loop (under XLA in a graph: it must be
+        a pure TensorFlow function of its arguments; padded columns repeat
+        a real label row and are ignored); the dense form once on the whole
+        batch. Its weights carry no gradient; eagerly, a wrong shape,
+        negative or non-finite weights raise a ValueError.
+        `losses.label_match_weights` (the default: 1 for equal ids or a
+        shared class) gives today's loss. Needs `labels`; not with `mask`.
 
     Returns:
       `PerAnchorLoss(loss, has_positive)`, both
       `[num_anchor_samples, anchor_views]` (anchor_views is `views` for
       `"all"` and 1 for `"one"`). `has_positive` says which anchors count
-      in the mean: |P(i)| > 0, and, for `denominator="only_negatives"`,
-      |N(i)| > 0.
+      in the mean: sum_p w_ip > 0 (|P(i)| > 0 with 0/1 weights), and, for
+      `denominator="only_negatives"`, |N(i)| > 0.
 
     Raises:
       ValueError: for a rank < 3 or a non-float dtype, both `labels` and
-        `mask`, a batch mismatch, a non-positive temperature, non-finite
-        features (checked when running eagerly), an unknown `contrast_mode`,
-        `variant` or `denominator`, a `positives_cap` that is not -1 or a
-        non-negative multiple of the number of views.
+        `mask`, a batch mismatch, a mask of the wrong shape, a non-positive
+        temperature, non-finite features or negative / non-finite weights
+        (checked when running eagerly), an unknown `contrast_mode`,
+        `variant`, `denominator` or `implementation`, a `positives_cap`
+        that is not -1 or a non-negative multiple of the number of views, a
+        `pair_weights` that is not callable or without `labels`, a
+        `normalize` that is not a bool.
     """
     temperature, base_temperature, positives_cap = _checked_options(
         temperature, base_temperature, contrast_mode, variant, denominator, positives_cap
@@ -182,10 +213,12 @@ def supcon_per_anchor_loss(
     base_temperature = temperature if base_temperature is None else base_temperature
     _checks.choice(implementation, "implementation", IMPLEMENTATIONS)
     _checks.positive_int(block_size, "block_size")
+    _checks.boolean(normalize, "normalize")
     features = _flatten_trailing(tf.convert_to_tensor(features), 2)
     labels = None if labels is None else tf.convert_to_tensor(labels)
     mask = None if mask is None else tf.convert_to_tensor(mask)
     _validate_inputs(features, labels, mask, anchor_offset, num_anchor_samples)
+    _validate_pair_weights(pair_weights, labels, mask)
     _check_cap_against_views(positives_cap, features)
     queue_features, queue_labels = _validate_queue(features, labels, mask, queue_features, queue_labels)
 
@@ -204,26 +237,26 @@ def supcon_per_anchor_loss(
         if normalize:
             queue = tf.math.l2_normalize(queue, axis=-1, epsilon=1e-12)
 
-    if _uses_blockwise(implementation, features, queue, mask):
-        anchor_ids, column_ids = _blockwise_ids(
-            labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views
-        )
+    weighting = pair_weighting(
+        labels, mask, queue_labels, queue, pair_weights, num_samples, anchor_offset, num_anchor, dtype
+    )
+    if _uses_blockwise(implementation, features, queue):
+        row_keys, column_keys = tiled_keys(weighting, num_views, anchor_views)
         cap_bounds = None
-        if positives_cap >= 0 and labels is not None:  # without labels there is nothing to cap
+        if positives_cap >= 0 and weighting.weighted:  # SimCLR has nothing to cap
             cap_bounds = _blockwise_cap_bounds(
-                labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views,
-                positives_cap, block_size,
+                weighting, num_samples, num_views, anchor_offset, num_anchor, anchor_views, positives_cap, block_size
             )
         if queue is not None:
             contrast = tf.concat([contrast, queue], axis=0)
         neg_mean_log_prob, counts = _blockwise_core(
-            anchors, contrast, anchor_ids, column_ids, self_index, temperature, variant, block_size,
-            denominator=denominator, cap_bounds=cap_bounds,
+            anchors, contrast, row_keys, column_keys, self_index, temperature, variant, block_size, weighting.weigh,
+            denominator=denominator, cap_bounds=cap_bounds, by_equality=weighting.by_equality,
         )
         has_positive = counts > 0
     else:
         neg_mean_log_prob, has_positive = _dense_core(
-            anchors, contrast, queue, labels, mask, queue_labels, self_index, num_samples, num_views,
+            anchors, contrast, queue, weighting, self_index, num_samples, num_views,
             anchor_offset, num_anchor, anchor_views, temperature, variant, dtype,
             denominator=denominator, positives_cap=positives_cap,
         )
@@ -265,18 +298,22 @@ def supcon_loss(
     block_size=DEFAULT_BLOCK_SIZE,
     denominator="all",
     positives_cap=-1,
+    pair_weights=None,
 ):
     """Scalar SupCon batch loss: mean of L(i) over anchors with a positive.
 
     `labels=None, mask=None` is SimCLR's NT-Xent; integer or multi-hot
-    `labels` is SupCon; a `[batch, batch]` `mask` is anything else. See
+    `labels` is SupCon; `labels` with a `pair_weights` rule, or explicit
+    `[batch, batch]` weights in `mask`, weigh the positives. See
     `supcon_per_anchor_loss` for the arguments.
 
     Args:
       features: `[batch, views, dim]` float embeddings (`[batch, views, ...]`
         is flattened per view).
-      labels: optional `[batch]` int or `[batch, classes]` multi-hot.
-      mask: optional `[batch, batch]` positive mask.
+      labels: optional `[batch]` int or `[batch, classes]` multi-hot (or
+        data for `pair_weights`).
+      mask: optional `[batch, batch]` (`[batch, batch + K]` with a queue)
+        positive weights.
       temperature: tau > 0 (paper: 0.1 for SupCon).
       base_temperature: scale is `temperature / base_temperature`; default
         `None` = unscaled.
@@ -287,8 +324,11 @@ def supcon_loss(
       queue_labels: their labels (with `labels`).
       implementation: "auto" (default), "dense" or "blockwise".
       block_size: contrast columns per block for the blockwise form.
-      denominator: "all" (default), "one_positive" or "only_negatives".
+      denominator: "all" (default), "one_positive" (SINCERE) or
+        "only_negatives" (decoupled contrastive loss).
       positives_cap: -1 (default, no cap) or a multiple of the views.
+      pair_weights: optional rule `(anchor_labels, contrast_labels) ->
+        [rows, columns]` weights of the positives.
 
     Returns:
       Scalar float32 (float64 for float64 features) loss; 0 with zero
@@ -298,6 +338,9 @@ def supcon_loss(
 
     >>> z = tf.math.l2_normalize(tf.random.normal([8, 2, 16]), axis=-1)
     >>> loss = supcon_loss(z, labels=tf.constant([0, 1, 0, 1, 2, 2, 3, 3]))
+    >>> ages = tf.constant([30.0, 31.0, 50.0, 52.0, 70.0, 29.0, 51.0, 71.0])
+    >>> close = lambda a, c: tf.exp(-tf.square(a[:, None] - c[None, :]) / 50.0)  # y-Aware-like kernel weights
+    >>> loss = supcon_loss(z, ages, pair_weights=close, implementation="blockwise")
     """
     return reduce_per_anchor(
         supcon_per_anchor_loss(
@@ -315,6 +358,7 @@ def supcon_loss(
             block_size=block_size,
             denominator=denominator,
             positives_cap=positives_cap,
+            pair_weights=pair_weights,
         )
     )
 
@@ -375,8 +419,8 @@ class SupConLoss(keras.losses.Loss):
         )
         self.contrast_mode = contrast_mode
         self.variant = variant
-        self.normalize = bool(normalize)
-        self.use_labels = bool(use_labels)
+        self.normalize = _checks.boolean(normalize, "normalize")
+        self.use_labels = _checks.boolean(use_labels, "use_labels")
         self.denominator = denominator
 
     def call(self, y_true, y_pred):

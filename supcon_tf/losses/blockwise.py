@@ -1,12 +1,14 @@
 """The general blockwise form of the SupCon loss: streams over contrast-column blocks, custom gradient.
 
-`_blockwise_core` serves every option but `mask`: an online log-sum-exp over
-blocks of `block_size` columns forward, the blocks recomputed in a custom
-backward pass, so memory grows like anchors x block_size. Rows and columns
-are positives when their keys match (`_blockwise_ids`); `positives_cap` is
-applied through per-row bounds streamed over key blocks
-(`_blockwise_cap_bounds`, `_first_matches_bound`). The default loss goes to
-the leaner `supcon_tf.losses.blockwise_out._blockwise_out_core`.
+`_blockwise_core` serves every option: an online log-sum-exp over blocks of
+`block_size` columns forward, the blocks recomputed in a custom backward
+pass, so memory grows like anchors x block_size. Each block's positive
+weights come from the row keys and the block's column keys through the
+`weights.PairWeighting` rule `weigh`, inside the loop: weights from labels
+never exist as an [N, N] matrix. `positives_cap` is applied through per-row
+bounds streamed over key blocks (`_blockwise_cap_bounds`,
+`_first_matches_bound`). The default loss with keys compared by equality
+goes to the leaner `supcon_tf.losses.blockwise_out._blockwise_out_core`.
 
 The general form's pieces: `_blocks` (sizes, keys, constants), `_block`
 (one block's logits, denominator set and positives, with `_cap_kept`),
@@ -15,7 +17,7 @@ The general form's pieces: `_blocks` (sizes, keys, constants), `_block`
 `_general_backward` (`_logit_gradient`: G = dL/d logits of a block).
 """
 
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -24,60 +26,48 @@ from supcon_tf.losses._inputs import _MASKED_LOGIT
 from supcon_tf.losses.blockwise_out import _blockwise_out_core
 
 
-def _blockwise_ids(labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views):
-    """Per-row and per-column keys: rows i and columns j are positives when their keys match.
-
-    Integer labels (and SimCLR's sample indices) are compared for equality;
-    multi-hot labels are positives when they share a class. Queue columns
-    without labels get the key -1, which no anchor has.
-    """
-    if labels is None:
-        sample_keys = tf.range(num_samples)
-        queue_keys = None if queue is None else -tf.ones([tf.shape(queue)[0]], tf.int32)
-    else:
-        sample_keys = labels
-        queue_keys = None if queue is None else tf.cast(queue_labels, labels.dtype)
-    anchor_keys = sample_keys[anchor_offset : anchor_offset + num_anchor]
-    multiples = [anchor_views] + [1] * (sample_keys.shape.rank - 1)
-    anchor_keys = tf.tile(anchor_keys, multiples)
-    column_keys = tf.tile(sample_keys, [num_views] + [1] * (sample_keys.shape.rank - 1))
-    if queue_keys is not None:
-        column_keys = tf.concat([column_keys, queue_keys], axis=0)
-    return anchor_keys, column_keys
-
-
 def _blockwise_cap_bounds(
-    labels, queue_labels, queue, num_samples, num_views, anchor_offset, num_anchor, anchor_views, positives_cap,
-    block_size,
+    weighting, num_samples, num_views, anchor_offset, num_anchor, anchor_views, positives_cap, block_size,
 ):
     """`cap_bounds` of `_blockwise_core` for `positives_cap` >= 0, streamed over key blocks (no [b, N] matrix)."""
-    sample_keys = tf.range(num_samples) if labels is None else labels
     anchor_samples = tf.range(num_anchor) + anchor_offset
-    anchor_keys = sample_keys[anchor_offset : anchor_offset + num_anchor]
     per_sample_cap = positives_cap // num_views
-    batch_count, batch_bound = _first_matches_bound(anchor_keys, anchor_samples, sample_keys, per_sample_cap, block_size)
+    batch_count, batch_bound = _first_matches_bound(
+        weighting.weigh, weighting.anchor_keys, anchor_samples, weighting.sample_keys, per_sample_cap, block_size
+    )
     queue_bound = tf.zeros_like(batch_bound)
-    if queue is not None and labels is not None:
+    if weighting.queue_keys is not None:
         # Queue entries rank after every batch sample, in queue order, one positive each.
         budget = positives_cap - num_views * tf.minimum(batch_count, per_sample_cap)
         _, queue_bound = _first_matches_bound(
-            anchor_keys, -tf.ones_like(anchor_samples), tf.cast(queue_labels, labels.dtype), budget, block_size
+            weighting.weigh, weighting.anchor_keys, -tf.ones_like(anchor_samples), weighting.queue_keys, budget,
+            block_size,
         )
     tile = lambda t: tf.tile(t, [anchor_views])  # noqa: E731  (rows are view-major: v * b + s)
     return tile(anchor_samples), tile(batch_bound), tile(queue_bound), num_samples, num_views * num_samples
 
 
-def _first_matches_bound(row_keys, row_ids, column_keys, limit, block_size):
+def _pad_keys(keys, num_columns, padded_columns):
+    """`keys` `[columns, ...]` padded to `padded_columns` rows by repeating the last one.
+
+    The padded columns are never selected; repeating a real key keeps a
+    caller's weight rule on real label rows (an all-zero row could make it
+    divide by zero).
+    """
+    index = tf.minimum(tf.range(padded_columns), tf.maximum(num_columns - 1, 0))
+    return tf.gather(keys, index)
+
+
+def _first_matches_bound(weigh, row_keys, row_ids, column_keys, limit, block_size):
     """Streams over column blocks: how many columns match each row, and where its first `limit` matches end.
 
-    A column matches a row when their keys match (equal ids; multi-hot:
-    a shared class) and its index is not the row's `row_ids` entry (-1:
-    none excluded). Returns `(count, bound)`, `[rows]` int32: `count` is the
-    number of matching columns; the first `limit` of them (by index) are
-    exactly the matching columns with index < `bound` (0 when `limit` <= 0,
-    the number of columns when fewer match). Memory: rows x block_size.
+    A column matches a row when `weigh` gives the pair a weight > 0 and its
+    index is not the row's `row_ids` entry (-1: none excluded). Returns
+    `(count, bound)`, `[rows]` int32: `count` is the number of matching
+    columns; the first `limit` of them (by index) are exactly the matching
+    columns with index < `bound` (0 when `limit` <= 0, the number of columns
+    when fewer match). Memory: rows x block_size.
     """
-    multi_hot = row_keys.shape.rank == 2
     num_rows = tf.shape(row_keys)[0]
     if column_keys.shape[0] is not None:
         num_columns = column_keys.shape[0]
@@ -86,18 +76,14 @@ def _first_matches_bound(row_keys, row_ids, column_keys, limit, block_size):
         num_columns = tf.shape(column_keys)[0]
         num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
     tail = [0] * (column_keys.shape.rank - 1)
-    keys_padded = tf.pad(column_keys, [[0, num_blocks * block_size - num_columns]] + [[0, 0]] * len(tail))
+    keys_padded = _pad_keys(column_keys, num_columns, num_blocks * block_size)
     limit = tf.broadcast_to(tf.cast(limit, tf.int32), [num_rows])
-    row_float = tf.cast(row_keys, tf.float32) if multi_hot else None
 
     def body(k, count, bound):
         start = k * block_size
         keys = tf.slice(keys_padded, [start] + tail, [block_size] + [-1] * len(tail))
         index = start + tf.range(block_size)
-        if multi_hot:
-            match = tf.matmul(row_float, tf.cast(keys, tf.float32), transpose_b=True) > 0
-        else:
-            match = tf.equal(row_keys[:, None], keys[None, :])
+        match = weigh(row_keys, keys) > 0
         match = match & (index[None, :] < num_columns) & (index[None, :] != row_ids[:, None])
         match_int = tf.cast(match, tf.int32)
         running = tf.cumsum(match_int, axis=1) + count[:, None]
@@ -121,20 +107,22 @@ class _Blocks(NamedTuple):
     Rows i are the anchors (`num_rows`, a scalar tensor), columns j the
     contrast rows, visited in `num_blocks` blocks of `block_size`
     (`padding` padded columns at the end; sizes are Python ints when static).
-    `keys_padded` holds the column keys, padded like the columns; row i
-    is column `self_index[i]`; `cap_bounds` is `_blockwise_core`'s.
+    `keys_padded` holds the column keys, padded like the columns; `weigh`
+    gives a block's positive weights from the row and column keys (the
+    `weights.PairWeighting` rule); row i is column `self_index[i]`;
+    `cap_bounds` is `_blockwise_core`'s.
     """
 
     dtype: tf.DType
     variant: str
     denominator: str
-    multi_hot: bool
+    weigh: Callable
     block_size: int
     num_rows: tf.Tensor
     num_columns: Union[int, tf.Tensor]
     num_blocks: Union[int, tf.Tensor]
     padding: Union[int, tf.Tensor]
-    key_tail: int  # the keys' rank - 1: 1 for multi-hot keys, else 0
+    key_tail: int  # the keys' rank - 1: e.g. 1 for multi-hot keys, 0 for ids
     keys_padded: tf.Tensor
     anchor_keys: tf.Tensor
     self_index: tf.Tensor
@@ -146,10 +134,10 @@ class _Blocks(NamedTuple):
 
 def _blocks(
     anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, denominator, cap_bounds,
+    weigh,
 ):
     """The `_Blocks` of `_blockwise_core`'s arguments (static sizes where the contrast rows are known)."""
     dtype = anchors.dtype
-    multi_hot = anchor_keys.shape.rank == 2
     num_rows = tf.shape(anchors)[0]
     if contrast.shape[0] is not None:  # static sizes: what XLA needs (fixed trip count and TensorArray size)
         num_columns = contrast.shape[0]
@@ -158,14 +146,13 @@ def _blocks(
         num_columns = tf.shape(contrast)[0]
         num_blocks = tf.maximum(1, (num_columns + block_size - 1) // block_size)
     padding = num_blocks * block_size - num_columns
-    key_padding = [[0, padding]] + [[0, 0]] * (column_keys.shape.rank - 1)
-    keys_padded = tf.pad(column_keys, key_padding)
+    keys_padded = _pad_keys(column_keys, num_columns, num_blocks * block_size)
     inverse_temperature = tf.constant(1.0 / temperature, dtype)
     masked = tf.constant(_MASKED_LOGIT, dtype)
     anchor_keys = tf.stop_gradient(anchor_keys)
     tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
     return _Blocks(
-        dtype=dtype, variant=variant, denominator=denominator, multi_hot=multi_hot, block_size=block_size,
+        dtype=dtype, variant=variant, denominator=denominator, weigh=weigh, block_size=block_size,
         num_rows=num_rows, num_columns=num_columns, num_blocks=num_blocks, padding=padding,
         key_tail=column_keys.shape.rank - 1, keys_padded=keys_padded, anchor_keys=anchor_keys, self_index=self_index,
         cap_bounds=cap_bounds, inverse_temperature=inverse_temperature, masked=masked, tiny=tiny,
@@ -185,10 +172,11 @@ def _cap_kept(cap_bounds, column_index):
 
 
 def _block(blocks, anchor_matrix, contrast_padded, k):
-    """Block k: its columns `[block, dim]`, s_ij `[rows, block]`, the denominator set (bool) and P(i) (0/1).
+    """Block k: its columns `[block, dim]`, s_ij `[rows, block]`, the denominator set (bool) and P(i)'s weights.
 
     The denominator set is A(i) without the capped out X(i) ("all") or
-    N(i) (the other denominators); the padded columns are in neither.
+    N(i), the entries of weight 0 (the other denominators); the padded
+    columns are in neither. The weights are w_ij on P(i), 0 elsewhere.
     """
     block_size, tail = blocks.block_size, blocks.key_tail
     start = k * block_size
@@ -197,12 +185,8 @@ def _block(blocks, anchor_matrix, contrast_padded, k):
     logits = tf.matmul(anchor_matrix, columns, transpose_b=True) * blocks.inverse_temperature
     column_index = start + tf.range(block_size)
     valid = (column_index[None, :] < blocks.num_columns) & (column_index[None, :] != blocks.self_index[:, None])
-    if blocks.multi_hot:
-        dtype = blocks.dtype
-        match = tf.matmul(tf.cast(blocks.anchor_keys, dtype), tf.cast(keys, dtype), transpose_b=True) > 0
-    else:
-        match = tf.equal(blocks.anchor_keys[:, None], keys[None, :])
-    match = match & valid
+    weight = blocks.weigh(blocks.anchor_keys, keys)
+    match = (weight > 0) & valid
     if blocks.cap_bounds is None:
         kept = match
     else:
@@ -211,19 +195,20 @@ def _block(blocks, anchor_matrix, contrast_padded, k):
         in_denominator = valid & ~(match & ~kept)  # everything but the anchor and the capped out
     else:
         in_denominator = valid & ~match  # the negatives
-    return columns, logits, in_denominator, tf.cast(kept, blocks.dtype)
+    return columns, logits, in_denominator, tf.where(kept, weight, tf.zeros_like(weight))
 
 
-def _online_log_sum_exp(blocks, old_max, old_sum, values, selected, factor=None):
-    """One block of an online log-sum-exp over `values` where `selected` (optionally a weighted second sum).
+def _online_log_sum_exp(blocks, old_max, old_sum, values, weight, factor=None):
+    """One block of an online weighted log-sum-exp over `values` (optionally a second sum, with factors).
 
-    Per row: the new maximum m' and sum S' = S exp(m - m') + sum_j exp(v_j - m')
-    over the selected j; with `factor` f_j, also exp(m - m') and
-    sum_j f_j exp(v_j - m'), to rescale and extend a second sum alike.
+    Per row, over the j of weight w_j > 0: the new maximum m' and sum
+    S' = S exp(m - m') + sum_j w_j exp(v_j - m'); with `factor` f_j, also
+    exp(m - m') and sum_j w_j f_j exp(v_j - m'), to rescale and extend a
+    second sum alike.
     """
-    values = tf.where(selected, values, blocks.masked)
+    values = tf.where(weight > 0, values, blocks.masked)
     new_max = tf.maximum(old_max, tf.reduce_max(values, axis=1))
-    scaled = tf.exp(values - new_max[:, None]) * tf.cast(selected, blocks.dtype)
+    scaled = tf.exp(values - new_max[:, None]) * weight
     rescale = tf.exp(old_max - new_max)
     new_sum = old_sum * rescale + tf.reduce_sum(scaled, axis=1)
     if factor is None:
@@ -235,14 +220,15 @@ def _first_pass(blocks, anchor_matrix, contrast_padded, lowest, zeros):
     """The forward pass over the column blocks, per anchor `[rows]` each (`lowest`, `zeros`: the starting rows).
 
     Returns the online log-sum-exp over the denominator set (max, sum), the
-    sum and count of the positive logits, the online log-sum-exp over P(i)
-    (max, sum) and, for "only_negatives", |N(i)| (else zeros).
+    weighted sum of the positive logits and the sum of the weights
+    sum_p w_ip, the online weighted log-sum-exp over P(i) (max, sum) and,
+    for "only_negatives", |N(i)| (else zeros).
     """
 
     def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count):
         _, logits, in_denominator, positive = _block(blocks, anchor_matrix, contrast_padded, k)
-        new_max, row_sum = _online_log_sum_exp(blocks, row_max, row_sum, logits, in_denominator)
-        new_pos_max, pos_exp_sum = _online_log_sum_exp(blocks, pos_max, pos_exp_sum, logits, positive > 0)
+        new_max, row_sum = _online_log_sum_exp(blocks, row_max, row_sum, logits, tf.cast(in_denominator, blocks.dtype))
+        new_pos_max, pos_exp_sum = _online_log_sum_exp(blocks, pos_max, pos_exp_sum, logits, positive)
         pos_sum += tf.reduce_sum(positive * logits, axis=1)
         pos_count += tf.reduce_sum(positive, axis=1)
         if blocks.denominator == "only_negatives":  # an anchor needs a negative to count
@@ -261,10 +247,10 @@ def _one_positive_pass(blocks, anchor_matrix, contrast_padded, log_normaliser, l
     """"one_positive"'s second pass over the column blocks, once n_i = `log_normaliser` is known.
 
     With l(i, p) = -softplus(n_i - s_ip) and 1 - sigma_ip = sigmoid(n_i - s_ip),
-    returns per anchor `[rows]`: "out": sum_p l(i, p) and
-    sum_p (1 - sigma_ip) (the max and sum slots stay `lowest`, `zeros`);
-    "in": the online log-sum-exp of l(i, p) over P(i) (max, sum) and
-    sum_p exp(l(i, p) - max) (1 - sigma_ip).
+    returns per anchor `[rows]`: "out": sum_p w_ip l(i, p) and
+    sum_p w_ip (1 - sigma_ip) (the max and sum slots stay `lowest`, `zeros`);
+    "in": the online weighted log-sum-exp of l(i, p) over P(i) (max, sum)
+    and sum_p w_ip exp(l(i, p) - max) (1 - sigma_ip).
     """
 
     def second(k, lp_sum, lp_max, lp_exp_sum, miss_sum):
@@ -275,7 +261,7 @@ def _one_positive_pass(blocks, anchor_matrix, contrast_padded, log_normaliser, l
             return [k + 1, lp_sum + tf.reduce_sum(positive * log_prob, axis=1), lp_max, lp_exp_sum,
                     miss_sum + tf.reduce_sum(positive * miss, axis=1)]
         new_max, lp_exp_sum, rescale, block_miss = _online_log_sum_exp(
-            blocks, lp_max, lp_exp_sum, log_prob, positive > 0, factor=miss
+            blocks, lp_max, lp_exp_sum, log_prob, positive, factor=miss
         )
         return [k + 1, lp_sum, new_max, lp_exp_sum, miss_sum * rescale + block_miss]
 
@@ -290,9 +276,10 @@ def _general_forward(blocks, anchor_matrix, contrast_padded):
     """The forward passes: `(log_normaliser, log_positive, pos_sum, pos_count, den_count, negative_weight)`, `[rows]`.
 
     log_normaliser = log-sum-exp over the denominator set, log_positive =
-    log-sum-exp over P(i) ("one_positive", "in": of l(i, p)), pos_sum = the
-    sum of the positive logits ("one_positive", "out": of l(i, p)),
-    pos_count = |P(i)|, den_count = |N(i)| ("only_negatives"), and
+    the w_ip-weighted log-sum-exp over P(i) ("one_positive", "in": of
+    l(i, p)), pos_sum = the weighted sum of the positive logits
+    ("one_positive", "out": of l(i, p)), pos_count = W_i = sum_p w_ip,
+    den_count = |N(i)| ("only_negatives"), and
     negative_weight = c_i, the negatives' weight in the gradient
     ("one_positive"; else 0).
     """
@@ -375,7 +362,7 @@ def _general_backward(
 
 
 def _mean_log_prob(blocks, log_normaliser, log_positive, pos_sum, safe_count):
-    """`[rows]`: "out": (1/|P(i)|) sum_p l(i, p); "in": log((1/|P(i)|) sum_p exp l(i, p)), from the forward sums."""
+    """`[rows]`: "out": (1/W_i) sum_p w_ip l(i, p); "in": log((1/W_i) sum_p w_ip exp l(i, p)), from the forward sums."""
     if blocks.denominator == "one_positive":
         return pos_sum / safe_count if blocks.variant == "out" else log_positive - tf.math.log(safe_count)
     if blocks.variant == "out":
@@ -384,24 +371,29 @@ def _mean_log_prob(blocks, log_normaliser, log_positive, pos_sum, safe_count):
 
 
 def _blockwise_core(
-    anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size,
-    denominator="all", cap_bounds=None,
+    anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, weigh,
+    denominator="all", cap_bounds=None, by_equality=False,
 ):
-    """Streaming form: `(-(mean log-probability of the positives) [A], anchor counts [A] float)`.
+    """Streaming form: `(-(weighted mean log-probability of the positives) [A], anchor counts [A] float)`.
 
+    Row i and column j have the weight w_ij = `weigh`(row keys, column
+    keys) (`weights.PairWeighting`), computed per block: j is a positive of
+    i when w_ij > 0 (and the cap keeps it), a negative when w_ij = 0.
     Forward: one pass over column blocks keeps, per anchor, an online
-    log-sum-exp over the denominator set, the sum and count of positive
-    logits, and (for "in") an online log-sum-exp over P(i); "one_positive"
+    log-sum-exp over the denominator set, the weighted sum of positive
+    logits and W_i = sum_p w_ip, and (for "in") an online weighted
+    log-sum-exp over P(i); "one_positive"
     needs a second pass, once the negatives' log-sum-exp n_i is known, for
     sum_p l(i, p) (or its log-sum-exp) and the weight c_i of the negatives
     in the gradient. Backward: a second pass recomputes each block's logits
     and probabilities and accumulates dL/d anchors = G C / tau and
     dL/d contrast = G^T A / tau, with G = dL/d logits:
-    "all"/"only_negatives": p - pos/|P| ("out") or p - q ("in"), p the
-    softmax over the denominator set; "one_positive": c_i * softmax_N on
-    the negatives and -(1 - sigma_ip)/|P| ("out") or -r_ip (1 - sigma_ip)
-    ("in") on the positives, with sigma_ip = exp(l(i, p)),
-    r_ip = softmax_P(l(i, .)), c_i = sum_p of the positives' factors.
+    "all"/"only_negatives": p - w/W ("out") or p - q ("in"), p the
+    softmax over the denominator set, q_ip = w_ip exp(s_ip) / sum_p' w_ip' exp(s_ip');
+    "one_positive": c_i * softmax_N on the negatives and
+    -w_ip (1 - sigma_ip)/W_i ("out") or -r_ip (1 - sigma_ip) ("in") on the
+    positives, with sigma_ip = exp(l(i, p)), r_ip the w-weighted softmax of
+    l(i, .) over P(i), c_i = sum_p of the positives' factors.
     Peak memory is a few [anchors, block_size] matrices.
 
     `cap_bounds`: None, or `(row_sample, batch_bound, queue_bound,
@@ -410,16 +402,17 @@ def _blockwise_core(
     sample or t < batch_bound[r]; a matching queue column q when
     q < queue_bound[r]; the other matching columns are capped out.
 
-    The default loss (`[rows]` keys, "out", "all", no cap) goes to
-    `_blockwise_out_core`, which needs no positives in the blocks, keeps one
-    or two blocks alive and compiles nothing; what follows is the general
-    form, for every other option.
+    The default loss with 0/1 weights by key equality (`by_equality`:
+    `[rows]` keys; "out", "all", no cap) goes to `_blockwise_out_core`,
+    which needs no positives in the blocks, keeps one or two blocks alive
+    and compiles nothing; what follows is the general form, for every other
+    option and every other weighting.
     """
-    if denominator == "all" and variant == "out" and cap_bounds is None and anchor_keys.shape.rank == 1:
+    if denominator == "all" and variant == "out" and cap_bounds is None and by_equality:
         return _blockwise_out_core(anchors, contrast, column_keys, self_index, temperature, block_size)
     blocks = _blocks(
         anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, denominator,
-        cap_bounds,
+        cap_bounds, weigh,
     )
 
     def forward(anchor_matrix, contrast_padded):

@@ -1,40 +1,17 @@
 """The dense form of the SupCon loss: the whole [anchors, contrast] logit matrix at once, autodiff gradients.
 
-`_dense_core` builds the positive, capped-out and negative masks of every
-anchor against every contrast entry (queue entries included) and takes the
-row-wise log-sum-exp over the denominator set; it serves every option,
-`mask` included. Memory grows like anchors x contrast rows; the blockwise
-forms (`supcon_tf.losses.blockwise`) stream over column blocks instead.
+`_dense_core` builds the positive weights, capped-out and negative masks of
+every anchor against every contrast entry (queue entries included), from the
+`weights.PairWeighting` rule called once on [anchor samples, batch] and
+[anchor samples, queue], and takes the row-wise log-sum-exp over the
+denominator set; it serves every option. Memory grows like anchors x
+contrast rows; the blockwise forms (`supcon_tf.losses.blockwise`) stream over
+column blocks instead.
 """
 
 import tensorflow as tf
 
 from supcon_tf.losses._inputs import _MASKED_LOGIT
-
-
-def _sample_positive_mask(labels, mask, num_samples, dtype):
-    """Returns the sample-level positive mask `[N, N]` (diagonal included).
-
-    The diagonal says whether the *other views* of a sample are its positives;
-    the anchor itself is removed later by the self-mask.
-    """
-    if mask is not None:
-        return tf.cast(mask, dtype)
-    if labels is None:
-        return tf.eye(num_samples, dtype=dtype)
-    if labels.shape.rank == 1:
-        return tf.cast(tf.equal(labels[:, None], labels[None, :]), dtype)
-    # Multi-hot [N, C]: positives share at least one class.
-    multi_hot = tf.cast(labels, dtype)
-    return tf.cast(tf.matmul(multi_hot, multi_hot, transpose_b=True) > 0, dtype)
-
-
-def _cross_positive_mask(row_labels, column_labels, dtype):
-    """`[rows, columns]` 1 where a row's label matches a column's (shared class for multi-hot)."""
-    if row_labels.shape.rank == 1:
-        return tf.cast(tf.equal(row_labels[:, None], tf.cast(column_labels, row_labels.dtype)[None, :]), dtype)
-    product = tf.matmul(tf.cast(row_labels, dtype), tf.cast(column_labels, dtype), transpose_b=True)
-    return tf.cast(product > 0, dtype)
 
 
 def _weighted_log_mean_exp(values, weight, safe_total):
@@ -45,16 +22,16 @@ def _weighted_log_mean_exp(values, weight, safe_total):
 
 
 def _dense_core(
-    anchors, contrast, queue, labels, mask, queue_labels, self_index, num_samples, num_views,
+    anchors, contrast, queue, weighting, self_index, num_samples, num_views,
     anchor_offset, num_anchor, anchor_views, temperature, variant, dtype, denominator="all", positives_cap=-1,
 ):
-    """Dense form: `(-(mean log-probability of the positives) [A], anchor counts [A])`.
+    """Dense form: `(-(weighted mean log-probability of the positives) [A], anchor counts [A])`.
 
-    An anchor counts when it has a positive (and, for "only_negatives", a
-    negative); the value of one that does not is meaningless (finite).
+    `weighting` is the `weights.PairWeighting`. An anchor counts when the
+    weights of its positives sum to > 0 (and, for "only_negatives", it has
+    a negative); the value of one that does not is meaningless (finite).
     """
-    sample_mask = _sample_positive_mask(labels, mask, num_samples, dtype)
-    sample_mask = sample_mask[anchor_offset : anchor_offset + num_anchor]  # [b, N], weights
+    sample_mask = weighting.weigh(weighting.anchor_keys, weighting.sample_keys)  # [b, N], weights
     candidate = sample_mask > 0  # positive samples before the cap (own sample included)
     dropped = tf.zeros_like(candidate)  # capped out
     if positives_cap >= 0:
@@ -74,18 +51,15 @@ def _dense_core(
     excluded = tf.tile(dropped, [anchor_views, num_views]) | is_self
     negative = tf.tile(~candidate, [anchor_views, num_views]) & ~is_self
     if queue is not None:
-        if labels is None:
-            queue_candidate = tf.zeros([num_anchor, tf.shape(queue)[0]], tf.bool)
-        else:
-            anchor_labels = labels[anchor_offset : anchor_offset + num_anchor]
-            queue_candidate = _cross_positive_mask(anchor_labels, queue_labels, dtype) > 0  # [b, K]
+        queue_weight = weighting.weigh(weighting.anchor_keys, weighting.queue_keys)  # [b, K]
+        queue_candidate = queue_weight > 0
         queue_dropped = tf.zeros_like(queue_candidate)
         if positives_cap >= 0:
             # Queue entries rank after every batch sample, in queue order, one positive each.
             budget = positives_cap - num_views * kept_samples
             queue_rank = tf.cumsum(tf.cast(queue_candidate, tf.int32), axis=1)
             queue_dropped = queue_candidate & (queue_rank > budget[:, None])
-        queue_positive = tf.cast(queue_candidate & ~queue_dropped, dtype)
+        queue_positive = tf.where(queue_candidate & ~queue_dropped, queue_weight, tf.zeros_like(queue_weight))
         contrast = tf.concat([contrast, queue], axis=0)
         positive = tf.concat([positive, tf.tile(queue_positive, [anchor_views, 1])], axis=1)
         excluded = tf.concat([excluded, tf.tile(queue_dropped, [anchor_views, 1])], axis=1)

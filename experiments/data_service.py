@@ -28,7 +28,9 @@ really listens (read back from the kernel's socket table):
 This binary does not import `experiments.common` (which defines every
 training flag): its flags are the fields of `ServiceConfig`
 (`experiments/flagging.py`, the binaries' one flag mechanism and error
-convention), checked before TensorFlow is imported.
+convention), checked before the server starts; the HOST:PORT grammar is the
+library's (`supcon_tf._checks.host_port`), one definition for the library's
+`parse_address`, `RunConfig.data_service` and these flags.
 """
 
 from __future__ import annotations
@@ -59,25 +61,24 @@ def _port(value):
     return int(text)
 
 
-# The grammar of supcon_tf.data_service.parse_address, checked here without importing TensorFlow (supcon_tf
-# imports it), so that a bad flag is reported at once; the library checks the same again when the server starts.
-_HOST = r"[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]"
-_HOST_PORT = re.compile(rf"(?:grpc://)?({_HOST}):([0-9]{{1,5}})")
-
-
 def _address(value, name):
     """`HOST:PORT` (or grpc://HOST:PORT) -> "HOST:PORT"; ValueError naming the flag otherwise."""
-    match = _HOST_PORT.fullmatch(value or "")
-    if match is None or not 0 < int(match.group(2)) < 65536:
-        raise ValueError(f"`{name}` must be HOST:PORT (e.g. localhost:5050), received: --{name}={value!r}")
-    return f"{match.group(1)}:{int(match.group(2))}"
+    from supcon_tf._checks import host_port
+
+    host, port = host_port(value, name)
+    return f"{host}:{port}"
+
+
+def _is_host(value):
+    """True for a host name, an IPv4 address or an [IPv6] address (the grammar of `supcon_tf._checks.HOST`)."""
+    from supcon_tf._checks import HOST
+
+    return re.fullmatch(HOST, value or "") is not None
 
 
 def _worker_entry(value):
     """One `--workers` entry: HOST:PORT, or HOST (any port)."""
-    if re.fullmatch(_HOST, value or ""):
-        return value
-    return _address(value, "workers")
+    return value if _is_host(value) else _address(value, "workers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +117,7 @@ class ServiceConfig:
         if not self.dispatcher:
             raise ValueError("`dispatcher` is required for --role=worker: the dispatcher's HOST:PORT")
         dispatcher = _address(self.dispatcher, "dispatcher")
-        if not re.fullmatch(_HOST, self.host or ""):
+        if not _is_host(self.host):
             raise ValueError(f"`host` must be a host name or address, received: --host={self.host!r}")
         return {"role": "worker", "port": port, "dispatcher": dispatcher, "host": self.host}
 

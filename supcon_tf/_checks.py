@@ -6,6 +6,7 @@ received, and returns the value in its canonical Python type.
 
 import math
 import numbers
+import re
 
 # dtype names (NumPy or TensorFlow) of the arrays and tensors `real_scalar` reads.
 _REAL_DTYPES = ("float", "bfloat", "int", "uint")
@@ -104,3 +105,20 @@ def as_size(value, name):
             f"received: {name}={value!r}"
         )
     return int(value[0]), int(value[1])
+
+
+# HOST:PORT (optionally grpc://HOST:PORT): a host name, an IPv4 address or an [IPv6] address, and a port 1..65535.
+HOST = r"[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]"
+_HOST_PORT = re.compile(rf"(grpc://)?({HOST}):([0-9]{{1,5}})")
+
+
+def host_port(value, name, *, scheme=False, example="localhost:5050"):
+    """`"HOST:PORT"` or `"grpc://HOST:PORT"` -> `(host, port)`; a ValueError naming `name` otherwise.
+
+    With `scheme`, the `grpc://` prefix is required (a dispatcher address as TensorFlow's clients take it).
+    """
+    match = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
+    if match is None or not 0 < int(match.group(3)) < 65536 or (scheme and not match.group(1)):
+        form = "grpc://HOST:PORT" if scheme else "HOST:PORT (or grpc://HOST:PORT)"
+        raise ValueError(f"`{name}` must be {form} (e.g. {example}), received: {name}={value!r}")
+    return match.group(2), int(match.group(3))

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 
 from supcon_tf import _checks as checks
 
@@ -28,8 +27,6 @@ SAMPLERS = ("random", "class_balanced")
 AUGMENT_ON = ("host", "device")  # = supcon_tf.data.AUGMENT_ON (tests/test_device_augment.py keeps them equal)
 LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
 DERIVED_FIELDS = ("resolved_learning_rate",)  # written to config.json by to_dict, not settable
-# tf.data service dispatcher address: grpc://HOST:PORT (a host name, IPv4 address or [IPv6] address).
-_SERVICE_ADDRESS = re.compile(r"grpc://([A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 # The registered encoder names (= supcon_tf.encoders.ENCODER_NAMES; tests/test_backbones.py keeps them equal);
 # `encoder` may also be "keras.applications:<Name>", "<module>:<function>" or "<path/to/file.py>:<function>".
@@ -434,13 +431,7 @@ class RunConfig:
         _positive_number("data_service_timeout", self.data_service_timeout)
         if self.data_service is None:
             return
-        if not isinstance(self.data_service, str) or not _SERVICE_ADDRESS.fullmatch(self.data_service) or not (
-            0 < int(self.data_service.rsplit(":", 1)[1]) < 65536
-        ):
-            raise ValueError(
-                "`data_service` must be the dispatcher address grpc://HOST:PORT (e.g. grpc://localhost:5050), "
-                f"received: data_service={self.data_service!r}"
-            )
+        checks.host_port(self.data_service, "data_service", scheme=True, example="grpc://localhost:5050")
         if self.sampler == "class_balanced":
             raise ValueError(
                 "`data_service` cannot serve sampler='class_balanced' (its index stream is drawn in Python, "

@@ -138,7 +138,6 @@ batches; a shared job splits them instead).
 from __future__ import annotations
 
 import errno
-import re
 import socket
 import time
 import uuid
@@ -146,7 +145,7 @@ import uuid
 import tensorflow as tf
 
 from supcon_tf import data
-from supcon_tf._checks import is_int, positive_number
+from supcon_tf._checks import host_port, is_int, positive_number
 
 _service = tf.data.experimental.service
 
@@ -162,15 +161,9 @@ PROBE_PAUSE_S = 0.2
 # The dispatcher's gRPC method that TensorFlow's own clients call first (to compare versions); request: empty.
 _GET_VERSION = "/tensorflow.data.DispatcherService/GetVersion"
 
-_HOST_PORT = re.compile(r"(?:grpc://)?([A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})")
-
-
 def parse_address(address, name="address"):
     """`"HOST:PORT"` or `"grpc://HOST:PORT"` -> `(host, port)`; a ValueError naming `name` otherwise."""
-    match = _HOST_PORT.fullmatch(address) if isinstance(address, str) else None
-    if match is None or not 0 < int(match.group(2)) < 65536:
-        raise ValueError(f"`{name}` must be HOST:PORT (or grpc://HOST:PORT), received: {name}={address!r}")
-    return match.group(1), int(match.group(2))
+    return host_port(address, name)
 
 
 def _check_port(port, name="port"):

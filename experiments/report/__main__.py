@@ -1,6 +1,6 @@
 r"""The digits reproduction report, as a program.
 
-    python -m experiments.report                 # the committed report: reports/digits/ (about 40 min on 2 cores)
+    python -m experiments.report                 # the committed report: reports/digits/ (about 55 min on 2 cores)
     python -m experiments.report --quick         # a few minutes: runs/digits_report_quick/report/
     python -m experiments.report --render_only   # REPORT.md and the plots again, from reports/digits/results.json
     python -m experiments.report --readme        # print README.md's tables, from reports/digits/results.json

@@ -2,6 +2,8 @@ r"""Augmentation per core: supcon_tf's batched policies against the same policie
 
     .venv/bin/python benchmarks/augment_benchmark.py --out benchmarks/results/augment.md
     .venv/bin/python benchmarks/augment_benchmark.py --smoke      # seconds: every row once, tiny
+    .venv/bin/python benchmarks/augment_benchmark.py --base a0cd2e8 --out benchmarks/results/augment_a0cd2e8.md
+                                                                  # the library of an earlier commit against PIL
 
 What is measured, per policy and image size (64 uint8 RGB images of that size in, 64 float32 views out,
 views/s = augmented images per second; a sample seen as two views costs two):
@@ -218,6 +220,23 @@ def measure(policy_name, size, rounds, batches):
     return ours, pil
 
 
+def _export_library(parser, revision):
+    """Exports `supcon_tf` of `revision` into a temporary folder (removed at exit) and returns the folder."""
+    import atexit
+    import shutil
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(["git", "archive", revision, "supcon_tf"], cwd=root, capture_output=True)
+    if archive.returncode:
+        parser.error(f"--base must name a commit of this repository, received: {revision!r}")
+    folder = tempfile.mkdtemp(prefix="augment-base-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    return folder
+
+
 def _cell(rates):
     return f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
 
@@ -229,8 +248,13 @@ def main(argv):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=0, help="Batches per round and side (default: 2 at 224, 30 at 32).")
     parser.add_argument("--smoke", action="store_true", help="Every row once at 16x16, one batch: a check that it runs.")
+    parser.add_argument("--base", default=None,
+                        help="Measure the supcon_tf of this git revision (exported with git archive) instead of the "
+                             "working tree's.")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.base:
+        sys.path.insert(0, _export_library(parser, args.base))
     policies = args.policies.split(",")
     unknown = sorted(set(policies) - set(PIL_POLICIES))
     if unknown:
@@ -264,7 +288,12 @@ def main(argv):
                          "supcon_tf_views_per_s": ours, "pil_views_per_s": pil, "ratio_of_medians": ratio})
             lines.append(f"| {name} | {size}x{size} | {_cell(ours)} | {_cell(pil)} | {ratio:.2f} |")
             print(lines[-1], flush=True)
-    setting = (f"{BATCH} uint8 RGB images per batch, {args.rounds} alternating rounds, TensorFlow {tf.__version__}, "
+    import supcon_tf
+
+    library = f"supcon_tf of {args.base}" if args.base else "supcon_tf of the working tree"
+    if args.base and not supcon_tf.__file__.startswith(sys.path[0]):
+        raise RuntimeError(f"--base {args.base}: measured {supcon_tf.__file__}, not the exported library")
+    setting = (f"{library}, {BATCH} uint8 RGB images per batch, {args.rounds} alternating rounds, TensorFlow {tf.__version__}, "
                f"Pillow {PIL.__version__}, {os.cpu_count()} CPUs in the machine, one thread used")
     text = run_header("augment_benchmark.py", argv, setting) + "\n".join(lines) + "\n"
     write_results(text, {"setting": setting, "rows": rows}, args.out)

@@ -87,13 +87,16 @@ from supcon_tf.losses._inputs import (
     DEFAULT_BLOCK_SIZE,
     DENOMINATORS,
     IMPLEMENTATIONS,
+    LABEL_KERNELS,
+    MULTI_LABEL_MODES,
+    POSITIVE_WEIGHTINGS,
     VARIANTS,
     PerAnchorLoss,
 )
 from supcon_tf.losses.api import SupConLoss, reduce_per_anchor, supcon_loss, supcon_per_anchor_loss
 # Private, but named as `losses._blockwise_out_core` in tests/ and benchmarks/RESULTS.md.
 from supcon_tf.losses.blockwise_out import _blockwise_out_core  # noqa: F401
-from supcon_tf.losses.weights import label_match_weights
+from supcon_tf.losses.weights import gaussian_kernel_weights, jaccard_weights, label_match_weights
 
 __all__ = [
     "BLOCKWISE_THRESHOLD",
@@ -101,9 +104,14 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DENOMINATORS",
     "IMPLEMENTATIONS",
+    "LABEL_KERNELS",
+    "MULTI_LABEL_MODES",
+    "POSITIVE_WEIGHTINGS",
     "VARIANTS",
     "PerAnchorLoss",
     "SupConLoss",
+    "gaussian_kernel_weights",
+    "jaccard_weights",
     "label_match_weights",
     "reduce_per_anchor",
     "supcon_loss",

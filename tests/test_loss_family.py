@@ -1,0 +1,242 @@
+"""The named members of the loss family: Jaccard and Gaussian-kernel positives, MulSupCon, BCL.
+
+Each is checked against a float64 NumPy reference written from its paper's
+equation, looped over anchors (complex-safe, so the gradient comes from the
+complex step, exact to float64 rounding):
+
+* `positive_weighting="jaccard"`: w_ij = |y_i & y_j| / |y_i | y_j| (multi-hot
+  rows as label sets), in the weighted loss
+  L(i) = -sum_p w_ip log p_ip / sum_p w_ip;
+* `label_kernel="gaussian"`: y-Aware (Dufumier et al., MICCAI 2021, eq. 3):
+  L(i) = -sum_k [K(y_i - y_k) / sum_j K(y_i - y_j)] log p_ik, K the Gaussian
+  kernel exp(-d^2 / (2 sigma^2)), j and k over the anchor's contrast set;
+* `multi_label="per_label"`: MulSupCon (Zhang & Wu, AAAI 2024): one anchor per
+  (sample view, label of the sample); its positives the entries carrying the
+  label; the mean over every such pair (the authors' code's default weighting);
+* `denominator="class_balanced"` (+ `prototypes`): BCL (Zhu et al., CVPR
+  2022): Z(i) = sum_c 1/|A_c(i)| sum_{a in A_c(i)} exp(s_ia), the class
+  centres in A(i) (and positives of their class).
+
+The case grid is test_loss_weights.py's (views 1-3, both contrast modes, both
+variants, temperatures 0.005-1, replica offsets, queues), dense and
+blockwise, gradients included; then the named rules against the general
+weighted reference for every denominator, the authors' code re-derived
+(BalSCL; y-Aware's GeneralizedSupervisedNTXenLoss, which differs), the Keras
+config round trip, and validation.
+"""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from supcon_tf.losses import SupConLoss, supcon_loss, supcon_per_anchor_loss
+from test_loss_weights import reference as weighted_reference
+
+TEMPERATURES = (0.005, 0.01, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
+BANDWIDTH = 0.8
+
+
+def _unit(rng, *shape):
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------ paper references (looped)
+
+
+def _weights_jaccard(a, b):
+    """|A & B| / |A | B| of the label sets of multi-hot rows a and b (0 for two empty sets)."""
+    set_a, set_b = set(np.flatnonzero(a)), set(np.flatnonzero(b))
+    return len(set_a & set_b) / len(set_a | set_b) if set_a | set_b else 0.0
+
+
+def _weights_gaussian(a, b):
+    return float(np.exp(-np.sum((np.atleast_1d(a) - np.atleast_1d(b)) ** 2) / (2 * BANDWIDTH**2)))
+
+
+def _rows(z, contrast_mode, anchor_offset, num_anchor_samples):
+    batch, views, _ = z.shape
+    count = batch - anchor_offset if num_anchor_samples is None else num_anchor_samples
+    anchor_views = 1 if contrast_mode == "one" else views
+    return [(anchor_offset + local, v) for v in range(anchor_views) for local in range(count)], count, anchor_views
+
+
+def _entries(z, labels, queue, queue_labels, prototypes, prototype_labels):
+    """The contrast set as (vector, label, batch sample or None), view-major, then queue, then prototypes."""
+    batch, views, _ = z.shape
+    entries = [(z[t, u], labels[t], (t, u)) for u in range(views) for t in range(batch)]
+    if queue is not None:
+        entries += [(queue[k], queue_labels[k], None) for k in range(len(queue))]
+    if prototypes is not None:
+        entries += [(prototypes[c], prototype_labels[c], None) for c in range(len(prototypes))]
+    return entries
+
+
+def paper_reference(z, labels, kind, *, temperature, contrast_mode="all", variant="out", anchor_offset=0,
+                    num_anchor_samples=None, queue=None, queue_labels=None, prototypes=None, prototype_labels=None,
+                    base_temperature=None):
+    """`(losses, counts, mean)`: per anchor `[b, Va]` (`[b, Va, L]` for "per_label") from the papers' equations.
+
+    `z`, `queue` and `prototypes` may be complex (complex-step gradients).
+    Denominator: A(i) = every entry but the anchor ("jaccard", "gaussian",
+    "per_label"); "balanced": each entry's exp divided by its class's count in A(i).
+    """
+    rows, count, anchor_views = _rows(z, contrast_mode, anchor_offset, num_anchor_samples)
+    entries = _entries(z, labels, queue, queue_labels, prototypes, prototype_labels)
+    scale = 1.0 if base_temperature is None else temperature / base_temperature
+    num_labels = np.asarray(labels).shape[1] if kind == "per_label" else 1
+    complex_input = any(np.iscomplexobj(t) for t in (z, queue, prototypes) if t is not None)
+    losses = np.zeros((count, anchor_views, num_labels), dtype=np.complex128 if complex_input else np.float64)
+    counts = np.zeros((count, anchor_views, num_labels), bool)
+    for s, v in rows:
+        others = [e for e in entries if e[2] != (s, v)]
+        logits = np.array([z[s, v] @ vector / temperature for vector, _, _ in others])
+        if kind == "balanced":
+            same = [sum(1 for _, other, _ in others if other == label) for _, label, _ in others]
+            log_z = np.log(np.sum(np.exp(logits) / np.array(same)))
+        else:
+            log_z = np.log(np.sum(np.exp(logits)))
+        log_prob = logits - log_z
+        if kind == "per_label":
+            weight_sets = [np.array([float(labels[s][j] == 1 and other[j] == 1) for _, other, _ in others])
+                           for j in range(num_labels)]
+        elif kind == "jaccard":
+            weight_sets = [np.array([_weights_jaccard(labels[s], other) for _, other, _ in others])]
+        elif kind == "gaussian":
+            weight_sets = [np.array([_weights_gaussian(labels[s], other) for _, other, _ in others])]
+        else:  # balanced: the entries of the anchor's class
+            weight_sets = [np.array([float(other == labels[s]) for _, other, _ in others])]
+        for j, w in enumerate(weight_sets):
+            total = w.sum()
+            if total <= 0:
+                continue
+            if variant == "out":  # y-Aware eq. 3: the kernel weights normalised by their sum over A(i)
+                value = -np.sum(w * log_prob) / total
+            else:
+                value = -np.log(np.sum(w * np.exp(log_prob)) / total)
+            losses[s - anchor_offset, v, j] = scale * value
+            counts[s - anchor_offset, v, j] = True
+    if kind != "per_label":
+        losses, counts = losses[..., 0], counts[..., 0]
+    return losses, counts, (losses[counts].mean() if counts.any() else 0.0)
+
+
+def _complex_step(function, x, step=1e-30):
+    grad = np.zeros(x.size)
+    for k in range(x.size):
+        perturbed = x.astype(np.complex128)
+        perturbed.flat[k] += 1j * step
+        grad[k] = function(perturbed).imag / step
+    return grad.reshape(x.shape)
+
+
+# ------------------------------------------------------------------------------------ the case grid
+
+
+_KINDS = ("jaccard", "gaussian", "per_label", "balanced", "prototypes")
+_CASES = [(kind, views, queue) for kind in _KINDS for views in (1, 2, 3) for queue in (False, True)]
+
+
+def _case(case_id):
+    kind, views, with_queue = _CASES[case_id]
+    rng = np.random.default_rng([case_id, 2022])
+    batch, dim, num_queue = 6, 3, 4
+    z = _unit(rng, batch, views, dim)
+    if case_id % 3 == 0:
+        z[2] = z[1]  # ties
+    labels = queue_labels = None
+    if kind in ("jaccard", "per_label"):
+        labels = (rng.random((batch, 3)) < 0.5).astype(np.float64)
+        labels[1] = 0.0  # no label: no positive
+        labels[0] = [1.0, 0.0, 0.0]
+        queue_labels = (rng.random((num_queue, 3)) < 0.5).astype(np.float64)
+        named = dict(positive_weighting="jaccard") if kind == "jaccard" else dict(multi_label="per_label")
+    elif kind == "gaussian":
+        labels = rng.uniform(0.0, 3.0, size=batch if case_id % 2 else (batch, 2))  # values or vectors
+        queue_labels = rng.uniform(0.0, 3.0, size=(num_queue,) + labels.shape[1:])
+        named = dict(label_kernel="gaussian", kernel_bandwidth=BANDWIDTH)
+    else:
+        labels = rng.integers(0, 3, size=batch) * 7
+        labels[0] = 99  # a class that appears once: a positive only through the other views / its centre
+        queue_labels = rng.integers(0, 3, size=num_queue) * 7
+        named = dict(denominator="class_balanced") if kind == "balanced" or case_id % 2 else {}
+    options = dict(temperature=TEMPERATURES[case_id % len(TEMPERATURES)])
+    if case_id % 2:
+        options.update(anchor_offset=2, num_anchor_samples=3)
+    if case_id % 4 == 1:
+        options["base_temperature"] = 0.07
+    extra = {}
+    if with_queue:
+        extra.update(queue=_unit(rng, num_queue, dim), queue_labels=queue_labels)
+    if kind == "prototypes":
+        extra.update(prototypes=_unit(rng, 4, dim), prototype_labels=np.array([0, 7, 14, 99]))
+    pairs = [("out", "all"), ("in", "one")] if case_id % 2 == 0 else [("in", "all"), ("out", "one")]
+    return z, labels, named, options, extra, pairs
+
+
+def _api_args(labels, named, extra, dtype):
+    args = dict(named)
+    if "queue" in extra:
+        args.update(queue_features=extra["queue"].astype(dtype), queue_labels=extra["queue_labels"])
+    if "prototypes" in extra:
+        args.update(prototypes=tf.constant(extra["prototypes"].astype(dtype)), prototype_labels=extra["prototype_labels"])
+    return args
+
+
+def _tf_run(z, labels, named, extra, implementation, dtype=np.float64, **options):
+    x = tf.constant(z.astype(dtype))
+    args = _api_args(labels, named, extra, dtype)
+    watched = [x] + ([args["prototypes"]] if "prototypes" in args else [])
+    with tf.GradientTape() as tape:
+        for t in watched:
+            tape.watch(t)
+        per_anchor = supcon_per_anchor_loss(x, labels, implementation=implementation, block_size=4, **args, **options)
+        count = tf.reduce_sum(tf.cast(per_anchor.has_positive, per_anchor.loss.dtype))
+        loss = tf.math.divide_no_nan(tf.reduce_sum(per_anchor.loss), count)
+    return per_anchor, loss.numpy(), [g.numpy() for g in tape.gradient(loss, watched)]
+
+
+@pytest.mark.parametrize("case_id", range(len(_CASES)), ids=lambda i: "-".join(map(str, _CASES[i])))
+def test_each_named_option_matches_its_papers_equation(case_id):
+    kind, _, _ = _CASES[case_id]
+    z, labels, named, options, extra, pairs = _case(case_id)
+    ref_kind = "balanced" if named.get("denominator") == "class_balanced" else (
+        "labels" if kind == "prototypes" else kind)
+    for variant, mode in pairs:
+        kwargs = dict(options, variant=variant, contrast_mode=mode)
+        ref_extra = dict(extra)
+        if ref_kind == "labels":  # prototypes with the default denominator: the 0/1 weights of equal ids
+            ref_losses, ref_counts, ref_mean = _labels_reference(z, labels, extra, **kwargs)
+            ref_grads = None
+        else:
+            run = lambda zz, pp=None: paper_reference(  # noqa: E731
+                zz, labels, ref_kind, **kwargs, **dict(ref_extra, **({} if pp is None else {"prototypes": pp})))
+            ref_losses, ref_counts, ref_mean = run(z)
+            ref_grads = [_complex_step(lambda zz: run(zz)[2], z)]
+            if "prototypes" in extra:
+                ref_grads.append(_complex_step(lambda pp: run(z, pp)[2], extra["prototypes"]))
+        for implementation in ("dense", "blockwise"):
+            where = f"{kind} {named} {variant}/{mode} {implementation}"
+            per_anchor, loss, grads = _tf_run(z, labels, named, extra, implementation, **kwargs)
+            np.testing.assert_array_equal(per_anchor.has_positive.numpy(), ref_counts, err_msg=where)
+            np.testing.assert_allclose(per_anchor.loss.numpy(), ref_losses, rtol=1e-9, atol=1e-10, err_msg=where)
+            np.testing.assert_allclose(loss, ref_mean, rtol=1e-9, atol=1e-10, err_msg=where)
+            if ref_grads is not None:
+                for got, expected in zip(grads, ref_grads):
+                    scale = max(1.0, float(np.abs(expected).max()))
+                    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9 * scale, err_msg=where)
+            tol = 2e-5 * max(1.0, 1.0 / options["temperature"])
+            per_anchor32, _, _ = _tf_run(z, labels, named, extra, implementation, np.float32, **kwargs)
+            np.testing.assert_allclose(per_anchor32.loss.numpy(), ref_losses, rtol=1e-4, atol=tol, err_msg=where)
+
+
+def _labels_reference(z, labels, extra, **kwargs):
+    """Prototypes with the default denominator: test_loss_weights' weighted reference, the centres as a queue."""
+    queue = [q for q in (extra.get("queue"), extra["prototypes"]) if q is not None]
+    queue_labels = np.concatenate([ql for ql in (extra.get("queue_labels"), extra["prototype_labels"]) if ql is not None])
+    weights = (labels[:, None] == labels[None, :]).astype(np.float64)
+    return weighted_reference(z, weights, np.concatenate(queue), (labels[:, None] == queue_labels[None, :]) * 1.0,
+                              **kwargs)

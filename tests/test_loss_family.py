@@ -240,3 +240,199 @@ def _labels_reference(z, labels, extra, **kwargs):
     weights = (labels[:, None] == labels[None, :]).astype(np.float64)
     return weighted_reference(z, weights, np.concatenate(queue), (labels[:, None] == queue_labels[None, :]) * 1.0,
                               **kwargs)
+
+
+# ------------------------------------------------------------------------------------ the other denominators
+
+
+@pytest.mark.parametrize("kind", ["jaccard", "gaussian", "per_label"])
+def test_named_rules_with_every_denominator_equal_the_general_weighted_reference(kind):
+    # The named rule's weights (written here from its definition) through test_loss_weights' reference.
+    z, labels, named, options, extra, _ = _case(_CASES.index((kind, 2, True)))
+    queue, queue_labels = extra["queue"], extra["queue_labels"]
+    if kind == "per_label":
+        weight_sets = [(np.outer(labels[:, j], labels[:, j]), np.outer(labels[:, j], queue_labels[:, j]))
+                       for j in range(labels.shape[1])]
+    else:
+        rule = _weights_jaccard if kind == "jaccard" else _weights_gaussian
+        weight_sets = [(np.array([[rule(a, b) for b in labels] for a in labels]),
+                        np.array([[rule(a, b) for b in queue_labels] for a in labels]))]
+    for denominator, variant, mode in itertools.product(("all", "one_positive", "only_negatives"), ("out", "in"),
+                                                        ("all", "one")):
+        kwargs = dict(options, denominator=denominator, variant=variant, contrast_mode=mode)
+        for implementation in ("dense", "blockwise"):
+            per_anchor, _, _ = _tf_run(z, labels, named, extra, implementation, **kwargs)
+            loss, counts = per_anchor.loss.numpy(), per_anchor.has_positive.numpy()
+            if kind != "per_label":
+                loss, counts = loss[..., None], counts[..., None]
+            for j, (weights, queue_weights) in enumerate(weight_sets):
+                ref_losses, ref_counts, _ = weighted_reference(z, weights, queue, queue_weights, **kwargs)
+                where = f"{kind} label {j} {denominator} {variant}/{mode} {implementation}"
+                np.testing.assert_array_equal(counts[..., j], ref_counts, err_msg=where)
+                np.testing.assert_allclose(loss[..., j], ref_losses, rtol=1e-9, atol=1e-10, err_msg=where)
+
+
+# ------------------------------------------------------------------------------------ the authors' code, re-derived
+
+
+def _balscl(centres, features, targets, num_classes, temperature):
+    """FlamieZhu/Balanced-Contrastive-Learning `loss/contrastive.py` `BalSCL.forward` (8fb4289), its formula in NumPy.
+
+    Two views; anchors the 2B view embeddings; contrast: the 2B embeddings and
+    the C centres; each column's exp divided by its class's count among the
+    2B + C entries, minus 1 on the anchor's class (the anchor itself); the
+    positives averaged; the mean over the 2B anchors.
+    """
+    batch = features.shape[0]
+    all_targets = np.concatenate([np.tile(targets, 2), np.arange(num_classes)])
+    class_count = np.array([np.sum(all_targets == c) for c in range(num_classes)])
+    mask = (all_targets[: 2 * batch, None] == all_targets[None, :]).astype(np.float64)
+    logits_mask = np.ones_like(mask)
+    logits_mask[np.arange(2 * batch), np.arange(2 * batch)] = 0.0
+    mask *= logits_mask
+    rows = np.concatenate([features[:, 0], features[:, 1], centres])
+    logits = rows[: 2 * batch] @ rows.T / temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    per_ins_weight = class_count[all_targets][None, :] - mask
+    exp_sum = np.sum(np.exp(logits) * logits_mask / per_ins_weight, axis=1, keepdims=True)
+    log_prob = logits - np.log(exp_sum)
+    return float(np.mean(-(mask * log_prob).sum(1) / mask.sum(1)))
+
+
+def test_class_balanced_with_prototypes_equals_the_bcl_authors_formula():
+    rng = np.random.default_rng(11)
+    features, centres = _unit(rng, 8, 2, 5), _unit(rng, 4, 5)
+    targets = np.array([0, 0, 0, 0, 0, 1, 1, 2])  # long-tailed; class 3 only as a centre
+    for temperature in (0.07, 0.1, 0.5):
+        expected = _balscl(centres, features, targets, 4, temperature)
+        for implementation in ("dense", "blockwise"):
+            got = supcon_loss(features, targets, temperature=temperature, denominator="class_balanced",
+                              prototypes=centres, prototype_labels=np.arange(4), implementation=implementation,
+                              block_size=5)
+            assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def _y_aware_code(z_i, z_j, labels, temperature, sigma, row_normalised):
+    """Duplums/yAwareContrastiveLearning `losses.py` `GeneralizedSupervisedNTXenLoss.forward` (9a4f3d0) in NumPy.
+
+    Its `weights /= weights.sum(axis=1)` broadcasts the 1-D row sums over the
+    columns: w_ij / sum_k w_jk. `row_normalised=True` divides by the anchor's
+    own row sum instead (the paper's eq. 3). The loss is -1/N times the sum
+    over the 2N anchors.
+    """
+    n = len(z_i)
+    all_labels = np.tile(labels, 2)
+    weights = np.exp(-(all_labels[:, None] - all_labels[None, :]) ** 2 / (2 * sigma**2)) * (1 - np.eye(2 * n))
+    sums = weights.sum(axis=1)
+    weights = weights / (sums[:, None] if row_normalised else sums)
+    rows = np.concatenate([z_i, z_j])
+    sim = rows @ rows.T / temperature - 1e8 * np.eye(2 * n)
+    log_softmax = sim - np.log(np.exp(sim - sim.max(1, keepdims=True)).sum(1, keepdims=True)) - sim.max(1, keepdims=True)
+    return float(-(weights * log_softmax).sum() / n)
+
+
+def test_gaussian_kernel_is_y_aware_eq3_and_twice_less_than_the_authors_code_sum():
+    rng = np.random.default_rng(3)
+    z = _unit(rng, 6, 2, 4)
+    ages = rng.uniform(20.0, 80.0, size=6)
+    ours = float(supcon_loss(z, ages, temperature=0.1, label_kernel="gaussian", kernel_bandwidth=5.0))
+    # The paper's equation, per-anchor normalisation: their code's scale is the sum over 2N anchors / N = 2 x mean.
+    assert 2 * ours == pytest.approx(_y_aware_code(z[:, 0], z[:, 1], ages, 0.1, 5.0, row_normalised=True), rel=1e-10)
+    # Their code's broadcast normalises by the contrast entry's row sum: a different number unless the sums are equal.
+    assert abs(2 * ours - _y_aware_code(z[:, 0], z[:, 1], ages, 0.1, 5.0, row_normalised=False)) > 1e-3
+
+
+# ------------------------------------------------------------------------------------ Keras, XLA, validation
+
+
+@pytest.mark.parametrize("options", [
+    dict(positive_weighting="jaccard"),
+    dict(label_kernel="gaussian", kernel_bandwidth=0.5),
+    dict(multi_label="per_label", variant="in"),
+    dict(denominator="class_balanced", contrast_mode="one"),
+])
+def test_supcon_loss_class_serialises_the_named_options(options):
+    rng = np.random.default_rng(1)
+    z = _unit(rng, 6, 2, 4).astype(np.float32)
+    if "label_kernel" in options:
+        y = rng.uniform(0, 2, size=(6, 1)).astype(np.float32)
+    elif "denominator" in options:
+        y = np.array([[0], [1], [0], [2], [1], [0]], np.float32)
+    else:
+        y = (rng.random((6, 3)) < 0.5).astype(np.float32)
+    loss = SupConLoss(temperature=0.2, **options)
+    config = loss.get_config()
+    for key, value in options.items():
+        assert config[key] == value
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is SupConLoss and restored.get_config() == config
+    labels = y[:, 0] if y.shape[1] == 1 else y
+    fn_options = {k: v for k, v in options.items()}
+    expected = supcon_loss(z, labels, temperature=0.2, **fn_options)
+    assert float(restored(y, z)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_named_options_under_xla_match_eager():
+    rng = np.random.default_rng(4)
+    z = tf.constant(_unit(rng, 8, 2, 4).astype(np.float32))
+    ids = tf.constant([0, 1, 0, 2, 1, 0, 3, 3])
+    multi_hot = tf.constant((rng.random((8, 3)) < 0.5).astype(np.float32))
+    centres = tf.constant(_unit(rng, 4, 4).astype(np.float32))
+
+    def losses(x):
+        out = []
+        for implementation in ("dense", "blockwise"):
+            common = dict(implementation=implementation, block_size=5)
+            out += [supcon_loss(x, ids, denominator="class_balanced", prototypes=centres,
+                                prototype_labels=tf.range(4), **common),
+                    supcon_loss(x, multi_hot, multi_label="per_label", **common),
+                    supcon_loss(x, multi_hot, positive_weighting="jaccard", **common)]
+        return tf.stack(out)
+
+    eager = losses(z).numpy()
+    compiled = tf.function(losses, jit_compile=True)(z).numpy()
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+
+
+_LABELS = np.array([0, 1, 0, 1])
+_MULTI = np.array([[1, 0], [0, 1], [1, 1], [0, 1]], np.float32)
+_AGES = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+
+
+@pytest.mark.parametrize("kwargs, labels, message", [
+    (dict(label_kernel="gaussian", kernel_bandwidth=1.0), _LABELS, "label_kernel='gaussian' weighs continuous labels"),
+    (dict(label_kernel="gaussian", kernel_bandwidth=0.0), _AGES, "`kernel_bandwidth` must be a positive number, received: kernel_bandwidth=0.0"),
+    (dict(label_kernel="gaussian", kernel_bandwidth=-2), _AGES, "kernel_bandwidth=-2"),
+    (dict(label_kernel="gaussian"), _AGES, "needs `kernel_bandwidth` > 0, received: kernel_bandwidth=None"),
+    (dict(kernel_bandwidth=1.0), _AGES, "`kernel_bandwidth` needs `label_kernel`"),
+    (dict(label_kernel="rbf", kernel_bandwidth=1.0), _AGES, "`label_kernel` must be one of None, gaussian; received: label_kernel='rbf'"),
+    (dict(positive_weighting="jaccard"), _MULTI * 2, "needs multi-hot `labels` of 0 and 1, received: labels with an entry 2.0"),
+    (dict(positive_weighting="jaccard"), _LABELS, "needs [batch, classes] multi-hot `labels`"),
+    (dict(positive_weighting="cosine"), _MULTI, "received: positive_weighting='cosine'"),
+    (dict(multi_label="per_label"), _MULTI - 0.5, "received: labels with an entry 0.5"),
+    (dict(multi_label="per_label", positives_cap=2), _MULTI, "`positives_cap` does not combine with multi_label"),
+    (dict(multi_label="per_label", positive_weighting="jaccard"), _MULTI, "Give at most one of"),
+    (dict(denominator="class_balanced"), _MULTI, "needs [batch] class ids as `labels`"),
+    (dict(denominator="class_balanced"), None, 'denominator="class_balanced" needs `labels`'),
+    (dict(denominator="class_balanced", positives_cap=2), _LABELS, "`positives_cap` does not combine with denominator"),
+    (dict(positive_weighting="jaccard", pair_weights=lambda a, c: a @ tf.transpose(c)), _MULTI, "give no `pair_weights`"),
+    (dict(prototypes=np.eye(2, 3)), _LABELS, "`prototypes` need `prototype_labels`"),
+    (dict(prototypes=np.eye(2, 3), prototype_labels=[0, 1]), _MULTI, "`prototypes` are class centres"),
+    (dict(prototypes=np.eye(2, 4), prototype_labels=[0, 1]), _LABELS, "`prototypes` must be [classes, dim] with dim=3"),
+    (dict(prototypes=np.eye(2, 3), prototype_labels=[0, 1, 2]), _LABELS, "`prototype_labels` must be [classes] = [2]"),
+    (dict(prototype_labels=[0, 1]), _LABELS, "`prototype_labels` needs `prototypes`"),
+])
+def test_validation_names_the_argument_and_value(kwargs, labels, message):
+    z = _unit(np.random.default_rng(0), 4, 2, 3)
+    with pytest.raises(ValueError) as error:
+        supcon_loss(z, labels, **kwargs)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_keras_loss_refuses_bad_named_options_at_construction():
+    with pytest.raises(ValueError, match="kernel_bandwidth=0"):
+        SupConLoss(label_kernel="gaussian", kernel_bandwidth=0)
+    with pytest.raises(ValueError, match="use_labels=False"):
+        SupConLoss(multi_label="per_label", use_labels=False)
+    with pytest.raises(ValueError, match="denominator"):
+        SupConLoss(denominator="balanced")

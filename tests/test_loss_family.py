@@ -436,3 +436,12 @@ def test_keras_loss_refuses_bad_named_options_at_construction():
         SupConLoss(multi_label="per_label", use_labels=False)
     with pytest.raises(ValueError, match="denominator"):
         SupConLoss(denominator="balanced")
+
+
+def test_weights_module_examples_run_as_doctests():
+    import doctest
+
+    from supcon_tf.losses import weights
+
+    result = doctest.testmod(weights)
+    assert result.attempted >= 3 and result.failed == 0, result

@@ -672,7 +672,7 @@ def _z():
         (dict(mask=np.ones((4, 7)), queue_features=np.ones((3, 8), np.float32), queue_labels=[0, 1, 2]),
          r"With a `mask`, its last queue_size columns weigh the queue entries: give no `queue_labels`"),
         (dict(normalize="yes"), r"`normalize` must be a bool, received: normalize='yes'"),
-        (dict(denominator="sincere"), r"`denominator` must be one of all, one_positive, only_negatives; "
+        (dict(denominator="sincere"), r"`denominator` must be one of all, one_positive, only_negatives, class_balanced; "
                                       r"received: denominator='sincere'"),
         (dict(implementation="sparse"), r"`implementation` must be one of .*; received: implementation='sparse'"),
         (dict(block_size=0), r"`block_size` must be an int >= 1, received: block_size=0"),

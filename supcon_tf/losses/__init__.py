@@ -62,6 +62,14 @@ other than s (lowest index in the (gathered) batch, all V views each), then,
 in queue order, the first c - V * (batch samples kept) matching queue
 entries, so i never has more than c positives besides the other views of s.
 
+Named members of the family (docs/losses.md has their equations and papers):
+`positive_weighting="jaccard"` (multi-hot labels weighted by overlap),
+`label_kernel="gaussian"` + `kernel_bandwidth` (continuous labels, y-Aware),
+`multi_label="per_label"` (MulSupCon: one anchor per (anchor, label) pair,
+result `[b, views, labels]`), `denominator="class_balanced"` (BCL: Z(i) =
+sum_c 1/|A_c(i)| sum_{a in A_c(i)} exp(s_ia)) and `prototypes` (class
+centres in every contrast set, with gradient).
+
 One module per part (every public name is re-exported here, e.g.
 `losses.supcon_loss`, `losses.SupConLoss`):
 
@@ -87,13 +95,16 @@ from supcon_tf.losses._inputs import (
     DEFAULT_BLOCK_SIZE,
     DENOMINATORS,
     IMPLEMENTATIONS,
+    LABEL_KERNELS,
+    MULTI_LABEL_MODES,
+    POSITIVE_WEIGHTINGS,
     VARIANTS,
     PerAnchorLoss,
 )
 from supcon_tf.losses.api import SupConLoss, reduce_per_anchor, supcon_loss, supcon_per_anchor_loss
 # Private, but named as `losses._blockwise_out_core` in tests/ and benchmarks/RESULTS.md.
 from supcon_tf.losses.blockwise_out import _blockwise_out_core  # noqa: F401
-from supcon_tf.losses.weights import label_match_weights
+from supcon_tf.losses.weights import gaussian_kernel_weights, jaccard_weights, label_match_weights
 
 __all__ = [
     "BLOCKWISE_THRESHOLD",
@@ -101,9 +112,14 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DENOMINATORS",
     "IMPLEMENTATIONS",
+    "LABEL_KERNELS",
+    "MULTI_LABEL_MODES",
+    "POSITIVE_WEIGHTINGS",
     "VARIANTS",
     "PerAnchorLoss",
     "SupConLoss",
+    "gaussian_kernel_weights",
+    "jaccard_weights",
     "label_match_weights",
     "reduce_per_anchor",
     "supcon_loss",

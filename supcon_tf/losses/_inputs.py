@@ -17,7 +17,11 @@ from supcon_tf import _checks
 CONTRAST_MODES = ("all", "one")
 VARIANTS = ("out", "in")
 IMPLEMENTATIONS = ("auto", "dense", "blockwise")
-DENOMINATORS = ("all", "one_positive", "only_negatives")
+DENOMINATORS = ("all", "one_positive", "only_negatives", "class_balanced")
+# The named weighting rules (module `weights`): serialisable, unlike a `pair_weights` callable.
+POSITIVE_WEIGHTINGS = ("jaccard",)
+LABEL_KERNELS = ("gaussian",)
+MULTI_LABEL_MODES = ("per_label",)
 # "auto" switches to the blockwise form from this many contrast rows (views x
 # global batch + queue): below it the dense form is as fast and small enough.
 # See benchmarks/RESULTS.md for the measurements behind the number.
@@ -66,6 +70,132 @@ def _checked_options(temperature, base_temperature, contrast_mode, variant, deno
     _checks.choice(variant, "variant", VARIANTS)
     _checks.choice(denominator, "denominator", DENOMINATORS)
     return temperature, base_temperature, _check_positives_cap(positives_cap)
+
+
+def _checked_family(positive_weighting, label_kernel, kernel_bandwidth, multi_label, denominator, positives_cap):
+    """The named family options, checked alone and together (one ValueError line naming the argument).
+
+    Returns `kernel_bandwidth` as a float (or None). Shared by
+    `supcon_per_anchor_loss` and `SupConLoss`; the checks that need the
+    labels are `_validate_family_inputs`'s.
+    """
+    if positive_weighting is not None:
+        _checks.choice(positive_weighting, "positive_weighting", (None,) + POSITIVE_WEIGHTINGS)
+    if label_kernel is not None:
+        _checks.choice(label_kernel, "label_kernel", (None,) + LABEL_KERNELS)
+    if multi_label is not None:
+        _checks.choice(multi_label, "multi_label", (None,) + MULTI_LABEL_MODES)
+    if label_kernel is None:
+        if kernel_bandwidth is not None:
+            raise ValueError(
+                f"`kernel_bandwidth` needs `label_kernel`, received: kernel_bandwidth={kernel_bandwidth!r} "
+                "with label_kernel=None"
+            )
+    else:
+        if kernel_bandwidth is None:
+            raise ValueError(f"`label_kernel={label_kernel!r}` needs `kernel_bandwidth` > 0, received: kernel_bandwidth=None")
+        kernel_bandwidth = _checks.positive_number(kernel_bandwidth, "kernel_bandwidth")
+    named = [(n, v) for n, v in (("positive_weighting", positive_weighting), ("label_kernel", label_kernel),
+                                 ("multi_label", multi_label)) if v is not None]
+    if denominator == "class_balanced":
+        named.append(("denominator", denominator))
+    if len(named) > 1:
+        raise ValueError(
+            "Give at most one of `positive_weighting`, `label_kernel`, `multi_label` and `denominator=\"class_balanced\"`, "
+            f"received: {', '.join(f'{n}={v!r}' for n, v in named)}"
+        )
+    if named and positives_cap >= 0 and named[0][0] in ("multi_label", "denominator"):
+        raise ValueError(
+            f"`positives_cap` does not combine with {named[0][0]}={named[0][1]!r}, received: positives_cap={positives_cap}"
+        )
+    return kernel_bandwidth
+
+
+def _validate_family_inputs(labels, mask, pair_weights, positive_weighting, label_kernel, multi_label, denominator,
+                            queue_labels, prototypes, prototype_labels, positives_cap, features):
+    """The named options against the tensors: what labels each needs (one ValueError line naming the argument).
+
+    Returns `(prototypes, prototype_labels)` as tensors (or None).
+    """
+    option = None
+    for name, value in (("positive_weighting", positive_weighting), ("label_kernel", label_kernel),
+                        ("multi_label", multi_label)):
+        if value is not None:
+            option = f"{name}={value!r}"
+    if denominator == "class_balanced":
+        option = 'denominator="class_balanced"'
+    if option is not None:
+        if mask is not None or pair_weights is not None:
+            given = "mask" if mask is not None else "pair_weights"
+            raise ValueError(f"`{option.split('=')[0]}` weighs pairs by name: give no `{given}` with {option}")
+        if labels is None:
+            raise ValueError(f"{option} needs `labels`, received: labels=None")
+    multi_hot = positive_weighting is not None or multi_label is not None
+    if multi_hot:
+        if labels.shape.rank != 2:
+            raise ValueError(f"{option} needs [batch, classes] multi-hot `labels`, received: labels with shape {labels.shape}")
+        if multi_label is not None and labels.shape[1] is None:
+            raise ValueError(f"{option} needs a static number of classes, received: labels with shape {labels.shape}")
+        for name, value in (("labels", labels), ("queue_labels", queue_labels)):
+            _check_zero_one(value, name, option)
+    if label_kernel is not None:
+        if not labels.dtype.is_floating:
+            raise ValueError(
+                f"{option} weighs continuous labels: `labels` must be float values ([batch] or [batch, k]), "
+                f"received: labels with dtype {labels.dtype.name} (class ids?)"
+            )
+        if queue_labels is not None and not tf.convert_to_tensor(queue_labels).dtype.is_floating:
+            raise ValueError(f"{option}: `queue_labels` must be float values like `labels`, received: dtype "
+                             f"{tf.convert_to_tensor(queue_labels).dtype.name}")
+        if tf.executing_eagerly() and not bool(tf.reduce_all(tf.math.is_finite(labels))):
+            raise ValueError(f"{option}: `labels` must be finite, received: labels with NaN or Inf entries")
+    if denominator == "class_balanced" and labels.shape.rank != 1:
+        raise ValueError(f"{option} needs [batch] class ids as `labels`, received: labels with shape {labels.shape}")
+    if prototypes is None:
+        if prototype_labels is not None:
+            raise ValueError("`prototype_labels` needs `prototypes`, received: prototypes=None")
+        return None, None
+    prototypes = _flatten_trailing(tf.convert_to_tensor(prototypes), 1)
+    if labels is None or labels.shape.rank != 1 or mask is not None or pair_weights is not None or (
+        option is not None and denominator != "class_balanced"
+    ):
+        raise ValueError(
+            "`prototypes` are class centres: they need [batch] class ids as `labels` (no mask, pair_weights or named "
+            f"weighting), received: labels with shape {None if labels is None else labels.shape}"
+            + (f" and {option}" if option and denominator != "class_balanced" else "")
+        )
+    if positives_cap >= 0:
+        raise ValueError(f"`positives_cap` does not combine with `prototypes`, received: positives_cap={positives_cap}")
+    if prototype_labels is None:
+        raise ValueError("`prototypes` need `prototype_labels` ([classes] class ids), received: prototype_labels=None")
+    prototype_labels = tf.convert_to_tensor(prototype_labels)
+    if prototypes.shape.rank != 2 or (
+        features.shape[-1] is not None and prototypes.shape[-1] not in (None, features.shape[-1])
+    ):
+        raise ValueError(
+            f"`prototypes` must be [classes, dim] with dim={features.shape[-1]}, received: prototypes with shape "
+            f"{prototypes.shape}"
+        )
+    if prototype_labels.shape.rank != 1 or (
+        prototypes.shape[0] is not None and prototype_labels.shape[0] not in (None, prototypes.shape[0])
+    ):
+        raise ValueError(
+            f"`prototype_labels` must be [classes] = [{prototypes.shape[0]}] class ids, received: prototype_labels "
+            f"with shape {prototype_labels.shape}"
+        )
+    if tf.executing_eagerly() and not bool(tf.reduce_all(tf.math.is_finite(tf.cast(prototypes, tf.float64)))):
+        raise ValueError("`prototypes` must be finite, received: prototypes containing NaN or Inf")
+    return prototypes, prototype_labels
+
+
+def _check_zero_one(values, name, option):
+    """Eagerly: multi-hot `values` hold only 0 and 1, else a ValueError naming `name` and an offending value."""
+    if values is None or not tf.executing_eagerly():
+        return
+    values = tf.cast(tf.convert_to_tensor(values), tf.float64)
+    bad = tf.boolean_mask(values, tf.logical_and(tf.not_equal(values, 0.0), tf.not_equal(values, 1.0)))
+    if tf.size(bad) > 0:
+        raise ValueError(f"{option} needs multi-hot `{name}` of 0 and 1, received: {name} with an entry {float(bad[0])!r}")
 
 
 def _check_cap_against_views(positives_cap, features):

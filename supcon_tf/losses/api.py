@@ -15,16 +15,18 @@ from supcon_tf.losses._inputs import (
     IMPLEMENTATIONS,
     PerAnchorLoss,
     _check_cap_against_views,
+    _checked_family,
     _checked_options,
     _compute_dtype,
     _flatten_trailing,
+    _validate_family_inputs,
     _validate_inputs,
     _validate_pair_weights,
     _validate_queue,
 )
 from supcon_tf.losses.blockwise import _blockwise_cap_bounds, _blockwise_core
 from supcon_tf.losses.dense import _dense_core
-from supcon_tf.losses.weights import pair_weighting, tiled_keys
+from supcon_tf.losses.weights import class_counts, named_rule, pair_weighting, per_label_keys, tiled_keys
 
 
 def _anchor_layout(features, contrast_mode, anchor_offset, num_anchor_samples):
@@ -88,6 +90,12 @@ def supcon_per_anchor_loss(
     denominator="all",
     positives_cap=-1,
     pair_weights=None,
+    positive_weighting=None,
+    label_kernel=None,
+    kernel_bandwidth=None,
+    multi_label=None,
+    prototypes=None,
+    prototype_labels=None,
 ):
     """SupCon loss of every anchor, and which anchors have a positive.
 
@@ -189,11 +197,40 @@ def supcon_per_anchor_loss(
         negative or non-finite weights raise a ValueError.
         `losses.label_match_weights` (the default: 1 for equal ids or a
         shared class) gives today's loss. Needs `labels`; not with `mask`.
+        `denominator="class_balanced"` (Balanced Contrastive Learning, Zhu
+        et al. 2022): "all" with each contrast entry's term in the
+        denominator divided by the number of entries of its class in A(i),
+        i.e. Z(i) = sum_c 1/|A_c(i)| sum_{a in A_c(i)} exp(s_ia); needs
+        `[batch]` class ids; no `positives_cap`.
+      positive_weighting: None, or `"jaccard"`: multi-hot `labels` (0/1)
+        weigh a pair by |y_i & y_j| / |y_i | y_j| (docs/losses.md).
+      label_kernel: None, or `"gaussian"` (y-Aware, Dufumier et al. 2021):
+        continuous float `labels` `[batch]` or `[batch, k]` weigh a pair by
+        exp(-|y_i - y_j|^2 / (2 kernel_bandwidth^2)), normalised per anchor
+        by the loss; a weight that underflows to 0 makes a negative.
+      kernel_bandwidth: sigma > 0 of `label_kernel` (required with it).
+      multi_label: None, or `"per_label"` (MulSupCon, Zhang & Wu 2024):
+        each (anchor, label of the anchor) pair is an anchor of its own,
+        whose positives are the entries carrying that label; multi-hot 0/1
+        `labels`; no `positives_cap`. The result then has a trailing label
+        axis (below), and `reduce_per_anchor` averages over every (anchor,
+        label) pair that has a positive. Cost: classes x the anchor rows.
+      prototypes: optional `[classes, dim]` class centres (BCL's class
+        complement) added to every anchor's contrast set, with gradient
+        (unlike the queue), positives of the anchors of their class; they
+        are never anchors. Normalised with `normalize=True`. Need `[batch]`
+        class ids as `labels` and `prototype_labels`; no `positives_cap`.
+      prototype_labels: `[classes]` the prototypes' class ids.
+
+      The named options (`positive_weighting`, `label_kernel`,
+      `multi_label`, `denominator="class_balanced"`) are exclusive of each
+      other, of `mask` and of `pair_weights`.
 
     Returns:
       `PerAnchorLoss(loss, has_positive)`, both
       `[num_anchor_samples, anchor_views]` (anchor_views is `views` for
-      `"all"` and 1 for `"one"`). `has_positive` says which anchors count
+      `"all"` and 1 for `"one"`), `[num_anchor_samples, anchor_views,
+      classes]` with `multi_label="per_label"`. `has_positive` says which anchors count
       in the mean: sum_p w_ip > 0 (|P(i)| > 0 with 0/1 weights), and, for
       `denominator="only_negatives"`, |N(i)| > 0.
 
@@ -210,6 +247,9 @@ def supcon_per_anchor_loss(
     temperature, base_temperature, positives_cap = _checked_options(
         temperature, base_temperature, contrast_mode, variant, denominator, positives_cap
     )
+    kernel_bandwidth = _checked_family(
+        positive_weighting, label_kernel, kernel_bandwidth, multi_label, denominator, positives_cap
+    )
     base_temperature = temperature if base_temperature is None else base_temperature
     _checks.choice(implementation, "implementation", IMPLEMENTATIONS)
     _checks.positive_int(block_size, "block_size")
@@ -221,6 +261,10 @@ def supcon_per_anchor_loss(
     _validate_pair_weights(pair_weights, labels, mask)
     _check_cap_against_views(positives_cap, features)
     queue_features, queue_labels = _validate_queue(features, labels, mask, queue_features, queue_labels)
+    prototypes, prototype_labels = _validate_family_inputs(
+        labels, mask, pair_weights, positive_weighting, label_kernel, multi_label, denominator, queue_labels,
+        prototypes, prototype_labels, positives_cap, features,
+    )
 
     dtype = _compute_dtype(features)
     features = tf.cast(features, dtype)
@@ -237,9 +281,38 @@ def supcon_per_anchor_loss(
         if normalize:
             queue = tf.math.l2_normalize(queue, axis=-1, epsilon=1e-12)
 
+    if prototypes is not None:
+        # Class centres join the contrast set after the queue, like queue entries but with their gradient.
+        centres = tf.cast(prototypes, dtype)
+        if normalize:
+            centres = tf.math.l2_normalize(centres, axis=-1, epsilon=1e-12)
+        centre_labels = tf.cast(prototype_labels, labels.dtype)
+        queue = centres if queue is None else tf.concat([queue, centres], axis=0)
+        queue_labels = centre_labels if queue_labels is None else tf.concat(
+            [tf.cast(queue_labels, labels.dtype), centre_labels], axis=0
+        )
+
     weighting = pair_weighting(
-        labels, mask, queue_labels, queue, pair_weights, num_samples, anchor_offset, num_anchor, dtype
+        labels, mask, queue_labels, queue, pair_weights, num_samples, anchor_offset, num_anchor, dtype,
+        named=named_rule(positive_weighting, label_kernel, kernel_bandwidth, dtype),
     )
+    row_samples = num_anchor  # anchor samples, or (label, anchor sample) pairs with multi_label
+    num_labels = None
+    if multi_label == "per_label":
+        # Each anchor row once per label, label-major inside each view: row (v, j, s) = v * L * b + j * b + s.
+        num_labels = labels.shape[1]
+        dim = tf.shape(anchors)[-1]
+        anchors = tf.reshape(
+            tf.tile(tf.reshape(anchors, [anchor_views, 1, num_anchor, dim]), [1, num_labels, 1, 1]), [-1, dim]
+        )
+        self_index = tf.reshape(tf.tile(tf.reshape(self_index, [anchor_views, 1, num_anchor]), [1, num_labels, 1]), [-1])
+        weighting = weighting._replace(anchor_keys=per_label_keys(weighting.anchor_keys))
+        row_samples = num_labels * num_anchor
+    column_counts = None
+    if denominator == "class_balanced":
+        _, all_keys = tiled_keys(weighting, num_views, anchor_views)
+        column_counts = class_counts(all_keys, block_size)
+
     if _uses_blockwise(implementation, features, queue):
         row_keys, column_keys = tiled_keys(weighting, num_views, anchor_views)
         cap_bounds = None
@@ -252,18 +325,22 @@ def supcon_per_anchor_loss(
         neg_mean_log_prob, counts = _blockwise_core(
             anchors, contrast, row_keys, column_keys, self_index, temperature, variant, block_size, weighting.weigh,
             denominator=denominator, cap_bounds=cap_bounds, by_equality=weighting.by_equality,
+            column_counts=column_counts,
         )
         has_positive = counts > 0
     else:
         neg_mean_log_prob, has_positive = _dense_core(
             anchors, contrast, queue, weighting, self_index, num_samples, num_views,
-            anchor_offset, num_anchor, anchor_views, temperature, variant, dtype,
-            denominator=denominator, positives_cap=positives_cap,
+            anchor_offset, row_samples, anchor_views, temperature, variant, dtype,
+            denominator=denominator, positives_cap=positives_cap, column_counts=column_counts,
         )
     loss = (temperature / base_temperature) * neg_mean_log_prob
     loss = tf.where(has_positive, loss, tf.zeros_like(loss))
 
-    to_sample_major = lambda t: tf.transpose(tf.reshape(t, [anchor_views, num_anchor]))  # noqa: E731
+    if num_labels is not None:  # [Va * L * b] -> [b, Va, L]
+        to_sample_major = lambda t: tf.transpose(tf.reshape(t, [anchor_views, num_labels, num_anchor]), [2, 0, 1])  # noqa: E731
+    else:
+        to_sample_major = lambda t: tf.transpose(tf.reshape(t, [anchor_views, num_anchor]))  # noqa: E731
     return PerAnchorLoss(loss=to_sample_major(loss), has_positive=to_sample_major(has_positive))
 
 
@@ -299,6 +376,12 @@ def supcon_loss(
     denominator="all",
     positives_cap=-1,
     pair_weights=None,
+    positive_weighting=None,
+    label_kernel=None,
+    kernel_bandwidth=None,
+    multi_label=None,
+    prototypes=None,
+    prototype_labels=None,
 ):
     """Scalar SupCon batch loss: mean of L(i) over anchors with a positive.
 
@@ -329,6 +412,14 @@ def supcon_loss(
       positives_cap: -1 (default, no cap) or a multiple of the views.
       pair_weights: optional rule `(anchor_labels, contrast_labels) ->
         [rows, columns]` weights of the positives.
+      positive_weighting: None or "jaccard" (multi-hot labels).
+      label_kernel: None or "gaussian" (continuous labels), with
+        `kernel_bandwidth`.
+      kernel_bandwidth: the kernel's sigma > 0.
+      multi_label: None or "per_label" (MulSupCon): the mean over
+        (anchor, label) pairs.
+      prototypes: optional `[classes, dim]` class centres in the contrast set.
+      prototype_labels: their `[classes]` class ids.
 
     Returns:
       Scalar float32 (float64 for float64 features) loss; 0 with zero
@@ -359,6 +450,12 @@ def supcon_loss(
             denominator=denominator,
             positives_cap=positives_cap,
             pair_weights=pair_weights,
+            positive_weighting=positive_weighting,
+            label_kernel=label_kernel,
+            kernel_bandwidth=kernel_bandwidth,
+            multi_label=multi_label,
+            prototypes=prototypes,
+            prototype_labels=prototype_labels,
         )
     )
 
@@ -376,8 +473,13 @@ class SupConLoss(keras.losses.Loss):
       normalize: L2-normalise `y_pred` first. Default False.
       use_labels: if False, `y_true` is ignored and the loss is SimCLR's
         NT-Xent. Default True.
-      denominator: "all" (default), "one_positive" or "only_negatives"
-        (see `supcon_per_anchor_loss`).
+      denominator: "all" (default), "one_positive", "only_negatives" or
+        "class_balanced" (see `supcon_per_anchor_loss`).
+      positive_weighting: None (default) or "jaccard": `y_true` multi-hot.
+      label_kernel: None (default) or "gaussian": `y_true` continuous
+        values `[batch]` (`[batch, 1]`) or vectors `[batch, k]`.
+      kernel_bandwidth: the kernel's sigma > 0 (with `label_kernel`).
+      multi_label: None (default) or "per_label": `y_true` multi-hot.
       positives_cap: -1 (default, no cap) or a non-negative multiple of the
         number of views (checked against `y_pred` at call time).
       name: loss name.
@@ -409,6 +511,10 @@ class SupConLoss(keras.losses.Loss):
         use_labels=True,
         denominator="all",
         positives_cap=-1,
+        positive_weighting=None,
+        label_kernel=None,
+        kernel_bandwidth=None,
+        multi_label=None,
         name="supcon_loss",
         **kwargs,
     ):
@@ -422,6 +528,14 @@ class SupConLoss(keras.losses.Loss):
         self.normalize = _checks.boolean(normalize, "normalize")
         self.use_labels = _checks.boolean(use_labels, "use_labels")
         self.denominator = denominator
+        self.kernel_bandwidth = _checked_family(
+            positive_weighting, label_kernel, kernel_bandwidth, multi_label, denominator, self.positives_cap
+        )
+        if not self.use_labels and (positive_weighting or label_kernel or multi_label or denominator == "class_balanced"):
+            raise ValueError("The named weightings read `y_true`: they need use_labels=True, received: use_labels=False")
+        self.positive_weighting = positive_weighting
+        self.label_kernel = label_kernel
+        self.multi_label = multi_label
 
     def call(self, y_true, y_pred):
         labels = None
@@ -443,6 +557,10 @@ class SupConLoss(keras.losses.Loss):
             normalize=self.normalize,
             denominator=self.denominator,
             positives_cap=self.positives_cap,
+            positive_weighting=self.positive_weighting,
+            label_kernel=self.label_kernel,
+            kernel_bandwidth=self.kernel_bandwidth,
+            multi_label=self.multi_label,
         )
 
     def get_config(self):
@@ -456,5 +574,9 @@ class SupConLoss(keras.losses.Loss):
             use_labels=self.use_labels,
             denominator=self.denominator,
             positives_cap=self.positives_cap,
+            positive_weighting=self.positive_weighting,
+            label_kernel=self.label_kernel,
+            kernel_bandwidth=self.kernel_bandwidth,
+            multi_label=self.multi_label,
         )
         return config

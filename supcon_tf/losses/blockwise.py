@@ -130,11 +130,12 @@ class _Blocks(NamedTuple):
     inverse_temperature: tf.Tensor
     masked: tf.Tensor
     tiny: tf.Tensor
+    counts_padded: Optional[tf.Tensor] = None  # "class_balanced": each column's class count, padded like the keys
 
 
 def _blocks(
     anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, denominator, cap_bounds,
-    weigh,
+    weigh, column_counts=None,
 ):
     """The `_Blocks` of `_blockwise_core`'s arguments (static sizes where the contrast rows are known)."""
     dtype = anchors.dtype
@@ -151,11 +152,15 @@ def _blocks(
     masked = tf.constant(_MASKED_LOGIT, dtype)
     anchor_keys = tf.stop_gradient(anchor_keys)
     tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
+    counts_padded = None
+    if column_counts is not None:
+        counts_padded = _pad_keys(tf.cast(column_counts, dtype), num_columns, num_blocks * block_size)
     return _Blocks(
         dtype=dtype, variant=variant, denominator=denominator, weigh=weigh, block_size=block_size,
         num_rows=num_rows, num_columns=num_columns, num_blocks=num_blocks, padding=padding,
         key_tail=column_keys.shape.rank - 1, keys_padded=keys_padded, anchor_keys=anchor_keys, self_index=self_index,
         cap_bounds=cap_bounds, inverse_temperature=inverse_temperature, masked=masked, tiny=tiny,
+        counts_padded=counts_padded,
     )
 
 
@@ -172,11 +177,14 @@ def _cap_kept(cap_bounds, column_index):
 
 
 def _block(blocks, anchor_matrix, contrast_padded, k):
-    """Block k: its columns `[block, dim]`, s_ij `[rows, block]`, the denominator set (bool) and P(i)'s weights.
+    """Block k: its columns `[block, dim]`, s_ij `[rows, block]`, the denominator set (bool), P(i)'s weights
+    and the denominator's weights.
 
-    The denominator set is A(i) without the capped out X(i) ("all") or
-    N(i), the entries of weight 0 (the other denominators); the padded
-    columns are in neither. The weights are w_ij on P(i), 0 elsewhere.
+    The denominator set is A(i) without the capped out X(i) ("all",
+    "class_balanced") or N(i), the entries of weight 0 (the other
+    denominators); the padded columns are in neither. The weights are w_ij
+    on P(i), 0 elsewhere; the denominator's are 1 on its set, 0 elsewhere,
+    except for "class_balanced": 1 / (the count of j's class in A(i)).
     """
     block_size, tail = blocks.block_size, blocks.key_tail
     start = k * block_size
@@ -191,11 +199,15 @@ def _block(blocks, anchor_matrix, contrast_padded, k):
         kept = match
     else:
         kept = match & _cap_kept(blocks.cap_bounds, column_index)
-    if blocks.denominator == "all":
+    if blocks.denominator in ("all", "class_balanced"):
         in_denominator = valid & ~(match & ~kept)  # everything but the anchor and the capped out
     else:
         in_denominator = valid & ~match  # the negatives
-    return columns, logits, in_denominator, tf.where(kept, weight, tf.zeros_like(weight))
+    denominator_weight = tf.cast(in_denominator, blocks.dtype)
+    if blocks.counts_padded is not None:
+        counts = tf.slice(blocks.counts_padded, [start], [block_size])[None, :] - tf.cast(match, blocks.dtype)
+        denominator_weight = denominator_weight / tf.maximum(counts, 1.0)
+    return columns, logits, in_denominator, tf.where(kept, weight, tf.zeros_like(weight)), denominator_weight
 
 
 def _online_log_sum_exp(blocks, old_max, old_sum, values, weight, factor=None):
@@ -226,8 +238,8 @@ def _first_pass(blocks, anchor_matrix, contrast_padded, lowest, zeros):
     """
 
     def body(k, row_max, row_sum, pos_sum, pos_count, pos_max, pos_exp_sum, den_count):
-        _, logits, in_denominator, positive = _block(blocks, anchor_matrix, contrast_padded, k)
-        new_max, row_sum = _online_log_sum_exp(blocks, row_max, row_sum, logits, tf.cast(in_denominator, blocks.dtype))
+        _, logits, in_denominator, positive, denominator_weight = _block(blocks, anchor_matrix, contrast_padded, k)
+        new_max, row_sum = _online_log_sum_exp(blocks, row_max, row_sum, logits, denominator_weight)
         new_pos_max, pos_exp_sum = _online_log_sum_exp(blocks, pos_max, pos_exp_sum, logits, positive)
         pos_sum += tf.reduce_sum(positive * logits, axis=1)
         pos_count += tf.reduce_sum(positive, axis=1)
@@ -254,7 +266,7 @@ def _one_positive_pass(blocks, anchor_matrix, contrast_padded, log_normaliser, l
     """
 
     def second(k, lp_sum, lp_max, lp_exp_sum, miss_sum):
-        _, logits, _, positive = _block(blocks, anchor_matrix, contrast_padded, k)
+        _, logits, _, positive, _ = _block(blocks, anchor_matrix, contrast_padded, k)
         gap = log_normaliser[:, None] - logits
         log_prob, miss = -tf.nn.softplus(gap), tf.sigmoid(gap)
         if blocks.variant == "out":
@@ -307,12 +319,11 @@ def _general_forward(blocks, anchor_matrix, contrast_padded):
 
 def _logit_gradient(
     blocks, logits, in_denominator, positive, weight, log_normaliser, log_positive, safe_count, negative_weight,
+    denominator_weight,
 ):
     """G = dL/d logits over one block `[rows, block]`, times `weight` (w_i / tau; see `_blockwise_core`)."""
     masked = blocks.masked
-    probability = tf.exp(tf.where(in_denominator, logits, masked) - log_normaliser[:, None]) * tf.cast(
-        in_denominator, blocks.dtype
-    )
+    probability = tf.exp(tf.where(in_denominator, logits, masked) - log_normaliser[:, None]) * denominator_weight
     if blocks.denominator == "one_positive":
         gap = log_normaliser[:, None] - logits
         miss = tf.sigmoid(gap)
@@ -339,10 +350,12 @@ def _general_backward(
     """
 
     def body(k, anchor_grad, contrast_grads):
-        columns, logits, in_denominator, positive = _block(blocks, anchor_matrix, contrast_padded, k)
+        columns, logits, in_denominator, positive, denominator_weight = _block(
+            blocks, anchor_matrix, contrast_padded, k
+        )
         g = _logit_gradient(
             blocks, logits, in_denominator, positive, weight, log_normaliser, log_positive, safe_count,
-            negative_weight,
+            negative_weight, denominator_weight,
         )
         anchor_grad += tf.matmul(g, columns)
         contrast_grads = contrast_grads.write(k, tf.matmul(g, anchor_matrix, transpose_a=True))
@@ -372,7 +385,7 @@ def _mean_log_prob(blocks, log_normaliser, log_positive, pos_sum, safe_count):
 
 def _blockwise_core(
     anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, weigh,
-    denominator="all", cap_bounds=None, by_equality=False,
+    denominator="all", cap_bounds=None, by_equality=False, column_counts=None,
 ):
     """Streaming form: `(-(weighted mean log-probability of the positives) [A], anchor counts [A] float)`.
 
@@ -395,6 +408,10 @@ def _blockwise_core(
     positives, with sigma_ip = exp(l(i, p)), r_ip the w-weighted softmax of
     l(i, .) over P(i), c_i = sum_p of the positives' factors.
     Peak memory is a few [anchors, block_size] matrices.
+    "class_balanced" (BCL) is "all" with the denominator's terms weighted by
+    1 / (their class's count in A(i)), from `column_counts` (each column's
+    class count in the contrast set): the same online weighted log-sum-exp,
+    and the same weights on the softmax in G.
 
     `cap_bounds`: None, or `(row_sample, batch_bound, queue_bound,
     num_samples, num_batch_columns)` from `positives_cap`: a matching batch
@@ -412,7 +429,7 @@ def _blockwise_core(
         return _blockwise_out_core(anchors, contrast, column_keys, self_index, temperature, block_size)
     blocks = _blocks(
         anchors, contrast, anchor_keys, column_keys, self_index, temperature, variant, block_size, denominator,
-        cap_bounds, weigh,
+        cap_bounds, weigh, column_counts=column_counts,
     )
 
     def forward(anchor_matrix, contrast_padded):

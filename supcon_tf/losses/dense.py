@@ -24,6 +24,7 @@ def _weighted_log_mean_exp(values, weight, safe_total):
 def _dense_core(
     anchors, contrast, queue, weighting, self_index, num_samples, num_views,
     anchor_offset, num_anchor, anchor_views, temperature, variant, dtype, denominator="all", positives_cap=-1,
+    column_counts=None,
 ):
     """Dense form: `(-(weighted mean log-probability of the positives) [A], anchor counts [A])`.
 
@@ -50,6 +51,7 @@ def _dense_core(
     is_self = tf.equal(not_self, 0)
     excluded = tf.tile(dropped, [anchor_views, num_views]) | is_self
     negative = tf.tile(~candidate, [anchor_views, num_views]) & ~is_self
+    same_class = tf.tile(candidate, [anchor_views, num_views])
     if queue is not None:
         queue_weight = weighting.weigh(weighting.anchor_keys, weighting.queue_keys)  # [b, K]
         queue_candidate = queue_weight > 0
@@ -64,10 +66,15 @@ def _dense_core(
         positive = tf.concat([positive, tf.tile(queue_positive, [anchor_views, 1])], axis=1)
         excluded = tf.concat([excluded, tf.tile(queue_dropped, [anchor_views, 1])], axis=1)
         negative = tf.concat([negative, tf.tile(~queue_candidate, [anchor_views, 1])], axis=1)
+        same_class = tf.concat([same_class, tf.tile(queue_candidate, [anchor_views, 1])], axis=1)
 
     logits = tf.matmul(anchors, contrast, transpose_b=True) / tf.constant(temperature, dtype)
-    in_denominator = ~excluded if denominator == "all" else negative
-    masked_logits = tf.where(in_denominator, logits, tf.constant(_MASKED_LOGIT, dtype))
+    in_denominator = ~excluded if denominator in ("all", "class_balanced") else negative
+    denominator_logits = logits
+    if denominator == "class_balanced":  # each class's terms averaged by its count in A(i)
+        class_count = tf.cast(column_counts, dtype)[None, :] - tf.cast(same_class, dtype)
+        denominator_logits = logits - tf.math.log(tf.maximum(class_count, 1.0))
+    masked_logits = tf.where(in_denominator, denominator_logits, tf.constant(_MASKED_LOGIT, dtype))
     log_normaliser = tf.reduce_logsumexp(masked_logits, axis=1)  # log sum over the denominator set
 
     num_positive = tf.reduce_sum(positive, axis=1)

@@ -17,7 +17,13 @@ columns inside its loop, so weights that come from labels never exist as an
 * `mask` `[batch, batch]` (or `[batch, batch + queue]`): the keys are sample
   (and queue) indices and the rule reads the matrix: explicit weights, for
   batches where an `[N, N]` matrix is acceptable;
-* nothing (SimCLR): 1 between the views of the same sample.
+* nothing (SimCLR): 1 between the views of the same sample;
+* a named rule (serialisable in `SupConLoss`'s config, unlike a callable):
+  `positive_weighting="jaccard"` on multi-hot `labels` (`jaccard_weights`),
+  `label_kernel="gaussian"` with `kernel_bandwidth` on continuous `labels`
+  (`gaussian_kernel_weights`); `multi_label="per_label"` restricts each
+  anchor row's multi-hot key to one of its labels (`per_label_keys`) and
+  keeps the default rule.
 
 Across replicas the loss sees the gathered batch: `distribute.gather_global`
 gathers `labels` of any shape with the features, so a rule on label rows
@@ -53,6 +59,67 @@ def label_match_weights(anchor_labels, contrast_labels):
            [1., 1., 0.]], dtype=float32)
     """
     return _match(tf.convert_to_tensor(anchor_labels), tf.convert_to_tensor(contrast_labels), tf.float32)
+
+
+def jaccard_weights(anchor_labels, contrast_labels):
+    """Jaccard overlap of multi-hot rows, |a & c| / |a | c|, `[rows, columns]` float32 (0 for two empty rows).
+
+    Example:
+
+    >>> jaccard_weights(tf.constant([[1, 1, 0]]), tf.constant([[1, 0, 0], [1, 1, 0], [0, 0, 1]])).numpy()
+    array([[0.5, 1. , 0. ]], dtype=float32)
+    """
+    return _jaccard(tf.convert_to_tensor(anchor_labels), tf.convert_to_tensor(contrast_labels), tf.float32)
+
+
+def _jaccard(row_labels, column_labels, dtype):
+    rows, columns = tf.cast(row_labels, dtype), tf.cast(column_labels, dtype)
+    shared = tf.matmul(rows, columns, transpose_b=True)
+    union = tf.reduce_sum(rows, axis=1)[:, None] + tf.reduce_sum(columns, axis=1)[None, :] - shared
+    return tf.where(union > 0, shared / tf.where(union > 0, union, tf.ones_like(union)), tf.zeros_like(shared))
+
+
+def gaussian_kernel_weights(anchor_labels, contrast_labels, bandwidth):
+    """y-Aware's kernel of continuous labels, exp(-|y_a - y_c|^2 / (2 bandwidth^2)), `[rows, columns]` float32.
+
+    `[rows]` / `[columns]` values, or `[rows, k]` / `[columns, k]` vectors
+    (Euclidean distance). The kernel's constant factor is left out: the loss
+    normalises the weights per anchor, which cancels it.
+
+    Example:
+
+    >>> gaussian_kernel_weights(tf.constant([0.0]), tf.constant([0.0, 1.0, 2.0]), 1.0).numpy().round(4)
+    array([[1.    , 0.6065, 0.1353]], dtype=float32)
+    """
+    return _gaussian(tf.convert_to_tensor(anchor_labels), tf.convert_to_tensor(contrast_labels), bandwidth, tf.float32)
+
+
+def _gaussian(row_labels, column_labels, bandwidth, dtype):
+    rows, columns = tf.cast(row_labels, dtype), tf.cast(column_labels, dtype)
+    difference = rows[:, None] - columns[None, :]
+    squared = tf.square(difference) if rows.shape.rank == 1 else tf.reduce_sum(tf.square(difference), axis=-1)
+    return tf.exp(-squared / tf.constant(2.0 * bandwidth * bandwidth, dtype))
+
+
+def named_rule(positive_weighting, label_kernel, kernel_bandwidth, dtype):
+    """The `weigh(row_keys, column_keys)` of a named rule in `dtype`, or None when none is named."""
+    if positive_weighting == "jaccard":
+        return lambda rows, columns: tf.stop_gradient(_jaccard(rows, columns, dtype))
+    if label_kernel == "gaussian":
+        return lambda rows, columns: tf.stop_gradient(_gaussian(rows, columns, kernel_bandwidth, dtype))
+    return None
+
+
+def per_label_keys(anchor_keys):
+    """`multi_label="per_label"`'s row keys: `[classes * b, classes]`, row j * b + s = y_s restricted to label j.
+
+    With the default rule (a shared class), row (j, s) then weighs contrast
+    entry t by [y_s[j] = 1 and y_t[j] = 1]: the samples carrying label j are
+    its positives, everything else its negatives.
+    """
+    num_classes = anchor_keys.shape[1]
+    one_label = tf.eye(num_classes, dtype=anchor_keys.dtype)[:, None, :]  # [classes, 1, classes]
+    return tf.reshape(anchor_keys[None, :, :] * one_label, [-1, num_classes])
 
 
 def _match(row_labels, column_labels, dtype):
@@ -129,7 +196,8 @@ def _caller_rule(pair_weights, dtype):
     return weigh
 
 
-def pair_weighting(labels, mask, queue_labels, queue, pair_weights, num_samples, anchor_offset, num_anchor, dtype):
+def pair_weighting(labels, mask, queue_labels, queue, pair_weights, num_samples, anchor_offset, num_anchor, dtype,
+                   named=None):
     """The `PairWeighting` of the loss's (checked) arguments.
 
     Args:
@@ -141,6 +209,8 @@ def pair_weighting(labels, mask, queue_labels, queue, pair_weights, num_samples,
       num_samples: the batch size (scalar int32 tensor).
       anchor_offset, num_anchor: the anchor samples.
       dtype: the loss's compute dtype.
+      named: None, or a named rule's `weigh` (`named_rule`), used instead
+        of the default or a caller's rule.
     """
     if mask is not None:
         sample_keys = tf.range(num_samples)
@@ -153,7 +223,9 @@ def pair_weighting(labels, mask, queue_labels, queue, pair_weights, num_samples,
     else:
         sample_keys = labels
         queue_keys = None if queue is None else tf.cast(queue_labels, labels.dtype)
-        if pair_weights is None or pair_weights is label_match_weights:
+        if named is not None:
+            weigh, by_equality = named, False
+        elif pair_weights is None or pair_weights is label_match_weights:
             weigh, by_equality = _label_rule(dtype), labels.shape.rank == 1
         else:
             weigh, by_equality = _caller_rule(pair_weights, dtype), False
@@ -172,3 +244,25 @@ def tiled_keys(weighting, num_views, anchor_views):
     if weighting.queue_keys is not None:
         column_keys = tf.concat([column_keys, weighting.queue_keys], axis=0)
     return row_keys, column_keys
+
+
+def class_counts(keys, block_size):
+    """`[n]` int32: how many of `keys` `[n]` equal each key (itself included), streamed over blocks of rows.
+
+    `denominator="class_balanced"`'s per-column class counts over the whole
+    contrast set; memory n x block_size (no [n, n] matrix), no `tf.unique`
+    (so it compiles under XLA).
+    """
+    num = tf.shape(keys)[0]
+    num_blocks = tf.maximum(1, (num + block_size - 1) // block_size)
+    index = tf.minimum(tf.range(num_blocks * block_size), tf.maximum(num - 1, 0))
+    padded = tf.gather(keys, index)
+
+    def body(k, counts):
+        block = tf.slice(padded, [k * block_size], [block_size])
+        block_counts = tf.reduce_sum(tf.cast(tf.equal(block[:, None], keys[None, :]), tf.int32), axis=1)
+        return [k + 1, counts.write(k, block_counts)]
+
+    counts = tf.TensorArray(tf.int32, size=num_blocks, element_shape=tf.TensorShape([block_size]))
+    _, counts = tf.while_loop(lambda k, _: k < num_blocks, body, [tf.constant(0), counts], parallel_iterations=1)
+    return counts.concat()[:num]

@@ -169,7 +169,8 @@ def split_train_validation(config, fraction, seed):
     return TrainValidationSplit(pick(False), pick(True), size - num_validation, num_validation, num_classes)
 
 
-def _augmentation(config):
+def augmentation(config):
+    """The training augmentation policy of `config` (`augmentation`, `image_size`, `crop_scale_min`, `flip`)."""
     if config.augmentation == "none":
         return augment.get_augmentation("none", config.image_size)
     return augment.get_augmentation(
@@ -197,7 +198,7 @@ def train_dataset(config, source, start_batch=0):
     """
     num_views = config.num_views if config.method in ("supcon", "simclr") else 1
     stream = dict(
-        num_views=num_views, augment=_augmentation(config), seed=config.seed, start_batch=start_batch,
+        num_views=num_views, augment=augmentation(config), seed=config.seed, start_batch=start_batch,
         augment_on=config.augment_on,
     )
     if config.data_service:
@@ -238,7 +239,7 @@ def validation_dataset(config, source):
             source,
             batch_size=config.batch_size,
             num_views=config.num_views,
-            augment=_augmentation(config),
+            augment=augmentation(config),
             seed=config.seed,
             shuffle=False,
             augment_on=config.augment_on,
@@ -327,7 +328,7 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
     else:
         model = models.LinearProbe(load_pretrained_encoder(config.pretrained, image_shape), num_classes)
     if config.augment_on == "device":
-        model.set_view_augmentation(_augmentation(config))
+        model.set_view_augmentation(augmentation(config))
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     return model
 

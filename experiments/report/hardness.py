@@ -536,14 +536,11 @@ def hardness_verdict(cos, grad_norm, is_positive, *, anchor=None, resamples=2000
 
 
 def digits_augmentation(image_size):
-    """The digits presets' training augmentation (experiments/presets.py `_DIGITS`), as `runner._augmentation` builds it."""
+    """The digits presets' training augmentation (experiments/presets.py `_DIGITS`), as the runner builds it."""
     from experiments import presets
-    from supcon_tf import augment
+    from supcon_tf import config as config_lib, runner
 
-    preset = presets.get_preset("digits_supcon")
-    return augment.get_augmentation(
-        preset["augmentation"], image_size, crop_scale=(preset["crop_scale_min"], 1.0), flip=preset["flip"]
-    )
+    return runner.augmentation(config_lib.RunConfig(**{**presets.get_preset("digits_supcon"), "image_size": image_size}))
 
 
 def _summary(values):

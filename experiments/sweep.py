@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -50,7 +49,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from experiments import flagging  # noqa: E402
+from experiments import scores as scores_lib  # noqa: E402
 from experiments.flagging import option  # noqa: E402
+from supcon_tf import checkpointing  # noqa: E402
 from supcon_tf.config import AUGMENTATIONS, RunConfig  # noqa: E402
 
 TUNERS = ("random", "hyperband", "grid")
@@ -342,23 +343,6 @@ def trial_rows(tuner, sweep):
     return rows
 
 
-def spread(scores):
-    """`{n, mean, std, min, max, range}` of a list of scores (population std)."""
-    import numpy as np
-
-    scores = np.asarray([s for s in scores if s is not None and math.isfinite(s)], np.float64)
-    if scores.size == 0:
-        return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "range": None}
-    return {
-        "n": int(scores.size),
-        "mean": float(scores.mean()),
-        "std": float(scores.std()),
-        "min": float(scores.min()),
-        "max": float(scores.max()),
-        "range": float(scores.max() - scores.min()),
-    }
-
-
 def format_markdown(rows):
     if not rows:
         return "(no trials)\n"
@@ -386,11 +370,10 @@ def write_results(rows, sweep, output_dir, seconds):
     summary = {
         "sweep": sweep.to_dict(),
         "best": rows[0] if rows and rows[0][OBJECTIVE] is not None else None,
-        "spread": spread([r[OBJECTIVE] for r in rows]),
+        "spread": scores_lib.spread([r[OBJECTIVE] for r in rows]),
         "seconds": round(seconds, 1),
     }
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    checkpointing.write_json_atomically(os.path.join(output_dir, "summary.json"), summary, indent=2)
     return summary
 
 

@@ -110,14 +110,16 @@ def atomic_path(path, fault_point=None):
             os.remove(temporary)
 
 
-def write_json_atomically(path, payload, fault_point=None, **dump_kwargs):
+def write_json_atomically(path, payload, fault_point=None, *, newline=False, **dump_kwargs):
     """Writes `payload` as JSON to `path` through `atomic_path`: the old file or the new one, never a torn one.
 
-    `dump_kwargs` go to `json.dump` (e.g. `indent`, `sort_keys`).
+    `dump_kwargs` go to `json.dump` (e.g. `indent`, `sort_keys`, `default`); `newline` ends the file with one.
     """
     with atomic_path(path, fault_point) as temporary:
         with open(temporary, "w") as f:
             json.dump(payload, f, **dump_kwargs)
+            if newline:
+                f.write("\n")
 
 
 def save_model_atomically(model, path, fault_point=None):

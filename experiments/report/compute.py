@@ -598,11 +598,11 @@ def clean(value):
 
 
 def _write_json(path, payload):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(clean(payload), f, indent=1, default=_json_default, allow_nan=False)
-        f.write("\n")
-    os.replace(temporary, path)
+    from supcon_tf import checkpointing
+
+    checkpointing.write_json_atomically(
+        path, clean(payload), newline=True, indent=1, default=_json_default, allow_nan=False
+    )
 
 
 def _json_default(value):

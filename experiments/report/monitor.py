@@ -113,9 +113,8 @@ def make_callback(stage, *, k, temperature):
             if logs and "val_accuracy" in logs:
                 record["val_accuracy"] = float(logs["val_accuracy"])
             self.records[str(epoch + 1)] = record
-            temporary = self.path + ".tmp"
-            with open(temporary, "w") as f:
-                json.dump(self.records, f)
-            os.replace(temporary, self.path)
+            from supcon_tf import checkpointing
+
+            checkpointing.write_json_atomically(self.path, self.records)
 
     return ValidationCurve()

@@ -15,6 +15,7 @@ import math
 import os
 
 from experiments.report.config import LABELS, METHODS
+from experiments.scores import mean_std
 
 REPORT_FILE = "REPORT.md"
 OUTLIER_POINTS = 10  # a caveat names a seed this many points of test top-1 below its method's median
@@ -39,23 +40,10 @@ def load(path):
 # ---------------------------------------------------------------------------
 
 
-def _finite(values):
-    return [v for v in values if v is not None and math.isfinite(v)]
-
-
-def mean_std(values):
-    values = _finite(values)
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
 def pm(values, scale=100.0, digits=1):
     """'mean ± std' of `values` x `scale` (sample std over seeds)."""
     mean, std = mean_std(values)
-    if mean is None:
+    if math.isnan(mean):
         return "n/a"
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
@@ -594,7 +582,7 @@ def _caveats(results):
                 )
     ce_knn, _ = mean_std([e["knn_top1"] for e in equal["ce"]])
     ce_top1, _ = mean_std([e["top1"] for e in equal["ce"]])
-    if ce_knn is not None and ce_top1 is not None and ce_knn > ce_top1:
+    if ce_knn > ce_top1:  # False when either is NaN (no runs)
         lines.append(
             f"- A kNN on CE's encoder ({100 * ce_knn:.1f}) beats CE's own classifier ({100 * ce_top1:.1f}) at equal "
             "epochs: CE's classifier lags its representation."

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import math
 
+from experiments import scores as scores_lib
+from experiments.scores import finite, mean_std  # noqa: F401 (part of this module's API: verdicts.mean_std)
+
 YES = "yes"
 NO = "no"
 DIRECTION = "direction only"
@@ -56,22 +59,6 @@ STABILITY_CLAIM = (
     "Stability: SupCon is less sensitive to hyper-parameters",
     "top-1 varies less across augmentations, optimizers, learning rates",
 )
-
-
-def finite(values):
-    """The finite floats of `values` (None and NaN dropped)."""
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
-def mean_std(values):
-    """`(mean, sample std)`; std 0 for one value; `(nan, nan)` for none."""
-    values = finite(values)
-    if not values:
-        return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def welch(a, b, *, higher_is_better):
@@ -201,11 +188,6 @@ def all_converged(checks):
     return all(flags)
 
 
-def _std(values):
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-
-
 def spread(scores, *, resamples, level, seed):
     """`{n, mean, std, min, max, range, std_interval}` of grid scores; std is the population std.
 
@@ -214,22 +196,14 @@ def spread(scores, *, resamples, level, seed):
     """
     import numpy as np
 
-    values = finite(scores)
-    if not values:
-        return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "range": None, "std_interval": None}
+    summary = scores_lib.spread(scores)
+    if not summary["n"]:
+        return {**summary, "std_interval": None}
     rng = np.random.default_rng(seed)
-    array = np.asarray(values)
+    array = np.asarray(finite(scores))
     draws = array[rng.integers(0, len(array), size=(resamples, len(array)))].std(axis=1)
     tail = (1 - level) / 2
-    return {
-        "n": len(values),
-        "mean": float(array.mean()),
-        "std": _std(values),
-        "min": min(values),
-        "max": max(values),
-        "range": max(values) - min(values),
-        "std_interval": [float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))],
-    }
+    return {**summary, "std_interval": [float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))]}
 
 
 def stability(supcon_scores, ce_scores, *, resamples, level, seed):
@@ -245,9 +219,10 @@ def stability(supcon_scores, ce_scores, *, resamples, level, seed):
     differences = draws_b - draws_a
     tail = (1 - level) / 2
     low, high = float(np.quantile(differences, tail)), float(np.quantile(differences, 1 - tail))
-    difference = _std(list(b)) - _std(list(a))
+    std_a, std_b = scores_lib.population_std(list(a)), scores_lib.population_std(list(b))
+    difference = std_b - std_a
     detail = (
-        f"std {_std(list(a)):.4f} (SupCon) vs {_std(list(b)):.4f} (CE): CE - SupCon = {difference:+.4f}, "
+        f"std {std_a:.4f} (SupCon) vs {std_b:.4f} (CE): CE - SupCon = {difference:+.4f}, "
         f"{100 * level:.0f}% bootstrap interval [{low:+.4f}, {high:+.4f}] ({resamples} resamples of "
         f"{len(a)} / {len(b)} grid points); range {float(a.max() - a.min()):.4f} vs {float(b.max() - b.min()):.4f}"
     )

@@ -16,6 +16,8 @@ import math
 import os
 
 from supcon_tf import _checks as checks
+# The registered encoder names and the other accepted forms (the one list: supcon_tf.encoders.registry).
+from supcon_tf.encoders.registry import ENCODER_FORMS, ENCODER_NAMES as ENCODERS
 
 METHODS = ("supcon", "simclr", "ce", "linear")
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "folder")
@@ -28,13 +30,6 @@ AUGMENT_ON = ("host", "device")  # = supcon_tf.data.AUGMENT_ON (tests/test_devic
 LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
 DERIVED_FIELDS = ("resolved_learning_rate",)  # written to config.json by to_dict, not settable
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
-# The registered encoder names (= supcon_tf.encoders.ENCODER_NAMES; tests/test_backbones.py keeps them equal);
-# `encoder` may also be "keras.applications:<Name>", "<module>:<function>" or "<path/to/file.py>:<function>".
-ENCODERS = (
-    "resnet18", "resnet34", "resnet50", "imagenet_resnet50", "imagenet_resnet200", "small_cnn",
-    "vit_tiny_patch4_32", "vit_b16",
-)
-ENCODER_FORMS = ("keras.applications:<Name>", "<module>:<function>", "<path/to/file.py>:<function>")
 VIT_SIZE_FIELDS = ("vit_hidden_dim", "vit_depth", "vit_num_heads", "vit_mlp_dim")  # vit_tiny_patch4_32 only
 
 

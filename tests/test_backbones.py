@@ -177,11 +177,6 @@ INVALID = ["", "resnet", "ResNet18", "keras.applications:", "module:", ":build",
            "pkg..sub:build", "pkg.:build", ".py:build", "file.py:1build", "mod:build-fn"]
 
 
-def test_config_and_library_know_the_same_encoders():
-    assert config_lib.ENCODERS == encoders.ENCODER_NAMES
-    assert config_lib.ENCODER_FORMS == encoders.ENCODER_FORMS
-
-
 @pytest.mark.parametrize("encoder", VALID)
 def test_valid_encoder_strings_pass_the_config_without_importing(encoder):
     assert RunConfig(encoder=encoder).encoder == encoder  # nothing is imported: these modules do not exist

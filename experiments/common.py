@@ -15,13 +15,9 @@ import dataclasses
 import json
 import os
 
-# CPU speed default (BUILD_NOTES.md): must be set before TensorFlow is imported.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from experiments import flagging, presets  # noqa: E402
-from experiments.flagging import FLAGS, option, run_binary  # noqa: E402,F401  (run_binary: the binaries' runner)
-from supcon_tf.config import RunConfig  # noqa: E402
+from experiments import flagging, presets
+from experiments.flagging import FLAGS, option, run_binary  # noqa: F401  (run_binary: the binaries' runner)
+from supcon_tf.config import RunConfig
 
 
 @dataclasses.dataclass(frozen=True)

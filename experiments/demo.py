@@ -26,11 +26,8 @@ import dataclasses
 import os
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from experiments import flagging  # noqa: E402
-from experiments.flagging import option  # noqa: E402
+from experiments import flagging
+from experiments.flagging import option
 
 METHODS = ("supcon", "simclr", "ce")
 # The `RunConfig` settings the demo sets on every stage, over the stage's digits_* preset, with the demo's

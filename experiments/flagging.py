@@ -23,7 +23,12 @@ folder (`set_run_folder`), else printed after the line for unexpected and
 storage errors; absl's `-v 1` prints it to stderr in any case.
 
 This module defines no flag by itself and imports no TensorFlow, so that a
-binary checks its flags before TensorFlow loads.
+binary checks its flags before TensorFlow loads. Importing it sets the
+binaries' TensorFlow environment defaults (`BINARY_ENVIRONMENT`: oneDNN
+kernels on, TensorFlow's C++ info and warning lines off; BUILD_NOTES.md),
+which must be in place before TensorFlow is imported; a value the user set
+is kept. Every binary imports this module before anything that imports
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ import types
 import typing
 
 from absl import app, flags
+
+# The binaries' TensorFlow environment defaults, set at import (before TensorFlow loads); a user's value wins.
+BINARY_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+for _name, _value in BINARY_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 # The flags `define` defines belong to the module that calls it (absl's key flags: `--helpshort` of that binary).
 flags.disclaim_key_flags()

@@ -40,11 +40,8 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from experiments import flagging  # noqa: E402
-from experiments.flagging import option  # noqa: E402
+from experiments import flagging
+from experiments.flagging import option
 
 ARMS = ("b16_plain", "b16_queue", "b16_queue_momentum", "b16_pk", "b256_plain")
 SMALL_BATCH = 16

@@ -45,14 +45,11 @@ import os
 import shutil
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from experiments import flagging  # noqa: E402
-from experiments import scores as scores_lib  # noqa: E402
-from experiments.flagging import option  # noqa: E402
-from supcon_tf import checkpointing  # noqa: E402
-from supcon_tf.config import AUGMENTATIONS, RunConfig  # noqa: E402
+from experiments import flagging
+from experiments import scores as scores_lib
+from experiments.flagging import option
+from supcon_tf import checkpointing
+from supcon_tf.config import AUGMENTATIONS, RunConfig
 
 TUNERS = ("random", "hyperband", "grid")
 OBJECTIVE = "val_accuracy"

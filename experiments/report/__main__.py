@@ -19,11 +19,8 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from experiments import flagging  # noqa: E402
-from experiments.flagging import option  # noqa: E402
+from experiments import flagging
+from experiments.flagging import option
 
 PROGRAM = "python -m experiments.report"
 

@@ -12,7 +12,8 @@ def make_plots(results, output_dir):
     """The PNGs REPORT.md links, drawn from results.json."""
     import numpy as np
 
-    from supcon_tf import evaluation, plots
+    from experiments.report import plots
+    from supcon_tf import evaluation
 
     panels = {}
     for method in METHODS:

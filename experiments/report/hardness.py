@@ -756,6 +756,6 @@ def figure(results, path):
             axis.set_ylabel("|c_ij| sqrt(1 - cos²)")
             axis.grid(alpha=0.3)
             axis.legend(fontsize=6)
-    from supcon_tf import plots
+    from experiments.report import plots
 
     return plots.save_figure(canvas_figure, path)

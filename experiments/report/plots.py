@@ -1,4 +1,4 @@
-"""PNG plots for reports: training curves, t-SNE of embeddings, reliability diagrams, accuracy/ECE against corruption severity, sweep spreads.
+"""The report's PNG plots: training curves, reliability diagrams, accuracy/ECE against corruption severity, sweep spreads.
 
 Figures are built with `matplotlib.figure.Figure` and rendered by the Agg
 canvas: no pyplot, no global backend switch, no display needed. Every
@@ -36,8 +36,8 @@ def save_figure(figure, path):
     return path
 
 
-def _mean_std(values):
-    """`values` [epochs] or [runs, epochs] (runs may differ in length: truncated to the shortest)."""
+def _curve_band(values):
+    """Per-epoch mean and std band of `values` [epochs] or [runs, epochs] (runs may differ in length: truncated to the shortest)."""
     if len(values) and np.ndim(values[0]) > 0:
         length = min(len(v) for v in values)
         stacked = np.asarray([np.asarray(v[:length], np.float64) for v in values])
@@ -67,7 +67,7 @@ def plot_training_curves(panels, path, *, title=None):
         axis = axes[index // cols][index % cols]
         _check_mapping(lines, f"panels[{panel!r}]")
         for label, values in lines.items():
-            mean, std = _mean_std(values)
+            mean, std = _curve_band(values)
             epochs = np.arange(1, len(mean) + 1)
             axis.plot(epochs, mean, label=label, marker="o" if len(mean) < 3 else None)
             axis.fill_between(epochs, mean - std, mean + std, alpha=0.2)
@@ -80,43 +80,6 @@ def plot_training_curves(panels, path, *, title=None):
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
-
-
-def plot_tsne(embeddings, path, *, seed=0, perplexity=30.0, title=None):
-    """t-SNE (scikit-learn) of each method's embeddings, points coloured by class.
-
-    Args:
-      embeddings: `{label: (features [N, D], labels [N])}`.
-      path: output .png.
-      seed: t-SNE random state.
-      perplexity: t-SNE perplexity (capped below N).
-    """
-    from sklearn.manifold import TSNE
-
-    _check_mapping(embeddings, "embeddings")
-    figure, axes = _figure(1, len(embeddings), width=4.2, height=4.0)
-    for axis, (label, (features, classes)) in zip(axes[0], embeddings.items()):
-        features = np.asarray(features, np.float64)
-        classes = np.asarray(classes)
-        if features.ndim != 2 or len(features) != len(classes) or len(features) < 3:
-            raise ValueError(
-                f"`embeddings[{label!r}]` must be (features [N, D], labels [N]) with N >= 3, received: shapes "
-                f"{features.shape} and {classes.shape}"
-            )
-        points = TSNE(
-            n_components=2, perplexity=min(perplexity, len(features) - 1.0), init="pca", random_state=seed
-        ).fit_transform(features)
-        scatter = axis.scatter(points[:, 0], points[:, 1], c=classes, cmap="tab10", s=6, vmin=0, vmax=9)
-        axis.set_title(label)
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.colorbar(scatter, ax=list(axes[0]), shrink=0.8, label="class")
-    if title:
-        figure.suptitle(title)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    figure.savefig(path, format="png")  # no tight_layout: it fights the shared colorbar
-    return path
 
 
 def plot_reliability_diagrams(bins, path, *, title=None):
@@ -190,7 +153,7 @@ def plot_corruption_severity(results, path, *, metric="accuracy", title=None):
                 else:
                     curve = np.concatenate([[result.clean_ece], np.asarray(result.eces[panel])])
                 curves.append(curve)
-            mean, std = _mean_std(curves)
+            mean, std = _curve_band(curves)
             axis.plot(severities, mean, marker="o", markersize=3, label=label)
             axis.fill_between(severities, mean - std, mean + std, alpha=0.2)
         axis.set_title(panel, fontsize=9)

@@ -1,4 +1,4 @@
-"""The one place where supcon_tf relies on private or undocumented Keras behaviour.
+"""The one place where supcon_tf relies on private or undocumented Keras (and TensorFlow) behaviour.
 
 Every function here names what it relies on, and `tests/test_keras_compat.py` guards each of
 those with a test that fails, saying what changed, when a Keras upgrade breaks it. Other
@@ -82,6 +82,17 @@ class StatelessSeedGenerator(keras.random.SeedGenerator):
         return seed
 
 
+def is_multi_worker(strategy=None):
+    """True for a MultiWorkerMirroredStrategy actually running with several workers (`distribute.is_multi_worker`).
+
+    Reads the strategy's private `_in_multi_worker_mode()`: TensorFlow has no public equivalent.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (no public equivalent)
+    )
+
+
 class MultiWorkerFitMixin:
     """Makes Keras 3 `fit`/`evaluate` work under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
 
@@ -132,8 +143,6 @@ class MultiWorkerFitMixin:
         return data_batch
 
     def _finalize_logs(self, logs):
-        from supcon_tf.distribute import is_multi_worker  # late: distribute re-exports this class
-
         if not is_multi_worker(self.distribute_strategy):
             return logs
         return {

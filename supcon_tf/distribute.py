@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from supcon_tf._keras_compat import MultiWorkerFitMixin  # noqa: F401  (re-exported: models use distribute.MultiWorkerFitMixin)
+from supcon_tf._keras_compat import is_multi_worker  # noqa: F401  (part of this module's API; private TF API inside)
 
 STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -189,14 +189,6 @@ def get_strategy(name="default", *, device=None, devices=None, tpu=None, communi
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
-
-
-def is_multi_worker(strategy=None):
-    """True for a MultiWorkerMirroredStrategy actually running with several workers."""
-    strategy = strategy or tf.distribute.get_strategy()
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (no public equivalent)
-    )
 
 
 def shard_by_data(dataset):

@@ -178,3 +178,14 @@ def test_keras_still_needs_the_multi_worker_override():
     step_source = inspect.getsource(tf_trainer.TensorFlowTrainer._make_function)
     assert 'reduction="auto"' in step_source
     assert "self.data_adapter" in inspect.getsource(epoch_iterator.EpochIterator.__init__)
+
+
+def test_multi_worker_mode_probe_still_exists():
+    """`_keras_compat.is_multi_worker` reads the strategy's private `_in_multi_worker_mode()`; fails if TF drops it."""
+    from tensorflow.python.distribute import collective_all_reduce_strategy
+
+    extended = collective_all_reduce_strategy.CollectiveAllReduceExtended
+    assert callable(getattr(extended, "_in_multi_worker_mode", None)), (
+        "TensorFlow changed: CollectiveAllReduceExtended._in_multi_worker_mode is gone; re-check "
+        "supcon_tf._keras_compat.is_multi_worker"
+    )

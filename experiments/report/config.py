@@ -15,6 +15,16 @@ import math
 
 from supcon_tf.config import RunConfig
 
+# The report's PNG files (drawn by figures.py, linked by render.py).
+PLOTS = {
+    "convergence": "convergence.png",
+    "corruption_accuracy": "corruption_accuracy.png",
+    "corruption_ece": "corruption_ece.png",
+    "reliability": "reliability.png",
+    "stability": "stability.png",
+    "hardness": "hardness.png",
+}
+
 METHODS = ("ce", "supcon", "simclr")
 LABELS = {"ce": "CE", "supcon": "SupCon", "simclr": "SimCLR", "ce_probe": "CE (linear probe)"}
 TUNERS = ("random", "grid")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from experiments.report.config import LABELS, METHODS
-from experiments.report.render import PLOTS
+from experiments.report.config import LABELS, METHODS, PLOTS
 
 
 def make_plots(results, output_dir):

@@ -14,20 +14,12 @@ import json
 import math
 import os
 
-from experiments.report.config import LABELS, METHODS
+from experiments.report.config import LABELS, METHODS, PLOTS
 from experiments.scores import mean_std
 
 REPORT_FILE = "REPORT.md"
 OUTLIER_POINTS = 10  # a caveat names a seed this many points of test top-1 below its method's median
 COMPARISONS = {"equal_epochs": "equal epochs", "equal_time": "equal time"}
-PLOTS = {
-    "convergence": "convergence.png",
-    "corruption_accuracy": "corruption_accuracy.png",
-    "corruption_ece": "corruption_ece.png",
-    "reliability": "reliability.png",
-    "stability": "stability.png",
-    "hardness": "hardness.png",
-}
 
 
 def load(path):

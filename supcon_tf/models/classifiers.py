@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from supcon_tf import _checks
 from supcon_tf import data as data_lib
-from supcon_tf import distribute
+from supcon_tf import _keras_compat
 from supcon_tf.models._base import (
     LOGITS,
     PROBABILITIES,
@@ -25,7 +25,7 @@ from supcon_tf.models._base import (
 )
 
 
-class _Classifier(ViewAugmentationMixin, distribute.MultiWorkerFitMixin, keras.Model):
+class _Classifier(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, keras.Model):
     """Shared parts of the two classifiers: an encoder and a linear `Dense` head giving logits.
 
     Training data: `(images [B, H, W, C], labels)`, or with a policy set

@@ -7,7 +7,7 @@ import copy
 import keras
 import tensorflow as tf
 
-from supcon_tf import distribute
+from supcon_tf import _keras_compat, distribute
 from supcon_tf import losses as losses_lib
 from supcon_tf import memory as memory_lib
 from supcon_tf import online_eval as online_eval_lib
@@ -198,7 +198,7 @@ def collapse_share(per_anchor, contrast_size, scale=1.0, tolerance=COLLAPSE_TOLE
 
 
 @keras.saving.register_keras_serializable(package="supcon_tf")
-class SupConModel(ViewAugmentationMixin, distribute.MultiWorkerFitMixin, keras.Model):
+class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, keras.Model):
     """Encoder + projection head trained with a supervised (or self-supervised) contrastive loss.
 
     Args:

@@ -50,14 +50,11 @@ def main():
     from supcon_tf import export, models
 
     model = keras.saving.load_model(config.model, compile=False)
-    named = ""
+    class_names = None
     if isinstance(model, (models.LinearProbe, models.CrossEntropyModel)):
         class_names = _class_names_next_to(config.model, model.num_classes, export)
-        path = export.export_classifier(model, config.output, overwrite=config.overwrite, class_names=class_names)
-        if class_names is not None:
-            named = f" with the {len(class_names)} class names of {_classes_json(config.model)}"
-    else:
-        path = export.export_encoder(model, config.output, overwrite=config.overwrite)
+    path = export.export_model(model, config.output, overwrite=config.overwrite, class_names=class_names)
+    named = "" if class_names is None else f" with the {len(class_names)} class names of {_classes_json(config.model)}"
     print(f"exported {type(model).__name__}{named} to {path}; inspect with: saved_model_cli show --dir {path} --all")
     return 0
 

@@ -542,6 +542,27 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False, class_n
     return _write(path, forward, image_shape, names, [model.encoder, model.classifier], overwrite, collections)
 
 
+def export_model(model, path, *, image_shape=None, overwrite=False, class_names=None):
+    """Exports what `model` serves: a classifier's classes (`export_classifier`), else an encoder's features.
+
+    The one place that picks between the two exports: a `models.LinearProbe` or
+    `models.CrossEntropyModel` is exported with `export_classifier` (with
+    `class_names`), anything else with `export_encoder` (`class_names` must be
+    None: an encoder has no classes).
+
+    Returns:
+      The SavedModel folder's path, as the chosen export returns it.
+    """
+    if isinstance(model, (models.LinearProbe, models.CrossEntropyModel)):
+        return export_classifier(model, path, image_shape=image_shape, overwrite=overwrite, class_names=class_names)
+    if class_names is not None:
+        raise ValueError(
+            f"`class_names` is for classifiers; {type(model).__name__} exports an encoder, received: "
+            f"class_names={class_names!r}"
+        )
+    return export_encoder(model, path, image_shape=image_shape, overwrite=overwrite)
+
+
 def saved_model_class_names(path):
     """The class names a classifier export keeps (`export_classifier(..., class_names=...)`), or None.
 

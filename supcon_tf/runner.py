@@ -435,18 +435,51 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
 
 
 def _run_claimed(config, folder, overwrite, callbacks):
-    """`run` inside the claimed, locked run folder: checks, builds, then the first write."""
+    """`run` inside the claimed, locked run folder: prepare (reading only), start, train, finish."""
     if not overwrite:
-        if folder.phase() == "finished":
-            return _already_finished(folder)
-        folder.check_resumable(config.to_dict())
-        if folder.outputs_complete():  # every final output written, only the FINISHED marker missing
-            if checkpointing.is_chief():
-                folder.remove_temporaries()
-                folder.finish()
-            return _already_finished(folder)
+        done = _completed(config, folder)
+        if done is not None:
+            return done
+    stage = _prepare(config)  # every check that can fail, before the first write
+    restarts = _start(config, folder, overwrite, stage)
+    trainer = _StageTrainer(
+        config, folder, stage.model, stage.train_source, stage.steps_per_epoch, stage.validation_source, callbacks
+    )
+    logs = trainer.train(stage.process_start)
+    return _finish(config, folder, stage, trainer, logs, restarts)
 
-    # Reading only, up to the first write: every check that can fail runs here.
+
+def _completed(config, folder):
+    """The metrics of a folder that needs no training (finished, or only its FINISHED marker missing), else None.
+
+    Also refuses (ValueError) a folder whose recorded config differs from `config`.
+    """
+    if folder.phase() == "finished":
+        return _already_finished(folder)
+    folder.check_resumable(config.to_dict())
+    if folder.outputs_complete():  # every final output written, only the FINISHED marker missing
+        if checkpointing.is_chief():
+            folder.remove_temporaries()
+            folder.finish()
+        return _already_finished(folder)
+    return None
+
+
+class _Prepared(NamedTuple):
+    """What `_prepare` built: the stage's sources, strategy, model and facts, before anything is written."""
+
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    train_source: tf.data.Dataset
+    validation_source: tf.data.Dataset | None
+    test_source: tf.data.Dataset | None
+    steps_per_epoch: int
+    class_names: list | None
+    process_start: float
+
+
+def _prepare(config):
+    """Global TensorFlow state, the data (split), the checks and the model: reading only, nothing written."""
     process_start = time.time()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -479,19 +512,26 @@ def _run_claimed(config, folder, overwrite, callbacks):
     names = class_names(config)
     if len(names) != num_classes:  # --num_classes beyond the data's classes: ids without names
         names = None
-    if checkpointing.is_chief():
-        if overwrite:
-            folder.replace()  # the old run stays beside it, as <model_dir>.previous-<id>, until this one finishes
-        restarts = folder.start(config.to_dict())
-        if names is not None:
-            folder.write_json(CLASSES, {"class_names": names, "source": _names_source(config)})
-    else:
-        restarts = folder.state().get("restarts", 0)
+    return _Prepared(strategy, model, train_source, validation_source, test_source, steps_per_epoch, names,
+                     process_start)
 
-    trainer = _StageTrainer(config, folder, model, train_source, steps_per_epoch, validation_source, callbacks)
-    history_logs = trainer.train(process_start)
 
-    # Finishing: every epoch is trained; the final outputs, then the marker.
+def _start(config, folder, overwrite, stage):
+    """The first write: the folder enters (or re-enters) `running` (replacing the old run with `overwrite`);
+    returns the number of restarts."""
+    if not checkpointing.is_chief():
+        return folder.state().get("restarts", 0)
+    if overwrite:
+        folder.replace()  # the old run stays beside it, as <model_dir>.previous-<id>, until this one finishes
+    restarts = folder.start(config.to_dict())
+    if stage.class_names is not None:
+        folder.write_json(CLASSES, {"class_names": stage.class_names, "source": _names_source(config)})
+    return restarts
+
+
+def _finish(config, folder, stage, trainer, history_logs, restarts):
+    """Every epoch is trained: metrics, test evaluation, the final outputs, then the FINISHED marker."""
+    model = stage.model
     train_seconds = trainer.train_seconds
     if checkpointing.is_chief():
         folder.enter_finishing(train_seconds=round(train_seconds, 1))
@@ -505,18 +545,17 @@ def _run_claimed(config, folder, overwrite, callbacks):
         "collapsed": trainer.collapsed if trainer.monitors_collapse else None,
     }
     if config.method in ("ce", "linear") and config.evaluate_test:
-        loss, accuracy = model.evaluate(eval_dataset(config, test_source), verbose=0)
+        loss, accuracy = model.evaluate(eval_dataset(config, stage.test_source), verbose=0)
         metrics.update(test_loss=float(loss), test_top1=float(accuracy))
         if not np.isfinite(loss):
             metrics["warning"] = "the test loss is not finite"
     if checkpointing.is_chief():
         checkpointing.save_model_atomically(model, folder.path("model.keras"), fault_point="final_model_save")
         if config.export:
-            saved_model = folder.path("saved_model")
-            if config.method in ("supcon", "simclr"):
-                export.export_encoder(model, saved_model, overwrite=True)
-            else:
-                export.export_classifier(model, saved_model, overwrite=True, class_names=names)
+            classifier = config.method in ("ce", "linear")
+            export.export_model(
+                model, folder.path("saved_model"), overwrite=True, class_names=stage.class_names if classifier else None
+            )
         folder.write_json("metrics.json", metrics, fault_point="metrics_write")
         folder.finish()
     return metrics

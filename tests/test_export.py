@@ -580,3 +580,16 @@ def test_keras_alone_needs_supcon_tf_imported_to_load(tmp_path, supcon_model):
     assert run.returncode != 0 and "Could not locate class 'SupConModel'" in run.stderr, run.stderr[-2000:]
     run = python("import sys, supcon_tf; print(type(supcon_tf.load_model(sys.argv[1])).__name__)")
     assert run.returncode == 0 and run.stdout.strip() == "SupConModel", run.stderr[-2000:]
+
+
+def test_export_model_picks_the_classifier_or_the_encoder_export(supcon_model, classifier_exports, tmp_path):
+    encoder_path = export.export_model(supcon_model, tmp_path / "encoder")
+    assert set(export.saved_model_signatures(encoder_path)) == ENCODER_SIGNATURES
+    model, _ = classifier_exports["CrossEntropyModel"]
+    names = [f"class {i}" for i in range(NUM_CLASSES)]
+    classifier_path = export.export_model(model, tmp_path / "classifier", class_names=names)
+    assert "classify" in export.saved_model_signatures(classifier_path)
+    assert export.saved_model_class_names(classifier_path) == names
+    with pytest.raises(ValueError, match="`class_names` is for classifiers; SupConModel exports an encoder"):
+        export.export_model(supcon_model, tmp_path / "refused", class_names=names)
+    assert not (tmp_path / "refused").exists()

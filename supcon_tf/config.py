@@ -327,15 +327,9 @@ class RunConfig:
                 f"`queue_size` is for supcon / simclr pre-training, received: queue_size={self.queue_size} "
                 f"with method={self.method!r}"
             )
-        if self.key_momentum is not None:
-            value = self.key_momentum
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`key_momentum` must be in [0, 1) or unset, received: key_momentum={value!r}")
-            if not self.queue_size:
-                raise ValueError(
-                    "`key_momentum` sets the encoder that fills the memory queue; it needs queue_size > 0. "
-                    f"Received: key_momentum={value} with queue_size=0"
-                )
+        from supcon_tf import memory  # the queue's own rules, shared with SupConModel
+
+        memory.check_queue_options(self.queue_size, self.queue_warmup_steps, self.key_momentum)
         if self.sampler == "class_balanced":
             if self.batch_size % self.samples_per_class:
                 raise ValueError(

@@ -41,6 +41,29 @@ def check_momentum(momentum, name="momentum"):
     return float(momentum)
 
 
+def check_queue_options(queue_size, queue_warmup_steps, key_momentum):
+    """The memory queue's options, checked together: `(queue_size, queue_warmup_steps, key_momentum)`.
+
+    `queue_size` and `queue_warmup_steps` are ints >= 0; `key_momentum` is None or in [0, 1) and needs a queue
+    (the momentum encoder only fills it). A ValueError names the argument and the value otherwise; `RunConfig`
+    and `SupConModel` both check through here.
+    """
+    if not is_int(queue_size) or queue_size < 0:
+        raise ValueError(f"`queue_size` must be an int >= 0, received: queue_size={queue_size!r}")
+    if not is_int(queue_warmup_steps) or queue_warmup_steps < 0:
+        raise ValueError(
+            f"`queue_warmup_steps` must be an int >= 0, received: queue_warmup_steps={queue_warmup_steps!r}"
+        )
+    if key_momentum is not None:
+        key_momentum = check_momentum(key_momentum, "key_momentum")
+        if queue_size == 0:
+            raise ValueError(
+                "`key_momentum` sets the encoder that fills the memory queue; it needs queue_size > 0. "
+                f"Received: key_momentum={key_momentum!r} with queue_size=0"
+            )
+    return int(queue_size), int(queue_warmup_steps), key_momentum
+
+
 def flatten_views(views):
     """`[batch, views, H, W, C]` -> `([batch * views, H, W, C]` sample-major, the original shape as a tensor)."""
     views = tf.convert_to_tensor(views)

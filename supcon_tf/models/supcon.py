@@ -43,19 +43,9 @@ def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_step
     """SupConModel's options after its argument checks (a ValueError naming the argument), as `{name: value}`."""
     if not isinstance(cross_replica, bool):
         raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
-    if not is_int(queue_size) or queue_size < 0:
-        raise ValueError(f"`queue_size` must be an int >= 0, received: queue_size={queue_size!r}")
-    if not is_int(queue_warmup_steps) or queue_warmup_steps < 0:
-        raise ValueError(
-            f"`queue_warmup_steps` must be an int >= 0, received: queue_warmup_steps={queue_warmup_steps!r}"
-        )
-    if key_momentum is not None:
-        key_momentum = memory_lib.check_momentum(key_momentum, "key_momentum")
-        if queue_size == 0:
-            raise ValueError(
-                "`key_momentum` only fills the memory queue; it needs queue_size > 0. "
-                f"Received: key_momentum={key_momentum!r} with queue_size=0"
-            )
+    queue_size, queue_warmup_steps, key_momentum = memory_lib.check_queue_options(
+        queue_size, queue_warmup_steps, key_momentum
+    )
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
     # The loss options (temperature, ..., positives_cap), with the loss's own messages.

@@ -34,6 +34,7 @@ from supcon_tf import corruptions as corruptions_lib
 from supcon_tf import data
 from supcon_tf._checks import positive_int as _check_positive_int
 from supcon_tf._checks import positive_number as _check_positive_number
+from supcon_tf.encoders import encoder_of
 from supcon_tf.models import EMBEDDING, REPRESENTATION
 
 FEATURE_OUTPUTS = (REPRESENTATION, EMBEDDING)
@@ -77,12 +78,6 @@ def _check_dataset(dataset):
 # ---------------------------------------------------------------------------
 # Running models over datasets.
 # ---------------------------------------------------------------------------
-
-
-def encoder_of(model):
-    """The encoder of a SupConModel / LinearProbe / CrossEntropyModel (its `.encoder`), or `model` itself."""
-    encoder = getattr(model, "encoder", None)
-    return encoder if isinstance(encoder, keras.layers.Layer) else model
 
 
 def extract_features(model, dataset, output=REPRESENTATION):

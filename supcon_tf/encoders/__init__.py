@@ -81,6 +81,7 @@ from supcon_tf.encoders.vit import (
     TokenPooling,
     TransformerBlock,
 )
+from supcon_tf.encoders._common import encoder_of
 from supcon_tf.encoders.weights import load_encoder_weights, load_pretrained_encoder
 
 # Names the single-module `supcon_tf.encoders` also exposed (imported there from supcon_tf.layers).
@@ -103,6 +104,7 @@ __all__ = [
     "application_family",
     "application_preprocessing",
     "build_encoder",
+    "encoder_of",
     "load_encoder_weights",
     "load_pretrained_encoder",
     "parse_encoder",

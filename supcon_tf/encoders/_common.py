@@ -58,3 +58,12 @@ def bn(x, synchronized, name):
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name
     )(x)
 
+
+
+def encoder_of(model):
+    """The encoder of a SupConModel / LinearProbe / CrossEntropyModel (its `.encoder`), or `model` itself.
+
+    The one way the package finds a model's encoder (evaluation, weights files, pre-trained models).
+    """
+    encoder = getattr(model, "encoder", None)
+    return encoder if isinstance(encoder, keras.layers.Layer) else model

@@ -9,7 +9,7 @@ import numpy as np
 
 import keras
 
-from supcon_tf.encoders._common import one_line
+from supcon_tf.encoders._common import encoder_of, one_line
 from supcon_tf.errors import BadInputFile
 
 
@@ -91,7 +91,7 @@ def load_encoder_weights(encoder, path):
             loaded = keras.saving.load_model(path, compile=False)
         except Exception as error:
             raise ValueError(f"model file {path!r} does not load: {one_line(error)[:300]}") from error
-        source = getattr(loaded, "encoder", loaded)
+        source = encoder_of(loaded)
         if not isinstance(source, keras.Model):
             raise ValueError(f"model file {path!r} holds no encoder (a {type(loaded).__name__})")
         values = source.get_weights()
@@ -201,7 +201,7 @@ def load_pretrained_encoder(path, image_shape=None):
             raise
         cause = one_line(error)[:300]
         raise BadInputFile(f"{what} {path} does not load as a Keras model: {cause}", path=path) from None
-    encoder = getattr(loaded, "encoder", loaded)
+    encoder = encoder_of(loaded)
     if not isinstance(encoder, keras.Model):
         raise BadInputFile(
             f"{what} {path} must hold a SupConModel, classifier or encoder, received: {type(loaded).__name__}",

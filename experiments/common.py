@@ -36,7 +36,6 @@ class StageOptions:
 
 flagging.define(StageOptions)
 flagging.define(RunConfig, unset=True)  # unset flags do not override --preset; the help states each default
-_HELP = flagging.help_texts(RunConfig)  # {field: help text}, from the fields' metadata
 
 
 # What a linear evaluation takes from the pre-training run it evaluates (RUN/config.json), unless a flag sets it.

@@ -106,7 +106,7 @@ def test_learning_rate_follows_the_batch_by_the_chosen_rule(scaling, expected):
 def test_overriding_a_presets_batch_rescales_its_learning_rate():
     from absl import flags
 
-    from experiments import common
+    from experiments import common, flagging
 
     flag_values = flags.FLAGS
     flag_values(["prog", "--preset=cifar10_supcon", "--batch_size=256"])
@@ -126,6 +126,6 @@ def test_data_service_timeout_defaults_to_a_minute_and_is_a_float_flag():
     with pytest.raises(ValueError) as error:
         RunConfig(data_service="grpc://localhost:5050", data_service_timeout=0)
     assert str(error.value) == "`data_service_timeout` must be a positive number, received: data_service_timeout=0"
-    from experiments import common
+    from experiments import common, flagging
 
-    assert "data_service_timeout" in common.FLAGS and "Seconds" in common._HELP["data_service_timeout"]
+    assert "data_service_timeout" in common.FLAGS and "Seconds" in flagging.help_texts(RunConfig)["data_service_timeout"]

@@ -115,9 +115,9 @@ def test_config_accepts_addresses_and_refuses_unsupported_combinations():
         RunConfig(data_service="grpc://localhost:5050", sampler="class_balanced", batch_size=16)
     with pytest.raises(ValueError, match="data_service.*multi_worker"):
         RunConfig(data_service="grpc://localhost:5050", strategy="multi_worker")
-    from experiments import common
+    from experiments import common, flagging
 
-    assert "data_service" in common._HELP and "data_service" in common.FLAGS
+    assert "data_service" in flagging.help_texts(RunConfig) and "data_service" in common.FLAGS
 
 
 def test_helpers_reject_bad_arguments():

@@ -88,10 +88,10 @@ def test_config_refuses_device_augmentation_where_xla_compiles_the_step(changes,
 
 
 def test_config_field_is_a_flag_resumable_and_agrees_with_the_library():
-    from experiments import common
+    from experiments import common, flagging
 
     assert RunConfig().augment_on == "host"
-    assert "augment_on" in common._HELP and "augment_on" in common.FLAGS
+    assert "augment_on" in flagging.help_texts(RunConfig) and "augment_on" in common.FLAGS
     assert config_lib.AUGMENT_ON == data.AUGMENT_ON == ("host", "device")
     assert "augment_on" in run_folder.RESUMABLE_FIELDS
     # Every combination a device run may need is accepted: service, sampler, queue, momentum encoder, CE, linear.

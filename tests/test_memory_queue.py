@@ -417,8 +417,8 @@ def test_run_config_rejects_bad_memory_options(changes, field):
 def test_run_config_accepts_memory_options_and_flags_exist():
     config = RunConfig(queue_size=4096, queue_warmup_steps=100, key_momentum=0.99)
     assert RunConfig.from_dict(config.to_dict()) == config
-    from experiments import common
+    from experiments import common, flagging
 
     for name in ("queue_size", "queue_warmup_steps", "key_momentum", "sampler", "samples_per_class"):
-        assert name in common._HELP and name in common.FLAGS
+        assert name in flagging.help_texts(RunConfig) and name in common.FLAGS
     assert os.path.basename(common.__file__) == "common.py"

@@ -11,7 +11,7 @@ Measures, in this process, on this machine:
    small CNN and for the CIFAR ResNet-18 and ResNet-50; and the overhead
    each model pays at the default period, given its step time here.
 2. The input pipeline's throughput (augmented views/s) with the resumable
-   order (stateless per-pass permutations, `data._shuffle_pass`) against
+   order (stateless per-pass permutations, `data.pipelines._shuffle_pass`) against
    `Dataset.shuffle(reshuffle_each_iteration=True)`, the order it replaced,
    and the time to rebuild a stream at batch 10,000 (`start_batch`).
 
@@ -134,7 +134,7 @@ def pipeline_views_per_second(batches, resumable):
         images, labels = data.load_digits("train")
         source = data.from_arrays(images, labels).shuffle(10000, seed=0, reshuffle_each_iteration=True)
         batches_ds = source.batch(128, drop_remainder=True).repeat()
-        dataset = data._add_views(
+        dataset = data.pipelines._add_views(
             batches_ds, num_views=2, augment=augment.SimCLRAugment(16, crop_scale=(0.4, 1.0), flip=False), seed=0
         )
     iterator = iter(dataset)

@@ -21,7 +21,7 @@ Decision: static sharding by batch index (`ShardingPolicy.HINT`)
 
 The training stream is endless and batch `k` is a pure function of
 `(seed, k)`: the pass `k // batches_per_pass` is a stateless permutation
-seeded by `(seed, pass)` (`data._shuffle_pass`), and the views of batch `k`
+seeded by `(seed, pass)` (`data.make_multiview_dataset`), and the views of batch `k`
 are augmented with the stateless seed `fold_in([seed, salt], k)`. The three
 processing modes of the service were tried on it (measured here, with worker
 processes on localhost; `tests/test_data_service.py` checks the result):
@@ -510,30 +510,8 @@ def sharded_multiview_dataset(
       or with `augment_on="device"` `((images [B, H, W, C], view_seeds int64 [B, V, 2]),
       labels int32 [B])` (`(k, ...)` with `with_index`), prefetched.
     """
-    num_views, seed, _, start_batch, augment_on = data._check_view_stream(
-        source, num_views=num_views, augment=augment, seed=seed, repeat=True, start_batch=start_batch,
-        augment_on=augment_on,
-    )
-    batch_size = data._check_positive_int(batch_size, "batch_size")
-    shuffle_buffer = data._check_positive_int(shuffle_buffer, "shuffle_buffer")
-
-    def one_pass(pass_index):
-        return data._shuffle_pass(source, shuffle_buffer, seed, pass_index).batch(batch_size, drop_remainder=True)
-
-    per_pass = data._batches_per_pass(source, batch_size, True)
-    first_pass, skip = divmod(start_batch, per_pass)
-    batches = tf.data.Dataset.range(first_pass, data._MAX_PASSES).flat_map(one_pass)
-    if skip:
-        batches = batches.skip(skip)
-    batches = batches.enumerate(start=start_batch).shard(num_shards, shard_index)
-
-    def make_element(index, batch):  # as data._add_views, with the batch index carried instead of counted
-        images, labels = batch
-        element = data._batch_element(
-            index, images, labels, num_views=num_views, augment=augment, seed=seed, augment_on=augment_on
-        )
-        return (index, *element) if with_index else element
-
-    return batches.map(make_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
-        tf.data.AUTOTUNE
+    return data.make_multiview_dataset(
+        source, batch_size=batch_size, num_views=num_views, augment=augment, seed=seed, shuffle_buffer=shuffle_buffer,
+        repeat=True, start_batch=start_batch, augment_on=augment_on, shard=(num_shards, shard_index),
+        with_index=with_index,
     )

@@ -21,30 +21,18 @@ One module per side:
 * `_checks`: the data-specific argument checks.
 
 Every public name is re-exported here (`data.load_digits("train")`,
-`data.make_multiview_dataset(...)`), and so are the private helpers that
-`supcon_tf.data_service` and the benchmarks build on. The pipelines call
+`data.make_multiview_dataset(...)`); `supcon_tf.data_service` builds on
+those public functions only (its shards are `make_multiview_dataset(...,
+shard=...)`), and `_digits_arrays` stays re-exported for the tests that
+check the bundled copy against scikit-learn's. The pipelines call
 their helpers inside `pipelines`, so patch those there (a test that patches
 `data.load_digits` affects callers that go through this package, as
 `runner` does).
 """
 
 from supcon_tf.data import pipelines, sources
-from supcon_tf.data._checks import check_augment as _check_augment
-from supcon_tf.data._checks import check_source as _check_source
 from supcon_tf.data.pipelines import (
-    _MAX_PASSES,
-    _PIPELINE_SEED_SALT,
-    _SHUFFLE_SEED_SALT,
     AUGMENT_ON,
-    _add_views,
-    _batch_element,
-    _batches_per_pass,
-    _check_non_negative_int,
-    _check_positive_int,
-    _check_seed,
-    _check_view_stream,
-    _materialize,
-    _shuffle_pass,
     augment_views,
     batch_view_seeds,
     class_balanced_indices,
@@ -60,9 +48,7 @@ from supcon_tf.data.sources import (
     DIGITS_NUM_IMAGES,
     IMAGE_EXTENSIONS,
     SPLITS,
-    _decode_image_file,
     _digits_arrays,
-    _tfds_missing_message,
     from_arrays,
     load_digits,
     load_image_folder,

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from supcon_tf._checks import boolean as _check_bool
+from supcon_tf._checks import is_int as _is_int
 from supcon_tf._checks import choice as _check_choice
 from supcon_tf._checks import non_negative_int as _check_non_negative_int
 from supcon_tf._checks import positive_int as _check_positive_int
@@ -156,6 +157,8 @@ def make_multiview_dataset(
     repeat=False,
     start_batch=0,
     augment_on="host",
+    shard=None,
+    with_index=False,
 ):
     """Builds the training pipeline: shuffle -> batch -> (repeat) -> V augmented views per sample.
 
@@ -202,6 +205,12 @@ def make_multiview_dataset(
         the start of the stream); used to resume training at a step.
       augment_on: "host" (the views are made here) or "device" (the batches
         carry images and view seeds; the model makes the views).
+      shard: None, or `(num_shards, shard_index)`: keep only the batches `k`
+        with `(k - start_batch) % num_shards == shard_index`, dropped before
+        they are augmented (the tf.data service's static sharding by batch;
+        `tf.data.experimental.SHARD_HINT` for both lets the service fill them
+        in on each worker).
+      with_index: also yield the batch index `k` first, `(k, ...)`.
 
     Returns:
       A `tf.data.Dataset` of `(views float32 [B, V, H', W', C], labels int32
@@ -235,9 +244,25 @@ def make_multiview_dataset(
     if skip:
         batches = batches.skip(skip)
     return _add_views(
-        batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch, augment_on=augment_on
+        batches, num_views=num_views, augment=augment, seed=seed, start_batch=start_batch, augment_on=augment_on,
+        shard=_check_shard(shard), with_index=_check_bool(with_index, "with_index"),
     )
 
+
+def _check_shard(shard):
+    """None, or `(num_shards, shard_index)`: ints with 0 <= index < num_shards, or both `SHARD_HINT`."""
+    if shard is None:
+        return None
+    hint = tf.data.experimental.SHARD_HINT
+    ok = isinstance(shard, (tuple, list)) and len(shard) == 2 and all(_is_int(v) for v in shard)
+    if ok and tuple(shard) != (hint, hint):
+        ok = 0 <= shard[1] < shard[0]
+    if not ok:
+        raise ValueError(
+            "`shard` must be None or (num_shards, shard_index) with 0 <= shard_index < num_shards (or both "
+            f"tf.data.experimental.SHARD_HINT), received: shard={shard!r}"
+        )
+    return int(shard[0]), int(shard[1])
 
 
 def _shuffle_pass(dataset, window, seed, pass_index):
@@ -280,7 +305,7 @@ def _batches_per_pass(dataset, batch_size, drop_remainder):
     return batches
 
 
-def _add_views(batches, *, num_views, augment, seed, start_batch=0, augment_on="host"):
+def _add_views(batches, *, num_views, augment, seed, start_batch=0, augment_on="host", shard=None, with_index=False):
     """`(images [B, ...], labels [B])` batches -> the stream's elements (`_batch_element`), prefetched.
 
     Batch `i` of the stream gets the seeds `batch_view_seeds(seed, i,
@@ -292,13 +317,15 @@ def _add_views(batches, *, num_views, augment, seed, start_batch=0, augment_on="
 
     def make_element(index, batch):
         images, labels = batch
-        return _batch_element(
+        element = _batch_element(
             index, images, labels, num_views=num_views, augment=augment, seed=seed, augment_on=augment_on
         )
+        return (index, *element) if with_index else element
 
-    batches = batches.enumerate(start=start_batch).map(
-        make_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    batches = batches.enumerate(start=start_batch)
+    if shard is not None:  # before the views: a shard augments only its own batches
+        batches = batches.shard(*shard)
+    batches = batches.map(make_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batches.prefetch(tf.data.AUTOTUNE)
 
 

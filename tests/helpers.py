@@ -1,7 +1,10 @@
-"""Shared test helpers: serialisation round trips for layers and models; the environment of binaries run in tests."""
+"""Shared test helpers: serialisation round trips for layers and models; running binaries in subprocesses
+(`run_python`, `start_python`, `run_command`, `start_command`, all in `subprocess_env`)."""
 
 import copy
 import os
+import subprocess
+import sys
 import tempfile
 
 import keras
@@ -66,13 +69,47 @@ def assert_serialization_roundtrip(obj, inputs, atol=1e-6):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def subprocess_env(fault=None):
+def subprocess_env(fault=None, *, extra_path=(), **variables):
     """The environment for a binary run by a test: quiet TensorFlow, the repository importable, single-process,
-    and `SUPCON_TF_FAULT` set to `fault` (or unset)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    and `SUPCON_TF_FAULT` set to `fault` (or unset).
+
+    `extra_path`: folders importable after the repository (PYTHONPATH); `variables`: further variables set.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join((ROOT, *extra_path)))
     env.pop("TF_CONFIG", None)
     env.pop("SUPCON_TF_FAULT", None)
     if fault:
         env["SUPCON_TF_FAULT"] = fault
+    env.update(variables)
     return env
 
+
+def _subprocess_options(fault, env, cwd, kwargs):
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    kwargs.setdefault("text", True)
+    return dict(kwargs, cwd=cwd, env=subprocess_env(fault) if env is None else env)
+
+
+def run_command(command, *, fault=None, env=None, cwd=ROOT, timeout=300, **kwargs):
+    """`subprocess.run(command)` the way every test runs a binary: from the repository root, in
+    `subprocess_env(fault)` (or `env`), stdout and stderr captured as text, bounded by `timeout` seconds.
+
+    `kwargs` go to `subprocess.run` (e.g. `stdout=`, `stderr=subprocess.STDOUT`).
+    """
+    return subprocess.run(command, timeout=timeout, **_subprocess_options(fault, env, cwd, kwargs))
+
+
+def start_command(command, *, fault=None, env=None, cwd=ROOT, **kwargs):
+    """`subprocess.Popen(command)` in the same environment as `run_command`; the caller waits for it."""
+    return subprocess.Popen(command, **_subprocess_options(fault, env, cwd, kwargs))
+
+
+def run_python(*args, **kwargs):
+    """`run_command` of this interpreter: `run_python("-m", "experiments.pretrain", ...)`."""
+    return run_command([sys.executable, *args], **kwargs)
+
+
+def start_python(*args, **kwargs):
+    """`start_command` of this interpreter."""
+    return start_command([sys.executable, *args], **kwargs)

@@ -2,29 +2,18 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from experiments import presets
+from helpers import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=64", "--verbose=2", "--encoder_width=0.25"]
 
 
 def _run(module, *flags, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    env.pop("TF_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", *flags],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python("-m", f"experiments.{module}", *flags, timeout=timeout)
 
 
 def _assert_run_folder(model_dir, saved_model=True):

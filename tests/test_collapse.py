@@ -12,15 +12,13 @@ import itertools
 import json
 import math
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ROOT, subprocess_env
+from helpers import run_python
 from supcon_tf import encoders, errors, layers, losses, resilience, runner, run_folder
 from supcon_tf.checkpointing import BackupStore
 from supcon_tf.config import RunConfig
@@ -383,10 +381,7 @@ REPRO = [
 
 
 def _pretrain(model_dir, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.pretrain", *REPRO, f"--model_dir={model_dir}", *flags],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )
+    return run_python("-m", "experiments.pretrain", *REPRO, f"--model_dir={model_dir}", *flags)
 
 
 def _collapse_lines(stderr):

@@ -13,15 +13,12 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import subprocess_env
+from helpers import run_python, start_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, STEPS, EVERY = 3, 4, 2
 TINY = [
     "--preset=digits_supcon",
@@ -37,18 +34,9 @@ TINY = [
 pytestmark = pytest.mark.slow
 
 
-_env = subprocess_env
-
-
 def _run(model_dir, *flags, fault=None, module="pretrain", timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", f"--model_dir={model_dir}", *TINY, *flags],
-        cwd=ROOT,
-        env=_env(fault),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python("-m", f"experiments.{module}", f"--model_dir={model_dir}", *TINY, *flags, fault=fault,
+                      timeout=timeout)
 
 
 def _weights(model_dir):
@@ -166,11 +154,8 @@ def test_random_kills_inside_epochs(tmp_path, reference):
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_writes_a_backup_at_the_step_and_resumes(tmp_path, reference, signum, status):
     model_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "experiments.pretrain", f"--model_dir={model_dir}", *TINY]
     # Slow steps (0.3 s of sleep per step, test-only) leave time to signal mid-epoch.
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=_env("slow_steps:300"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_python("-m", "experiments.pretrain", f"--model_dir={model_dir}", *TINY, fault="slow_steps:300")
     deadline = time.time() + 120
     backups = os.path.join(model_dir, "backup", "worker_0")
     while time.time() < deadline and not (os.path.isdir(backups) and os.listdir(backups)):

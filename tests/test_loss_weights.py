@@ -266,8 +266,8 @@ def test_every_denominator_matches_its_papers_equation_with_weights(case_id):
 
 
 def test_the_references_agree_with_the_looped_reference_of_the_options_tests():
-    # The looped, plain-math reference of tests/test_loss_options.py (weighted mask, cap, offsets) on the same case.
-    from test_loss_options import reference_loss
+    # The looped, plain-math reference of tests/loss_reference.py (weighted mask, cap, offsets) on the same case.
+    from loss_reference import reference_loss
 
     z, args, (weights, _, _), options, _ = _case(3)  # mask, views 2, no queue, capped
     for denominator, variant in itertools.product(DENOMINATORS, ("out", "in")):

@@ -1,9 +1,18 @@
 """The float64 NumPy reference of the SupCon loss family that the loss tests check against.
 
 Written from the definitions in `supcon_tf/losses/__init__.py` (Khosla et al.
-2020, eq. 2 and 3, and the denominators of docs/losses.md) with plain loops
-over anchors and the entries they contrast with, so that it can be read
-against the formulas; no vectorisation, no shared code with the library.
+2020, eq. 2 and 3, and the denominators of docs/losses.md), sharing no code
+with the library, in two forms of the same definition:
+
+* `reference_loss`: plain loops over anchors and the entries they contrast
+  with, so that it can be read against the formulas; the arguments of
+  `supcon_tf.losses.supcon_per_anchor_loss` (labels, multi-hot labels, a
+  weighted mask, a queue, normalize, denominators, caps, offsets).
+* `weighted_reference`: the same per-anchor losses from an explicit weight
+  matrix (`label_weights` gives the 0/1 one of labels), vectorised, and
+  complex-safe, so that the tests differentiate it by the complex step
+  Im L(z + i h e_k) / h (exact to float64 rounding), which the loops would
+  make too slow. `tests/test_loss_weights.py` checks that the two agree.
 """
 
 import math
@@ -117,3 +126,93 @@ def reference_loss(
             losses[local, v] = (temperature / base_temperature) * value
     mean = losses[counts].mean() if counts.any() else 0.0
     return losses, counts, mean
+
+
+def label_weights(labels, queue_labels, num_samples, num_queue):
+    """The 0/1 weights `[N, N]` and queue weights `[N, K]` that labels induce: equal ids, multi-hot rows sharing a
+    class; without labels, each sample's own views only (and no queue positive)."""
+    if labels is None:
+        return np.eye(num_samples), np.zeros((num_samples, num_queue))
+    labels = np.asarray(labels)
+    queue_labels = np.zeros((0,) + labels.shape[1:]) if queue_labels is None else np.asarray(queue_labels)
+    if labels.ndim == 1:
+        related, queue_related = labels[:, None] == labels[None, :], labels[:, None] == queue_labels[None, :]
+    else:
+        labels, queue_labels = labels.astype(np.float64), queue_labels.astype(np.float64)
+        related, queue_related = labels @ labels.T > 0, labels @ queue_labels.T > 0
+    return related.astype(np.float64), queue_related.astype(np.float64)
+
+
+def _lse(x, selected):
+    """Row-wise log sum_{selected} exp(x) (complex-safe: shifted by the real row maximum); -inf on an empty row."""
+    shift = np.max(np.where(selected, x.real, -np.inf), axis=1, keepdims=True)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    total = np.sum(np.where(selected, np.exp(np.where(selected, x, shift) - shift), 0.0), axis=1)
+    empty = ~np.any(selected, axis=1)
+    return np.where(empty, -np.inf, np.log(np.where(empty, 1.0, total)) + shift[:, 0])
+
+
+def _log_prob(denominator, logits, candidate, capped, not_self):
+    """log p_ip for every entry `[rows, columns]`, by the denominator's equation: "all" Khosla et al. 2020 eq. 2,
+    "one_positive" SINCERE (Feeney & Hughes), "only_negatives" the decoupled loss (Yeh et al. 2021, eq. 6)."""
+    negative = ~candidate & not_self
+    if denominator == "all":  # Khosla et al. eq. 2: every entry but the anchor itself (and the capped out)
+        return logits - _lse(logits, not_self & ~capped)[:, None]
+    negatives = _lse(logits, negative)[:, None]
+    if denominator == "one_positive":  # SINCERE: the positive itself and the negatives
+        shift = np.maximum(logits.real, np.where(np.isfinite(negatives.real), negatives.real, -np.inf))
+        exp_negatives = np.where(np.isfinite(negatives.real), np.exp(negatives - shift), 0.0)
+        return logits - (np.log(np.exp(logits - shift) + exp_negatives) + shift)
+    return logits - negatives  # decoupled: the negatives only
+
+
+@np.errstate(invalid="ignore", divide="ignore")  # the rows that do not count hold inf / NaN, then 0
+def weighted_reference(z, weights, queue=None, queue_weights=None, *, temperature, base_temperature=None, contrast_mode="all",
+              variant="out", denominator="all", positives_cap=-1, anchor_offset=0, num_anchor_samples=None):
+    """Per-anchor losses `[anchor samples, anchor views]`, which anchors count, and their mean.
+
+    `weights[s, t]` is the weight of every view of sample t as a positive of
+    every view of sample s (0: a negative), `queue_weights[s, k]` that of
+    queue entry k. The cap keeps the first cap / V samples t != s of weight
+    > 0, then the first cap - V * kept queue entries of weight > 0.
+    """
+    batch, views, dim = z.shape
+    queue = np.zeros((0, dim)) if queue is None else np.asarray(queue, np.float64)
+    weights = np.asarray(weights, np.float64)
+    queue_weights = np.zeros((batch, 0)) if queue_weights is None else np.asarray(queue_weights, np.float64)
+    count = batch - anchor_offset if num_anchor_samples is None else num_anchor_samples
+    anchor_views = 1 if contrast_mode == "one" else views
+    kept, queue_kept = weights > 0, queue_weights > 0
+    if positives_cap >= 0:
+        for s in range(batch):
+            others = [t for t in np.flatnonzero(weights[s] > 0) if t != s][positives_cap // views:]
+            kept[s, others] = False
+            budget = positives_cap - views * min(int(np.sum(weights[s] > 0)) - int(weights[s, s] > 0),
+                                                 positives_cap // views)
+            queue_kept[s, np.flatnonzero(queue_weights[s] > 0)[budget:]] = False
+    rows = [(anchor_offset + local, v) for v in range(anchor_views) for local in range(count)]
+    samples = np.array([s for s, _ in rows])
+    contrast = np.concatenate([np.concatenate([z[:, u] for u in range(views)]), queue.astype(z.dtype)])
+    logits = np.stack([z[s, v] for s, v in rows]) @ contrast.T / temperature
+    not_self = np.ones(logits.shape, bool)
+    not_self[np.arange(len(rows)), [v * batch + s for s, v in rows]] = False
+    w = np.concatenate([np.tile(weights[samples], (1, views)), queue_weights[samples]], axis=1)
+    keep = np.concatenate([np.tile(kept[samples], (1, views)), queue_kept[samples]], axis=1)
+    candidate = w > 0
+    positive = np.where(candidate & keep & not_self, w, 0.0)
+    total = positive.sum(axis=1)
+    counts = total > 0
+    if denominator == "only_negatives":
+        counts &= np.any(~candidate & not_self, axis=1)
+    log_prob = _log_prob(denominator, logits, candidate, candidate & ~keep, not_self)
+    safe_total = np.where(counts, total, 1.0)
+    if variant == "out":
+        loss = -np.sum(np.where(positive > 0, positive * log_prob, 0.0), axis=1) / safe_total
+    else:
+        weighted = np.where(positive > 0, log_prob + np.log(np.where(positive > 0, positive, 1.0)), -np.inf)
+        loss = -(_lse(weighted, positive > 0) - np.log(safe_total))
+    scale = 1.0 if base_temperature is None else temperature / base_temperature
+    loss = np.where(counts, scale * loss, 0.0)
+    losses = loss.reshape(anchor_views, count).T
+    counts = counts.reshape(anchor_views, count).T
+    return losses, counts, (losses[counts].mean() if counts.any() else 0.0)

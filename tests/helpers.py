@@ -1,7 +1,10 @@
-"""Shared test helpers: serialisation round trips for layers and models; the environment of binaries run in tests."""
+"""Shared test helpers: serialisation round trips for layers and models; running binaries in subprocesses
+(`run_python`, `start_python`, `run_command`, `start_command`, all in `subprocess_env`)."""
 
 import copy
 import os
+import subprocess
+import sys
 import tempfile
 
 import keras
@@ -66,13 +69,114 @@ def assert_serialization_roundtrip(obj, inputs, atol=1e-6):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def subprocess_env(fault=None):
+def subprocess_env(fault=None, *, extra_path=(), **variables):
     """The environment for a binary run by a test: quiet TensorFlow, the repository importable, single-process,
-    and `SUPCON_TF_FAULT` set to `fault` (or unset)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    and `SUPCON_TF_FAULT` set to `fault` (or unset).
+
+    `extra_path`: folders importable after the repository (PYTHONPATH); `variables`: further variables set.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join((ROOT, *extra_path)))
     env.pop("TF_CONFIG", None)
     env.pop("SUPCON_TF_FAULT", None)
     if fault:
         env["SUPCON_TF_FAULT"] = fault
+    env.update(variables)
     return env
 
+
+def _subprocess_options(fault, env, cwd, kwargs):
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    kwargs.setdefault("text", True)
+    return dict(kwargs, cwd=cwd, env=subprocess_env(fault) if env is None else env)
+
+
+def run_command(command, *, fault=None, env=None, cwd=ROOT, timeout=300, **kwargs):
+    """`subprocess.run(command)` the way every test runs a binary: from the repository root, in
+    `subprocess_env(fault)` (or `env`), stdout and stderr captured as text, bounded by `timeout` seconds.
+
+    `kwargs` go to `subprocess.run` (e.g. `stdout=`, `stderr=subprocess.STDOUT`).
+    """
+    return subprocess.run(command, timeout=timeout, **_subprocess_options(fault, env, cwd, kwargs))
+
+
+def start_command(command, *, fault=None, env=None, cwd=ROOT, **kwargs):
+    """`subprocess.Popen(command)` in the same environment as `run_command`; the caller waits for it."""
+    return subprocess.Popen(command, **_subprocess_options(fault, env, cwd, kwargs))
+
+
+def run_python(*args, **kwargs):
+    """`run_command` of this interpreter: `run_python("-m", "experiments.pretrain", ...)`."""
+    return run_command([sys.executable, *args], **kwargs)
+
+
+def start_python(*args, **kwargs):
+    """`start_command` of this interpreter."""
+    return start_command([sys.executable, *args], **kwargs)
+
+
+def run_binary_in_process(module, *flags):
+    """Runs `python -m experiments.<module> *flags` in this process; a `subprocess.CompletedProcess` like
+    `run_python`'s (returncode: the exit status; stdout, stderr: what Python wrote to them).
+
+    The binary's own entry runs (`entry()`: its flags, `config_from_flags`, `runner.run`, `flagging.absl_main`'s
+    one error line and exit status) with absl's flag parser, `flagging.parse_flags`; only absl's once-per-process
+    set-up of `app.run` (its logging handler, faulthandler) is left out, as it would stay for the rest of the
+    test session. The flags are unparsed before and after, and TensorFlow's op determinism (`--deterministic`)
+    is put back as it was.
+    """
+    import contextlib
+    import importlib
+    import io
+
+    # TensorFlow exports enable_op_determinism only; its state and its inverse are in the private module.
+    from tensorflow.python.framework import config as tf_config
+
+    from experiments import common, flagging
+
+    binary = importlib.import_module(f"experiments.{module}")
+    argv = [binary.__file__, *flags]  # sys.argv of `python -m experiments.<module>`
+
+    def run_binary(main_fn):  # flagging.run_binary without absl.app's process set-up
+        sys.exit(flagging.absl_main(main_fn)(flagging.parse_flags(sys.argv)))
+
+    determinism = tf_config.is_op_determinism_enabled()
+    saved = sys.argv, common.run_binary
+    stdout, stderr = io.StringIO(), io.StringIO()
+    flagging.FLAGS.unparse_flags()
+    sys.argv, common.run_binary = argv, run_binary
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                binary.entry()
+                status = 0
+            except SystemExit as exit_:
+                status = exit_.code
+    finally:
+        sys.argv, common.run_binary = saved
+        flagging.FLAGS.unparse_flags()
+        if not determinism:
+            tf_config.disable_op_determinism()
+    return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
+
+
+def image_folder(root, classes, per_class=3):
+    """Writes `<root>/{train,test}/<class>/<i>.png` (8x8 RGB), `classes[name]` images per class (None:
+    `per_class`); returns `root` as a string."""
+    for split in ("train", "test"):
+        for name, count in classes.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count if count is not None else per_class):
+                pixels = np.full((8, 8, 3), 30 * i, np.uint8)
+                keras.utils.save_img(os.path.join(root, split, name, f"{i}.png"), pixels)
+    return str(root)
+
+
+def assert_refused(result, model_dir, expected):
+    """A binary's up-front refusal: exit status 2, `expected` in the last stderr line, no traceback, nothing
+    written in `model_dir`."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert expected in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(model_dir) or not os.listdir(model_dir)

@@ -9,7 +9,6 @@ even though a CPU never runs out of device memory.
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -19,13 +18,11 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "accelerator_check.py")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import accelerator_check  # noqa: E402  (the driver part imports no TensorFlow)
+from helpers import run_python, subprocess_env  # noqa: E402
 
 
 def _run(args, timeout=240):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="1")
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_python(SCRIPT, *args, env=subprocess_env(TF_ENABLE_ONEDNN_OPTS="1"), timeout=timeout)
 
 
 def _finite_positive(value):

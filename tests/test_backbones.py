@@ -6,7 +6,6 @@ graph building and tracing, so they overlap well on two cores).
 """
 
 import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -20,8 +19,8 @@ from supcon_tf import config as config_lib
 from supcon_tf import encoders, layers, models, runner
 from supcon_tf.encoders import vit
 from supcon_tf.config import RunConfig
+from helpers import start_python, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_STEP = [
     "--preset=digits_supcon", "--epochs=1", "--steps_per_epoch=1", "--batch_size=8", "--verbose=2", "--image_size=32",
 ]
@@ -82,16 +81,10 @@ NOT_A_FUNCTION = 3
 '''
 
 
-def _env(*extra_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join((ROOT,) + extra_path))
-    env.pop("TF_CONFIG", None)
-    return env
-
-
 def _start(model_dir, *flags, extra_path=()):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "experiments.pretrain", f"--model_dir={model_dir}", *ONE_STEP, *flags],
-        cwd=ROOT, env=_env(*extra_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    process = start_python(
+        "-m", "experiments.pretrain", f"--model_dir={model_dir}", *ONE_STEP, *flags,
+        env=subprocess_env(extra_path=extra_path),
     )
     return process, time.time()
 

@@ -8,9 +8,10 @@ layouts; `losses.blockwise`: every other option) are checked against the
 dense form and against float64 NumPy references written from the formulas
 in `supcon_tf/losses/__init__.py`:
 
-* `_reference_per_anchor`: the per-anchor losses, vectorised, for any option
-  the blockwise forms take (labels, multi-hot, none; queue; offsets;
-  contrast modes; variants; denominators; caps). It also runs on complex
+* `_reference_per_anchor`: the per-anchor losses of the shared vectorised
+  reference (`tests/loss_reference.weighted_reference` on the labels' 0/1
+  weights), for any option the blockwise forms take (labels, multi-hot,
+  none; queue; offsets; contrast modes; variants; denominators; caps). It also runs on complex
   features, so `_complex_step_jacobian` differentiates it by the complex
   step, Im L(z + i h e_k) / h: the Jacobian d L(i) / d z to float64
   rounding (no cancellation, unlike finite differences).
@@ -32,6 +33,7 @@ import tensorflow as tf
 
 from supcon_tf import losses as losses_lib
 from supcon_tf.losses import supcon_loss, supcon_per_anchor_loss
+from loss_reference import label_weights, weighted_reference
 
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
 DIM = 6
@@ -43,27 +45,8 @@ TEMPERATURE = 0.2
 
 def _relations(labels, queue_labels, num_samples, num_queue):
     """Sample-level candidate positives `[N, N]` and queue ones `[N, K]` (bool), before the cap."""
-    if labels is None:
-        return np.eye(num_samples, dtype=bool), np.zeros((num_samples, num_queue), bool)
-    labels = np.asarray(labels)
-    queue_labels = np.zeros((0,) + labels.shape[1:]) if queue_labels is None else np.asarray(queue_labels)
-    if labels.ndim == 1:
-        return labels[:, None] == labels[None, :], labels[:, None] == queue_labels[None, :]
-    labels, queue_labels = labels.astype(np.float64), queue_labels.astype(np.float64)
-    return labels @ labels.T > 0, labels @ queue_labels.T > 0
-
-
-def _kept(related, queue_related, positives_cap, views):
-    """Which candidates the cap keeps (own sample always; first cap/V others by index, then the queue's)."""
-    kept, queue_kept = related.copy(), queue_related.copy()
-    if positives_cap < 0:
-        return kept, queue_kept
-    for s in range(len(related)):
-        others = [t for t in np.flatnonzero(related[s]) if t != s]
-        kept[s, others[positives_cap // views:]] = False
-        budget = positives_cap - views * min(len(others), positives_cap // views)
-        queue_kept[s, np.flatnonzero(queue_related[s])[budget:]] = False
-    return kept, queue_kept
+    related, queue_related = label_weights(labels, queue_labels, num_samples, num_queue)
+    return related > 0, queue_related > 0
 
 
 def _layout(num_samples, views, num_queue, contrast_mode, anchor_offset, num_anchor_samples):
@@ -74,53 +57,22 @@ def _layout(num_samples, views, num_queue, contrast_mode, anchor_offset, num_anc
     return rows, count, anchor_views
 
 
-def _log_sum_exp(x, selected):
-    """Row-wise log sum_{selected} exp(x) (complex-safe: shifted by the real maximum); 0 on an empty row."""
-    shift = np.max(np.where(selected, x.real, -np.inf), axis=1, keepdims=True)
-    shift = np.where(np.isfinite(shift), shift, 0.0)
-    total = np.sum(np.where(selected, np.exp(np.where(selected, x, shift) - shift), 0.0), axis=1)
-    return np.log(np.where(np.any(selected, axis=1), total, 1.0)) + shift[:, 0]
-
-
 def _reference_per_anchor(
     z, labels=None, *, queue=None, queue_labels=None, temperature=TEMPERATURE, contrast_mode="all", variant="out",
     denominator="all", positives_cap=-1, anchor_offset=0, num_anchor_samples=None,
 ):
-    """`(losses, counts)`, `[anchor samples, anchor views]` like `supcon_per_anchor_loss`; z may be complex."""
-    num_samples, views, dim = z.shape
-    q = np.zeros((0, dim)) if queue is None else np.asarray(queue, np.float64)
-    related, queue_related = _relations(labels, queue_labels, num_samples, len(q))
-    kept, queue_kept = _kept(related, queue_related, positives_cap, views)
-    rows, count, anchor_views = _layout(num_samples, views, len(q), contrast_mode, anchor_offset, num_anchor_samples)
-    samples = np.array([s for s, _ in rows])
-    contrast = np.concatenate([np.concatenate([z[:, u] for u in range(views)]), q.astype(z.dtype)])
-    anchors = np.stack([z[s, v] for s, v in rows])
-    logits = anchors @ contrast.T / temperature
-    not_self = np.ones(logits.shape, bool)
-    not_self[np.arange(len(rows)), [v * num_samples + s for s, v in rows]] = False
-    candidate = np.concatenate([np.tile(related[samples], (1, views)), queue_related[samples]], axis=1)
-    positive = np.concatenate([np.tile(kept[samples], (1, views)), queue_kept[samples]], axis=1) & not_self
-    negative = ~candidate & not_self
-    num_positive = positive.sum(axis=1)
-    counts = num_positive > 0
-    if denominator == "only_negatives":
-        counts &= negative.any(axis=1)
-    safe_positive = np.maximum(num_positive, 1)
-    if denominator == "one_positive":
-        negative_lse = _log_sum_exp(logits, negative)[:, None]
-        pair = np.stack([logits, np.broadcast_to(negative_lse, logits.shape)], axis=-1)
-        shift = pair.real.max(axis=-1)
-        log_prob = logits - (np.log(np.exp(pair[..., 0] - shift) + np.exp(pair[..., 1] - shift)) + shift)
-        log_prob = np.where(negative.any(axis=1)[:, None], log_prob, 0.0)  # no negatives: exp(s)/exp(s)
-    else:
-        in_denominator = (positive | negative) if denominator == "all" else negative
-        log_prob = logits - _log_sum_exp(logits, in_denominator)[:, None]
-    if variant == "out":
-        loss = -np.sum(np.where(positive, log_prob, 0.0), axis=1) / safe_positive
-    else:
-        loss = -(_log_sum_exp(log_prob, positive) - np.log(safe_positive))
-    loss = np.where(counts, loss, 0.0)
-    return loss.reshape(anchor_views, count).T, counts.reshape(anchor_views, count).T
+    """`(losses, counts)`, `[anchor samples, anchor views]` like `supcon_per_anchor_loss`; z may be complex.
+
+    `tests/loss_reference.weighted_reference` on the 0/1 weights of the labels.
+    """
+    num_queue = 0 if queue is None else len(queue)
+    weights, queue_weights = label_weights(labels, queue_labels, z.shape[0], num_queue)
+    losses, counts, _ = weighted_reference(
+        z, weights, queue, queue_weights, temperature=temperature, contrast_mode=contrast_mode, variant=variant,
+        denominator=denominator, positives_cap=positives_cap, anchor_offset=anchor_offset,
+        num_anchor_samples=num_anchor_samples,
+    )
+    return losses, counts
 
 
 def _complex_step_jacobian(z, **kwargs):

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,8 +11,8 @@ from PIL import Image
 
 from supcon_tf import data, export, models
 from supcon_tf.encoders import build_encoder
+from helpers import run_python, start_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (8, 8, 1)
 # Not in sorted order, and not ASCII: ids are positions in this list, names travel as UTF-8.
 NAMES = ["zebra", "cat", "dög"]
@@ -254,13 +252,8 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
         run.mkdir()
         model.save(run / "model.keras")
         (run / "classes.json").write_text(json.dumps({"class_names": names, "source": "test"}), encoding="utf-8")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    env.pop("TF_CONFIG", None)
     runs = {
-        run: subprocess.Popen(
-            [sys.executable, "-m", "experiments.export_model", f"--model={run / 'model.keras'}", f"--output={run / 'export'}"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        run: start_python("-m", "experiments.export_model", f"--model={run / 'model.keras'}", f"--output={run / 'export'}")
         for run in (run_ok, run_bad)
     }  # both at once: each spends seconds importing TensorFlow
     results = {run: (process.communicate(timeout=300), process.returncode) for run, process in runs.items()}
@@ -286,11 +279,9 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
 
 
 def _train_ce(data_dir, model_dir):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.train_ce", "--dataset=folder", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-         "--image_size=8", "--epochs=1", "--batch_size=4", "--encoder_width=0.25", "--verbose=0"],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT), capture_output=True, text=True,
-        timeout=300,
+    return run_python(
+        "-m", "experiments.train_ce", "--dataset=folder", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+        "--image_size=8", "--epochs=1", "--batch_size=4", "--encoder_width=0.25", "--verbose=0",
     )
 
 

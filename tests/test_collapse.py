@@ -12,15 +12,14 @@ import itertools
 import json
 import math
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ROOT, subprocess_env
+from helpers import run_python
+from loss_reference import reference_loss
 from supcon_tf import encoders, errors, layers, losses, resilience, runner, run_folder
 from supcon_tf.checkpointing import BackupStore
 from supcon_tf.config import RunConfig
@@ -41,19 +40,9 @@ def _mean_cosine_reference(z):
 
 
 def _supcon_losses_reference(z, labels, temperature):
-    """Per-anchor SupCon loss (eq. 2, denominator: every other entry), anchors sample-major over all views."""
-    z = np.asarray(z, np.float64)
-    views = z.shape[1]
-    flat = z.reshape(-1, z.shape[-1])
-    ids = np.repeat(np.asarray(labels), views)
-    out = []
-    for i in range(len(flat)):
-        others = [j for j in range(len(flat)) if j != i]
-        logits = np.array([flat[i] @ flat[j] for j in others]) / temperature
-        log_norm = np.log(np.sum(np.exp(logits - logits.max()))) + logits.max()
-        positives = [k for k, j in enumerate(others) if ids[j] == ids[i]]
-        out.append(-np.mean(logits[positives] - log_norm))
-    return np.array(out)
+    """Per-anchor SupCon loss (eq. 2, denominator: every other entry), anchors sample-major over all views
+    (`tests/loss_reference.py`)."""
+    return reference_loss(z, labels, temperature=temperature)[0].reshape(-1)
 
 
 def _unit(x):
@@ -383,10 +372,7 @@ REPRO = [
 
 
 def _pretrain(model_dir, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.pretrain", *REPRO, f"--model_dir={model_dir}", *flags],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )
+    return run_python("-m", "experiments.pretrain", *REPRO, f"--model_dir={model_dir}", *flags)
 
 
 def _collapse_lines(stderr):

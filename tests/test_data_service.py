@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -20,8 +19,8 @@ import tensorflow as tf
 
 from supcon_tf import augment, data, data_service, runner
 from supcon_tf.config import RunConfig
+from helpers import run_python, start_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 32  # digits train split: 1,437 images = 44 batches a pass
 
 
@@ -227,11 +226,7 @@ def test_runner_run_with_the_data_service_finishes(service, tmp_path):
 
 
 def _script(*flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.data_service", *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )
+    return start_python("-m", "experiments.data_service", *flags)
 
 
 def _wait_for_line(process, pattern, timeout=120):
@@ -329,8 +324,6 @@ def test_console_script_bad_flags_exit_2_with_one_line():
 def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one(tmp_path):
     """One worker (exact order): SIGKILL before step 5, restart against the same service, equal end weights."""
     import signal
-    import subprocess
-    import sys
 
     import keras
 
@@ -342,12 +335,7 @@ def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one
     ]
 
     def train(model_dir, fault=None):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-        env.pop("SUPCON_TF_FAULT", None)
-        if fault:
-            env["SUPCON_TF_FAULT"] = fault
-        return subprocess.run([sys.executable, "-m", "experiments.pretrain", f"--model_dir={model_dir}", *flags],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return run_python("-m", "experiments.pretrain", f"--model_dir={model_dir}", *flags, fault=fault)
 
     try:
         reference = train(tmp_path / "reference")
@@ -532,12 +520,10 @@ def test_signals_stop_wait_for_dispatcher_at_once():
     in a first wait, then SIGTERM with a handler in a second; "plain" gets
     SIGTERM with the default action.
     """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     with _silent_listener() as listener:  # the slow case: TCP accepted, gRPC waits for its deadline
         address = f"grpc://127.0.0.1:{listener.getsockname()[1]}"
         sequence, plain = (
-            subprocess.Popen([sys.executable, "-c", _WAITER, mode, address], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+            start_python("-c", _WAITER, mode, address)
             for mode in ("sequence", "plain")
         )
 
@@ -568,11 +554,9 @@ def test_signals_stop_wait_for_dispatcher_at_once():
 def test_a_training_binary_with_a_dead_dispatcher_fails_in_bounded_time_and_writes_nothing(tmp_path):
     model_dir = tmp_path / "run"
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.pretrain", "--preset=digits_supcon", f"--model_dir={model_dir}",
-         f"--data_service=grpc://localhost:{_free_port()}", "--data_service_timeout=2", "--verbose=0"],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT), capture_output=True, text=True,
-        timeout=120,
+    result = run_python(
+        "-m", "experiments.pretrain", "--preset=digits_supcon", f"--model_dir={model_dir}",
+        f"--data_service=grpc://localhost:{_free_port()}", "--data_service_timeout=2", "--verbose=0", timeout=120,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]

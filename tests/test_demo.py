@@ -2,24 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_demo(tmp_path, *flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.demo", f"--output_dir={tmp_path}", *flags],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python("-m", "experiments.demo", f"--output_dir={tmp_path}", *flags, timeout=600)
 
 
 def test_demo_end_to_end_tiny(tmp_path):

@@ -1,12 +1,9 @@
 """experiments/demo_budget.py: the ranking rule and the table, on hand-made results; its flags' errors."""
 
-import os
-import subprocess
-import sys
 
 from experiments import demo_budget
+from helpers import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(epochs, seed, supcon, simclr, ce, wall=10.0):
@@ -51,10 +48,8 @@ def test_render_names_its_command_and_shows_mean_std_and_counts():
 
 def test_bad_grid_is_one_line_and_exit_2(tmp_path):
     out = tmp_path / "budget.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.demo_budget", "--epochs=0,10", f"--output={out}",
-         f"--work_dir={tmp_path / 'work'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    result = run_python(
+        "-m", "experiments.demo_budget", "--epochs=0,10", f"--output={out}", f"--work_dir={tmp_path / 'work'}"
     )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]  # (TensorFlow's start-up log lines come before it)

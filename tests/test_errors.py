@@ -13,7 +13,6 @@ fail as on a full disk, or raise an unexpected error there.
 import errno
 import json
 import os
-import subprocess
 import sys
 import zipfile
 
@@ -24,8 +23,8 @@ from experiments import flagging
 from supcon_tf import checkpointing, errors, resilience, run_folder
 from supcon_tf.encoders import build_encoder, load_pretrained_encoder
 from supcon_tf.errors import BadInputFile
+from helpers import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--preset=digits_supcon", "--epochs=2", "--steps_per_epoch=2", "--batch_size=32", "--encoder_width=0.25",
     "--backup_every_steps=1", "--verbose=0",
@@ -33,15 +32,7 @@ TINY = [
 
 
 def _run(module, *flags, fault=None, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    env.pop("TF_CONFIG", None)
-    env.pop(resilience.FAULT_ENV, None)
-    if fault:
-        env[resilience.FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", *flags],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    return run_python("-m", f"experiments.{module}", *flags, fault=fault, timeout=timeout)
 
 
 def _error_lines(stderr):
@@ -80,7 +71,7 @@ def test_errors_and_flagging_import_no_tensorflow():
         "assert flagging.errors.BadInputFile is BadInputFile; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'loaded'; print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = run_python("-c", code, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import keras
@@ -15,6 +14,7 @@ import supcon_tf
 from supcon_tf import augment, data, export, models
 from supcon_tf.encoders import build_encoder
 from supcon_tf.layers import ProjectionHead
+from helpers import run_python, start_command
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 3
@@ -198,12 +198,9 @@ def test_saved_model_cli_shows_the_signatures(encoder_export, classifier_exports
         cli = shutil.which("saved_model_cli")
     if cli is None:
         pytest.skip("saved_model_cli is not installed next to this Python nor on PATH")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     classifier_export = classifier_exports["LinearProbe"][1]
     runs = {
-        path: subprocess.Popen(
-            [cli, "show", "--dir", str(path), "--all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
+        path: start_command([cli, "show", "--dir", str(path), "--all"])
         for path in (encoder_export, classifier_export)
     }  # both at once: each run spends seconds importing TensorFlow
     for path, names in ((encoder_export, ENCODER_SIGNATURES), (classifier_export, CLASSIFIER_SIGNATURES)):
@@ -570,11 +567,9 @@ def test_load_model_round_trip(tmp_path, supcon_model, rgb_classifier_export):
 def test_keras_alone_needs_supcon_tf_imported_to_load(tmp_path, supcon_model):
     path = tmp_path / "model.keras"
     supcon_model.save(path)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
     def python(program):
-        command = [sys.executable, "-c", program, str(path)]
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        return run_python("-c", program, str(path))
 
     run = python("import sys, keras; keras.saving.load_model(sys.argv[1])")
     assert run.returncode != 0 and "Could not locate class 'SupConModel'" in run.stderr, run.stderr[-2000:]

@@ -10,6 +10,7 @@ import tensorflow as tf
 from scipy import stats
 
 from experiments.report import hardness as h
+from loss_reference import reference_loss
 from supcon_tf import losses
 
 
@@ -24,20 +25,10 @@ def _rows(features):
     return features.reshape(b * v, d)
 
 
-def reference_loss(z, labels, temperature, base_temperature):
-    """L_out(i) written from eq. 2 with loops, float64: -(tau / tau_b) / |P| sum_p log(exp(s_ip) / sum_{a != i} exp(s_ia))."""
-    n = len(z)
-    out = np.zeros(n)
-    for i in range(n):
-        others = [a for a in range(n) if a != i]
-        positives = [p for p in others if labels[p] == labels[i]]
-        if not positives:
-            continue
-        logits = {a: float(np.dot(z[i], z[a])) / temperature for a in others}
-        top = max(logits.values())
-        log_z = top + math.log(sum(math.exp(v - top) for v in logits.values()))
-        out[i] = -(temperature / base_temperature) * sum(logits[p] - log_z for p in positives) / len(positives)
-    return out
+def _row_reference(rows, row_labels, temperature, base_temperature):
+    """L_out(i) of every row, each row its own one-view sample (`tests/loss_reference.py`): -(tau / tau_b) / |P|
+    sum_p log(exp(s_ip) / sum_{a != i} exp(s_ia)), 0 without positives."""
+    return reference_loss(rows[:, None, :], row_labels, temperature=temperature, base_temperature=base_temperature)[0][:, 0]
 
 
 CASES = [
@@ -56,7 +47,7 @@ def test_loss_matches_the_float64_reference(batch, views, labels, seed):
     features = _unit(rng, batch, views, 7)
     ids = np.arange(batch) if labels is None else np.asarray(labels)
     row_labels = np.repeat(ids, views)
-    expected = reference_loss(_rows(features), row_labels, 0.2, 0.07)
+    expected = _row_reference(_rows(features), row_labels, 0.2, 0.07)
     pairs = h.pair_gradients(_rows(features), row_labels, 0.2, base_temperature=0.07)
     np.testing.assert_allclose(pairs["loss"], expected, rtol=1e-12, atol=1e-12)
     project = losses.supcon_per_anchor_loss(

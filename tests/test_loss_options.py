@@ -1,7 +1,7 @@
 """`denominator` and `positives_cap` of the SupCon loss (google-research parity), and features of rank > 3.
 
-Dense and blockwise forms are checked against a looped float64 NumPy
-reference written from the definitions in `supcon_tf/losses/__init__.py` (values and
+Dense and blockwise forms are checked against the looped float64 NumPy
+reference of `tests/loss_reference.py`, written from the definitions in `supcon_tf/losses/__init__.py` (values and
 directional derivatives), on every combination of denominator, cap, variant
 and contrast mode over labels, multi-hot labels, no labels and a weighted mask,
 with anchor offsets and memory queues; under `tf.function` and XLA for a
@@ -18,98 +18,10 @@ import pytest
 import tensorflow as tf
 
 from supcon_tf.losses import SupConLoss, supcon_loss, supcon_per_anchor_loss
+from loss_reference import reference_loss
 
 DENOMINATORS = ("all", "one_positive", "only_negatives")
 VARIANT_MODES = (("out", "all"), ("in", "all"), ("out", "one"), ("in", "one"))
-
-
-def reference_loss(
-    features,
-    labels=None,
-    mask=None,
-    *,
-    temperature=0.5,
-    base_temperature=None,
-    contrast_mode="all",
-    variant="out",
-    denominator="all",
-    positives_cap=-1,
-    anchor_offset=0,
-    num_anchor_samples=None,
-    queue=None,
-    queue_labels=None,
-):
-    """Per-anchor losses `[b, anchor_views]`, which anchors count, and their mean; plain loops, float64.
-
-    For anchor (s, v) every other entry is a positive (weight w > 0, kept by
-    the cap), capped out, or a negative (w == 0). The cap keeps the first
-    `positives_cap // V` other positive samples by index, then the first
-    `positives_cap - V * kept` positive queue entries in queue order.
-    """
-    z = np.asarray(features, np.float64)
-    z = z.reshape(z.shape[0], z.shape[1], -1)
-    batch, views, _ = z.shape
-    q = None if queue is None else np.asarray(queue, np.float64).reshape(len(queue), -1)
-    num_queue = 0 if q is None else len(q)
-    base_temperature = temperature if base_temperature is None else base_temperature
-    num_anchor_samples = batch - anchor_offset if num_anchor_samples is None else num_anchor_samples
-
-    def shared(a, b):
-        a, b = np.asarray(a), np.asarray(b)
-        return float(a == b) if a.ndim == 0 else float(np.dot(a, b) > 0)
-
-    def sample_weight(s, t):
-        if mask is not None:
-            return float(mask[s][t])
-        if labels is None:
-            return float(s == t)
-        return shared(labels[s], labels[t])
-
-    def queue_weight(s, k):
-        return 0.0 if labels is None else shared(labels[s], queue_labels[k])
-
-    anchor_views = 1 if contrast_mode == "one" else views
-    losses = np.zeros((num_anchor_samples, anchor_views))
-    counts = np.zeros((num_anchor_samples, anchor_views), bool)
-    for local in range(num_anchor_samples):
-        s = anchor_offset + local
-        others = [t for t in range(batch) if t != s and sample_weight(s, t) > 0]
-        queue_candidates = [k for k in range(num_queue) if queue_weight(s, k) > 0]
-        if positives_cap >= 0:
-            others = others[: positives_cap // views]
-            queue_candidates = queue_candidates[: positives_cap - views * len(others)]
-        for v in range(anchor_views):
-            positives, negatives = [], []  # (logit, weight), logit
-            entries = [(z[t, u], sample_weight(s, t), t == s or t in others) for u in range(views)
-                       for t in range(batch) if (u, t) != (v, s)]
-            entries += [(q[k], queue_weight(s, k), k in queue_candidates) for k in range(num_queue)]
-            for vector, weight, kept in entries:
-                logit = float(np.dot(z[s, v], vector)) / temperature
-                if weight <= 0:
-                    negatives.append(logit)
-                elif kept:
-                    positives.append((logit, weight))
-            if not positives or (denominator == "only_negatives" and not negatives):
-                continue
-            counts[local, v] = True
-            negative_sum = sum(math.exp(x) for x in negatives)
-            total_weight = sum(w for _, w in positives)
-            log_probs = []
-            for logit, _ in positives:
-                if denominator == "all":
-                    normaliser = negative_sum + sum(math.exp(x) for x, _ in positives)
-                elif denominator == "one_positive":
-                    normaliser = math.exp(logit) + negative_sum
-                else:
-                    normaliser = negative_sum
-                log_probs.append(logit - math.log(normaliser))
-            if variant == "out":
-                value = -sum(w * lp for (_, w), lp in zip(positives, log_probs)) / total_weight
-            else:
-                value = -math.log(sum(w * math.exp(lp) for (_, w), lp in zip(positives, log_probs)) / total_weight)
-            losses[local, v] = (temperature / base_temperature) * value
-    mean = losses[counts].mean() if counts.any() else 0.0
-    return losses, counts, mean
 
 
 def _unit(rng, *shape):
@@ -155,12 +67,6 @@ def _setup(name):
     return case
 
 
-def _reference_kwargs(kwargs):
-    out = dict(kwargs)
-    out["queue"] = out.pop("queue_features", None)
-    return out
-
-
 def _loss_and_gradient(z, labels, mask, implementation, **kwargs):
     x = tf.constant(z)
     with tf.GradientTape() as tape:
@@ -189,16 +95,15 @@ def test_dense_and_blockwise_match_the_reference_values_and_gradients(setup, den
     for (variant, mode), implementation in itertools.product(VARIANT_MODES, implementations):
         kwargs = dict(case["kwargs"], temperature=0.5, variant=variant, contrast_mode=mode,
                       denominator=denominator, positives_cap=cap)
-        ref_kwargs = _reference_kwargs(kwargs)
-        ref_losses, ref_counts, ref_mean = reference_loss(z, labels, mask, **ref_kwargs)
+        ref_losses, ref_counts, ref_mean = reference_loss(z, labels, mask, **kwargs)
         per_anchor, loss, grad = _loss_and_gradient(z, labels, mask, implementation, **kwargs)
         where = f"{implementation} {variant}/{mode}"
         np.testing.assert_array_equal(per_anchor.has_positive.numpy(), ref_counts, err_msg=where)
         np.testing.assert_allclose(per_anchor.loss.numpy(), ref_losses, rtol=1e-9, atol=1e-12, err_msg=where)
         np.testing.assert_allclose(loss.numpy(), ref_mean, rtol=1e-9, atol=1e-12, err_msg=where)
         # Directional derivative of the reference's mean loss by central differences.
-        plus = reference_loss(z + eps * direction, labels, mask, **ref_kwargs)[2]
-        minus = reference_loss(z - eps * direction, labels, mask, **ref_kwargs)[2]
+        plus = reference_loss(z + eps * direction, labels, mask, **kwargs)[2]
+        minus = reference_loss(z - eps * direction, labels, mask, **kwargs)[2]
         np.testing.assert_allclose(
             np.sum(grad.numpy() * direction), (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-8, err_msg=where
         )
@@ -237,8 +142,7 @@ def test_full_gradient_matches_reference_finite_differences_with_cap_and_queue()
             plus, minus = z.copy(), z.copy()
             plus[idx] += 1e-6
             minus[idx] -= 1e-6
-            ref_kwargs = _reference_kwargs(kwargs)
-            numeric[idx] = (reference_loss(plus, labels, **ref_kwargs)[2] - reference_loss(minus, labels, **ref_kwargs)[2]) / 2e-6
+            numeric[idx] = (reference_loss(plus, labels, **kwargs)[2] - reference_loss(minus, labels, **kwargs)[2]) / 2e-6
         np.testing.assert_allclose(grad.numpy(), numeric, rtol=1e-6, atol=1e-8, err_msg=f"{denominator} {variant}")
 
 
@@ -294,10 +198,10 @@ def test_options_under_tf_function_and_xla(jit):
     for (denominator, cap, variant, mode), (dense, block, dense_grad, block_grad) in zip(combos, run(tf.constant(z))):
         kwargs = dict(case["kwargs"], temperature=0.5, denominator=denominator, positives_cap=cap,
                       variant=variant, contrast_mode=mode)
-        ref_losses, _, _ = reference_loss(z, labels, **_reference_kwargs(kwargs))
+        ref_losses, _, _ = reference_loss(z, labels, **kwargs)
         _, _, eager_grad = _loss_and_gradient(z.astype(np.float64), labels, None, "dense", **kwargs)
         # The per-anchor sum's gradient, eagerly in float64, rescaled from the mean's.
-        count = float(reference_loss(z, labels, **_reference_kwargs(kwargs))[1].sum())
+        count = float(reference_loss(z, labels, **kwargs)[1].sum())
         where = f"{denominator} cap={cap} {variant}/{mode}"
         np.testing.assert_allclose(dense.numpy(), ref_losses, rtol=1e-5, atol=1e-5, err_msg=where)
         np.testing.assert_allclose(block.numpy(), ref_losses, rtol=1e-5, atol=1e-5, err_msg=where)
@@ -317,7 +221,7 @@ def test_cap_with_unknown_batch_and_queue_length_in_tf_function():
         return [supcon_loss(x, y, queue_features=q, queue_labels=qy, implementation=impl, block_size=3, **kwargs)
                 for impl in ("dense", "blockwise")]
 
-    expected = reference_loss(z, labels, queue=queue, queue_labels=queue_labels, **kwargs)[2]
+    expected = reference_loss(z, labels, queue_features=queue, queue_labels=queue_labels, **kwargs)[2]
     for got in both(z, labels, queue, queue_labels.astype(np.int32)):
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
 

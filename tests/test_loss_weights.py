@@ -2,8 +2,8 @@
 
 The loss of anchor i is L(i) = -sum_p w_ip log p_ip / sum_p w_ip ("out";
 "in": -log(sum_p w_ip p_ip / sum_p w_ip)), the negatives being the entries of
-weight 0. Three float64 NumPy references, written each from its paper's
-equation (`_log_prob`):
+weight 0. The float64 NumPy reference is `tests/loss_reference.weighted_reference`,
+each denominator written from its paper's equation:
 
 * "all": SupCon, Khosla et al. 2020, eq. 2 / eq. 3: p_ip = softmax over
   every entry but the anchor (and the capped-out ones);
@@ -12,7 +12,7 @@ equation (`_log_prob`):
 * "only_negatives": the decoupled contrastive loss, Yeh et al. 2021, eq. 6
   (with labels: its supervised form): p_ip = e^{s_ip} / sum_{n in N(i)} e^{s_in}.
 
-They run on complex features too: `_complex_step_gradient` differentiates
+It runs on complex features too: `_complex_step_gradient` differentiates
 the mean loss by the complex step, Im L(z + i h e_k) / h, exact to float64
 rounding. The case grid is the existing one (views 1-3, both contrast modes,
 both variants, temperatures 0.005-1, replica offsets, queues, caps) over
@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from supcon_tf import distribute
 from supcon_tf.losses import SupConLoss, label_match_weights, supcon_loss, supcon_per_anchor_loss
+from loss_reference import reference_loss, weighted_reference
 
 DENOMINATORS = ("all", "one_positive", "only_negatives")
 TEMPERATURES = (0.005, 0.01, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
@@ -46,87 +47,13 @@ KERNEL_WIDTH, KERNEL_RADIUS = 0.6, 1.0
 # ------------------------------------------------------------------------------------ float64 references
 
 
-def _lse(x, selected):
-    """Row-wise log sum_{selected} exp(x) (complex-safe: shifted by the real row maximum); -inf on an empty row."""
-    shift = np.max(np.where(selected, x.real, -np.inf), axis=1, keepdims=True)
-    shift = np.where(np.isfinite(shift), shift, 0.0)
-    total = np.sum(np.where(selected, np.exp(np.where(selected, x, shift) - shift), 0.0), axis=1)
-    empty = ~np.any(selected, axis=1)
-    return np.where(empty, -np.inf, np.log(np.where(empty, 1.0, total)) + shift[:, 0])
-
-
-def _log_prob(denominator, logits, candidate, capped, not_self):
-    """log p_ip for every entry `[rows, columns]`, by the denominator's equation (module docstring)."""
-    negative = ~candidate & not_self
-    if denominator == "all":  # Khosla et al. eq. 2: every entry but the anchor itself (and the capped out)
-        return logits - _lse(logits, not_self & ~capped)[:, None]
-    negatives = _lse(logits, negative)[:, None]
-    if denominator == "one_positive":  # SINCERE: the positive itself and the negatives
-        shift = np.maximum(logits.real, np.where(np.isfinite(negatives.real), negatives.real, -np.inf))
-        exp_negatives = np.where(np.isfinite(negatives.real), np.exp(negatives - shift), 0.0)
-        return logits - (np.log(np.exp(logits - shift) + exp_negatives) + shift)
-    return logits - negatives  # decoupled: the negatives only
-
-
-@np.errstate(invalid="ignore", divide="ignore")  # the rows that do not count hold inf / NaN, then 0
-def reference(z, weights, queue=None, queue_weights=None, *, temperature, base_temperature=None, contrast_mode="all",
-              variant="out", denominator="all", positives_cap=-1, anchor_offset=0, num_anchor_samples=None):
-    """Per-anchor losses `[anchor samples, anchor views]`, which anchors count, and their mean.
-
-    `weights[s, t]` is the weight of every view of sample t as a positive of
-    every view of sample s (0: a negative), `queue_weights[s, k]` that of
-    queue entry k. The cap keeps the first cap / V samples t != s of weight
-    > 0, then the first cap - V * kept queue entries of weight > 0.
-    """
-    batch, views, dim = z.shape
-    queue = np.zeros((0, dim)) if queue is None else np.asarray(queue, np.float64)
-    weights = np.asarray(weights, np.float64)
-    queue_weights = np.zeros((batch, 0)) if queue_weights is None else np.asarray(queue_weights, np.float64)
-    count = batch - anchor_offset if num_anchor_samples is None else num_anchor_samples
-    anchor_views = 1 if contrast_mode == "one" else views
-    kept, queue_kept = weights > 0, queue_weights > 0
-    if positives_cap >= 0:
-        for s in range(batch):
-            others = [t for t in np.flatnonzero(weights[s] > 0) if t != s][positives_cap // views:]
-            kept[s, others] = False
-            budget = positives_cap - views * min(int(np.sum(weights[s] > 0)) - int(weights[s, s] > 0),
-                                                 positives_cap // views)
-            queue_kept[s, np.flatnonzero(queue_weights[s] > 0)[budget:]] = False
-    rows = [(anchor_offset + local, v) for v in range(anchor_views) for local in range(count)]
-    samples = np.array([s for s, _ in rows])
-    contrast = np.concatenate([np.concatenate([z[:, u] for u in range(views)]), queue.astype(z.dtype)])
-    logits = np.stack([z[s, v] for s, v in rows]) @ contrast.T / temperature
-    not_self = np.ones(logits.shape, bool)
-    not_self[np.arange(len(rows)), [v * batch + s for s, v in rows]] = False
-    w = np.concatenate([np.tile(weights[samples], (1, views)), queue_weights[samples]], axis=1)
-    keep = np.concatenate([np.tile(kept[samples], (1, views)), queue_kept[samples]], axis=1)
-    candidate = w > 0
-    positive = np.where(candidate & keep & not_self, w, 0.0)
-    total = positive.sum(axis=1)
-    counts = total > 0
-    if denominator == "only_negatives":
-        counts &= np.any(~candidate & not_self, axis=1)
-    log_prob = _log_prob(denominator, logits, candidate, candidate & ~keep, not_self)
-    safe_total = np.where(counts, total, 1.0)
-    if variant == "out":
-        loss = -np.sum(np.where(positive > 0, positive * log_prob, 0.0), axis=1) / safe_total
-    else:
-        weighted = np.where(positive > 0, log_prob + np.log(np.where(positive > 0, positive, 1.0)), -np.inf)
-        loss = -(_lse(weighted, positive > 0) - np.log(safe_total))
-    scale = 1.0 if base_temperature is None else temperature / base_temperature
-    loss = np.where(counts, scale * loss, 0.0)
-    losses = loss.reshape(anchor_views, count).T
-    counts = counts.reshape(anchor_views, count).T
-    return losses, counts, (losses[counts].mean() if counts.any() else 0.0)
-
-
 def _complex_step_gradient(z, *args, **kwargs):
-    """d(mean loss)/dz of `reference` by the complex step."""
+    """d(mean loss)/dz of `weighted_reference` by the complex step."""
     step, grad = 1e-30, np.zeros(z.size)
     for k in range(z.size):
         perturbed = z.astype(np.complex128)
         perturbed.flat[k] += 1j * step
-        grad[k] = reference(perturbed, *args, **kwargs)[2].imag / step
+        grad[k] = weighted_reference(perturbed, *args, **kwargs)[2].imag / step
     return grad.reshape(z.shape)
 
 
@@ -249,7 +176,7 @@ def test_every_denominator_matches_its_papers_equation_with_weights(case_id):
     temperature = options["temperature"]
     for denominator, (variant, mode) in itertools.product(DENOMINATORS, pairs):
         kwargs = dict(options, denominator=denominator, variant=variant, contrast_mode=mode)
-        ref_losses, ref_counts, ref_mean = reference(z, weights, queue, queue_weights, **kwargs)
+        ref_losses, ref_counts, ref_mean = weighted_reference(z, weights, queue, queue_weights, **kwargs)
         ref_grad = _complex_step_gradient(z, weights, queue, queue_weights, **kwargs)
         for implementation in ("dense", "blockwise"):
             where = f"{denominator} {variant}/{mode} {implementation}"
@@ -266,13 +193,12 @@ def test_every_denominator_matches_its_papers_equation_with_weights(case_id):
 
 
 def test_the_references_agree_with_the_looped_reference_of_the_options_tests():
-    # The looped, plain-math reference of tests/test_loss_options.py (weighted mask, cap, offsets) on the same case.
-    from test_loss_options import reference_loss
+    # The looped, plain-math form of tests/loss_reference.py (weighted mask, cap, offsets) on the same case.
 
     z, args, (weights, _, _), options, _ = _case(3)  # mask, views 2, no queue, capped
     for denominator, variant in itertools.product(DENOMINATORS, ("out", "in")):
         kwargs = dict(options, denominator=denominator, variant=variant)
-        mine = reference(z, weights, **kwargs)
+        mine = weighted_reference(z, weights, **kwargs)
         looped = reference_loss(z, mask=weights, **kwargs)
         np.testing.assert_array_equal(mine[1], looped[1])
         np.testing.assert_allclose(mine[0], looped[0], rtol=1e-12, atol=1e-12)

@@ -1,4 +1,5 @@
-"""Tests of the SupCon loss family against a looped float64 NumPy reference written from the formula."""
+"""Tests of the SupCon loss family against the looped float64 NumPy reference written from the formula
+(`tests/loss_reference.py`)."""
 
 import itertools
 import math
@@ -15,82 +16,7 @@ from supcon_tf.losses import (
     supcon_loss,
     supcon_per_anchor_loss,
 )
-
-
-def reference_supcon(
-    features,
-    labels=None,
-    mask=None,
-    temperature=0.1,
-    base_temperature=None,
-    contrast_mode="all",
-    variant="out",
-    normalize=False,
-    queue=None,
-    queue_labels=None,
-):
-    """Straight from the formulas in supcon_tf/losses/__init__.py (eq. 2 and 3): explicit loops over anchors, A(i) and P(i), float64.
-
-    A memory queue adds entries ("q", k) to the contrast set: never the anchor,
-    positive when their label matches (always negative without labels).
-    """
-    z = np.asarray(features, np.float64)
-    if normalize:
-        z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-    batch, views, _ = z.shape
-    base_temperature = temperature if base_temperature is None else base_temperature
-
-    def is_positive(s, t):  # sample-level weight
-        if mask is not None:
-            return float(mask[s][t])
-        if labels is None:
-            return 1.0 if s == t else 0.0
-        lab = np.asarray(labels)
-        if lab.ndim == 1:
-            return 1.0 if lab[s] == lab[t] else 0.0
-        return 1.0 if np.dot(lab[s], lab[t]) > 0 else 0.0
-
-    contrast = [(v, s) for v in range(views) for s in range(batch)]
-    q = None if queue is None else np.asarray(queue, np.float64)
-    if q is not None:
-        if normalize:
-            q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
-        contrast += [("q", k) for k in range(len(q))]
-
-    def embedding(vv, ss):
-        return q[ss] if vv == "q" else z[ss, vv]
-
-    def positive_weight(s, vv, ss):
-        if vv != "q":
-            return is_positive(s, ss)
-        if labels is None:
-            return 0.0
-        lab, qlab = np.asarray(labels), np.asarray(queue_labels)
-        if lab.ndim == 1:
-            return 1.0 if lab[s] == qlab[ss] else 0.0
-        return 1.0 if np.dot(lab[s], qlab[ss]) > 0 else 0.0
-
-    anchor_views = 1 if contrast_mode == "one" else views
-    losses = np.zeros((batch, anchor_views))
-    has_pos = np.zeros((batch, anchor_views), bool)
-    for s in range(batch):
-        for v in range(anchor_views):
-            others = [(vv, ss) for (vv, ss) in contrast if (vv, ss) != (v, s)]
-            sims = np.array([np.dot(z[s, v], embedding(vv, ss)) / temperature for (vv, ss) in others])
-            log_denominator = math.log(sum(math.exp(x) for x in sims)) if len(sims) else 0.0
-            weights = np.array([positive_weight(s, vv, ss) for (vv, ss) in others])
-            num_pos = weights.sum()
-            if num_pos <= 0:
-                continue
-            has_pos[s, v] = True
-            log_probs = sims - log_denominator
-            if variant == "out":
-                value = -(weights * log_probs).sum() / num_pos
-            else:
-                value = -math.log((weights * np.exp(log_probs)).sum() / num_pos)
-            losses[s, v] = (temperature / base_temperature) * value
-    mean = losses[has_pos].mean() if has_pos.any() else 0.0
-    return losses, has_pos, mean
+from loss_reference import reference_loss
 
 
 def _random_case(rng, batch, views, dim, num_classes, kind):
@@ -137,8 +63,8 @@ def test_matches_reference_on_random_cases(case_id):
         if labels is not None and labels.ndim == 1:
             labels[2] = labels[1] + 1
     base = None if case_id % 2 else 0.07
-    ref_losses, ref_has_pos, ref_mean = reference_supcon(
-        z, labels, mask, temperature, base, mode, variant
+    ref_losses, ref_has_pos, ref_mean = reference_loss(
+        z, labels, mask, temperature=temperature, base_temperature=base, contrast_mode=mode, variant=variant
     )
     per_anchor = supcon_per_anchor_loss(
         z, labels, mask, temperature=temperature, base_temperature=base, contrast_mode=mode, variant=variant
@@ -158,7 +84,7 @@ def test_float64_matches_reference_tightly(mode, variant):
     rng = np.random.default_rng(7)
     z, labels, _ = _random_case(rng, batch=6, views=2, dim=4, num_classes=2, kind="labels")
     z = z.astype(np.float64)
-    _, _, ref = reference_supcon(z, labels, temperature=0.3, contrast_mode=mode, variant=variant)
+    _, _, ref = reference_loss(z, labels, temperature=0.3, contrast_mode=mode, variant=variant)
     got = supcon_loss(tf.constant(z), labels, temperature=0.3, contrast_mode=mode, variant=variant)
     assert got.dtype == tf.float64
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12)
@@ -168,7 +94,7 @@ def test_normalize_option_matches_reference():
     rng = np.random.default_rng(3)
     z = rng.normal(size=(5, 2, 4)).astype(np.float32) * 3.0
     labels = np.array([0, 1, 0, 1, 1])
-    _, _, ref = reference_supcon(z, labels, temperature=0.2, normalize=True)
+    _, _, ref = reference_loss(z, labels, temperature=0.2, normalize=True)
     got = supcon_loss(z, labels, temperature=0.2, normalize=True)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)
 
@@ -291,7 +217,7 @@ def test_works_under_tf_function_with_unknown_batch():
     rng = np.random.default_rng(9)
     z, labels, _ = _random_case(rng, batch=5, views=2, dim=4, num_classes=2, kind="labels")
     np.testing.assert_allclose(
-        fn(z, labels.astype(np.int32)).numpy(), reference_supcon(z, labels)[2], rtol=1e-5
+        fn(z, labels.astype(np.int32)).numpy(), reference_loss(z, labels, temperature=0.1)[2], rtol=1e-5
     )
 
 
@@ -414,8 +340,8 @@ def test_queue_matches_reference_with_queue_entries_as_extra_contrast(kind, vari
         queue_labels = (rng.random((9, 3)) < 0.35).astype(np.float32)
     else:
         queue_labels = None
-    ref_losses, ref_has, ref_mean = reference_supcon(
-        z, labels, temperature=0.2, contrast_mode=mode, variant=variant, queue=queue, queue_labels=queue_labels
+    ref_losses, ref_has, ref_mean = reference_loss(
+        z, labels, temperature=0.2, contrast_mode=mode, variant=variant, queue_features=queue, queue_labels=queue_labels
     )
     per_anchor = supcon_per_anchor_loss(
         z, labels, temperature=0.2, contrast_mode=mode, variant=variant, queue_features=queue, queue_labels=queue_labels
@@ -471,7 +397,7 @@ def test_blockwise_matches_reference_and_dense_gradients(case_id):
     if case_id % 3 == 0:
         z[2] = z[1]
     kwargs = dict(temperature=temperature, contrast_mode=mode, variant=variant)
-    ref_losses, ref_has_pos, ref_mean = reference_supcon(z, labels, mask, **kwargs)
+    ref_losses, ref_has_pos, ref_mean = reference_loss(z, labels, mask, **kwargs)
     # block_size 3 over 7 * views columns: several blocks and a padded last one.
     per_anchor = supcon_per_anchor_loss(z, labels, mask, implementation="blockwise", block_size=3, **kwargs)
     np.testing.assert_array_equal(per_anchor.has_positive.numpy(), ref_has_pos)

@@ -14,7 +14,7 @@ from supcon_tf.layers import ProjectionHead
 from supcon_tf.losses import supcon_loss
 from supcon_tf.models import SupConModel
 from helpers import assert_serialization_roundtrip
-from test_losses import reference_supcon
+from loss_reference import reference_loss
 
 IMAGE_SHAPE = (8, 8, 1)
 DIM = 8
@@ -91,7 +91,8 @@ def test_loss_and_step_with_a_partly_filled_queue_match_the_float64_reference(me
     x, y = _batches(1, batch=6)
     labels = y if method == "supcon" else None
     z = model.embed_views(x, training=True)
-    _, _, expected = reference_supcon(z.numpy(), labels, queue=q, queue_labels=q_labels if labels is not None else None)
+    _, _, expected = reference_loss(z.numpy(), labels, temperature=0.1, queue_features=q,
+                                 queue_labels=q_labels if labels is not None else None)
     # The step's update is the gradient with the queue as constants.
     queue_constant = tf.constant(q)
     with tf.GradientTape() as tape:
@@ -107,7 +108,7 @@ def test_loss_and_step_with_a_partly_filled_queue_match_the_float64_reference(me
     for var, old, grad in zip(model.trainable_variables, before, grads):
         np.testing.assert_allclose(var.numpy(), old - 0.1 * grad.numpy(), atol=1e-6, err_msg=var.path)
     # The queue made a difference, and the plain loss is not what was logged.
-    assert abs(logged - reference_supcon(z.numpy(), labels)[2]) > 1e-3
+    assert abs(logged - reference_loss(z.numpy(), labels, temperature=0.1)[2]) > 1e-3
 
 
 @pytest.mark.parametrize("filled", [3000, 4096])
@@ -232,7 +233,7 @@ def test_memory_queue_works_inside_an_xla_compiled_function():
         features, labels = queue.entries()
         return supcon_loss(z, y, queue_features=features, queue_labels=labels)
 
-    _, _, expected = reference_supcon(z, y, queue=q, queue_labels=q_labels)
+    _, _, expected = reference_loss(z, y, temperature=0.1, queue_features=q, queue_labels=q_labels)
     np.testing.assert_allclose(tf.function(loss, jit_compile=True)().numpy(), expected, rtol=1e-5)
 
 

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import start_command, start_python, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = os.path.join(ROOT, "tests", "multiworker_job.py")
@@ -39,10 +40,8 @@ def _launch(model_dir, *extra, index=None, ports=None):
     command = [sys.executable, JOB, f"--model_dir={model_dir}", *extra]
     if ports is not None:
         command += [f"--index={index}", "--ports=" + ",".join(map(str, ports))]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    env.pop("TF_CONFIG", None)
     log = open(os.path.join(str(model_dir), f"stdout_{index if index is not None else 'single'}.log"), "a")
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return start_command(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _launch_cluster(model_dir, *extra):
@@ -156,18 +155,14 @@ BINARY_FLAGS = [
 def _launch_binary_cluster(model_dir, ports, faults=(None, None)):
     processes = []
     for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-        env.pop("SUPCON_TF_FAULT", None)
-        env["TF_CONFIG"] = json.dumps(
+        tf_config = json.dumps(
             {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
         )
-        if faults[index]:
-            env["SUPCON_TF_FAULT"] = faults[index]
         log = open(os.path.join(str(model_dir) + f".worker{index}.log"), "a")
         processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "experiments.pretrain", f"--model_dir={model_dir}", *BINARY_FLAGS],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_python(
+                "-m", "experiments.pretrain", f"--model_dir={model_dir}", *BINARY_FLAGS,
+                env=subprocess_env(faults[index], TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT,
             )
         )
     return processes

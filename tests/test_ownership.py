@@ -10,12 +10,11 @@ import glob
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
-from helpers import subprocess_env
+from helpers import run_command, start_command, start_python
 
 from supcon_tf import ownership
 from supcon_tf.run_folder import MARKER, RunFolder
@@ -33,17 +32,12 @@ TINY = [
 ]
 
 
-_env = subprocess_env
-
-
 def _command(model_dir, *flags):
     return [sys.executable, "-m", "experiments.pretrain", f"--model_dir={model_dir}", *TINY, *flags]
 
 
 def _run(model_dir, *flags, fault=None, cwd=ROOT):
-    return subprocess.run(
-        _command(model_dir, *flags), cwd=cwd, env=_env(fault), capture_output=True, text=True, timeout=300
-    )
+    return run_command(_command(model_dir, *flags), fault=fault, cwd=cwd)
 
 
 def _snapshot(root):
@@ -182,10 +176,10 @@ def test_the_lock_admits_one_writer_and_names_the_holder(tmp_path):
 
 
 def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from supcon_tf import ownership; "
-         f"ownership.FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True,
+    holder = start_python(
+        "-c", "import sys, time; from supcon_tf import ownership; "
+        f"ownership.FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        stderr=None,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -252,10 +246,7 @@ def test_the_current_folder_is_never_replaced(tmp_path):
 
 def test_a_second_writer_is_refused_at_once(tmp_path):
     model_dir = tmp_path / "run"
-    first = subprocess.Popen(
-        _command(model_dir, "--epochs=3"), cwd=ROOT, env=_env("slow_steps:500"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )
+    first = start_command(_command(model_dir, "--epochs=3"), fault="slow_steps:500")
     try:
         lock = model_dir / "locks" / "worker_0.lock"
         deadline = time.time() + 120

@@ -8,14 +8,13 @@ The golden file: `tests/data/report_golden.md` is `render.report_markdown` of th
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from experiments.report import compute, figures, monitor, readme, render
 from experiments.report.config import METHODS, ReportConfig, SearchSpace
+from helpers import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -249,10 +248,7 @@ def test_demo_table_from_the_demos_metrics():
 
 
 def _program(module, *flags, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", module, *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_python("-m", module, *flags, timeout=timeout)
 
 
 def test_importing_defines_no_flags():

@@ -13,15 +13,12 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import subprocess_env
+from helpers import assert_refused, image_folder, run_python, start_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, STEPS, EVERY = 3, 4, 2
 TINY = [
     "--preset=digits_supcon",
@@ -37,18 +34,9 @@ TINY = [
 pytestmark = pytest.mark.slow
 
 
-_env = subprocess_env
-
-
 def _run(model_dir, *flags, fault=None, module="pretrain", timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", f"--model_dir={model_dir}", *TINY, *flags],
-        cwd=ROOT,
-        env=_env(fault),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python("-m", f"experiments.{module}", f"--model_dir={model_dir}", *TINY, *flags, fault=fault,
+                      timeout=timeout)
 
 
 def _weights(model_dir):
@@ -166,11 +154,8 @@ def test_random_kills_inside_epochs(tmp_path, reference):
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_writes_a_backup_at_the_step_and_resumes(tmp_path, reference, signum, status):
     model_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "experiments.pretrain", f"--model_dir={model_dir}", *TINY]
     # Slow steps (0.3 s of sleep per step, test-only) leave time to signal mid-epoch.
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=_env("slow_steps:300"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_python("-m", "experiments.pretrain", f"--model_dir={model_dir}", *TINY, fault="slow_steps:300")
     deadline = time.time() + 120
     backups = os.path.join(model_dir, "backup", "worker_0")
     while time.time() < deadline and not (os.path.isdir(backups) and os.listdir(backups)):
@@ -261,59 +246,9 @@ def test_changed_structure_of_an_unfinished_run_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Up-front checks: one line naming the flag or folder, exit 2, nothing written.
+# Up-front checks: one line naming the flag or folder, exit 2, nothing written. The console-script path of each
+# training binary, in a subprocess; the other refusals run in-process in tests/test_refusals.py.
 # ---------------------------------------------------------------------------
-
-
-def _image_folder(root, classes, per_class=3):
-    import keras
-
-    for split in ("train", "test"):
-        for name, count in classes.items():
-            os.makedirs(os.path.join(root, split, name), exist_ok=True)
-            for i in range(count if count is not None else per_class):
-                pixels = np.full((8, 8, 3), 30 * i, np.uint8)
-                keras.utils.save_img(os.path.join(root, split, name, f"{i}.png"), pixels)
-    return str(root)
-
-
-def _assert_refused(result, model_dir, expected):
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert expected in lines[-1], lines[-1]
-    assert "Traceback" not in result.stderr
-    assert not os.path.exists(model_dir) or not os.listdir(model_dir)
-
-
-def test_batch_larger_than_the_training_split(tmp_path):
-    model_dir = tmp_path / "run"
-    result = _run(model_dir, "--batch_size=2000")
-    _assert_refused(
-        result, model_dir,
-        "error: `batch_size` (2000, global over 1 replica(s)) is larger than the training split (1437 examples), "
-        "which gives zero steps per epoch: use --batch_size <= 1437",
-    )
-
-
-def test_batch_not_divisible_over_replicas(tmp_path):
-    model_dir = tmp_path / "run"
-    result = _run(model_dir, "--batch_size=33", "--strategy=mirrored", "--cpu_devices=2")
-    _assert_refused(result, model_dir, "`batch_size` must be divisible by the number of replicas (2), received: "
-                                       "batch_size=33")
-
-
-def test_xla_under_two_replicas_is_refused(tmp_path):
-    model_dir = tmp_path / "run"
-    result = _run(model_dir, "--strategy=mirrored", "--cpu_devices=2", "--jit_compile")
-    _assert_refused(result, model_dir, "`jit_compile` cannot be combined with strategy='mirrored' over 2 replicas")
-
-
-def test_empty_class_folder(tmp_path):
-    data_dir = _image_folder(tmp_path / "images", {"a": 3, "b": 3, "empty": 0})
-    model_dir = tmp_path / "run"
-    result = _run(model_dir, "--preset=digits_ce", "--dataset=folder", f"--data_dir={data_dir}", "--batch_size=4",
-                  "--image_size=8", module="train_ce")
-    _assert_refused(result, model_dir, f"class folder '{data_dir}/train/empty' has no image files")
 
 
 @pytest.mark.parametrize("module, flags", [
@@ -322,12 +257,12 @@ def test_empty_class_folder(tmp_path):
     ("linear_eval", ["--preset=digits_linear", "--pretrained=missing/model.keras"]),
 ])
 def test_single_class_folder(tmp_path, module, flags):
-    data_dir = _image_folder(tmp_path / "images", {"only": 6})
+    data_dir = image_folder(tmp_path / "images", {"only": 6})
     model_dir = tmp_path / "run"
     result = _run(model_dir, *flags, "--dataset=folder", f"--data_dir={data_dir}", "--batch_size=4",
                   "--image_size=8", module=module)
     method = {"train_ce": "ce", "pretrain": "supcon", "linear_eval": "linear"}[module]
-    _assert_refused(result, model_dir, f"image folder '{data_dir}/train' has 1 class folder (only): method "
+    assert_refused(result, model_dir, f"image folder '{data_dir}/train' has 1 class folder (only): method "
                                        f"'{method}' needs at least 2 classes")
 
 
@@ -349,5 +284,5 @@ def test_linear_eval_takes_the_data_settings_of_the_run_it_evaluates(tmp_path):
     # An explicit flag still wins over the inherited value, and must then match the encoder's input.
     refused = _run(tmp_path / "linear2", "--preset=digits_linear", f"--pretrained={pretrain_dir}/model.keras",
                    "--image_size=16", module="linear_eval")
-    _assert_refused(refused, tmp_path / "linear2", "`image_size` / `channels` give images (16, 16, 1), but the "
+    assert_refused(refused, tmp_path / "linear2", "`image_size` / `channels` give images (16, 16, 1), but the "
                                                    "pretrained encoder in")

@@ -252,15 +252,11 @@ def test_small_batch_experiment_arms_differ_only_in_their_small_batch_options():
 
 @pytest.mark.slow
 def test_small_batch_experiment_runs_end_to_end_tiny(tmp_path):
-    import os
-    import subprocess
-    import sys
+    from helpers import run_python
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.small_batch", f"--output_dir={tmp_path}", "--steps=2", "--seeds=0,1",
-         "--probe_epochs=1", "--arms=b16_queue_momentum,b16_pk"],
-        cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=600,
+    result = run_python(
+        "-m", "experiments.small_batch", f"--output_dir={tmp_path}", "--steps=2", "--seeds=0,1",
+        "--probe_epochs=1", "--arms=b16_queue_momentum,b16_pk", timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| b16_queue_momentum | 16 | 31 + 512 queued |" in result.stdout and "| b16_pk |" in result.stdout

@@ -2,16 +2,14 @@
 queue settings that reads the test split once, at the end (slow)."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
 from experiments import small_batch
 from experiments.small_batch import SmallBatchConfig
+from helpers import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _results(per_arm):
@@ -78,12 +76,10 @@ def test_rendering_from_results_json():
 
 @pytest.mark.slow
 def test_tiny_study_chooses_the_queue_on_validation_and_reads_the_test_split_once(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", _GUARDED_RUN, f"--output_dir={tmp_path}/out", f"--work_dir={tmp_path}/work",
-         "--steps=2", "--seeds=0,1", "--probe_epochs=1", "--arms=b16_plain,b16_queue", "--queue_size_grid=32,64",
-         f"--document={tmp_path}/doc.md"],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT), capture_output=True, text=True,
-        timeout=900,
+    result = run_python(
+        "-c", _GUARDED_RUN, f"--output_dir={tmp_path}/out", f"--work_dir={tmp_path}/work",
+        "--steps=2", "--seeds=0,1", "--probe_epochs=1", "--arms=b16_plain,b16_queue", "--queue_size_grid=32,64",
+        f"--document={tmp_path}/doc.md", timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())

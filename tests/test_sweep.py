@@ -4,8 +4,6 @@ divergence and errors; hyperband warm starts; the split; the binary."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,8 +12,8 @@ import pytest
 from experiments import sweep
 from supcon_tf import data, resilience, runner
 from supcon_tf.config import RunConfig
+from helpers import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(
     epochs=1, steps_per_epoch=2, batch_size=32, encoder_width=0.25, image_size=8, verbose=0, export=False,
     validation_fraction=0.2,
@@ -247,10 +245,7 @@ def test_flag_lists_are_parsed_with_named_errors():
 
 
 def _run_binary(*flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_python("-m", "experiments.sweep", *flags, timeout=600)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ import pytest
 import tensorflow as tf
 
 from supcon_tf.losses import SupConLoss, supcon_loss, supcon_per_anchor_loss
-from test_loss_weights import reference as weighted_reference
+from loss_reference import weighted_reference
 
 TEMPERATURES = (0.005, 0.01, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
 BANDWIDTH = 0.8

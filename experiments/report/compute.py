@@ -468,7 +468,7 @@ def hardness_analysis(config, equal_epochs):
         log(f"hardness: {method} seed {seed}, per-pair gradient terms on 256 training images")
         out["methods"][method] = hardness.analyse_encoder(
             os.path.join(run["model_dir"], "model.keras"), images, labels, method=method,
-            temperature=run["temperature"], num_views=stage.num_views, augment=runner._augmentation(stage),
+            temperature=run["temperature"], num_views=stage.num_views, augment=runner.augmentation(stage),
             seed=rules.bootstrap_seed, max_samples=256, bins=20, resamples=rules.bootstrap_resamples,
             level=rules.bootstrap_level,
         )

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import os
 import shutil
 import time

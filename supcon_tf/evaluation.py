@@ -24,7 +24,6 @@ Definitions implemented here:
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import keras
 import numpy as np

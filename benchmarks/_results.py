@@ -24,3 +24,28 @@ def write_results(text, payload, out, indent=2):
     if payload is not None:
         with open(os.path.splitext(out)[0] + ".json", "w") as f:
             json.dump(payload, f, indent=indent)
+
+
+def export_library(revision, folder=None):
+    """Extracts `supcon_tf` of the git `revision` into `folder` (default: a temporary one, removed at exit).
+
+    Returns the folder, to put first on `sys.path` (or `PYTHONPATH`) so that `import supcon_tf` reads that
+    revision. Raises ValueError naming `revision` when git cannot read it.
+    """
+    import atexit
+    import io
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(["git", "archive", revision, "supcon_tf"], cwd=root, capture_output=True)
+    if archive.returncode:
+        raise ValueError(f"`revision` must name a commit of this repository, received: revision={revision!r}")
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="supcon_tf_at_rev_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder

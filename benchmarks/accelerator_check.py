@@ -485,6 +485,11 @@ def _sci(value):
     return "-" if value is None else f"{value:.2e}"
 
 
+def _tried(row):
+    """A row's "batches tried" cell: each attempted batch with its status, or "-"."""
+    return ", ".join(f"{a['batch']} {a['status']}" for a in row.get("attempts", [])) or "-"
+
+
 def _status(row):
     if row["status"] == OK:
         return OK
@@ -534,7 +539,7 @@ def render_markdown(report):
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["train_step"]:
-        tried = ", ".join(f"{a['batch']} {a['status']}" for a in row.get("attempts", [])) or "-"
+        tried = _tried(row)
         if row["status"] == OK:
             lines.append(
                 f"| {row['config']} | {row['batch']} | {_num(row['samples_per_s'])} | {_num(row['views_per_s'])} | "
@@ -562,7 +567,7 @@ def render_markdown(report):
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["augmentation"]:
-        tried = ", ".join(f"{a['batch']} {a['status']}" for a in row.get("attempts", [])) or "-"
+        tried = _tried(row)
         if row["status"] == OK:
             lines.append(
                 f"| {row['augment_on']} | {row['batch']} | {_num(row['samples_per_s'])} | {_num(row['views_per_s'])} | "

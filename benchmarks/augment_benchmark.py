@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 
-from _results import run_header, write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
+from _results import export_library, run_header, write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
 
 BATCH = 64
 
@@ -220,23 +220,6 @@ def measure(policy_name, size, rounds, batches):
     return ours, pil
 
 
-def _export_library(parser, revision):
-    """Exports `supcon_tf` of `revision` into a temporary folder (removed at exit) and returns the folder."""
-    import atexit
-    import shutil
-    import subprocess
-    import tempfile
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    archive = subprocess.run(["git", "archive", revision, "supcon_tf"], cwd=root, capture_output=True)
-    if archive.returncode:
-        parser.error(f"--base must name a commit of this repository, received: {revision!r}")
-    folder = tempfile.mkdtemp(prefix="augment-base-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
-    return folder
-
-
 def _cell(rates):
     return f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
 
@@ -254,7 +237,10 @@ def main(argv):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.base:
-        sys.path.insert(0, _export_library(parser, args.base))
+        try:
+            sys.path.insert(0, export_library(args.base))
+        except ValueError:
+            parser.error(f"--base must name a commit of this repository, received: {args.base!r}")
     policies = args.policies.split(",")
     unknown = sorted(set(policies) - set(PIL_POLICIES))
     if unknown:

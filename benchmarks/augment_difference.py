@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from _results import run_header, write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
+from _results import export_library, run_header, write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -61,10 +61,7 @@ def main(argv):
         parser.error(f"--base must name a commit of this repository, received: {args.base!r}")
     base = revision.stdout.strip()
     with tempfile.TemporaryDirectory() as folder:
-        old_tree = os.path.join(folder, "base")
-        os.makedirs(old_tree)
-        archive = subprocess.run(["git", "archive", base, "supcon_tf"], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", old_tree], input=archive.stdout, check=True)
+        old_tree = export_library(base, os.path.join(folder, "base"))
         old = produce(old_tree, os.path.join(folder, "base.npz"))
         new = produce(ROOT, os.path.join(folder, "new.npz"))
         rows, lines = [], [

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 
-from _results import write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
+from _results import export_library, write_results  # benchmarks/_results.py (this folder is on sys.path when run as a script)
 
 DIM = 128
 VIEWS = 2
@@ -116,20 +116,7 @@ def _losses_module(losses_rev):
     before they became the package `supcon_tf/losses/`, and either form loads.
     """
     if losses_rev:
-        import atexit
-        import io
-        import shutil
-        import tarfile
-        import tempfile
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        archive = subprocess.run(
-            ["git", "archive", losses_rev, "supcon_tf"], cwd=root, capture_output=True, check=True
-        ).stdout
-        folder = tempfile.mkdtemp(prefix="supcon_tf_at_rev_")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(folder, filter="data")
+        folder = export_library(losses_rev)
         if "supcon_tf" in sys.modules:
             raise RuntimeError("--losses_rev: supcon_tf was imported before the revision's copy could be")
         sys.path.insert(0, folder)

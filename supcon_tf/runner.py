@@ -466,9 +466,9 @@ def _completed(config, folder):
 
 
 class _Prepared(NamedTuple):
-    """What `_prepare` built: the stage's sources, strategy, model and facts, before anything is written."""
+    """What `_prepare` built: the stage's sources, model (in its strategy's scope) and facts, before anything is
+    written."""
 
-    strategy: tf.distribute.Strategy
     model: keras.Model
     train_source: tf.data.Dataset
     validation_source: tf.data.Dataset | None
@@ -512,7 +512,7 @@ def _prepare(config):
     names = class_names(config)
     if len(names) != num_classes:  # --num_classes beyond the data's classes: ids without names
         names = None
-    return _Prepared(strategy, model, train_source, validation_source, test_source, steps_per_epoch, names,
+    return _Prepared(model, train_source, validation_source, test_source, steps_per_epoch, names,
                      process_start)
 
 

@@ -361,3 +361,17 @@ def _tiny_source():
 def test_bad_arguments_raise_value_error_naming_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         call()
+
+
+def test_a_shard_keeps_every_nth_batch_of_the_stream_and_bad_shards_are_refused():
+    images = np.arange(12 * 4 * 4 * 1, dtype=np.uint8).reshape(12, 4, 4, 1)
+    source = data.from_arrays(images, np.arange(12) % 3)
+    options = dict(batch_size=2, augment=augment.SimCLRAugment(4), seed=3, repeat=True, start_batch=1)
+    full = [v.numpy() for v, _ in data.make_multiview_dataset(source, **options).take(6)]
+    shard = list(data.make_multiview_dataset(source, shard=(3, 1), with_index=True, **options).take(2))
+    assert [int(index) for index, _, _ in shard] == [2, 5]  # batches k with (k - start_batch) % 3 == 1
+    for (index, views, _), expected in zip(shard, (full[1], full[4])):
+        np.testing.assert_array_equal(views.numpy(), expected)
+    for bad in [(2, 2), (0, 0), (2,), "2,1", (2.0, 1)]:
+        with pytest.raises(ValueError, match="`shard` must be None or"):
+            data.make_multiview_dataset(source, shard=bad, **options)

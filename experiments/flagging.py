@@ -71,7 +71,9 @@ def option(default, text, *, flag=None):
 
 def flag_fields(cls, names=None):
     """The fields of the dataclass `cls` that are flags (they have a help text), or only `names`, in that order."""
-    fields = {field.name: field for field in dataclasses.fields(cls) if "help" in field.metadata}
+    # A nested config (RunConfig) lists its settings flat; a plain dataclass its fields.
+    every = cls.flat_fields() if hasattr(cls, "flat_fields") else dataclasses.fields(cls)
+    fields = {field.name: field for field in every if "help" in field.metadata}
     if names is None:
         return list(fields.values())
     missing = [name for name in names if name not in fields]
@@ -91,7 +93,7 @@ def help_texts(cls):
 
 def _kinds(cls, fields):
     """`{field name: (flag kind, list item type)}`, from the fields' type annotations."""
-    hints = typing.get_type_hints(cls)
+    hints = cls.flat_type_hints() if hasattr(cls, "flat_type_hints") else typing.get_type_hints(cls)
     return {field.name: _kind(hints[field.name], f"{cls.__name__}.{field.name}") for field in fields}
 
 
@@ -157,7 +159,8 @@ def values(cls, *, names=None, unset=False, flag_values=FLAGS):
 
 def from_flags(cls, **fixed):
     """`cls` built from its parsed flags (and `fixed`, the fields that are not flags); validated by `cls`."""
-    return cls(**values(cls), **fixed)
+    build = getattr(cls, "from_flat", cls)  # a nested config is built from its flat settings
+    return build(**values(cls), **fixed)
 
 
 def parse_list(name, items, kind):

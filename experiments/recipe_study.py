@@ -116,7 +116,7 @@ def study_method(config, method):
             key = (int(row["warmup_epochs"]), row.get("temperature"))
             point = points.setdefault(key, {"warmup_epochs": key[0], "temperature": key[1], "per_seed": {},
                                             "collapsed": 0})
-            point["per_seed"][search.base.seed] = row[sweep.OBJECTIVE]
+            point["per_seed"][search.base.runtime.seed] = row[sweep.OBJECTIVE]
             point["collapsed"] += bool(_collapsed(row["model_dir"]))
     for point in points.values():
         scores = [s for s in point["per_seed"].values() if s is not None]

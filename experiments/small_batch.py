@@ -226,9 +226,9 @@ def run(config: SmallBatchConfig, tuning=None):
             row = dict(
                 arm=arm,
                 seed=seed,
-                batch_size=stage.batch_size,
-                queue_size=stage.queue_size,
-                key_momentum=stage.key_momentum,
+                batch_size=stage.optim.batch_size,
+                queue_size=stage.model.queue_size,
+                key_momentum=stage.model.key_momentum,
                 val_accuracy=result["val_accuracy"],
                 final_train_loss=result["stage"]["final_train_loss"],
                 pretrain_seconds=result["stage"]["train_seconds"],
@@ -448,9 +448,9 @@ def study(config, command):
         stage = config.pretrain_config(config.arms[0], config.tuning_seed, "facts")
         from supcon_tf import runner
 
-        split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+        split = runner.split_train_validation(stage, stage.evaluation.validation_fraction, stage.runtime.seed)
         facts["data"] = {
-            "image_size": stage.image_size, "validation_fraction": stage.validation_fraction,
+            "image_size": stage.data.image_size, "validation_fraction": stage.evaluation.validation_fraction,
             "train_part": split.num_train, "validation": split.num_validation,
         }
         tuning = tune(config)

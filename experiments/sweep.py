@@ -65,10 +65,10 @@ def default_probe(base, **overrides):
 
     recipe = presets.get_preset("digits_linear")
     values = {name: recipe[name] for name in PROBE_FIELDS}
-    values.update({name: getattr(base, name) for name in INHERITED_BY_PROBE})
+    values.update({name: base.setting(name) for name in INHERITED_BY_PROBE})
     values.update(
         method="linear", model_dir=os.path.join(base.model_dir, "linear"), pretrained="unset.keras", evaluate_test=False,
-        export=False, checkpoint_every=base.checkpoint_every,
+        export=False, checkpoint_every=base.runtime.checkpoint_every,
     )
     values.update(overrides)
     return RunConfig.from_dict(values)
@@ -78,8 +78,8 @@ def default_probe(base, **overrides):
 class SweepConfig:
     """A validated sweep: the stage to tune (`base`), the linear stage that scores it (`probe`), the grids, the tuner.
 
-    `base.model_dir` is the sweep's output folder, `base.validation_fraction`
-    the validation split (carved from TRAIN with `base.seed`), `base.seed` also
+    `base.model_dir` is the sweep's output folder, `base.evaluation.validation_fraction`
+    the validation split (carved from TRAIN with `base.runtime.seed`), `base.runtime.seed` also
     seeds the tuner. `probe` is a `RunConfig` of method "linear" (its
     model_dir and pretrained are set per trial; default `default_probe(base)`).
     Empty grids keep the base value (not searched). The fields with a help
@@ -113,12 +113,12 @@ class SweepConfig:
             raise ValueError(f"`base` must be a RunConfig, received: {type(self.base).__name__}")
         if self.base.method not in ("supcon", "simclr", "ce"):
             raise ValueError(f"`method` must be supcon, simclr or ce for a sweep, received: method={self.base.method!r}")
-        if not 0.0 < self.base.validation_fraction < 0.5:
+        if not 0.0 < self.base.evaluation.validation_fraction < 0.5:
             raise ValueError(
                 "`validation_fraction` must be in (0, 0.5) for a sweep (trials are scored on it), received: "
-                f"validation_fraction={self.base.validation_fraction!r}"
+                f"validation_fraction={self.base.evaluation.validation_fraction!r}"
             )
-        if self.base.evaluate_test:
+        if self.base.evaluation.evaluate_test:
             object.__setattr__(self, "base", self.base.replace(evaluate_test=False))  # a sweep never reads the test split
         if self.probe is None:
             object.__setattr__(self, "probe", default_probe(self.base))
@@ -144,10 +144,10 @@ class SweepConfig:
                 raise ValueError("hyperband chooses the epochs itself: leave the epochs grid empty")
             if self.warmup_epochs:
                 raise ValueError("hyperband trains in rounds of its own length: leave the warm-up grid empty")
-            if self.base.epochs < self.hyperband_factor:
+            if self.base.optim.epochs < self.hyperband_factor:
                 raise ValueError(
                     f"`epochs` must be >= hyperband_factor ({self.hyperband_factor}) for hyperband, "
-                    f"received: epochs={self.base.epochs}"
+                    f"received: epochs={self.base.optim.epochs}"
                 )
 
     def _grid_values(self):
@@ -160,7 +160,7 @@ class SweepConfig:
     def grids(self):
         """`{field: values}` of the searched fields (one value: the base value)."""
         values = {
-            field: grid or (getattr(self.base, field),) for field, grid in zip(SWEPT_FIELDS, self._grid_values())
+            field: grid or (self.base.setting(field),) for field, grid in zip(SWEPT_FIELDS, self._grid_values())
         }
         if self.base.method == "ce":
             del values["temperature"]  # CE has no temperature
@@ -219,9 +219,9 @@ def probe_for(stage, probe):
     return probe.replace(
         model_dir=os.path.join(stage.model_dir, "linear"),
         pretrained=os.path.join(stage.model_dir, "model.keras"),
-        seed=stage.seed,
-        validation_fraction=stage.validation_fraction,
-        image_size=stage.image_size,
+        seed=stage.runtime.seed,
+        validation_fraction=stage.evaluation.validation_fraction,
+        image_size=stage.data.image_size,
         evaluate_test=False,
     )
 
@@ -231,7 +231,7 @@ def trial_stage(sweep, trial_id, values):
     changes = {field: values[field] for field in sweep.grids() if field in values}
     if "tuner/epochs" in values:  # hyperband: train the epochs this round adds, warm-started from the trial it continues
         epochs = max(1, int(values["tuner/epochs"]) - int(values.get("tuner/initial_epoch", 0)))
-        changes.update(epochs=epochs, warmup_epochs=min(sweep.base.warmup_epochs, epochs))
+        changes.update(epochs=epochs, warmup_epochs=min(sweep.base.optim.warmup_epochs, epochs))
         previous = values.get("tuner/trial_id")
         if previous is not None:
             changes["encoder_weights"] = os.path.join(sweep.trial_dir(previous), "model.keras")
@@ -297,14 +297,14 @@ def make_tuner(sweep, *, callbacks=None, overwrite=True):
 
     hp = declare_search_space(sweep, keras_tuner.HyperParameters())
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
-    common = dict(objective=objective, hyperparameters=hp, seed=sweep.base.seed, max_consecutive_failed_trials=10**6)
+    common = dict(objective=objective, hyperparameters=hp, seed=sweep.base.runtime.seed, max_consecutive_failed_trials=10**6)
     if sweep.tuner == "random":
         oracle = keras_tuner.oracles.RandomSearchOracle(max_trials=sweep.max_trials, **common)
     elif sweep.tuner == "grid":
         oracle = keras_tuner.oracles.GridSearchOracle(max_trials=sweep.max_trials, **common)
     else:
         oracle = keras_tuner.oracles.HyperbandOracle(
-            max_epochs=sweep.base.epochs, factor=sweep.hyperband_factor, hyperband_iterations=1, **common
+            max_epochs=sweep.base.optim.epochs, factor=sweep.hyperband_factor, hyperband_iterations=1, **common
         )
     return _tuner_class()(
         sweep, oracle, callbacks=callbacks, directory=sweep.output_dir, project_name="tuner", overwrite=overwrite
@@ -325,7 +325,7 @@ def trial_rows(tuner, sweep):
         for field in sweep.grids():
             if field != "epochs":
                 row[field] = values.get(field)
-        row["epochs"] = values.get("tuner/epochs", values.get("epochs", sweep.base.epochs))
+        row["epochs"] = values.get("tuner/epochs", values.get("epochs", sweep.base.optim.epochs))
         row[OBJECTIVE] = None if trial.score is None else float(trial.score)
         if sweep.base.method == "ce" and sweep.probe_ce:
             metric = trial.metrics.get_last_value("classifier_val_accuracy") if trial.metrics.exists(
@@ -449,7 +449,7 @@ def config_from_flags():
 
 def main():
     sweep = config_from_flags()
-    rows, summary = run_sweep(sweep, verbose=sweep.base.verbose)
+    rows, summary = run_sweep(sweep, verbose=sweep.base.runtime.verbose)
     print(format_markdown(rows))
     s = summary["spread"]
     if s["n"]:

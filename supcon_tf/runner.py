@@ -33,24 +33,24 @@ from supcon_tf.run_folder import CLASSES, RunFolder
 
 def build_strategy(config):
     """The configured strategy; checks that the global batch splits evenly over its replicas."""
-    if config.cpu_devices > 1:
+    if config.runtime.cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
-    strategy = distribute.get_strategy(config.strategy, tpu=config.tpu)
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.runtime.cpu_devices)
+    strategy = distribute.get_strategy(config.runtime.strategy, tpu=config.runtime.tpu)
     replicas = strategy.num_replicas_in_sync
-    if config.jit_compile and replicas > 1 and config.strategy != "tpu":
+    if config.runtime.jit_compile and replicas > 1 and config.runtime.strategy != "tpu":
         # Keras 3 compiles the whole train step, optimizer updates of mirrored
         # variables included, and XLA cannot place those across devices
         # (keras-team/keras#19005): it crashes mid-fit. Refuse it up front.
         raise ValueError(
-            f"`jit_compile` cannot be combined with strategy={config.strategy!r} over {replicas} replicas (XLA cannot "
+            f"`jit_compile` cannot be combined with strategy={config.runtime.strategy!r} over {replicas} replicas (XLA cannot "
             "compile a train step that updates mirrored variables, keras-team/keras#19005): drop --jit_compile, or "
             "train on one device"
         )
-    if config.batch_size % replicas:
+    if config.optim.batch_size % replicas:
         raise ValueError(
             f"`batch_size` must be divisible by the number of replicas ({replicas}), "
-            f"received: batch_size={config.batch_size}"
+            f"received: batch_size={config.optim.batch_size}"
         )
     return strategy
 
@@ -62,13 +62,13 @@ def load_source(config, split):
     an empty class folder, or fewer than two classes for a method that needs
     labels (supcon, ce, linear), is a ValueError naming the folder.
     """
-    if config.dataset == "digits":
+    if config.data.dataset == "digits":
         images, labels = data.load_digits(split)
         return data.from_arrays(images, labels), len(images), data.DIGITS_NUM_CLASSES
-    if config.dataset in TFDS_DATASETS:
-        tfds_split = {"train": "train", "test": "test" if config.dataset != "imagenet2012" else "validation"}[split]
-        dataset, info = data.load_tfds(config.dataset, tfds_split, data_dir=config.data_dir)
-        size = config.image_size
+    if config.data.dataset in TFDS_DATASETS:
+        tfds_split = {"train": "train", "test": "test" if config.data.dataset != "imagenet2012" else "validation"}[split]
+        dataset, info = data.load_tfds(config.data.dataset, tfds_split, data_dir=config.data.data_dir)
+        size = config.data.image_size
         dataset = dataset.map(
             lambda image, label: (
                 tf.cast(tf.clip_by_value(tf.image.resize(image, (size, size)), 0, 255), tf.uint8),
@@ -78,10 +78,10 @@ def load_source(config, split):
         )
         return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
-    root = os.path.join(config.data_dir, split)
+    root = os.path.join(config.data.data_dir, split)
     training_names = None if split == "train" else class_names(config)
     dataset, class_names_found = data.load_image_folder(
-        root, image_size=config.image_size, channels=config.channels or 3, class_names=training_names
+        root, image_size=config.data.image_size, channels=config.data.channels or 3, class_names=training_names
     )
     class_names_found = list(class_names_found)
     if len(class_names_found) < 2 and config.method != "simclr":
@@ -90,7 +90,7 @@ def load_source(config, split):
             f"method {config.method!r} needs at least 2 classes (one sub-folder per class); use --method simclr "
             "for unlabelled images"
         )
-    return dataset, int(dataset.cardinality().numpy()), config.num_classes or len(class_names_found)
+    return dataset, int(dataset.cardinality().numpy()), config.data.num_classes or len(class_names_found)
 
 
 def class_names(config):
@@ -99,13 +99,13 @@ def class_names(config):
     Digits: "0" ... "9". TFDS: the label feature's names. Image folders: the
     sorted class sub-folders of `<data_dir>/train`.
     """
-    if config.dataset == "digits":
+    if config.data.dataset == "digits":
         return [str(label) for label in range(data.DIGITS_NUM_CLASSES)]
-    if config.dataset in TFDS_DATASETS:
-        _, info = data.load_tfds(config.dataset, "train", data_dir=config.data_dir)
+    if config.data.dataset in TFDS_DATASETS:
+        _, info = data.load_tfds(config.data.dataset, "train", data_dir=config.data.data_dir)
         return [str(name) for name in info.features["label"].names]
-    root = os.path.join(config.data_dir, "train")
-    return list(data.load_image_folder(root, image_size=config.image_size, channels=config.channels or 3)[1])
+    root = os.path.join(config.data.data_dir, "train")
+    return list(data.load_image_folder(root, image_size=config.data.image_size, channels=config.data.channels or 3)[1])
 
 
 class TrainValidationSplit(NamedTuple):
@@ -130,7 +130,7 @@ def split_train_validation(config, fraction, seed):
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"`validation_fraction` must be in (0, 1), received: validation_fraction={fraction!r}")
-    if config.dataset == "digits":
+    if config.data.dataset == "digits":
         from sklearn.model_selection import train_test_split
 
         images, labels = data.load_digits("train")
@@ -147,8 +147,8 @@ def split_train_validation(config, fraction, seed):
         )
     source, size, num_classes = load_source(config, "train")
     if not size:
-        raise ValueError(f"the training split of {config.dataset!r} has unknown size; cannot carve a validation split")
-    if config.dataset in TFDS_DATASETS:
+        raise ValueError(f"the training split of {config.data.dataset!r} has unknown size; cannot carve a validation split")
+    if config.data.dataset in TFDS_DATASETS:
         num_validation = max(1, int(round(fraction * size)))
         return TrainValidationSplit(
             source.skip(num_validation), source.take(num_validation), size - num_validation, num_validation, num_classes
@@ -171,55 +171,55 @@ def split_train_validation(config, fraction, seed):
 
 def augmentation(config):
     """The training augmentation policy of `config` (`augmentation`, `image_size`, `crop_scale_min`, `flip`)."""
-    if config.augmentation == "none":
-        return augment.get_augmentation("none", config.image_size)
+    if config.data.augmentation == "none":
+        return augment.get_augmentation("none", config.data.image_size)
     return augment.get_augmentation(
-        config.augmentation, config.image_size, crop_scale=(config.crop_scale_min, 1.0), flip=config.flip
+        config.data.augmentation, config.data.image_size, crop_scale=(config.data.crop_scale_min, 1.0), flip=config.data.flip
     )
 
 
 def train_dataset(config, source, start_batch=0):
     """Training batches: `(views [B, V, ...], labels)` for contrastive methods, `(images, labels)` for CE.
 
-    `config.sampler` picks shuffled batches (`data.make_multiview_dataset`) or
+    `config.data.sampler` picks shuffled batches (`data.make_multiview_dataset`) or
     P x K class-balanced ones (`data.make_class_balanced_dataset`, P =
     batch_size / samples_per_class). The stream is endless, and batch `k` is
-    a pure function of `(config.seed, k)`; `start_batch` starts it at batch
+    a pure function of `(config.runtime.seed, k)`; `start_batch` starts it at batch
     `k` (resuming at a step).
 
-    With `config.data_service` the same batches are built and augmented on
+    With `config.runtime.data_service` the same batches are built and augmented on
     the tf.data service's workers and read here (`supcon_tf.data_service`:
     batch `k` has the same content; with several workers the arrival order
     is first come, first served).
 
-    With `config.augment_on == "device"` the batches are `((images,
+    With `config.data.augment_on == "device"` the batches are `((images,
     view_seeds), labels)` instead (CE and linear too, with one view); the
     model built by `build_model` makes the views in its train step.
     """
-    num_views = config.num_views if config.method in ("supcon", "simclr") else 1
+    num_views = config.data.num_views if config.method in ("supcon", "simclr") else 1
     stream = dict(
-        num_views=num_views, augment=augmentation(config), seed=config.seed, start_batch=start_batch,
-        augment_on=config.augment_on,
+        num_views=num_views, augment=augmentation(config), seed=config.runtime.seed, start_batch=start_batch,
+        augment_on=config.data.augment_on,
     )
-    if config.data_service:
+    if config.runtime.data_service:
         from supcon_tf import data_service
 
-        dataset = data_service.sharded_multiview_dataset(source, batch_size=config.batch_size, **stream)
-    elif config.sampler == "class_balanced":
+        dataset = data_service.sharded_multiview_dataset(source, batch_size=config.optim.batch_size, **stream)
+    elif config.data.sampler == "class_balanced":
         dataset = data.make_class_balanced_dataset(
             source,
-            classes_per_batch=config.batch_size // config.samples_per_class,
-            samples_per_class=config.samples_per_class,
+            classes_per_batch=config.optim.batch_size // config.data.samples_per_class,
+            samples_per_class=config.data.samples_per_class,
             repeat=True,
             **stream,
         )
     else:
-        dataset = data.make_multiview_dataset(source, batch_size=config.batch_size, repeat=True, **stream)
-    if num_views == 1 and config.augment_on == "host":  # device: the classifier's train step takes the one view
+        dataset = data.make_multiview_dataset(source, batch_size=config.optim.batch_size, repeat=True, **stream)
+    if num_views == 1 and config.data.augment_on == "host":  # device: the classifier's train step takes the one view
         dataset = dataset.map(lambda views, labels: (views[:, 0], labels))
-    if config.data_service:
+    if config.runtime.data_service:
         dataset = data_service.distribute_through(
-            dataset, config.data_service, job_name=data_service.job_name(config.seed, start_batch)
+            dataset, config.runtime.data_service, job_name=data_service.job_name(config.runtime.seed, start_batch)
         )
     return distribute.shard_by_data(dataset)
 
@@ -231,24 +231,24 @@ def validation_dataset(config, source):
     training augmentation from a fixed seed (the same views every epoch), so
     `val_loss` and the online/contrast metrics are comparable across epochs;
     batches are whole (`drop_remainder`) as the cross-replica loss needs;
-    made where `config.augment_on` says, like the training batches.
+    made where `config.data.augment_on` says, like the training batches.
     CE and linear: the plain evaluation pipeline.
     """
     if config.method in ("supcon", "simclr"):
         return data.make_multiview_dataset(
             source,
-            batch_size=config.batch_size,
-            num_views=config.num_views,
+            batch_size=config.optim.batch_size,
+            num_views=config.data.num_views,
             augment=augmentation(config),
-            seed=config.seed,
+            seed=config.runtime.seed,
             shuffle=False,
-            augment_on=config.augment_on,
+            augment_on=config.data.augment_on,
         )
     return eval_dataset(config, source)
 
 
 def eval_dataset(config, source, batch_size=None):
-    return data.make_eval_dataset(source, batch_size=batch_size or config.batch_size, image_size=config.image_size)
+    return data.make_eval_dataset(source, batch_size=batch_size or config.optim.batch_size, image_size=config.data.image_size)
 
 
 def build_optimizer(config, steps_per_epoch):
@@ -257,39 +257,39 @@ def build_optimizer(config, steps_per_epoch):
 
     schedule = optimizers.WarmupCosineDecay(
         config.resolved_learning_rate,
-        total_steps=steps_per_epoch * config.epochs,
-        warmup_steps=steps_per_epoch * config.warmup_epochs,
+        total_steps=steps_per_epoch * config.optim.epochs,
+        warmup_steps=steps_per_epoch * config.optim.warmup_epochs,
     )
-    if config.optimizer == "lars":
-        optimizer = optimizers.LARS(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
-    elif config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(schedule, weight_decay=config.weight_decay or None)
+    if config.optim.optimizer == "lars":
+        optimizer = optimizers.LARS(schedule, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay)
+    elif config.optim.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(schedule, weight_decay=config.optim.weight_decay or None)
     else:
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay or None)
-    if config.mixed_precision:
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay or None)
+    if config.runtime.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 
 def build_encoder(config, image_shape):
-    """The encoder `config.encoder` for images of `image_shape`, initialised from `config.encoder_weights` if set.
+    """The encoder `config.model.encoder` for images of `image_shape`, initialised from `config.model.encoder_weights` if set.
 
-    `config.encoder` is a registered name, "keras.applications:<Name>" or a
+    `config.model.encoder` is a registered name, "keras.applications:<Name>" or a
     user build function "<module>:<function>" / "<file.py>:<function>"
     (imported here, which runs that module; see docs/backbones.md). Raises
     ValueError naming `encoder` or `encoder_weights` when it cannot be built
     or initialised.
     """
-    kwargs = {"width": config.encoder_width} if config.encoder == "small_cnn" else {}
+    kwargs = {"width": config.model.encoder_width} if config.model.encoder == "small_cnn" else {}
     for field, argument in (
         ("vit_hidden_dim", "hidden_dim"), ("vit_depth", "depth"), ("vit_num_heads", "num_heads"), ("vit_mlp_dim", "mlp_dim")
     ):
-        if getattr(config, field) is not None:
-            kwargs[argument] = getattr(config, field)
-    encoder = encoders.build_encoder(config.encoder, image_shape, synchronized_bn=config.synchronized_bn, **kwargs)
-    if config.encoder_weights:
+        if config.setting(field) is not None:
+            kwargs[argument] = config.setting(field)
+    encoder = encoders.build_encoder(config.model.encoder, image_shape, synchronized_bn=config.model.synchronized_bn, **kwargs)
+    if config.model.encoder_weights:
         try:
-            encoders.load_encoder_weights(encoder, config.encoder_weights)
+            encoders.load_encoder_weights(encoder, config.model.encoder_weights)
         except (ValueError, FileNotFoundError) as error:
             raise ValueError(f"`encoder_weights`: {error}") from None
     return encoder
@@ -300,36 +300,32 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
 
     "supcon" / "simclr": SupConModel (encoder + projection head, memory queue
     and momentum encoder when configured); "ce": CrossEntropyModel; "linear":
-    LinearProbe on the frozen encoder of `config.pretrained`. The optimizer's
-    schedule spans `config.epochs` epochs of `steps_per_epoch` steps. With
-    `config.augment_on == "device"` the model gets the training augmentation
+    LinearProbe on the frozen encoder of `config.evaluation.pretrained`. The optimizer's
+    schedule spans `config.optim.epochs` epochs of `steps_per_epoch` steps. With
+    `config.data.augment_on == "device"` the model gets the training augmentation
     (`set_view_augmentation`), which `train_dataset`'s batches then need.
     """
     optimizer = build_optimizer(config, steps_per_epoch)
     if config.method in ("supcon", "simclr"):
         model = models.SupConModel(
             build_encoder(config, image_shape),
-            layers.ProjectionHead((config.head_hidden,) if config.head_hidden else (), config.embedding_dim),
+            layers.ProjectionHead((config.model.head_hidden,) if config.model.head_hidden else (), config.model.embedding_dim),
             method=config.method,
-            temperature=config.temperature,
-            base_temperature=config.base_temperature,
-            contrast_mode=config.contrast_mode,
-            variant=config.variant,
-            queue_size=config.queue_size,
-            queue_warmup_steps=config.queue_warmup_steps,
-            key_momentum=config.key_momentum,
-            denominator=config.denominator,
-            positives_cap=config.positives_cap,
-            online_eval_classes=num_classes if config.online_eval else None,
-            contrast_metrics=config.online_eval,
+            loss_config=config.loss,
+            queue_size=config.model.queue_size,
+            queue_warmup_steps=config.model.queue_warmup_steps,
+            key_momentum=config.model.key_momentum,
+            online_eval_classes=num_classes if config.evaluation.online_eval else None,
+            prototype_classes=num_classes if config.model.prototypes else None,
+            contrast_metrics=config.evaluation.online_eval,
         )
     elif config.method == "ce":
         model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
     else:
-        model = models.LinearProbe(load_pretrained_encoder(config.pretrained, image_shape), num_classes)
-    if config.augment_on == "device":
+        model = models.LinearProbe(load_pretrained_encoder(config.evaluation.pretrained, image_shape), num_classes)
+    if config.data.augment_on == "device":
         model.set_view_augmentation(augmentation(config))
-    model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+    model.compile(optimizer=optimizer, jit_compile=config.runtime.jit_compile)
     return model
 
 
@@ -345,29 +341,29 @@ def check_inputs(config, strategy, num_train, num_classes):
     replicas = strategy.num_replicas_in_sync
     if num_classes is not None and num_classes < 2 and config.method != "simclr":
         raise ValueError(
-            f"`num_classes` of dataset {config.dataset!r} is {num_classes}: method {config.method!r} needs at "
+            f"`num_classes` of dataset {config.data.dataset!r} is {num_classes}: method {config.method!r} needs at "
             "least 2 classes"
         )
-    if config.method == "linear" and config.cache_features:
-        return -(-num_train // config.batch_size)  # the cached probe keeps the last, smaller batch
-    if num_train is not None and num_train < config.batch_size:
+    if config.method == "linear" and config.evaluation.cache_features:
+        return -(-num_train // config.optim.batch_size)  # the cached probe keeps the last, smaller batch
+    if num_train is not None and num_train < config.optim.batch_size:
         raise ValueError(
-            f"`batch_size` ({config.batch_size}, global over {replicas} replica(s)) is larger than the training "
+            f"`batch_size` ({config.optim.batch_size}, global over {replicas} replica(s)) is larger than the training "
             f"split ({num_train} examples), which gives zero steps per epoch: use --batch_size <= {num_train}"
         )
-    if config.batch_size // replicas < 1:
+    if config.optim.batch_size // replicas < 1:
         raise ValueError(
-            f"`batch_size` ({config.batch_size}) gives fewer than one example per replica ({replicas} replicas)"
+            f"`batch_size` ({config.optim.batch_size}) gives fewer than one example per replica ({replicas} replicas)"
         )
-    return config.steps_per_epoch or max(1, (num_train or config.batch_size) // config.batch_size)
+    return config.optim.steps_per_epoch or max(1, (num_train or config.optim.batch_size) // config.optim.batch_size)
 
 
 def _names_source(config):
-    if config.dataset == "digits":
+    if config.data.dataset == "digits":
         return "digits: the digit each class shows"
-    if config.dataset in TFDS_DATASETS:
-        return f"tfds {config.dataset}: the label feature's names"
-    return f"image folder {os.path.join(config.data_dir, 'train')}: its class sub-folders, sorted"
+    if config.data.dataset in TFDS_DATASETS:
+        return f"tfds {config.data.dataset}: the label feature's names"
+    return f"image folder {os.path.join(config.data.data_dir, 'train')}: its class sub-folders, sorted"
 
 
 def _already_finished(folder):
@@ -426,10 +422,10 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
         folder.check_replaceable()
     elif folder.phase() == "finished" and not os.path.exists(folder.backup_dir):
         return _already_finished(folder)  # reading only: a finished folder is left byte-identical
-    if config.data_service:  # a dead or wrong dispatcher fails here, in bounded time, before anything is written
+    if config.runtime.data_service:  # a dead or wrong dispatcher fails here, in bounded time, before anything is written
         from supcon_tf import data_service
 
-        data_service.wait_for_dispatcher(config.data_service, config.data_service_timeout)
+        data_service.wait_for_dispatcher(config.runtime.data_service, config.runtime.data_service_timeout)
     with folder.claimed():  # the marker, and this process's lock: a second writer is refused here
         return _run_claimed(config, folder, overwrite, callbacks)
 
@@ -443,7 +439,7 @@ def _run_claimed(config, folder, overwrite, callbacks):
     stage = _prepare(config)  # every check that can fail, before the first write
     restarts = _start(config, folder, overwrite, stage)
     trainer = _StageTrainer(
-        config, folder, stage.model, stage.train_source, stage.steps_per_epoch, stage.validation_source, callbacks
+        config, folder, stage.model, stage.train_source, stage.optim.steps_per_epoch, stage.validation_source, callbacks
     )
     logs = trainer.train(stage.process_start)
     return _finish(config, folder, stage, trainer, logs, restarts)
@@ -481,26 +477,26 @@ class _Prepared(NamedTuple):
 def _prepare(config):
     """Global TensorFlow state, the data (split), the checks and the model: reading only, nothing written."""
     process_start = time.time()
-    if config.deterministic:
+    if config.runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if config.mixed_precision:
+    if config.runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(config.seed)  # before any dataset or weight is built
+    keras.utils.set_random_seed(config.runtime.seed)  # before any dataset or weight is built
     strategy = build_strategy(config)
     validation_source = None
-    if config.validation_fraction:
-        split = split_train_validation(config, config.validation_fraction, config.seed)
+    if config.evaluation.validation_fraction:
+        split = split_train_validation(config, config.evaluation.validation_fraction, config.runtime.seed)
         train_source, num_train, num_classes = split.train, split.num_train, split.num_classes
         validation_source = split.validation
-        if config.method in ("supcon", "simclr") and split.num_validation < config.batch_size:
+        if config.method in ("supcon", "simclr") and split.num_validation < config.optim.batch_size:
             raise ValueError(
-                f"`validation_fraction` {config.validation_fraction} gives {split.num_validation} validation "
-                f"examples, fewer than one batch (--batch_size {config.batch_size}): raise the fraction or lower "
+                f"`validation_fraction` {config.evaluation.validation_fraction} gives {split.num_validation} validation "
+                f"examples, fewer than one batch (--batch_size {config.optim.batch_size}): raise the fraction or lower "
                 "the batch"
             )
     else:
         train_source, num_train, num_classes = load_source(config, "train")
-    test_source = load_source(config, "test")[0] if config.evaluate_test else None
+    test_source = load_source(config, "test")[0] if config.evaluation.evaluate_test else None
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
 
@@ -538,20 +534,20 @@ def _finish(config, folder, stage, trainer, history_logs, restarts):
     metrics = {
         "method": config.method,
         "train_seconds": round(train_seconds, 1),
-        "epochs": config.epochs,
+        "epochs": config.optim.epochs,
         "restarts": restarts,
         "final_train_loss": float(history_logs.get("loss", np.nan)),
         "final_logs": {name: float(value) for name, value in history_logs.items()},
         "collapsed": trainer.collapsed if trainer.monitors_collapse else None,
     }
-    if config.method in ("ce", "linear") and config.evaluate_test:
+    if config.method in ("ce", "linear") and config.evaluation.evaluate_test:
         loss, accuracy = model.evaluate(eval_dataset(config, stage.test_source), verbose=0)
         metrics.update(test_loss=float(loss), test_top1=float(accuracy))
         if not np.isfinite(loss):
             metrics["warning"] = "the test loss is not finite"
     if checkpointing.is_chief():
         checkpointing.save_model_atomically(model, folder.path("model.keras"), fault_point="final_model_save")
-        if config.export:
+        if config.runtime.export:
             classifier = config.method in ("ce", "linear")
             export.export_model(
                 model, folder.path("saved_model"), overwrite=True, class_names=stage.class_names if classifier else None
@@ -581,18 +577,18 @@ class _StageTrainer:
         self.store = checkpointing.BackupStore(folder.backup_dir)
         self.train_seconds = 0.0
         self.validation = None
-        if config.method == "linear" and config.cache_features:
+        if config.method == "linear" and config.evaluation.cache_features:
             # The probe itself, fed {REPRESENTATION: features} computed once (models.LinearProbe).
             features, labels = model.extract_features(eval_dataset(config, train_source))
             self.stream = lambda start: model.feature_inputs(
                 data.make_feature_batches(
-                    features, labels, batch_size=config.batch_size, seed=config.seed, start_batch=start
+                    features, labels, batch_size=config.optim.batch_size, seed=config.runtime.seed, start_batch=start
                 )
             )
             if validation_source is not None:
                 val_features, val_labels = model.extract_features(eval_dataset(config, validation_source))
                 self.validation = model.feature_inputs(
-                    tf.data.Dataset.from_tensor_slices((val_features, val_labels)).batch(config.batch_size)
+                    tf.data.Dataset.from_tensor_slices((val_features, val_labels)).batch(config.optim.batch_size)
                 )
         else:
             self.stream = lambda start: train_dataset(config, train_source, start_batch=start)
@@ -610,7 +606,7 @@ class _StageTrainer:
         backup = checkpointing.StepBackup(
             self.store,
             steps_per_epoch=self.steps_per_epoch,
-            every_steps=config.backup_every_steps,
+            every_steps=config.runtime.backup_every_steps,
             first_step=first_step,
             first_metrics=first_metrics,
             signals=signals,
@@ -630,7 +626,7 @@ class _StageTrainer:
             callbacks.append(monitor)
         callbacks += [
             checkpointing.ChiefModelCheckpoint(
-                folder.path("checkpoints", "latest.keras"), period=config.checkpoint_every
+                folder.path("checkpoints", "latest.keras"), period=config.runtime.checkpoint_every
             ),
             *self.extra_callbacks,
             backup,  # last: after the CSV row, the checkpoint and the caller's callbacks of an epoch
@@ -662,7 +658,7 @@ class _StageTrainer:
 
     def train(self, process_start):
         """Fits the remaining steps; returns the last epoch's logs."""
-        config, epochs, steps = self.config, self.config.epochs, self.steps_per_epoch
+        config, epochs, steps = self.config, self.config.optim.epochs, self.steps_per_epoch
         resumed = self.store.restore(self.model)
         epoch, step, meta = (resumed.epoch, resumed.step, resumed.meta) if resumed else (0, 0, {})
         if resumed is not None and checkpointing.is_chief():
@@ -670,7 +666,7 @@ class _StageTrainer:
         monitor = None
         if self.monitors_collapse:
             monitor = resilience.CollapseMonitor(
-                config.collapse_cosine, config.collapse_epochs, stop=config.stop_on_collapse,
+                config.runtime.collapse_cosine, config.runtime.collapse_epochs, stop=config.runtime.stop_on_collapse,
                 state=meta.get("collapse"), on_collapse=self._record_collapse, announce=checkpointing.is_chief(),
             )
             self.collapsed = monitor.collapsed or False
@@ -685,7 +681,7 @@ class _StageTrainer:
         def clock():
             return seconds_before + (time.time() - clock_start)
 
-        guard = resilience.DivergenceGuard(config.divergence_factor, position=None, reference=meta.get("reference_loss"))
+        guard = resilience.DivergenceGuard(config.runtime.divergence_factor, position=None, reference=meta.get("reference_loss"))
         logs = meta.get("epoch_logs") or {}
         segments = []
         if step:
@@ -704,7 +700,7 @@ class _StageTrainer:
                     callbacks=callbacks,
                     validation_data=self.validation,
                     shuffle=False,  # the stream shuffles itself
-                    verbose=config.verbose,
+                    verbose=config.runtime.verbose,
                 )
                 logs = backup.epoch_logs or logs
                 if monitor is not None:

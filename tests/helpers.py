@@ -180,3 +180,15 @@ def assert_refused(result, model_dir, expected):
     assert expected in lines[-1], lines[-1]
     assert "Traceback" not in result.stderr
     assert not os.path.exists(model_dir) or not os.listdir(model_dir)
+
+
+def with_loss_config(kwargs):
+    """`kwargs` for `SupConModel` with any loss options (temperature=..., ...) gathered into `loss_config`."""
+    import dataclasses
+
+    from supcon_tf.losses import LossConfig
+
+    names = {field.name for field in dataclasses.fields(LossConfig)}
+    options = {name: kwargs[name] for name in kwargs if name in names}
+    rest = {name: value for name, value in kwargs.items() if name not in names}
+    return dict(rest, loss_config=LossConfig(**options)) if options else rest

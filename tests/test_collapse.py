@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import run_python
+from helpers import run_python, with_loss_config
 from loss_reference import reference_loss
 from supcon_tf import encoders, errors, layers, losses, resilience, runner, run_folder
 from supcon_tf.checkpointing import BackupStore
@@ -149,7 +149,7 @@ def test_collapse_share_validates_its_input():
 def _model(**kwargs):
     keras.utils.set_random_seed(5)
     model = SupConModel(
-        encoders.build_encoder("small_cnn", (8, 8, 1), width=0.25), layers.ProjectionHead((16,), 8), **kwargs
+        encoders.build_encoder("small_cnn", (8, 8, 1), width=0.25), layers.ProjectionHead((16,), 8), **with_loss_config(kwargs)
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return model
@@ -340,8 +340,8 @@ def test_a_collapse_drops_the_backups_from_the_epoch_before_it(tmp_path):
 
 def test_config_fields_defaults_validation_and_resumable():
     config = RunConfig()
-    assert (config.collapse_cosine, config.collapse_epochs, config.stop_on_collapse) == (0.995, 1, False)
-    assert RunConfig(collapse_cosine=1, collapse_epochs=3, stop_on_collapse=True).collapse_epochs == 3
+    assert (config.runtime.collapse_cosine, config.runtime.collapse_epochs, config.runtime.stop_on_collapse) == (0.995, 1, False)
+    assert RunConfig.from_flat(collapse_cosine=1, collapse_epochs=3, stop_on_collapse=True).runtime.collapse_epochs == 3
     for kwargs, match in [
         (dict(collapse_cosine=0.0), r"`collapse_cosine` must be in \(0, 1\], received: collapse_cosine=0.0"),
         (dict(collapse_cosine=1.01), "collapse_cosine=1.01"),
@@ -350,7 +350,7 @@ def test_config_fields_defaults_validation_and_resumable():
         (dict(stop_on_collapse="no"), "`stop_on_collapse` must be a bool, received: stop_on_collapse='no'"),
     ]:
         with pytest.raises(ValueError, match=match):
-            RunConfig(**kwargs)
+            RunConfig.from_flat(**kwargs)
     from experiments import flagging
 
     helps = flagging.help_texts(RunConfig)

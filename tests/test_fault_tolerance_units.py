@@ -126,7 +126,7 @@ def test_truncate_log_drops_resumed_epochs_and_torn_rows(tmp_path):
 
 def test_structural_change_of_an_unfinished_run_is_refused(tmp_path):
     folder = RunFolder(tmp_path / "run")
-    config = RunConfig(model_dir=str(tmp_path / "run"))
+    config = RunConfig.from_flat(model_dir=str(tmp_path / "run"))
     folder.start(config.to_dict())
     folder.check_resumable(config.replace(learning_rate=0.01).to_dict())  # resumable: allowed
     with pytest.raises(ValueError, match=r"other settings \(batch_size=128 -> 64\); resume it with its own settings"):
@@ -272,20 +272,20 @@ def test_interrupted_exit_statuses_and_message():
 
 def test_batch_larger_than_the_data_is_refused_up_front():
     strategy = tf.distribute.get_strategy()
-    config = RunConfig(batch_size=2048)
+    config = RunConfig.from_flat(batch_size=2048)
     with pytest.raises(ValueError, match=r"`batch_size` \(2048, global over 1 replica\(s\)\) is larger than the "
                                          r"training split \(1437 examples\).*use --batch_size <= 1437"):
         runner.check_inputs(config, strategy, 1437, 10)
-    assert runner.check_inputs(RunConfig(batch_size=100), strategy, 1437, 10) == 14
+    assert runner.check_inputs(RunConfig.from_flat(batch_size=100), strategy, 1437, 10) == 14
     # The cached linear probe keeps the last, smaller batch.
-    linear = RunConfig(method="linear", pretrained="x.keras", batch_size=2048)
+    linear = RunConfig.from_flat(method="linear", pretrained="x.keras", batch_size=2048)
     assert runner.check_inputs(linear, strategy, 1437, 10) == 1
 
 
 def test_config_validates_the_new_fields():
     with pytest.raises(ValueError, match="backup_every_steps"):
-        RunConfig(backup_every_steps=-1)
+        RunConfig.from_flat(backup_every_steps=-1)
     with pytest.raises(ValueError, match="divergence_factor"):
-        RunConfig(divergence_factor=0.5)
+        RunConfig.from_flat(divergence_factor=0.5)
     with pytest.raises(ValueError, match="channels"):
-        RunConfig(channels=2)
+        RunConfig.from_flat(channels=2)

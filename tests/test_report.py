@@ -40,9 +40,9 @@ def test_full_and_quick_configs_compose_the_digits_presets():
         for method in METHODS:
             stage = config.stages[method]
             preset = presets.get_preset(f"digits_{method}")
-            assert stage.method == method and stage.optimizer == preset["optimizer"]
-            assert stage.validation_fraction == 0.2 and stage.evaluate_test is False  # never reads the test split
-        assert config.stages["linear"].method == "linear" and config.stages["linear"].cache_features
+            assert stage.method == method and stage.optim.optimizer == preset["optimizer"]
+            assert stage.evaluation.validation_fraction == 0.2 and stage.evaluation.evaluate_test is False  # never reads the test split
+        assert config.stages["linear"].method == "linear" and config.stages["linear"].evaluation.cache_features
         json.dumps(config.to_dict())  # registrable
     full = ReportConfig.full()
     assert len(full.seeds) == 5 and full.stability.size == 12 and full.stability.warmup_epochs == (0, 2)

@@ -33,9 +33,9 @@ def split_arrays(stage):
     """
     from supcon_tf import runner
 
-    key = (stage.dataset, stage.image_size, stage.validation_fraction, stage.seed)
+    key = (stage.data.dataset, stage.data.image_size, stage.evaluation.validation_fraction, stage.runtime.seed)
     if key not in _SPLITS:
-        split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+        split = runner.split_train_validation(stage, stage.evaluation.validation_fraction, stage.runtime.seed)
         arrays = []
         for source, size in ((split.train, split.num_train), (split.validation, split.num_validation)):
             images, labels = next(iter(runner.eval_dataset(stage, source, batch_size=size)))

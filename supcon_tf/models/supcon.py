@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import keras
 import tensorflow as tf
@@ -32,40 +33,72 @@ COLLAPSE_TOLERANCE = 0.01
 
 # SupConModel's constructor arguments besides encoder and head, in order (attributes and `get_config` keys).
 _SUPCON_OPTIONS = (
-    "method", "temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap",
-    "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum", "online_eval_classes", "contrast_metrics",
-    "collapse_metrics",
+    "method", "loss_config", "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum",
+    "online_eval_classes", "prototype_classes", "contrast_metrics", "collapse_metrics",
 )
+# The loss options a model saved before `loss_config` existed kept as constructor arguments of their own.
+_LEGACY_LOSS_KEYS = ("temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap")
 
 
-def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes,
-                            contrast_metrics, collapse_metrics, **loss_options):
+def _checked_loss_config(loss_config, method):
+    """`loss_config` as a `losses.LossConfig` (None: the defaults; a dict: its fields), checked against `method`."""
+    if loss_config is None:
+        loss_config = losses_lib.LossConfig()
+    elif isinstance(loss_config, dict):
+        loss_config = losses_lib.LossConfig.from_dict(loss_config)
+    elif not isinstance(loss_config, losses_lib.LossConfig):
+        raise ValueError(
+            f"`loss_config` must be a losses.LossConfig (or its dict), received: {type(loss_config).__name__}"
+        )
+    if method == "simclr" and loss_config.reads_labels:
+        raise ValueError(
+            "method='simclr' ignores labels, but the loss options read them (positive_weighting, label_kernel, "
+            f"multi_label or denominator='class_balanced'), received: loss_config={loss_config!r}"
+        )
+    return loss_config
+
+
+def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum,
+                            online_eval_classes, prototype_classes, contrast_metrics, collapse_metrics):
     """SupConModel's options after its argument checks (a ValueError naming the argument), as `{name: value}`."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
+    loss_config = _checked_loss_config(loss_config, method)
     if not isinstance(cross_replica, bool):
         raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
     queue_size, queue_warmup_steps, key_momentum = memory_lib.check_queue_options(
         queue_size, queue_warmup_steps, key_momentum
     )
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
-    # The loss options (temperature, ..., positives_cap), with the loss's own messages.
-    losses_lib.SupConLoss(use_labels=method == "supcon", **loss_options)
     if online_eval_classes is not None:
         check_num_classes(online_eval_classes)
         online_eval_classes = int(online_eval_classes)
+    if prototype_classes is not None:
+        check_num_classes(prototype_classes)
+        prototype_classes = int(prototype_classes)
+        if method != "supcon":
+            raise ValueError(
+                f"`prototype_classes` (class centres in the contrast set) needs method='supcon', received: "
+                f"prototype_classes={prototype_classes} with method={method!r}"
+            )
+        if loss_config.reads_labels and loss_config.denominator != "class_balanced":
+            raise ValueError(
+                "`prototype_classes` needs class-id labels: it does not combine with positive_weighting, label_kernel "
+                f"or multi_label, received: loss_config={loss_config!r}"
+            )
+        if loss_config.positives_cap >= 0:
+            raise ValueError(
+                f"`prototype_classes` does not combine with a positives cap, received: "
+                f"positives_cap={loss_config.positives_cap}"
+            )
     if not isinstance(contrast_metrics, bool):
         raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
     if not isinstance(collapse_metrics, bool):
         raise ValueError(f"`collapse_metrics` must be a bool, received: collapse_metrics={collapse_metrics!r}")
-    base_temperature = loss_options["base_temperature"]
     return dict(
-        method=method, temperature=float(loss_options["temperature"]),
-        base_temperature=None if base_temperature is None else float(base_temperature),
-        contrast_mode=loss_options["contrast_mode"], variant=loss_options["variant"],
-        denominator=loss_options["denominator"], positives_cap=int(loss_options["positives_cap"]),
-        cross_replica=cross_replica, queue_size=int(queue_size), queue_warmup_steps=int(queue_warmup_steps),
-        key_momentum=key_momentum, online_eval_classes=online_eval_classes, contrast_metrics=contrast_metrics,
-        collapse_metrics=collapse_metrics,
+        method=method, loss_config=loss_config, cross_replica=cross_replica, queue_size=int(queue_size),
+        queue_warmup_steps=int(queue_warmup_steps), key_momentum=key_momentum,
+        online_eval_classes=online_eval_classes, prototype_classes=prototype_classes,
+        contrast_metrics=contrast_metrics, collapse_metrics=collapse_metrics,
     )
 
 
@@ -196,9 +229,12 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
       head: a layer from `[batch, rep_dim]` to L2-normalised embeddings `[batch, dim]`.
       method: `"supcon"` (labels define positives) or `"simclr"` (labels
         ignored; positives are the other views of the same sample).
-      temperature, base_temperature, contrast_mode, variant, denominator,
-        positives_cap: the loss options of `losses.supcon_per_anchor_loss`
-        (temperature 0.1 for SupCon in the paper, SimCLR 0.5 on CIFAR).
+      loss_config: a `losses.LossConfig` (or its dict; default
+        `LossConfig()`): the loss options of `losses.supcon_per_anchor_loss`,
+        passed whole (temperature 0.1 for SupCon in the paper, SimCLR 0.5 on
+        CIFAR). Options that read labels beyond class ids need the matching
+        labels: multi-hot rows for `positive_weighting` / `multi_label`,
+        continuous values for `label_kernel`; not with method "simclr".
       cross_replica: under a distribution strategy, contrast each replica's
         anchors with the gathered *global* batch (default True, the exact
         objective); False: with its local batch only (weaker, for comparison).
@@ -213,6 +249,11 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         stop-gradient representation of every view, with its own optimizer
         (`compile(online_optimizer=...)`), logging `online_loss` and
         `online_top1`; its gradient never reaches the encoder. Needs labels.
+      prototype_classes: None or C >= 2: C trainable class centres
+        (`model.prototypes`, `[C, dim]`, L2-normalised when used) join every
+        contrast set with class ids 0..C-1 and their gradient (BCL's
+        prototypes; with `denominator="class_balanced"` its full form).
+        Needs class-id labels in [0, C).
       contrast_metrics: log `contrast_top1` and `contrast_entropy`
         (`online_eval.contrast_statistics`).
       collapse_metrics: (default True) log `mean_cosine`, the mean cosine
@@ -261,21 +302,26 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
       Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
     """
 
-    def __init__(self, encoder, head, method="supcon", temperature=0.1, base_temperature=None, contrast_mode="all",
-                 variant="out", denominator="all", positives_cap=-1, cross_replica=True, queue_size=0,
-                 queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, contrast_metrics=False,
-                 collapse_metrics=True, **kwargs):
+    def __init__(self, encoder, head, method="supcon", loss_config=None, cross_replica=True, queue_size=0,
+                 queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, prototype_classes=None,
+                 contrast_metrics=False, collapse_metrics=True, **kwargs):
+        given = sorted(set(kwargs) & {field.name for field in dataclasses.fields(losses_lib.LossConfig)})
+        if given:
+            raise ValueError(
+                f"SupConModel takes the loss options whole, as loss_config=losses.LossConfig({given[0]}=...), "
+                f"received: {', '.join(f'{name}={kwargs[name]!r}' for name in given)}"
+            )
         super().__init__(**kwargs)
         check_model("encoder", encoder)
         check_model("head", head)
         self.encoder, self.head = encoder, head
         options = _checked_supcon_options(
-            method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes, contrast_metrics,
-            collapse_metrics, temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode,
-            variant=variant, denominator=denominator, positives_cap=positives_cap,
+            method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes,
+            prototype_classes, contrast_metrics, collapse_metrics,
         )
-        for name in _SUPCON_OPTIONS:  # method, temperature, ..., contrast_metrics
+        for name in _SUPCON_OPTIONS:  # method, loss_config, ..., collapse_metrics
             setattr(self, name, options[name])
+        self.prototypes = None  # built in `build`, once the embedding size is known
         self.memory = None
         if self.queue_size:
             self.memory = memory_lib.MemoryQueue(
@@ -327,7 +373,7 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
     @property
     def _has_collapse_share(self):
         """Whether `collapse_share` is logged: its all-equal value log(N_c - 1) needs denominator "all", no cap."""
-        return self.collapse_metrics and self.denominator == "all" and self.positives_cap < 0
+        return self.collapse_metrics and self.loss_config.denominator == "all" and self.loss_config.positives_cap < 0
 
     @property
     def metrics(self):
@@ -336,7 +382,8 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
     @property
     def contrastive_variables(self):
         """The variables the contrastive loss trains: encoder and projection head (not the online classifier)."""
-        return self.encoder.trainable_variables + self.head.trainable_variables
+        variables = self.encoder.trainable_variables + self.head.trainable_variables
+        return variables + ([self.prototypes] if self.prototypes is not None else [])
 
     def build(self, input_shape):
         if not self.encoder.built:
@@ -346,8 +393,14 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
             self.head.build((None, rep_dim))
         if self.online_classifier is not None and not self.online_classifier.built:
             self.online_classifier.build((None, rep_dim))
+        embedding_dim = self.head.compute_output_shape((None, rep_dim))[-1]
+        if self.prototype_classes is not None and self.prototypes is None:
+            self.prototypes = self.add_weight(
+                name="prototypes", shape=(self.prototype_classes, embedding_dim), initializer="random_normal",
+                trainable=True,
+            )
         if self.memory is not None and not self.memory.built:  # after encoder and head: it copies them
-            self.memory.build((None, self.head.compute_output_shape((None, rep_dim))[-1]))
+            self.memory.build((None, embedding_dim))
         self.built = True
 
     def call(self, images, training=False):
@@ -392,23 +445,29 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         if use_queue:  # a dynamic number of rows, which tf.function and XLA handle alike
             queue_features, queue_labels = self.memory.read()
             queue = dict(queue_features=queue_features, queue_labels=None if labels is None else queue_labels)
+        centres = {}
+        if self.prototypes is not None:  # class centres 0..C-1, unit length like the head's embeddings
+            centres = dict(
+                prototypes=tf.math.l2_normalize(tf.cast(self.prototypes, embeddings.dtype), axis=-1),
+                prototype_labels=tf.range(self.prototype_classes),
+            )
         per_anchor = losses_lib.supcon_per_anchor_loss(
-            gathered.features, gathered.labels, temperature=self.temperature, base_temperature=self.base_temperature,
-            contrast_mode=self.contrast_mode, variant=self.variant, denominator=self.denominator,
-            positives_cap=self.positives_cap, anchor_offset=gathered.offset, num_anchor_samples=gathered.num_local,
-            **queue,
+            gathered.features, gathered.labels, anchor_offset=gathered.offset, num_anchor_samples=gathered.num_local,
+            **self.loss_config.kwargs(), **queue, **centres,
         )
         share = None
-        if self._has_collapse_share:  # the contrast set: every view of the gathered batch, plus the queue rows read
+        if self._has_collapse_share:  # the contrast set: every view of the gathered batch, the queue rows, centres
             contrast_size = tf.shape(gathered.features)[0] * tf.shape(gathered.features)[1]
             if queue:
                 contrast_size += tf.shape(queue["queue_features"])[0]
-            base = self.temperature if self.base_temperature is None else self.base_temperature
+            if centres:
+                contrast_size += self.prototype_classes
             share = collapse_share(tf.nest.map_structure(tf.stop_gradient, per_anchor), contrast_size,
-                                   scale=self.temperature / base)
+                                   scale=self.loss_config.scale)
         loss, count = per_anchor.loss, tf.cast(per_anchor.has_positive, per_anchor.loss.dtype)
-        if sample_weight is not None:  # [local_batch] -> [local_batch, 1]: one weight for all views of a sample
-            weight = tf.reshape(tf.cast(sample_weight, loss.dtype), [tf.shape(loss)[0], 1])
+        if sample_weight is not None:  # [local_batch] -> [local_batch, 1, ...]: one weight for all views of a sample
+            shape = tf.concat([tf.shape(loss)[:1], tf.ones([tf.rank(loss) - 1], tf.int32)], axis=0)
+            weight = tf.reshape(tf.cast(sample_weight, loss.dtype), shape)
             loss, count = loss * weight, count * weight
         return (*distribute.cross_replica_mean(tf.reduce_sum(loss), tf.reduce_sum(count)), share)
 
@@ -469,7 +528,7 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
                 self._trackers["collapse_share"].update_state(share)
         if self.contrast_metrics:
             labels = labels if self.method == "supcon" else None
-            top1, entropy = _contrast_statistics(embeddings, labels, self.temperature)
+            top1, entropy = _contrast_statistics(embeddings, labels, self.loss_config.temperature)
             self._trackers["contrast_top1"].update_state(top1)
             self._trackers["contrast_entropy"].update_state(entropy)
         if online is not None:
@@ -483,11 +542,15 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
                       head=keras.saving.serialize_keras_object(self.head))
         config.update({name: getattr(self, name) for name in _SUPCON_OPTIONS})
+        config["loss_config"] = self.loss_config.kwargs()
         return config
 
     @classmethod
     def from_config(cls, config):
         config = copy.deepcopy(config)  # deserialisation consumes nested dicts
+        legacy = {key: config.pop(key) for key in _LEGACY_LOSS_KEYS if key in config}
+        if legacy:  # a model saved before `loss_config`: its loss options were arguments of their own
+            config["loss_config"] = legacy
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)

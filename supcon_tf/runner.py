@@ -31,12 +31,32 @@ from supcon_tf.config import TFDS_DATASETS, RunConfig
 from supcon_tf.run_folder import CLASSES, RunFolder
 
 
-def build_strategy(config):
-    """The configured strategy; checks that the global batch splits evenly over its replicas."""
+def resolve_cluster(config):
+    """The multi-worker cluster of `config` (`distribute.resolve_cluster` of its cluster fields); None without one.
+
+    With cluster 'slurm' this also sets the process's TF_CONFIG, from which
+    every part of a run learns its task (the chief's writes, the per-worker
+    backups, the run folder's lock): `run` calls it before anything else.
+    """
+    if config.strategy != "multi_worker":
+        return None
+    return distribute.resolve_cluster(
+        config.cluster, port_base=config.cluster_port_base, gpus_per_task=config.cluster_gpus_per_task
+    )
+
+
+def build_strategy(config, cluster_resolver=None):
+    """The configured strategy; checks that the global batch splits evenly over its replicas.
+
+    `cluster_resolver`: the multi-worker cluster `resolve_cluster(config)`
+    returned (resolved here when None).
+    """
     if config.cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
-    strategy = distribute.get_strategy(config.strategy, tpu=config.tpu)
+    if cluster_resolver is None:
+        cluster_resolver = resolve_cluster(config)
+    strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, cluster_resolver=cluster_resolver)
     replicas = strategy.num_replicas_in_sync
     if config.jit_compile and replicas > 1 and config.strategy != "tpu":
         # Keras 3 compiles the whole train step, optimizer updates of mirrored
@@ -420,6 +440,7 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
     callbacks = list(callbacks)
     if not all(isinstance(c, keras.callbacks.Callback) for c in callbacks):
         raise ValueError(f"`callbacks` must be Keras callbacks, received: callbacks={callbacks!r}")
+    cluster_resolver = resolve_cluster(config)  # first: a Slurm task learns its identity (TF_CONFIG) here
     folder = RunFolder(config.model_dir)
     folder.check_claimable()  # a file, or a folder with content supcon_tf did not write: refused, nothing touched
     if overwrite:
@@ -431,16 +452,16 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
 
         data_service.wait_for_dispatcher(config.data_service, config.data_service_timeout)
     with folder.claimed():  # the marker, and this process's lock: a second writer is refused here
-        return _run_claimed(config, folder, overwrite, callbacks)
+        return _run_claimed(config, folder, overwrite, callbacks, cluster_resolver)
 
 
-def _run_claimed(config, folder, overwrite, callbacks):
+def _run_claimed(config, folder, overwrite, callbacks, cluster_resolver):
     """`run` inside the claimed, locked run folder: prepare (reading only), start, train, finish."""
     if not overwrite:
         done = _completed(config, folder)
         if done is not None:
             return done
-    stage = _prepare(config)  # every check that can fail, before the first write
+    stage = _prepare(config, cluster_resolver)  # every check that can fail, before the first write
     restarts = _start(config, folder, overwrite, stage)
     trainer = _StageTrainer(
         config, folder, stage.model, stage.train_source, stage.steps_per_epoch, stage.validation_source, callbacks
@@ -478,7 +499,7 @@ class _Prepared(NamedTuple):
     process_start: float
 
 
-def _prepare(config):
+def _prepare(config, cluster_resolver):
     """Global TensorFlow state, the data (split), the checks and the model: reading only, nothing written."""
     process_start = time.time()
     if config.deterministic:
@@ -486,7 +507,7 @@ def _prepare(config):
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(config.seed)  # before any dataset or weight is built
-    strategy = build_strategy(config)
+    strategy = build_strategy(config, cluster_resolver)
     validation_source = None
     if config.validation_fraction:
         split = split_train_validation(config, config.validation_fraction, config.seed)

@@ -24,15 +24,21 @@ from supcon_tf.config import RunConfig
 SLURM_VARIABLES = distribute.SLURM_STEP_VARIABLES
 
 
+def _without_tf_config(monkeypatch):
+    """TF_CONFIG unset now, and unset again after the test (resolve_cluster('slurm') sets it)."""
+    monkeypatch.setenv("TF_CONFIG", "")  # recorded, so that monkeypatch's undo removes what the test set
+    monkeypatch.delenv("TF_CONFIG")
+
+
 def _slurm_step(monkeypatch, procid, num_tasks, nodelist, tasks_per_node):
     """This process as task `procid` of a Slurm job step, as srun would start it (and no TF_CONFIG)."""
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    _without_tf_config(monkeypatch)
     for name, value in zip(SLURM_VARIABLES, (procid, num_tasks, nodelist, tasks_per_node)):
         monkeypatch.setenv(name, str(value))
 
 
 def _no_slurm(monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    _without_tf_config(monkeypatch)
     for name in (*SLURM_VARIABLES, "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
 
@@ -181,6 +187,10 @@ def test_binary_refuses_cluster_slurm_without_multi_worker(monkeypatch, tmp_path
     result = run_binary_in_process("pretrain", f"--model_dir={model_dir}", *TINY, "--cluster=slurm")
     assert_refused(result, model_dir, "add --strategy=multi_worker, received: cluster='slurm' with strategy='default'")
     assert "TF_CONFIG" not in os.environ
+
+
+def test_no_test_leaves_tf_config_behind():
+    assert "TF_CONFIG" not in os.environ  # after the tests above (pytest keeps the file's order)
 
 
 def _consecutive_free_ports():

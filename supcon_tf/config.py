@@ -173,7 +173,9 @@ class RunConfig:
     pretrained: str | None = _field(None, "linear_eval: the pre-trained model (.keras) whose encoder is probed.")
     cache_features: bool = _field(True, "linear_eval: compute the frozen features once (no augmentation).")
     # Runtime
-    strategy: str = _field("default", "default | one_device | mirrored | multi_worker (TF_CONFIG, or Slurm: --cluster) | tpu.")
+    strategy: str = _field(
+        "default", "default | one_device | mirrored | multi_worker (TF_CONFIG, or Slurm: --cluster) | tpu."
+    )
     cpu_devices: int = _field(
         0, "Split the CPU into N logical devices (N > 1), e.g. to try --strategy=mirrored without GPUs."
     )
@@ -452,7 +454,8 @@ class RunConfig:
         _choice("cluster", self.cluster, CLUSTERS)
         if not checks.is_int(self.cluster_port_base) or not 1 <= self.cluster_port_base <= 65535:
             raise ValueError(
-                f"`cluster_port_base` must be an int in [1, 65535], received: cluster_port_base={self.cluster_port_base!r}"
+                "`cluster_port_base` must be an int in [1, 65535], received: "
+                f"cluster_port_base={self.cluster_port_base!r}"
             )
         if self.cluster_gpus_per_task is not None:
             _non_negative_int("cluster_gpus_per_task", self.cluster_gpus_per_task)

@@ -168,7 +168,8 @@ def _slurm_resolver(port_base, gpus_per_task):
         gpus_per_task = visible
     elif gpus_per_task > visible:
         raise ValueError(
-            f"`gpus_per_task` must be at most the {visible} GPUs this task sees, received: gpus_per_task={gpus_per_task}"
+            f"`gpus_per_task` must be at most the {visible} GPUs this task sees, "
+            f"received: gpus_per_task={gpus_per_task}"
         )
     try:
         # GPU numbers only to satisfy the resolver's arithmetic, one "GPU" per port (none is assigned: auto_set_gpu).
@@ -332,7 +333,9 @@ def get_strategy(name="default", *, device=None, devices=None, tpu=None, communi
             "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
         }[communication]
         options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver, communication_options=options)
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=cluster_resolver, communication_options=options
+        )
     # tpu
     if tpu is None:
         raise ValueError("`tpu` must name the TPU ('' or 'local' on a TPU VM), received: tpu=None")

@@ -426,7 +426,9 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
 
     Raises:
       ValueError / FileNotFoundError: bad input, before anything is written;
-        also a `model_dir` that is a file, a non-empty folder that supcon_tf
+        also a multi-worker cluster that does not resolve (`resolve_cluster`:
+        no or a malformed TF_CONFIG, `cluster='slurm'` outside a Slurm step),
+        a `model_dir` that is a file, a non-empty folder that supcon_tf
         did not create, or a run folder another process is writing (its lock).
       resilience.Interrupted: SIGINT / SIGTERM; a backup at the step is written.
       resilience.Diverged: non-finite or exploding loss; the last good backup stays.

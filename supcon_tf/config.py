@@ -36,6 +36,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "folder")
 TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
 OPTIMIZERS = ("sgd", "lars", "adam")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+CLUSTERS = ("tf_config", "slurm", "auto")  # = supcon_tf.distribute.CLUSTERS (tests/test_cluster.py keeps them equal)
 AUGMENTATIONS = ("simclr", "autoaugment", "randaugment", "stacked_randaugment", "none")
 SAMPLERS = ("random", "class_balanced")
 AUGMENT_ON = ("host", "device")  # = supcon_tf.data.AUGMENT_ON (tests/test_device_augment.py keeps them equal)
@@ -289,9 +290,23 @@ class EvalConfig:
 class RuntimeConfig:
     """Devices, determinism, fault tolerance and console (`RunConfig.runtime`)."""
 
-    strategy: str = _field("default", "default | one_device | mirrored | multi_worker (TF_CONFIG) | tpu.")
+    strategy: str = _field(
+        "default", "default | one_device | mirrored | multi_worker (TF_CONFIG, or Slurm: --cluster) | tpu."
+    )
     cpu_devices: int = _field(
         0, "Split the CPU into N logical devices (N > 1), e.g. to try --strategy=mirrored without GPUs."
+    )
+    cluster: str = _field(
+        "tf_config",
+        "Where --strategy=multi_worker finds its workers: tf_config (the TF_CONFIG variable) | slurm (the Slurm step "
+        "of the srun that started this task, SlurmClusterResolver) | auto (slurm inside a Slurm step of 2+ tasks, "
+        "said in one line; else tf_config).",
+    )
+    cluster_port_base: int = _field(
+        8888, "--cluster=slurm: port of a node's first task; its n-th task listens on the port base + n (1..65535)."
+    )
+    cluster_gpus_per_task: int | None = _field(
+        None, "--cluster=slurm: GPUs each task trains on, the first N it sees (unset: all the GPUs this task sees)."
     )
     tpu: str | None = _field(None, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
     mixed_precision: bool = _field(False, "mixed_float16 compute (GPU/TPU speed-up; slower on CPU).")
@@ -337,6 +352,7 @@ class RuntimeConfig:
 
     def __post_init__(self):
         _choice("strategy", self.strategy, STRATEGIES)
+        self._check_cluster()
         _positive_int("checkpoint_every", self.checkpoint_every)
         for name in ("seed", "cpu_devices", "backup_every_steps"):
             _non_negative_int(name, getattr(self, name))
@@ -367,6 +383,28 @@ class RuntimeConfig:
             checks.host_port(self.data_service, "data_service", scheme=True, example="grpc://localhost:5050")
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2, received: verbose={self.verbose}")
+
+    def _check_cluster(self):
+        _choice("cluster", self.cluster, CLUSTERS)
+        if not checks.is_int(self.cluster_port_base) or not 1 <= self.cluster_port_base <= 65535:
+            raise ValueError(
+                "`cluster_port_base` must be an int in [1, 65535], received: "
+                f"cluster_port_base={self.cluster_port_base!r}"
+            )
+        if self.cluster_gpus_per_task is not None:
+            _non_negative_int("cluster_gpus_per_task", self.cluster_gpus_per_task)
+        if self.cluster != "tf_config" and self.strategy != "multi_worker":
+            raise ValueError(
+                f"`cluster` {self.cluster!r} says where strategy='multi_worker' finds its workers: add "
+                f"--strategy=multi_worker, received: cluster={self.cluster!r} with strategy={self.strategy!r}"
+            )
+        slurm_only = {"cluster_port_base": 8888, "cluster_gpus_per_task": None}
+        for name, default in slurm_only.items():
+            if self.cluster == "tf_config" and getattr(self, name) != default:
+                raise ValueError(
+                    f"`{name}` is for cluster='slurm' or 'auto' (TF_CONFIG names its own ports and the task uses "
+                    f"every GPU it sees), received: {name}={getattr(self, name)!r} with cluster='tf_config'"
+                )
 
 
 # The groups of RunConfig, by attribute, and the class of each.

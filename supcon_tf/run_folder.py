@@ -99,7 +99,8 @@ def is_run_folder(path):
 RESUMABLE_FIELDS = frozenset(
     {
         "model_dir", "learning_rate", "momentum", "weight_decay", "temperature", "base_temperature",
-        "contrast_mode", "variant", "queue_warmup_steps", "strategy", "cpu_devices", "tpu", "jit_compile",
+        "contrast_mode", "variant", "queue_warmup_steps", "strategy", "cluster", "cluster_port_base",
+        "cluster_gpus_per_task", "cpu_devices", "tpu", "jit_compile",
         "checkpoint_every", "export", "verbose", "backup_every_steps", "divergence_factor", "deterministic",
         "denominator", "positives_cap", "data_service", "data_service_timeout", "learning_rate_scaling", "reference_batch_size", "resolved_learning_rate", "evaluate_test",
         "collapse_cosine", "collapse_epochs", "stop_on_collapse", "augment_on",

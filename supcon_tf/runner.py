@@ -31,12 +31,32 @@ from supcon_tf.config import TFDS_DATASETS, RunConfig
 from supcon_tf.run_folder import CLASSES, RunFolder
 
 
-def build_strategy(config):
-    """The configured strategy; checks that the global batch splits evenly over its replicas."""
+def resolve_cluster(config):
+    """The multi-worker cluster of `config` (`distribute.resolve_cluster` of its cluster fields); None without one.
+
+    With cluster 'slurm' this also sets the process's TF_CONFIG, from which
+    every part of a run learns its task (the chief's writes, the per-worker
+    backups, the run folder's lock): `run` calls it before anything else.
+    """
+    if config.runtime.strategy != "multi_worker":
+        return None
+    return distribute.resolve_cluster(
+        config.runtime.cluster, port_base=config.runtime.cluster_port_base, gpus_per_task=config.runtime.cluster_gpus_per_task
+    )
+
+
+def build_strategy(config, cluster_resolver=None):
+    """The configured strategy; checks that the global batch splits evenly over its replicas.
+
+    `cluster_resolver`: the multi-worker cluster `resolve_cluster(config)`
+    returned (resolved here when None).
+    """
     if config.runtime.cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.runtime.cpu_devices)
-    strategy = distribute.get_strategy(config.runtime.strategy, tpu=config.runtime.tpu)
+    if cluster_resolver is None:
+        cluster_resolver = resolve_cluster(config)
+    strategy = distribute.get_strategy(config.runtime.strategy, tpu=config.runtime.tpu, cluster_resolver=cluster_resolver)
     replicas = strategy.num_replicas_in_sync
     if config.runtime.jit_compile and replicas > 1 and config.runtime.strategy != "tpu":
         # Keras 3 compiles the whole train step, optimizer updates of mirrored
@@ -402,7 +422,9 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
 
     Raises:
       ValueError / FileNotFoundError: bad input, before anything is written;
-        also a `model_dir` that is a file, a non-empty folder that supcon_tf
+        also a multi-worker cluster that does not resolve (`resolve_cluster`:
+        no or a malformed TF_CONFIG, `cluster='slurm'` outside a Slurm step),
+        a `model_dir` that is a file, a non-empty folder that supcon_tf
         did not create, or a run folder another process is writing (its lock).
       resilience.Interrupted: SIGINT / SIGTERM; a backup at the step is written.
       resilience.Diverged: non-finite or exploding loss; the last good backup stays.
@@ -416,6 +438,7 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
     callbacks = list(callbacks)
     if not all(isinstance(c, keras.callbacks.Callback) for c in callbacks):
         raise ValueError(f"`callbacks` must be Keras callbacks, received: callbacks={callbacks!r}")
+    cluster_resolver = resolve_cluster(config)  # first: a Slurm task learns its identity (TF_CONFIG) here
     folder = RunFolder(config.model_dir)
     folder.check_claimable()  # a file, or a folder with content supcon_tf did not write: refused, nothing touched
     if overwrite:
@@ -427,19 +450,19 @@ def run(config: RunConfig, *, overwrite=False, callbacks=()):
 
         data_service.wait_for_dispatcher(config.runtime.data_service, config.runtime.data_service_timeout)
     with folder.claimed():  # the marker, and this process's lock: a second writer is refused here
-        return _run_claimed(config, folder, overwrite, callbacks)
+        return _run_claimed(config, folder, overwrite, callbacks, cluster_resolver)
 
 
-def _run_claimed(config, folder, overwrite, callbacks):
+def _run_claimed(config, folder, overwrite, callbacks, cluster_resolver):
     """`run` inside the claimed, locked run folder: prepare (reading only), start, train, finish."""
     if not overwrite:
         done = _completed(config, folder)
         if done is not None:
             return done
-    stage = _prepare(config)  # every check that can fail, before the first write
+    stage = _prepare(config, cluster_resolver)  # every check that can fail, before the first write
     restarts = _start(config, folder, overwrite, stage)
     trainer = _StageTrainer(
-        config, folder, stage.model, stage.train_source, stage.optim.steps_per_epoch, stage.validation_source, callbacks
+        config, folder, stage.model, stage.train_source, stage.steps_per_epoch, stage.validation_source, callbacks
     )
     logs = trainer.train(stage.process_start)
     return _finish(config, folder, stage, trainer, logs, restarts)
@@ -474,7 +497,7 @@ class _Prepared(NamedTuple):
     process_start: float
 
 
-def _prepare(config):
+def _prepare(config, cluster_resolver):
     """Global TensorFlow state, the data (split), the checks and the model: reading only, nothing written."""
     process_start = time.time()
     if config.runtime.deterministic:
@@ -482,7 +505,7 @@ def _prepare(config):
     if config.runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(config.runtime.seed)  # before any dataset or weight is built
-    strategy = build_strategy(config)
+    strategy = build_strategy(config, cluster_resolver)
     validation_source = None
     if config.evaluation.validation_fraction:
         split = split_train_validation(config, config.evaluation.validation_fraction, config.runtime.seed)

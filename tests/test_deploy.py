@@ -174,9 +174,9 @@ def test_multiworker_job_gives_every_pod_the_tf_config_of_one_cluster(monkeypatc
         tf_config = json.loads(variables["TF_CONFIG"])
         assert tf_config == {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
         config = _run(container, variables)
-        assert (config.strategy, config.cluster) == ("multi_worker", "tf_config")
+        assert (config.runtime.strategy, config.runtime.cluster) == ("multi_worker", "tf_config")
         monkeypatch.setenv("TF_CONFIG", variables["TF_CONFIG"])  # the library accepts it
-        resolver = distribute.resolve_cluster(config.cluster)
+        resolver = distribute.resolve_cluster(config.runtime.cluster)
         assert resolver.cluster_spec().as_dict() == {"worker": hosts} and resolver.task_id == index
 
     # Every worker writes into one shared, writable volume.
@@ -230,8 +230,8 @@ def test_data_service_workers_dispatcher_and_trainer_agree_and_only_the_trainer_
 
     (trainer_container,) = _containers(trainer["spec"]["template"])
     config = _run(trainer_container, {})
-    assert config.data_service == f"grpc://{dispatcher_service['metadata']['name']}:{dispatcher_port}"
-    assert config.strategy != "multi_worker"
+    assert config.runtime.data_service == f"grpc://{dispatcher_service['metadata']['name']}:{dispatcher_port}"
+    assert config.runtime.strategy != "multi_worker"
 
     # Only the trainer reaches the workers; the trainer and the workers (heartbeats) reach the dispatcher.
     name = trainer["metadata"]["name"]

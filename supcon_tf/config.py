@@ -113,6 +113,12 @@ class RunConfig:
         "Per anchor, keep only the first N positives of the global batch (a multiple of --num_views; the anchor's own "
         "other views always stay); -1: no cap.",
     )
+    ce_weight: float = _field(
+        0.0,
+        "supcon: train a linear cross-entropy head on the representation of every view at the same time, loss = "
+        "supcon + ce_weight x CE (its gradient reaches the encoder; logs ce_loss, ce_top1); the export is then a "
+        "classifier (encoder + this head), no linear probe needed; 0: off.",
+    )
     # Small batches (SupConModel's memory queue and momentum encoder; data.make_class_balanced_dataset)
     queue_size: int = _field(
         0, "Memory queue: contrast every anchor also with the last N embeddings (and labels) of earlier steps; 0: off."
@@ -313,6 +319,9 @@ class RunConfig:
                 raise ValueError(f"`num_classes` must be >= 2, received: num_classes={self.num_classes}")
         if self.strategy == "tpu" and self.tpu is None:
             raise ValueError("`tpu` must name the TPU ('local' on a TPU VM) for strategy='tpu', received: None")
+        from supcon_tf.models.supcon import check_ce_weight  # the model's own rule, shared with SupConModel
+
+        check_ce_weight(self.ce_weight, self.method)
         self._check_small_batch_options()
         self._check_augment_on()
         self._check_encoder_options()

@@ -322,6 +322,8 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
             positives_cap=config.positives_cap,
             online_eval_classes=num_classes if config.online_eval else None,
             contrast_metrics=config.online_eval,
+            ce_weight=config.ce_weight,
+            ce_classes=num_classes if config.ce_weight > 0 else None,
         )
     elif config.method == "ce":
         model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
@@ -552,7 +554,7 @@ def _finish(config, folder, stage, trainer, history_logs, restarts):
     if checkpointing.is_chief():
         checkpointing.save_model_atomically(model, folder.path("model.keras"), fault_point="final_model_save")
         if config.export:
-            classifier = config.method in ("ce", "linear")
+            classifier = export.served_classifier(model) is not None  # ce, linear, supcon with --ce_weight
             export.export_model(
                 model, folder.path("saved_model"), overwrite=True, class_names=stage.class_names if classifier else None
             )

@@ -59,6 +59,12 @@ class RunConfig:
     data_dir: str | None = _field(
         None, "TFDS data_dir, or the image-folder root holding train/<class>/ and test/<class>/."
     )
+    labels_file: str | None = _field(
+        None,
+        "dataset folder, method supcon: a .csv or .jsonl file of multi-hot or continuous labels (path relative to "
+        "--data_dir, then its class names or its value; docs/losses.md) that replaces the class sub-folders: a "
+        "split's images are the rows whose path starts with train/ or test/.",
+    )
     # required for "folder"; known for the others
     num_classes: int | None = _field(None, "Number of classes (folders: default = number of class sub-folders).")
     image_size: int = _field(16, "Square training/eval image size in pixels.")
@@ -319,6 +325,7 @@ class RunConfig:
                 raise ValueError(f"`num_classes` must be >= 2, received: num_classes={self.num_classes}")
         if self.strategy == "tpu" and self.tpu is None:
             raise ValueError("`tpu` must name the TPU ('local' on a TPU VM) for strategy='tpu', received: None")
+        self._check_labels_file()
         from supcon_tf.models.supcon import check_ce_weight  # the model's own rule, shared with SupConModel
 
         check_ce_weight(self.ce_weight, self.method)
@@ -357,6 +364,36 @@ class RunConfig:
                     "`sampler`='class_balanced' holds the training set in memory: not for imagenet2012, "
                     "received: sampler='class_balanced' with dataset='imagenet2012'"
                 )
+
+    def _check_labels_file(self):
+        """A labels file (multi-hot or continuous labels of an image folder): its form, and what it cannot feed."""
+        if self.labels_file is None:
+            return
+        path = self.labels_file
+        if not isinstance(path, str) or not path.endswith((".csv", ".jsonl")):
+            raise ValueError(f"`labels_file` must be a .csv or .jsonl file, received: labels_file={path!r}")
+        if self.dataset != "folder":
+            raise ValueError(
+                f"`labels_file` labels an image folder (dataset 'folder'), received: labels_file={path!r} with "
+                f"dataset={self.dataset!r}"
+            )
+        if self.method != "supcon":
+            raise ValueError(
+                "`labels_file` gives supervised contrastive pre-training (method 'supcon') its multi-hot or "
+                f"continuous labels, received: labels_file={path!r} with method={self.method!r}"
+            )
+        for name, value, needs in (
+            ("online_eval", self.online_eval, "class ids"),
+            ("ce_weight", self.ce_weight > 0 if isinstance(self.ce_weight, (int, float)) else False, "class ids"),
+            ("sampler", self.sampler == "class_balanced", "class ids"),
+        ):
+            if value:
+                raise ValueError(
+                    f"`{name}` needs {needs}, which a labels file (multi-hot or continuous labels) does not give, "
+                    f"received: {name}={getattr(self, name)!r} with labels_file={path!r}"
+                )
+        if not os.path.isfile(path):
+            raise ValueError(f"`labels_file` does not exist: labels_file={path!r}")
 
     def _check_augment_on(self):
         """Device augmentation runs inside the train step, which XLA compiles whole (jit_compile, TPUs)."""

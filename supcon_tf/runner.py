@@ -60,7 +60,9 @@ def load_source(config, split):
 
     Image folders: the classes are the sub-folders of `<data_dir>/<split>`;
     an empty class folder, or fewer than two classes for a method that needs
-    labels (supcon, ce, linear), is a ValueError naming the folder.
+    labels (supcon, ce, linear), is a ValueError naming the folder. With
+    `labels_file`, the split's images are the file's rows under `<split>/`,
+    with float32 multi-hot or continuous labels (`data.load_labelled_images`).
     """
     if config.dataset == "digits":
         images, labels = data.load_digits(split)
@@ -77,6 +79,12 @@ def load_source(config, split):
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
+    if config.labels_file:  # the images a labels file lists, with its multi-hot or continuous labels
+        labelled = data.load_labelled_images(
+            config.data_dir, config.labels_file, split, image_size=config.image_size, channels=config.channels or 3
+        )
+        classes = None if labelled.class_names is None else len(labelled.class_names)
+        return labelled.dataset, labelled.num_examples, config.num_classes or classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
     root = os.path.join(config.data_dir, split)
     training_names = None if split == "train" else class_names(config)
@@ -97,13 +105,19 @@ def class_names(config):
     """The class names in id order, from the TRAINING split: every other split, the probe and exports use them.
 
     Digits: "0" ... "9". TFDS: the label feature's names. Image folders: the
-    sorted class sub-folders of `<data_dir>/train`.
+    sorted class sub-folders of `<data_dir>/train`; with a labels file, the
+    classes its train rows name (none for continuous labels).
     """
     if config.dataset == "digits":
         return [str(label) for label in range(data.DIGITS_NUM_CLASSES)]
     if config.dataset in TFDS_DATASETS:
         _, info = data.load_tfds(config.dataset, "train", data_dir=config.data_dir)
         return [str(name) for name in info.features["label"].names]
+    if config.labels_file:  # multi-hot: the classes the training rows use; continuous labels have none
+        labelled = data.load_labelled_images(
+            config.data_dir, config.labels_file, "train", image_size=config.image_size, channels=config.channels or 3
+        )
+        return list(labelled.class_names or [])
     root = os.path.join(config.data_dir, "train")
     return list(data.load_image_folder(root, image_size=config.image_size, channels=config.channels or 3)[1])
 
@@ -369,6 +383,8 @@ def _names_source(config):
         return "digits: the digit each class shows"
     if config.dataset in TFDS_DATASETS:
         return f"tfds {config.dataset}: the label feature's names"
+    if config.labels_file:
+        return f"labels file {config.labels_file}: the classes its train rows name, sorted"
     return f"image folder {os.path.join(config.data_dir, 'train')}: its class sub-folders, sorted"
 
 

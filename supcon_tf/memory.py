@@ -264,6 +264,10 @@ class MemoryQueue(keras.layers.Layer):
         Returns the new `filled` count.
         """
         features = tf.stop_gradient(tf.cast(features, self.features.dtype))
+        if features.shape.rank != 2 or (features.shape[-1] is not None and features.shape[-1] != self.dim):
+            raise ValueError(
+                f"`features` must be [n, {self.dim}], received: features with shape {features.shape}"
+            )
         labels = tf.convert_to_tensor(labels)
         if self.label_dtype == "int64" and not (labels.dtype.is_integer or labels.dtype.is_bool):
             raise ValueError(
@@ -271,10 +275,6 @@ class MemoryQueue(keras.layers.Layer):
                 f"{labels.dtype.name} (make the queue with label_dtype='float32' for continuous labels)"
             )
         labels = tf.cast(labels, self.labels.dtype)
-        if features.shape.rank != 2 or (features.shape[-1] is not None and features.shape[-1] != self.dim):
-            raise ValueError(
-                f"`features` must be [n, {self.dim}], received: features with shape {features.shape}"
-            )
         if labels.shape.rank != 1 + len(self.label_shape) or (
             self.label_shape and labels.shape[-1] is not None and labels.shape[-1] != self.label_shape[0]
         ):

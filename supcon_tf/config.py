@@ -386,6 +386,9 @@ class RunConfig:
             ("online_eval", self.online_eval, "class ids"),
             ("ce_weight", self.ce_weight > 0 if isinstance(self.ce_weight, (int, float)) else False, "class ids"),
             ("sampler", self.sampler == "class_balanced", "class ids"),
+            ("queue_size", self.queue_size > 0 if isinstance(self.queue_size, int) else False,
+             "class ids in SupConModel's queue (memory.MemoryQueue keeps float label rows; the model does not pass "
+             "them yet)"),
         ):
             if value:
                 raise ValueError(

@@ -83,6 +83,12 @@ def load_source(config, split):
         labelled = data.load_labelled_images(
             config.data_dir, config.labels_file, split, image_size=config.image_size, channels=config.channels or 3
         )
+        if labelled.kind == "value":  # float ids would make positives of equal floats only: say so, train nothing
+            raise ValueError(
+                f"labels file {config.labels_file} holds continuous values, which need a label kernel "
+                "(label_kernel='gaussian' of supcon_tf.losses); the binaries have no flag for it yet: use "
+                "multi-hot labels (path,labels) here"
+            )
         classes = None if labelled.class_names is None else len(labelled.class_names)
         return labelled.dataset, labelled.num_examples, config.num_classes or classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.

@@ -115,6 +115,7 @@ def test_a_split_without_rows_and_a_missing_file_are_refused(tmp_path):
         (dict(online_eval=True), "online_eval"),
         (dict(ce_weight=0.5), "ce_weight"),
         (dict(sampler="class_balanced", samples_per_class=2, batch_size=4), "sampler"),
+        (dict(queue_size=8), "queue_size"),
         (dict(labels_file="{tmp}/none.csv"), "does not exist"),
         (dict(labels_file="{tmp}/labels.txt"), ".csv or .jsonl"),
     ],
@@ -158,3 +159,14 @@ def test_pretrain_on_a_multi_hot_labels_file(tmp_path):
     model_dir, _ = _pretrain_on_labels_file(tmp_path, MULTI_HOT_CSV, "labels.csv")
     assert json.load(open(model_dir / "classes.json"))["class_names"] == ["2", "10", "cat", "dog"]
     assert json.load(open(model_dir / "config.json"))["labels_file"].endswith("labels.csv")
+
+
+def test_pretrain_refuses_continuous_labels_until_a_kernel_flag_exists(tmp_path):
+    root = _folder(tmp_path / "images")
+    labels_file = _write(tmp_path / "values.csv", "path,value\ntrain/img_0.png,1.5\ntest/img_0.png,2\n")
+    model_dir = tmp_path / "run"
+    result = run_binary_in_process(
+        "pretrain", "--dataset=folder", f"--data_dir={root}", f"--labels_file={labels_file}",
+        f"--model_dir={model_dir}", "--batch_size=1", "--image_size=8",
+    )
+    assert_refused(result, model_dir, "holds continuous values, which need a label kernel")

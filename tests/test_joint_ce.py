@@ -79,6 +79,38 @@ def test_the_ce_gradient_reaches_the_encoder_and_the_head_trains():
     assert set(map(id, joint.ce_head.trainable_variables)) <= set(map(id, joint.contrastive_variables))
 
 
+@pytest.mark.slow  # ~18 s on 2 shared cores
+def test_two_replicas_give_the_one_device_joint_loss_and_step():
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs two logical CPU devices (configured in conftest.py)")
+    from supcon_tf import distribute
+
+    rng = np.random.default_rng(3)
+    views = rng.random((16, 2, 8, 8, 1)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2, 1, 0, 0, 0, 1, 2], np.int32)
+    weights = np.linspace(0.5, 1.5, 16).astype(np.float32)  # unequal sums per replica: the global mean is exact
+
+    def run(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(5)
+            model = models.SupConModel(
+                encoders.build_encoder("small_cnn", (8, 8, 1), width=0.25, synchronized_bn=True),
+                layers.ProjectionHead((16,), 8), ce_weight=0.5, ce_classes=3,
+            )
+            model.compile(optimizer=keras.optimizers.SGD(0.5))
+        dataset = tf.data.Dataset.from_tensor_slices((views, labels, weights)).batch(8, drop_remainder=True)
+        history = model.fit(dataset, epochs=1, shuffle=False, verbose=0).history
+        return model, history
+
+    single, single_logs = run(tf.distribute.get_strategy())
+    mirrored, mirrored_logs = run(distribute.get_strategy("mirrored", devices=[d.name for d in cpus[:2]]))
+    for name in ("loss", "ce_loss", "ce_top1"):
+        np.testing.assert_allclose(mirrored_logs[name], single_logs[name], rtol=1e-5, err_msg=name)
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
 def test_joint_model_saves_and_serves_its_head_as_a_classifier(tmp_path):
     views, labels = _batch()
     model = _model()

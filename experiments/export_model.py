@@ -4,8 +4,9 @@ r"""Exports a trained model (.keras) as a SavedModel with named serving signatur
     saved_model_cli show --dir exported/digits_encoder --all
 
 A SupConModel (or a bare encoder) gives the encoder signatures (embedding,
-representation); a LinearProbe / CrossEntropyModel gives the classifier
-signatures (logits, probabilities, embedding). When a classifier's model file
+representation); a LinearProbe / CrossEntropyModel, or a SupConModel trained
+with the joint CE head (--ce_weight), gives the classifier signatures
+(logits, probabilities, embedding). When a classifier's model file
 has a classes.json next to it (a run folder's: `{"class_names": [names in id
 order], ...}`), the export also returns each image's "class_name" and keeps
 the names (`supcon_tf.export.saved_model_class_names`); a classes.json whose
@@ -47,12 +48,13 @@ def main():
     import keras
 
     import supcon_tf  # noqa: F401  (registers the model classes)
-    from supcon_tf import export, models
+    from supcon_tf import export
 
     model = keras.saving.load_model(config.model, compile=False)
     class_names = None
-    if isinstance(model, (models.LinearProbe, models.CrossEntropyModel)):
-        class_names = _class_names_next_to(config.model, model.num_classes, export)
+    classifier = export.served_classifier(model)  # also a SupConModel's joint CE head (--ce_weight)
+    if classifier is not None:
+        class_names = _class_names_next_to(config.model, classifier.num_classes, export)
     path = export.export_model(model, config.output, overwrite=config.overwrite, class_names=class_names)
     named = "" if class_names is None else f" with the {len(class_names)} class names of {_classes_json(config.model)}"
     print(f"exported {type(model).__name__}{named} to {path}; inspect with: saved_model_cli show --dir {path} --all")

@@ -56,6 +56,12 @@ class DataConfig:
     data_dir: str | None = _field(
         None, "TFDS data_dir, or the image-folder root holding train/<class>/ and test/<class>/."
     )
+    labels_file: str | None = _field(
+        None,
+        "dataset folder, method supcon: a .csv or .jsonl file of multi-hot or continuous labels (path relative to "
+        "--data_dir, then its class names or its value; docs/losses.md) that replaces the class sub-folders: a "
+        "split's images are the rows whose path starts with train/ or test/.",
+    )
     num_classes: int | None = _field(None, "Number of classes (folders: default = number of class sub-folders).")
     image_size: int = _field(16, "Square training/eval image size in pixels.")
     channels: int | None = _field(None, "Image folders: decode to 1 (grayscale) or 3 (RGB) channels (default 3).")
@@ -132,6 +138,12 @@ class ModelConfig:
     head_hidden: int = _field(128, "Projection head hidden width (0: linear head).")
     embedding_dim: int = _field(64, "Projection (embedding) dimension.")
     synchronized_bn: bool = _field(False, "Cross-replica BatchNormalization.")
+    ce_weight: float = _field(
+        0.0,
+        "supcon: train a linear cross-entropy head on the representation of every view at the same time, loss = "
+        "supcon + ce_weight x CE (its gradient reaches the encoder; logs ce_loss, ce_top1); the export is then a "
+        "classifier (encoder + this head), no linear probe needed; 0: off.",
+    )
     queue_size: int = _field(
         0, "Memory queue: contrast every anchor also with the last N embeddings (and labels) of earlier steps; 0: off."
     )
@@ -474,6 +486,10 @@ class RunConfig:
                 f"`queue_size` is for supcon / simclr pre-training, received: queue_size={model.queue_size} "
                 f"with method={self.method!r}"
             )
+        from supcon_tf.models.supcon import check_ce_weight  # the model's own rule, shared with SupConModel
+
+        check_ce_weight(model.ce_weight, self.method)
+        self._check_labels_file()
         self._check_loss_options()
         self._check_sampler()
         self._check_augment_on()
@@ -488,7 +504,7 @@ class RunConfig:
                 f"method={self.method!r}"
             )
         label_kinds = [(n, v) for n, v in named if n != "denominator"]  # read multi-hot or continuous labels
-        if label_kinds:
+        if label_kinds and self.data.labels_file is None:
             name, value = label_kinds[0]
             kind = "continuous label values" if name == "label_kernel" else "multi-hot labels"
             raise ValueError(
@@ -515,6 +531,37 @@ class RunConfig:
                 f"`online_eval` trains a class-id classifier, received: online_eval=True with "
                 f"{label_kinds[0][0]}={label_kinds[0][1]!r}"
             )
+
+    def _check_labels_file(self):
+        """A labels file (multi-hot or continuous labels of an image folder): its form, and what it cannot feed."""
+        path = self.data.labels_file
+        if path is None:
+            return
+        if not isinstance(path, str) or not path.endswith((".csv", ".jsonl")):
+            raise ValueError(f"`labels_file` must be a .csv or .jsonl file, received: labels_file={path!r}")
+        if self.data.dataset != "folder":
+            raise ValueError(
+                f"`labels_file` labels an image folder (dataset 'folder'), received: labels_file={path!r} with "
+                f"dataset={self.data.dataset!r}"
+            )
+        if self.method != "supcon":
+            raise ValueError(
+                "`labels_file` gives supervised contrastive pre-training (method 'supcon') its multi-hot or "
+                f"continuous labels, received: labels_file={path!r} with method={self.method!r}"
+            )
+        for name, used in (
+            ("online_eval", self.evaluation.online_eval),
+            ("ce_weight", self.model.ce_weight > 0),
+            ("sampler", self.data.sampler == "class_balanced"),
+            ("prototypes", self.model.prototypes),
+        ):
+            if used:
+                raise ValueError(
+                    f"`{name}` needs class ids, which a labels file (multi-hot or continuous labels) does not give, "
+                    f"received: {name}={self.setting(name)!r} with labels_file={path!r}"
+                )
+        if not os.path.isfile(path):
+            raise ValueError(f"`labels_file` does not exist: labels_file={path!r}")
 
     def _check_sampler(self):
         data, batch_size = self.data, self.optim.batch_size

@@ -80,7 +80,9 @@ def load_source(config, split):
 
     Image folders: the classes are the sub-folders of `<data_dir>/<split>`;
     an empty class folder, or fewer than two classes for a method that needs
-    labels (supcon, ce, linear), is a ValueError naming the folder.
+    labels (supcon, ce, linear), is a ValueError naming the folder. With
+    `labels_file`, the split's images are the file's rows under `<split>/`,
+    with float32 multi-hot or continuous labels (`data.load_labelled_images`).
     """
     if config.data.dataset == "digits":
         images, labels = data.load_digits(split)
@@ -97,6 +99,18 @@ def load_source(config, split):
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
+    if config.data.labels_file:  # the images a labels file lists, with its multi-hot or continuous labels
+        labelled = data.load_labelled_images(
+            config.data.data_dir, config.data.labels_file, split, image_size=config.data.image_size, channels=config.data.channels or 3
+        )
+        if labelled.kind == "value":  # float ids would make positives of equal floats only: say so, train nothing
+            raise ValueError(
+                f"labels file {config.data.labels_file} holds continuous values, which need a label kernel "
+                "(label_kernel='gaussian' of supcon_tf.losses); the binaries have no flag for it yet: use "
+                "multi-hot labels (path,labels) here"
+            )
+        classes = None if labelled.class_names is None else len(labelled.class_names)
+        return labelled.dataset, labelled.num_examples, config.data.num_classes or classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
     root = os.path.join(config.data.data_dir, split)
     training_names = None if split == "train" else class_names(config)
@@ -117,13 +131,19 @@ def class_names(config):
     """The class names in id order, from the TRAINING split: every other split, the probe and exports use them.
 
     Digits: "0" ... "9". TFDS: the label feature's names. Image folders: the
-    sorted class sub-folders of `<data_dir>/train`.
+    sorted class sub-folders of `<data_dir>/train`; with a labels file, the
+    classes its train rows name (none for continuous labels).
     """
     if config.data.dataset == "digits":
         return [str(label) for label in range(data.DIGITS_NUM_CLASSES)]
     if config.data.dataset in TFDS_DATASETS:
         _, info = data.load_tfds(config.data.dataset, "train", data_dir=config.data.data_dir)
         return [str(name) for name in info.features["label"].names]
+    if config.data.labels_file:  # multi-hot: the classes the training rows use; continuous labels have none
+        labelled = data.load_labelled_images(
+            config.data.data_dir, config.data.labels_file, "train", image_size=config.data.image_size, channels=config.data.channels or 3
+        )
+        return list(labelled.class_names or [])
     root = os.path.join(config.data.data_dir, "train")
     return list(data.load_image_folder(root, image_size=config.data.image_size, channels=config.data.channels or 3)[1])
 
@@ -338,6 +358,8 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
             online_eval_classes=num_classes if config.evaluation.online_eval else None,
             prototype_classes=num_classes if config.model.prototypes else None,
             contrast_metrics=config.evaluation.online_eval,
+            ce_weight=config.model.ce_weight,
+            ce_classes=num_classes if config.model.ce_weight > 0 else None,
         )
     elif config.method == "ce":
         model = models.CrossEntropyModel(build_encoder(config, image_shape), num_classes)
@@ -383,6 +405,8 @@ def _names_source(config):
         return "digits: the digit each class shows"
     if config.data.dataset in TFDS_DATASETS:
         return f"tfds {config.data.dataset}: the label feature's names"
+    if config.data.labels_file:
+        return f"labels file {config.data.labels_file}: the classes its train rows name, sorted"
     return f"image folder {os.path.join(config.data.data_dir, 'train')}: its class sub-folders, sorted"
 
 
@@ -571,7 +595,7 @@ def _finish(config, folder, stage, trainer, history_logs, restarts):
     if checkpointing.is_chief():
         checkpointing.save_model_atomically(model, folder.path("model.keras"), fault_point="final_model_save")
         if config.runtime.export:
-            classifier = config.method in ("ce", "linear")
+            classifier = export.served_classifier(model) is not None  # ce, linear, supcon with --ce_weight
             export.export_model(
                 model, folder.path("saved_model"), overwrite=True, class_names=stage.class_names if classifier else None
             )

@@ -30,7 +30,8 @@ their helpers inside `pipelines`, so patch those there (a test that patches
 `runner` does).
 """
 
-from supcon_tf.data import pipelines, sources
+from supcon_tf.data import labels_file, pipelines, sources
+from supcon_tf.data.labels_file import LABELS_FILE_SUFFIXES, LabelledImages, load_labelled_images, read_labels_file
 from supcon_tf.data.pipelines import (
     AUGMENT_ON,
     augment_views,
@@ -55,4 +56,4 @@ from supcon_tf.data.sources import (
     load_tfds,
 )
 
-__all__ = [*sources.__all__, *pipelines.__all__]
+__all__ = [*sources.__all__, *labels_file.__all__, *pipelines.__all__]

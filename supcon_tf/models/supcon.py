@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import keras
 import tensorflow as tf
@@ -34,10 +35,28 @@ COLLAPSE_TOLERANCE = 0.01
 # SupConModel's constructor arguments besides encoder and head, in order (attributes and `get_config` keys).
 _SUPCON_OPTIONS = (
     "method", "loss_config", "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum",
-    "online_eval_classes", "prototype_classes", "contrast_metrics", "collapse_metrics",
+    "online_eval_classes", "prototype_classes", "contrast_metrics", "collapse_metrics", "ce_weight", "ce_classes",
 )
 # The loss options a model saved before `loss_config` existed kept as constructor arguments of their own.
 _LEGACY_LOSS_KEYS = ("temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap")
+
+
+def check_ce_weight(ce_weight, method):
+    """The joint objective's weight w of `loss = supcon + w * CE`, as a float; ValueError naming it otherwise.
+
+    w must be a finite number >= 0 (0: no joint objective); w > 0 needs method "supcon" (SimCLR has no labels to
+    classify). `RunConfig` and `SupConModel` both check through here.
+    """
+    if isinstance(ce_weight, bool) or not isinstance(ce_weight, (int, float)) or not math.isfinite(ce_weight) or (
+        ce_weight < 0
+    ):
+        raise ValueError(f"`ce_weight` must be a finite number >= 0, received: ce_weight={ce_weight!r}")
+    if ce_weight > 0 and method != "supcon":
+        raise ValueError(
+            "`ce_weight` adds a cross-entropy head to supervised contrastive pre-training (method 'supcon'), "
+            f"received: ce_weight={ce_weight!r} with method={method!r}"
+        )
+    return float(ce_weight)
 
 
 def _checked_loss_config(loss_config, method):
@@ -59,7 +78,8 @@ def _checked_loss_config(loss_config, method):
 
 
 def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum,
-                            online_eval_classes, prototype_classes, contrast_metrics, collapse_metrics):
+                            online_eval_classes, prototype_classes, contrast_metrics, collapse_metrics, ce_weight,
+                            ce_classes):
     """SupConModel's options after its argument checks (a ValueError naming the argument), as `{name: value}`."""
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
@@ -94,11 +114,20 @@ def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queu
         raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
     if not isinstance(collapse_metrics, bool):
         raise ValueError(f"`collapse_metrics` must be a bool, received: collapse_metrics={collapse_metrics!r}")
+    ce_weight = check_ce_weight(ce_weight, method)
+    if ce_weight > 0:
+        if ce_classes is None:
+            raise ValueError(f"`ce_classes` (the CE head's classes, >= 2) is needed with ce_weight={ce_weight!r}")
+        check_num_classes(ce_classes)
+        ce_classes = int(ce_classes)
+    elif ce_classes is not None:
+        raise ValueError(f"`ce_classes` needs ce_weight > 0, received: ce_classes={ce_classes!r} with ce_weight=0")
     return dict(
         method=method, loss_config=loss_config, cross_replica=cross_replica, queue_size=int(queue_size),
         queue_warmup_steps=int(queue_warmup_steps), key_momentum=key_momentum,
         online_eval_classes=online_eval_classes, prototype_classes=prototype_classes,
-        contrast_metrics=contrast_metrics, collapse_metrics=collapse_metrics,
+        contrast_metrics=contrast_metrics, collapse_metrics=collapse_metrics, ce_weight=ce_weight,
+        ce_classes=ce_classes,
     )
 
 
@@ -132,6 +161,35 @@ def _online_outputs(classifier, representation, labels, num_views):
     targets = tf.repeat(tf.cast(labels, tf.int32), num_views)
     loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
     return targets, logits, loss
+
+
+def _joint_ce_outputs(ce_head, representation, labels, num_views, sample_weight=None):
+    """The joint objective's CE on the representation of every view: `(targets, logits, replica_share, global_mean)`.
+
+    Every view is an augmented training image, as a CE baseline's input is,
+    so each of the `local_batch x views` representations (sample-major, with
+    its sample's label) is one CE term; with `sample_weight`, each term
+    weighted by its sample's weight. The mean is over the GLOBAL batch's
+    terms (`distribute.cross_replica_mean`): `replica_share` carries the
+    gradient (into the head and the encoder: no stop-gradient), `global_mean`
+    is for logging.
+    """
+    if labels is None:
+        raise ValueError("The joint CE head (ce_weight > 0) needs labels: feed (views, labels) pairs")
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank != 1 or not labels.dtype.is_integer:
+        raise ValueError(
+            "The joint CE head (ce_weight > 0) needs [batch] integer class ids, received: labels with shape "
+            f"{labels.shape} and dtype {labels.dtype.name}"
+        )
+    logits = ce_head(representation)
+    targets = tf.repeat(tf.cast(labels, tf.int32), num_views)
+    per_view = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    weight = tf.ones_like(per_view)
+    if sample_weight is not None:
+        weight = tf.repeat(tf.cast(tf.reshape(sample_weight, [-1]), per_view.dtype), num_views)
+    share, global_mean = distribute.cross_replica_mean(tf.reduce_sum(per_view * weight), tf.reduce_sum(weight))
+    return targets, logits, share, global_mean
 
 
 def _contrast_statistics(embeddings, labels, temperature):
@@ -266,6 +324,19 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         step (function `collapse_share`). Both come from what the step
         computes anyway (no extra `[N, N]` matrix);
         `resilience.CollapseMonitor` watches `mean_cosine`.
+      ce_weight: w >= 0 (default 0: off). w > 0 trains a linear
+        classification head (`model.ce_head`, `Dense(ce_classes)`) at the
+        same time, on the representation r of every view: the loss is
+        `supcon + w * CE`, CE the mean cross-entropy over the global batch's
+        `batch x views` views (each with its sample's label; weighted by
+        `sample_weight` like the anchors). Unlike the online classifier, the
+        CE gradient reaches the encoder, and the head is trained by the main
+        optimizer. Logs `ce_loss` (the mean CE) and `ce_top1`. The head is
+        the final classifier: `joint_classifier()` (and `export.export_model`)
+        give encoder + head as a `CrossEntropyModel`. Method "supcon" only;
+        needs `[batch]` int labels.
+      ce_classes: the CE head's number of classes C >= 2; required with
+        `ce_weight > 0`, refused without.
       **kwargs: forwarded to `keras.Model`.
 
     `model(images)` returns `{REPRESENTATION: [batch, rep_dim], EMBEDDING: [batch, dim]}`.
@@ -273,7 +344,8 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
     Data: `(views, labels)` or `(views, labels, sample_weight)`, views
     `[batch, views, H, W, C]`, labels `[batch]` int (ignored for SimCLR), e.g.
     `data.make_multiview_dataset`. The logged `loss` is the global-batch loss
-    (with the queue once in use) plus regularisation losses; `evaluate`
+    (with the queue once in use), plus `ce_weight x ce_loss` with the joint
+    CE head, plus regularisation losses; `evaluate`
     neither reads nor writes the queue. With a policy set
     (`set_view_augmentation`), the views may instead come as `(images,
     view_seeds)` (`data.make_multiview_dataset(..., augment_on="device")`):
@@ -304,7 +376,7 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
 
     def __init__(self, encoder, head, method="supcon", loss_config=None, cross_replica=True, queue_size=0,
                  queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, prototype_classes=None,
-                 contrast_metrics=False, collapse_metrics=True, **kwargs):
+                 contrast_metrics=False, collapse_metrics=True, ce_weight=0.0, ce_classes=None, **kwargs):
         given = sorted(set(kwargs) & {field.name for field in dataclasses.fields(losses_lib.LossConfig)})
         if given:
             raise ValueError(
@@ -317,7 +389,7 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         self.encoder, self.head = encoder, head
         options = _checked_supcon_options(
             method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes,
-            prototype_classes, contrast_metrics, collapse_metrics,
+            prototype_classes, contrast_metrics, collapse_metrics, ce_weight, ce_classes,
         )
         for name in _SUPCON_OPTIONS:  # method, loss_config, ..., collapse_metrics
             setattr(self, name, options[name])
@@ -342,6 +414,11 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         if self.online_classifier is not None:
             self._trackers["online_top1"] = keras.metrics.SparseCategoricalAccuracy(name="online_top1")
+        self.ce_head = None
+        if self.ce_weight > 0:
+            self.ce_head = keras.layers.Dense(self.ce_classes, name="ce_head", dtype="float32")
+            self._trackers["ce_loss"] = keras.metrics.Mean(name="ce_loss")
+            self._trackers["ce_top1"] = keras.metrics.SparseCategoricalAccuracy(name="ce_top1")
         build_from_encoder(self)
 
     def compile(self, optimizer="sgd", online_optimizer=None, **kwargs):
@@ -381,9 +458,12 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
 
     @property
     def contrastive_variables(self):
-        """The variables the contrastive loss trains: encoder and projection head (not the online classifier)."""
+        """The variables the model's loss trains with the main optimizer: encoder, projection head, the class
+        centres (`prototype_classes`) and, with `ce_weight > 0`, the joint CE head (never the online classifier,
+        which has its own optimizer)."""
         variables = self.encoder.trainable_variables + self.head.trainable_variables
-        return variables + ([self.prototypes] if self.prototypes is not None else [])
+        variables += [self.prototypes] if self.prototypes is not None else []
+        return variables + ([] if self.ce_head is None else self.ce_head.trainable_variables)
 
     def build(self, input_shape):
         if not self.encoder.built:
@@ -393,6 +473,8 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
             self.head.build((None, rep_dim))
         if self.online_classifier is not None and not self.online_classifier.built:
             self.online_classifier.build((None, rep_dim))
+        if self.ce_head is not None and not self.ce_head.built:
+            self.ce_head.build((None, rep_dim))
         embedding_dim = self.head.compute_output_shape((None, rep_dim))[-1]
         if self.prototype_classes is not None and self.prototypes is None:
             self.prototypes = self.add_weight(
@@ -471,6 +553,31 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
             loss, count = loss * weight, count * weight
         return (*distribute.cross_replica_mean(tf.reduce_sum(loss), tf.reduce_sum(count)), share)
 
+    def compute_ce_loss(self, representation, labels, sample_weight=None):
+        """The joint objective's CE term (`ce_weight > 0`): `(replica_share, global_mean)`, unweighted by w.
+
+        `representation`: `[local_batch * views, rep_dim]`, sample-major (`embed_views(...,
+        return_representation=True)`); `labels`: `[local_batch]` int; `sample_weight`: optional `[local_batch]`.
+        The model's loss adds `ce_weight` times it to the contrastive loss.
+        """
+        if self.ce_head is None:
+            raise ValueError("`compute_ce_loss` needs the joint CE head: construct the model with ce_weight > 0")
+        num_views = tf.shape(representation)[0] // tf.shape(labels)[0]
+        return _joint_ce_outputs(self.ce_head, representation, labels, num_views, sample_weight)[2:]
+
+    def joint_classifier(self):
+        """The joint objective's final classifier: a `CrossEntropyModel` of this encoder (shared, not copied) and a
+        copy of the CE head's weights, for `evaluate`, `predict` and `export.export_classifier`."""
+        if self.ce_head is None:
+            raise ValueError("`joint_classifier` needs the joint CE head: construct the model with ce_weight > 0")
+        from supcon_tf.models.classifiers import CrossEntropyModel
+
+        classifier = CrossEntropyModel(self.encoder, self.ce_classes, name=f"{self.name}_classifier")
+        if not classifier.classifier.built:
+            classifier.classifier.build((None, encoder_output_dim(self.encoder)))
+        classifier.classifier.set_weights(self.ce_head.get_weights())
+        return classifier
+
     def _unpack(self, data):
         inputs, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         views = self._views_of(inputs)  # (images, view_seeds) batches: the views, made here (set_view_augmentation)
@@ -493,6 +600,11 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
             embeddings, representation = self.embed_views(views, training=True, return_representation=True)
             use_queue = self.memory is not None
             loss, global_loss, share = self._contrastive_loss(embeddings, labels, use_queue, sample_weight)
+            joint = None
+            if self.ce_head is not None:  # supcon + w * CE, the CE's gradient reaching the encoder
+                joint = _joint_ce_outputs(self.ce_head, representation, labels, tf.shape(views)[1], sample_weight)
+                loss += self.ce_weight * joint[2]
+                global_loss += self.ce_weight * joint[3]
             regularization = self._regularization_loss()
             # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
             scaled_loss = self.optimizer.scale_loss(loss + regularization)
@@ -506,20 +618,24 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         if self.memory is not None:  # after the optimizer step (the queue was read above, before this write)
             self.memory.update(embeddings, views, labels if self.method == "supcon" else None)
         return self._logs(
-            global_loss + regularization * distribute.num_replicas_in_sync(), embeddings, labels, online, share
+            global_loss + regularization * distribute.num_replicas_in_sync(), embeddings, labels, online, share, joint
         )
 
     def test_step(self, data):
         views, labels, sample_weight = self._unpack(data)
         embeddings, representation = self.embed_views(views, training=False, return_representation=True)
         _, global_loss, share = self._contrastive_loss(embeddings, labels, sample_weight=sample_weight)
+        joint = None
+        if self.ce_head is not None:
+            joint = _joint_ce_outputs(self.ce_head, representation, labels, tf.shape(views)[1], sample_weight)
+            global_loss += self.ce_weight * joint[3]
         online = None
         if self.online_classifier is not None:
             online = _online_outputs(self.online_classifier, representation, labels, tf.shape(views)[1])
         loss = global_loss + self._regularization_loss() * distribute.num_replicas_in_sync()
-        return self._logs(loss, embeddings, labels, online, share)
+        return self._logs(loss, embeddings, labels, online, share, joint)
 
-    def _logs(self, loss, embeddings, labels, online, share=None):
+    def _logs(self, loss, embeddings, labels, online, share=None, joint=None):
         """Updates the metric trackers with the step's loss and (unweighted) statistics; returns the logs."""
         self._trackers["loss"].update_state(loss)
         if self.collapse_metrics:
@@ -535,6 +651,10 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
             targets, logits, online_loss = online
             self._trackers["online_loss"].update_state(online_loss)
             self._trackers["online_top1"].update_state(targets, logits)
+        if joint is not None:
+            targets, logits, _, ce_loss = joint
+            self._trackers["ce_loss"].update_state(ce_loss)
+            self._trackers["ce_top1"].update_state(targets, logits)
         return self._finalize_logs({m.name: m.result() for m in self.metrics})
 
     def get_config(self):

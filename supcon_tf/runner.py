@@ -75,6 +75,27 @@ def build_strategy(config, cluster_resolver=None):
     return strategy
 
 
+def _check_labels_kind(config, kind):
+    """A labels file's kind ("labels": multi-hot, "value": continuous) against the loss options that read it."""
+    path, loss = config.data.labels_file, config.loss
+    if kind == "value" and loss.label_kernel is None:  # float ids would make positives of equal values only
+        raise ValueError(
+            f"`labels_file` {path} holds continuous values, which need a label kernel: add --label_kernel gaussian "
+            "--kernel_bandwidth B (B in label units), received: label_kernel=None"
+        )
+    if kind == "labels" and loss.label_kernel is not None:
+        raise ValueError(
+            f"`label_kernel`={loss.label_kernel!r} reads continuous values, but `labels_file` {path} holds class names "
+            "(multi-hot): use --positive_weighting jaccard or --multi_label per_label, or a path,value file"
+        )
+    named = loss.positive_weighting or loss.multi_label
+    if kind == "value" and named:
+        raise ValueError(
+            f"positive_weighting / multi_label read multi-hot labels, but `labels_file` {path} holds continuous "
+            f"values, received: positive_weighting={loss.positive_weighting!r}, multi_label={loss.multi_label!r}"
+        )
+
+
 def load_source(config, split):
     """`(dataset of (uint8 [H, W, C], int32 label), num_examples or None, num_classes)` for `split`.
 
@@ -103,12 +124,7 @@ def load_source(config, split):
         labelled = data.load_labelled_images(
             config.data.data_dir, config.data.labels_file, split, image_size=config.data.image_size, channels=config.data.channels or 3
         )
-        if labelled.kind == "value":  # float ids would make positives of equal floats only: say so, train nothing
-            raise ValueError(
-                f"labels file {config.data.labels_file} holds continuous values, which need a label kernel "
-                "(label_kernel='gaussian' of supcon_tf.losses); the binaries have no flag for it yet: use "
-                "multi-hot labels (path,labels) here"
-            )
+        _check_labels_kind(config, labelled.kind)
         classes = None if labelled.class_names is None else len(labelled.class_names)
         return labelled.dataset, labelled.num_examples, config.data.num_classes or classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.

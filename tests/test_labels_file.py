@@ -161,12 +161,35 @@ def test_pretrain_on_a_multi_hot_labels_file(tmp_path):
     assert json.load(open(model_dir / "config.json"))["labels_file"].endswith("labels.csv")
 
 
-def test_pretrain_refuses_continuous_labels_until_a_kernel_flag_exists(tmp_path):
+VALUES_CSV = "path,value\n" + "".join(f"{split}/img_{i}.png,{1.5 * i}\n" for split in ("train", "test") for i in range(4))
+
+
+@pytest.mark.parametrize("labels_text, name, flags, match", [
+    (VALUES_CSV, "values.csv", (), "holds continuous values, which need a label kernel: add --label_kernel gaussian"),
+    (MULTI_HOT_CSV, "labels.csv", ("--label_kernel=gaussian", "--kernel_bandwidth=1"), "holds class names"),
+    (VALUES_CSV, "values.csv", ("--label_kernel=gaussian", "--kernel_bandwidth=1", "--positive_weighting=jaccard"),
+     "Give at most one of"),
+])
+def test_pretrain_refuses_a_labels_file_the_loss_options_cannot_read(tmp_path, labels_text, name, flags, match):
     root = _folder(tmp_path / "images")
-    labels_file = _write(tmp_path / "values.csv", "path,value\ntrain/img_0.png,1.5\ntest/img_0.png,2\n")
+    labels_file = _write(tmp_path / name, labels_text)
     model_dir = tmp_path / "run"
     result = run_binary_in_process(
         "pretrain", "--dataset=folder", f"--data_dir={root}", f"--labels_file={labels_file}",
-        f"--model_dir={model_dir}", "--batch_size=1", "--image_size=8",
+        f"--model_dir={model_dir}", "--batch_size=2", "--image_size=8", *flags,
     )
-    assert_refused(result, model_dir, "holds continuous values, which need a label kernel")
+    assert_refused(result, model_dir, match)
+
+
+@pytest.mark.slow  # ~11 s each on 2 cores
+@pytest.mark.parametrize("labels_text, name, flags", [
+    (MULTI_HOT_CSV, "labels.csv", ("--positive_weighting=jaccard",)),
+    (MULTI_HOT_CSV, "labels.csv", ("--multi_label=per_label",)),
+    (VALUES_CSV, "values.csv", ("--label_kernel=gaussian", "--kernel_bandwidth=2.5")),
+], ids=["jaccard", "per_label", "gaussian"])
+def test_pretrain_on_a_labels_file_with_each_named_loss(tmp_path, labels_text, name, flags):
+    model_dir, _ = _pretrain_on_labels_file(tmp_path, labels_text, name, *flags)
+    config = json.load(open(model_dir / "config.json"))
+    for flag in flags:
+        key, value = flag[2:].split("=")
+        assert str(config[key]) == value or config[key] == float(value)

@@ -17,6 +17,7 @@ classes) runs before anything is written.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import time
 from typing import NamedTuple
@@ -157,16 +158,22 @@ def split_train_validation(config, fraction, seed):
     is_validation = draws < fraction
     flags = tf.data.Dataset.from_tensor_slices(is_validation)
 
-    def pick(want):
-        kept = tf.data.Dataset.zip((source, flags)).filter(lambda item, in_validation: tf.equal(in_validation, want))
-        return kept.map(lambda item, in_validation: item)
-
     num_validation = int(tf.reduce_sum(tf.cast(is_validation, tf.int32)))
     if not 0 < num_validation < size:
         raise ValueError(
             f"`validation_fraction` {fraction} leaves an empty split of the {size} training images; choose another"
         )
-    return TrainValidationSplit(pick(False), pick(True), size - num_validation, num_validation, num_classes)
+
+    def pick(want, count):
+        kept = tf.data.Dataset.zip((source, flags)).filter(lambda item, in_validation: tf.equal(in_validation, want))
+        # A filter's size is unknown to tf.data; stated, Keras knows where an evaluation ends (without it, it
+        # warns "Your input ran out of data" at the end of the first validation).
+        return kept.map(lambda item, in_validation: item).apply(tf.data.experimental.assert_cardinality(count))
+
+    return TrainValidationSplit(
+        pick(False, size - num_validation), pick(True, num_validation), size - num_validation, num_validation,
+        num_classes,
+    )
 
 
 def augmentation(config):
@@ -500,7 +507,8 @@ def _prepare(config):
             )
     else:
         train_source, num_train, num_classes = load_source(config, "train")
-    test_source = load_source(config, "test")[0] if config.evaluate_test else None
+    # Only classifiers are evaluated on the test split (pre-training never reads it).
+    test_source = load_source(config, "test")[0] if config.evaluate_test and config.method in ("ce", "linear") else None
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
 
@@ -559,6 +567,21 @@ def _finish(config, folder, stage, trainer, history_logs, restarts):
         folder.write_json("metrics.json", metrics, fault_point="metrics_write")
         folder.finish()
     return metrics
+
+
+def resume_line(epoch, step, weights_path, epochs, steps_per_epoch):
+    """The line a resumed run prints: where it continues (`epoch` 0-based, shown from 1 as Keras does) and the backup.
+
+    The backup's time is its weights file's modification time, local, to the second.
+    """
+    try:
+        written = datetime.datetime.fromtimestamp(os.path.getmtime(weights_path)).astimezone()
+        written = written.isoformat(sep=" ", timespec="seconds")
+    except OSError:
+        written = "an unknown time"
+    if epoch >= epochs:
+        return f"resuming after the last epoch ({epochs}): training is complete (backup written at {written})"
+    return f"resuming from epoch {epoch + 1} step {step} of {steps_per_epoch} (backup written at {written})"
 
 
 class _StageTrainer:
@@ -665,6 +688,10 @@ class _StageTrainer:
         config, epochs, steps = self.config, self.config.epochs, self.steps_per_epoch
         resumed = self.store.restore(self.model)
         epoch, step, meta = (resumed.epoch, resumed.step, resumed.meta) if resumed else (0, 0, {})
+        if step >= steps:  # an epoch's last step saved before its end (older versions): continue at the next epoch
+            epoch, step = epoch + 1, 0
+        if resumed is not None and checkpointing.is_chief():
+            print(resume_line(epoch, step, resumed.weights_path, epochs, steps), flush=True)
         if resumed is not None and checkpointing.is_chief():
             self.folder.record_resume(epoch, step, resumed.global_step)
         monitor = None
@@ -696,20 +723,25 @@ class _StageTrainer:
         with resilience.SignalWatcher() as signals, self._keeping_good_backups():
             for first_epoch, end_epoch, segment_steps, first_step, first_metrics in segments:
                 callbacks, backup = self._callbacks(signals, guard, monitor, first_step, first_metrics, clock)
-                self.model.fit(
-                    self.stream(first_epoch * steps + first_step),
-                    initial_epoch=first_epoch,
-                    epochs=end_epoch,
-                    steps_per_epoch=segment_steps,
-                    callbacks=callbacks,
-                    validation_data=self.validation,
-                    shuffle=False,  # the stream shuffles itself
-                    verbose=config.verbose,
-                )
+                try:
+                    self.model.fit(
+                        self.stream(first_epoch * steps + first_step),
+                        initial_epoch=first_epoch,
+                        epochs=end_epoch,
+                        steps_per_epoch=segment_steps,
+                        callbacks=callbacks,
+                        validation_data=self.validation,
+                        shuffle=False,  # the stream shuffles itself
+                        verbose=config.verbose,
+                    )
+                except BaseException:
+                    if config.verbose == 1:  # ends the progress bar's line: the error's line is its own
+                        print(flush=True)
+                    raise
                 logs = backup.epoch_logs or logs
                 if monitor is not None:
                     self.collapsed = monitor.collapsed or False
-            if signals.received is not None:  # a signal during the last epoch's end: training is complete
-                raise resilience.Interrupted(signals.received, epochs, 0)
+            if signals.received is not None:  # a signal after the last epoch's end: training is complete
+                raise resilience.Interrupted(signals.received, epochs - 1, steps)
         self.train_seconds = clock()
         return logs

@@ -80,18 +80,39 @@ def load_source(config, split):
         return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
     root = os.path.join(config.data_dir, split)
+    _check_folder_layout(config.data_dir, split)
     training_names = None if split == "train" else class_names(config)
     dataset, class_names_found = data.load_image_folder(
         root, image_size=config.image_size, channels=config.channels or 3, class_names=training_names
     )
     class_names_found = list(class_names_found)
     if len(class_names_found) < 2 and config.method != "simclr":
+        remedy = (
+            "use --method simclr for unlabelled images" if config.method == "supcon"
+            else "a classifier needs images of at least 2 classes"
+        )
         raise ValueError(
             f"image folder {root!r} has {len(class_names_found)} class folder ({', '.join(class_names_found)}): "
-            f"method {config.method!r} needs at least 2 classes (one sub-folder per class); use --method simclr "
-            "for unlabelled images"
+            f"method {config.method!r} needs at least 2 classes (one sub-folder per class); {remedy}"
         )
     return dataset, int(dataset.cardinality().numpy()), config.num_classes or len(class_names_found)
+
+
+FOLDER_LAYOUT = "DATA_DIR/train/<class>/*.png|jpg (and DATA_DIR/test/<class>/ for a classifier's test evaluation)"
+
+
+def _check_folder_layout(data_dir, split):
+    """A missing `data_dir`, one without its `split` folder: distinct FileNotFoundErrors with the expected layout."""
+    if not os.path.isdir(data_dir):
+        what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+        raise FileNotFoundError(f"`data_dir` {data_dir} {what}; an image folder dataset is laid out as {FOLDER_LAYOUT}")
+    if not os.path.isdir(os.path.join(data_dir, split)):
+        entries = sorted(os.listdir(data_dir))
+        holds = "is empty" if not entries else f"holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
+        raise FileNotFoundError(
+            f"`data_dir` {data_dir} has no {split}/ folder (it {holds}); an image folder dataset is laid out as "
+            f"{FOLDER_LAYOUT}"
+        )
 
 
 def class_names(config):

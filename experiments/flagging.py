@@ -433,7 +433,7 @@ def report_error(error):
     return outcome.status
 
 
-def absl_main(main_fn):
+def absl_main(main_fn, *, positional=None):
     """The `main(argv)` for `absl.app.run`: runs `main_fn()` and turns its errors into exit statuses.
 
     The statuses are those of `supcon_tf/errors.py`: 2 bad input (a
@@ -448,10 +448,13 @@ def absl_main(main_fn):
 
     def main(argv):
         set_run_folder(None)
-        if len(argv) > 1:
-            return fail(ValueError(f"unexpected positional arguments: {argv[1:]}"))
+        arguments = argv[1:]
+        if positional is None and arguments:
+            return fail(ValueError(f"unexpected positional arguments: {arguments}"))
+        if positional is not None and len(arguments) != 1:
+            return fail(ValueError(f"expected one positional argument {positional}, received: {arguments}"))
         try:
-            return main_fn()
+            return main_fn(*arguments)
         except (Exception, KeyboardInterrupt) as error:  # SystemExit passes: an exit status chosen already
             return report_error(error)
 
@@ -475,14 +478,16 @@ def quiet_python_logs():
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
-def run_binary(main_fn):
-    """`absl.app.run` of `main_fn()` (no arguments; flags already defined) with `absl_main`'s exit statuses.
+def run_binary(main_fn, *, positional=None):
+    """`absl.app.run` of `main_fn()` (flags already defined) with `absl_main`'s exit statuses.
 
+    `main_fn` takes no argument, or, with `positional` (its name for the
+    messages, e.g. "RUN"), the one positional argument of the command line.
     The process's logging is set first (`quiet_python_logs`).
     """
 
-    def main():
+    def main(*arguments):
         quiet_python_logs()
-        return main_fn()
+        return main_fn(*arguments)
 
-    app.run(absl_main(main), flags_parser=parse_flags)
+    app.run(absl_main(main, positional=positional), flags_parser=parse_flags)

@@ -341,7 +341,9 @@ class StepBackup(keras.callbacks.Callback):
       first_step: steps of the first epoch done before this `fit`.
       first_metrics: `metric_state` saved with the resumed state.
       signals: a `resilience.SignalWatcher`; on a signal, a backup is written
-        after the current step and `resilience.Interrupted` is raised.
+        after the current step and `resilience.Interrupted` is raised (after
+        the epoch's end when the step is the epoch's last: a state is never
+        "epoch e, all its steps done", which would resume with an empty epoch).
       meta: callable returning extra JSON-able metadata for each state.
       check_finite: refuse to save non-finite weights (raises
         `resilience.Diverged`), so the last good backup stays.
@@ -407,28 +409,37 @@ class StepBackup(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step, global_step = self.position(self._epoch, batch)
+        if step >= self.steps_per_epoch:  # the epoch's last step: a signal stops after its end (`on_epoch_end`)
+            return
         if self.signals is not None and self.signals.received is not None:
             self.save(self._epoch, step, global_step)
             raise resilience.Interrupted(self.signals.received, self._epoch, step)
-        if self.every_steps and global_step % self.every_steps == 0 and step < self.steps_per_epoch:
+        if self.every_steps and global_step % self.every_steps == 0:
             self.save(self._epoch, step, global_step)
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_logs = {k: float(v) for k, v in (logs or {}).items()}
         self.save(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch)
+        if self.signals is not None and self.signals.received is not None:  # after the epoch's row and backup
+            raise resilience.Interrupted(self.signals.received, epoch, self.steps_per_epoch)
 
 
 class RunCSVLogger(keras.callbacks.CSVLogger):
     """`keras.callbacks.CSVLogger` (append mode) with the `csv_append` fault point: a torn row, then a kill.
 
-    The runner drops the rows of epochs that will run again (and any torn
-    last line) before training resumes (`run_folder.RunFolder.truncate_log`).
+    The columns are the keys of the first epoch's logs: the `val_*` columns
+    only when there is validation (Keras' own logger adds a `val_` column per
+    metric in any case, all "NA" without validation). The runner drops the
+    rows of epochs that will run again (and any torn last line) before
+    training resumes (`run_folder.RunFolder.truncate_log`).
     """
 
     def __init__(self, filename):
         super().__init__(filename, append=True)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:
+            self.keys = sorted(logs or {})
         if self.csv_file is not None:
             resilience.faults().torn_write("csv_append", self.csv_file, f"{epoch},")
         super().on_epoch_end(epoch, logs)

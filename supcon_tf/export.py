@@ -335,7 +335,7 @@ def _check_destination(path, overwrite):
         raise FileExistsError(f"An export already exists at {path}; pass overwrite=True to replace it.")
     if not os.path.isdir(path) or (os.listdir(path) and not os.path.isfile(os.path.join(path, _SAVED_MODEL_FILE))):
         raise FileExistsError(
-            f"{path} exists and is not a SavedModel folder; refusing to replace it, even with overwrite=True."
+            f"{path} exists and is not a SavedModel folder; refusing to replace it, even to overwrite it."
         )
 
 

@@ -21,8 +21,9 @@ A training process stops early for these reasons, each an exception that
                  exit status 6. Without --stop_on_collapse the monitor
                  prints one warning line and training goes on.
 
-Epochs in these messages are 0-based, as in training_log.csv (Keras' progress
-bar shows epoch e as "Epoch e+1/...").
+Epochs in these messages count from 1, as Keras' progress display does
+("Epoch 2/4" is the epoch of index 1); the exceptions' attributes, the CSV
+rows (training_log.csv) and the JSON records count from 0.
 
 `FaultInjector` makes the process SIGKILL itself at a named point; tests use
 it (environment variable `SUPCON_TF_FAULT`) to prove that every write of a run
@@ -89,7 +90,7 @@ class Interrupted(Exception):
         self.epoch = epoch
         self.step = step
         self.exit_status = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
-        super().__init__(f"interrupted at epoch {epoch} step {step}; run the same command to resume")
+        super().__init__(f"interrupted at epoch {epoch + 1} step {step}; run the same command to resume")
 
 
 class Diverged(Exception):
@@ -104,7 +105,7 @@ class Diverged(Exception):
         self.loss = loss
         self.learning_rate = learning_rate
         super().__init__(
-            f"training diverged at epoch {epoch} step {step}: loss {loss:.6g} ({reason}), learning rate "
+            f"training diverged at epoch {epoch + 1} step {step}: loss {loss:.6g} ({reason}), learning rate "
             f"{learning_rate:.6g}; the last good backup is kept: change a flag (e.g. --learning_rate) and run "
             "the same command to resume from it"
         )
@@ -114,10 +115,10 @@ COLLAPSE_REMEDIES = "warm-up (--warmup_epochs), a higher --temperature, or a low
 
 
 def collapse_message(epoch, mean_cosine, threshold, span):
-    """The sentence shared by the warning and `Collapsed`: the epoch (0-based), the mean cosine, the rule."""
+    """The sentence shared by the warning and `Collapsed`: the epoch (0-based; shown from 1), the mean cosine, the rule."""
     rule = f"at or above --collapse_cosine {threshold:g}" + ("" if span == 1 else f" for {span} epochs in a row")
     return (
-        f"training collapsed at epoch {epoch}: the mean cosine between the embeddings is {mean_cosine:.6f} "
+        f"training collapsed at epoch {epoch + 1}: the mean cosine between the embeddings is {mean_cosine:.6f} "
         f"({rule}), so the loss sits at its all-equal value and its gradient vanishes"
     )
 
@@ -145,7 +146,7 @@ class Collapsed(Exception):
         self.span = span
         super().__init__(
             f"{collapse_message(epoch, mean_cosine, threshold, span)}; the backups from epoch "
-            f"{self.drop_from_epoch} on are dropped (it may end collapsed already), so a rerun resumes before it or "
+            f"{self.drop_from_epoch + 1} on are dropped (it may end collapsed already), so a rerun resumes before it or "
             f"starts afresh: try {COLLAPSE_REMEDIES} (--warmup_epochs changes the schedule: with --overwrite)"
         )
 

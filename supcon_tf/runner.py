@@ -17,6 +17,7 @@ classes) runs before anything is written.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import time
 from typing import NamedTuple
@@ -129,18 +130,39 @@ def load_source(config, split):
         return labelled.dataset, labelled.num_examples, config.data.num_classes or classes
     # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
     root = os.path.join(config.data.data_dir, split)
+    _check_folder_layout(config.data.data_dir, split)
     training_names = None if split == "train" else class_names(config)
     dataset, class_names_found = data.load_image_folder(
         root, image_size=config.data.image_size, channels=config.data.channels or 3, class_names=training_names
     )
     class_names_found = list(class_names_found)
     if len(class_names_found) < 2 and config.method != "simclr":
+        remedy = (
+            "use --method simclr for unlabelled images" if config.method == "supcon"
+            else "a classifier needs images of at least 2 classes"
+        )
         raise ValueError(
             f"image folder {root!r} has {len(class_names_found)} class folder ({', '.join(class_names_found)}): "
-            f"method {config.method!r} needs at least 2 classes (one sub-folder per class); use --method simclr "
-            "for unlabelled images"
+            f"method {config.method!r} needs at least 2 classes (one sub-folder per class); {remedy}"
         )
     return dataset, int(dataset.cardinality().numpy()), config.data.num_classes or len(class_names_found)
+
+
+FOLDER_LAYOUT = "DATA_DIR/train/<class>/*.png|jpg (and DATA_DIR/test/<class>/ for a classifier's test evaluation)"
+
+
+def _check_folder_layout(data_dir, split):
+    """A missing `data_dir`, one without its `split` folder: distinct FileNotFoundErrors with the expected layout."""
+    if not os.path.isdir(data_dir):
+        what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+        raise FileNotFoundError(f"`data_dir` {data_dir} {what}; an image folder dataset is laid out as {FOLDER_LAYOUT}")
+    if not os.path.isdir(os.path.join(data_dir, split)):
+        entries = sorted(os.listdir(data_dir))
+        holds = "is empty" if not entries else f"holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
+        raise FileNotFoundError(
+            f"`data_dir` {data_dir} has no {split}/ folder (it {holds}); an image folder dataset is laid out as "
+            f"{FOLDER_LAYOUT}"
+        )
 
 
 def class_names(config):
@@ -213,16 +235,22 @@ def split_train_validation(config, fraction, seed):
     is_validation = draws < fraction
     flags = tf.data.Dataset.from_tensor_slices(is_validation)
 
-    def pick(want):
-        kept = tf.data.Dataset.zip((source, flags)).filter(lambda item, in_validation: tf.equal(in_validation, want))
-        return kept.map(lambda item, in_validation: item)
-
     num_validation = int(tf.reduce_sum(tf.cast(is_validation, tf.int32)))
     if not 0 < num_validation < size:
         raise ValueError(
             f"`validation_fraction` {fraction} leaves an empty split of the {size} training images; choose another"
         )
-    return TrainValidationSplit(pick(False), pick(True), size - num_validation, num_validation, num_classes)
+
+    def pick(want, count):
+        kept = tf.data.Dataset.zip((source, flags)).filter(lambda item, in_validation: tf.equal(in_validation, want))
+        # A filter's size is unknown to tf.data; stated, Keras knows where an evaluation ends (without it, it
+        # warns "Your input ran out of data" at the end of the first validation).
+        return kept.map(lambda item, in_validation: item).apply(tf.data.experimental.assert_cardinality(count))
+
+    return TrainValidationSplit(
+        pick(False, size - num_validation), pick(True, num_validation), size - num_validation, num_validation,
+        num_classes,
+    )
 
 
 def augmentation(config):
@@ -559,7 +587,8 @@ def _prepare(config, cluster_resolver):
             )
     else:
         train_source, num_train, num_classes = load_source(config, "train")
-    test_source = load_source(config, "test")[0] if config.evaluation.evaluate_test else None
+    # Only classifiers are evaluated on the test split (pre-training never reads it).
+    test_source = load_source(config, "test")[0] if config.evaluation.evaluate_test and config.method in ("ce", "linear") else None
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
 
@@ -618,6 +647,21 @@ def _finish(config, folder, stage, trainer, history_logs, restarts):
         folder.write_json("metrics.json", metrics, fault_point="metrics_write")
         folder.finish()
     return metrics
+
+
+def resume_line(epoch, step, weights_path, epochs, steps_per_epoch):
+    """The line a resumed run prints: where it continues (`epoch` 0-based, shown from 1 as Keras does) and the backup.
+
+    The backup's time is its weights file's modification time, local, to the second.
+    """
+    try:
+        written = datetime.datetime.fromtimestamp(os.path.getmtime(weights_path)).astimezone()
+        written = written.isoformat(sep=" ", timespec="seconds")
+    except OSError:
+        written = "an unknown time"
+    if epoch >= epochs:
+        return f"resuming after the last epoch ({epochs}): training is complete (backup written at {written})"
+    return f"resuming from epoch {epoch + 1} step {step} of {steps_per_epoch} (backup written at {written})"
 
 
 class _StageTrainer:
@@ -724,6 +768,10 @@ class _StageTrainer:
         config, epochs, steps = self.config, self.config.optim.epochs, self.steps_per_epoch
         resumed = self.store.restore(self.model)
         epoch, step, meta = (resumed.epoch, resumed.step, resumed.meta) if resumed else (0, 0, {})
+        if step >= steps:  # an epoch's last step saved before its end (older versions): continue at the next epoch
+            epoch, step = epoch + 1, 0
+        if resumed is not None and checkpointing.is_chief():
+            print(resume_line(epoch, step, resumed.weights_path, epochs, steps), flush=True)
         if resumed is not None and checkpointing.is_chief():
             self.folder.record_resume(epoch, step, resumed.global_step)
         monitor = None
@@ -755,20 +803,25 @@ class _StageTrainer:
         with resilience.SignalWatcher() as signals, self._keeping_good_backups():
             for first_epoch, end_epoch, segment_steps, first_step, first_metrics in segments:
                 callbacks, backup = self._callbacks(signals, guard, monitor, first_step, first_metrics, clock)
-                self.model.fit(
-                    self.stream(first_epoch * steps + first_step),
-                    initial_epoch=first_epoch,
-                    epochs=end_epoch,
-                    steps_per_epoch=segment_steps,
-                    callbacks=callbacks,
-                    validation_data=self.validation,
-                    shuffle=False,  # the stream shuffles itself
-                    verbose=config.runtime.verbose,
-                )
+                try:
+                    self.model.fit(
+                        self.stream(first_epoch * steps + first_step),
+                        initial_epoch=first_epoch,
+                        epochs=end_epoch,
+                        steps_per_epoch=segment_steps,
+                        callbacks=callbacks,
+                        validation_data=self.validation,
+                        shuffle=False,  # the stream shuffles itself
+                        verbose=config.runtime.verbose,
+                    )
+                except BaseException:
+                    if config.runtime.verbose == 1:  # ends the progress bar's line: the error's line is its own
+                        print(flush=True)
+                    raise
                 logs = backup.epoch_logs or logs
                 if monitor is not None:
                     self.collapsed = monitor.collapsed or False
-            if signals.received is not None:  # a signal during the last epoch's end: training is complete
-                raise resilience.Interrupted(signals.received, epochs, 0)
+            if signals.received is not None:  # a signal after the last epoch's end: training is complete
+                raise resilience.Interrupted(signals.received, epochs - 1, steps)
         self.train_seconds = clock()
         return logs

@@ -117,7 +117,7 @@ def test_classify_the_stopping_exceptions_of_training():
     assert errors.classify(diverged).status == 3
     interrupted = errors.classify(resilience.Interrupted(15, 0, 3))
     assert (interrupted.status, interrupted.plain) == (143, True)
-    assert interrupted.line == "interrupted at epoch 0 step 3; run the same command to resume"
+    assert interrupted.line == "interrupted at epoch 1 step 3; run the same command to resume"
 
 
 def test_tensorflow_errors_storage_is_4_and_a_graph_error_shows_its_cause():
@@ -228,7 +228,7 @@ def test_signals_stay_plain_lines_without_error_log(tmp_path, capsys):
     assert _raising(resilience.Interrupted(2, 1, 3), folder)(["prog"]) == 130
     assert _raising(KeyboardInterrupt(), folder)(["prog"]) == 130
     assert capsys.readouterr().err.splitlines() == [
-        "interrupted at epoch 1 step 3; run the same command to resume",
+        "interrupted at epoch 2 step 3; run the same command to resume",
         "interrupted outside a training step; nothing new to resume from",
     ]
     assert not (folder / errors.ERROR_LOG).exists()

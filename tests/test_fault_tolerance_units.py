@@ -241,7 +241,7 @@ def test_divergence_guard_raises_with_epoch_step_loss_and_learning_rate():
     with pytest.raises(resilience.Diverged) as error:
         guard.on_train_batch_end(1, {"loss": 25.0})
     assert str(error.value).startswith(
-        "training diverged at epoch 2 step 2: loss 25 (above 10 x the first logged loss 2), learning rate 0.1;"
+        "training diverged at epoch 3 step 2: loss 25 (above 10 x the first logged loss 2), learning rate 0.1;"
     )
     assert error.value.exit_status == 3
 
@@ -260,7 +260,7 @@ def test_interrupted_exit_statuses_and_message():
     import signal
 
     error = resilience.Interrupted(signal.SIGINT, 3, 17)
-    assert str(error) == "interrupted at epoch 3 step 17; run the same command to resume"
+    assert str(error) == "interrupted at epoch 4 step 17; run the same command to resume"
     assert error.exit_status == 130
     assert resilience.Interrupted(signal.SIGTERM, 0, 1).exit_status == 143
 

@@ -180,7 +180,7 @@ def test_injected_nan_stops_the_run_and_it_resumes(tmp_path, reference):
     diverged = _run(model_dir, fault="nan_loss:5")
     assert diverged.returncode == 3, diverged.stderr[-2000:]
     line = diverged.stderr.strip().splitlines()[-1]
-    assert "training diverged at epoch 1 step 1: loss nan (not finite), learning rate" in line, line
+    assert "training diverged at epoch 2 step 1: loss nan (not finite), learning rate" in line, line
     assert "Traceback" not in diverged.stderr
     assert not os.path.exists(model_dir / "FINISHED")
     resumed = _run(model_dir)

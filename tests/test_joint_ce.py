@@ -47,7 +47,7 @@ def test_logged_total_is_supcon_plus_weight_times_ce(weighted):
     sample_weight = np.linspace(0.5, 2.0, len(labels)).astype(np.float32) if weighted else None
     logs = model.test_on_batch(views, labels, sample_weight=sample_weight, return_dict=True)
     embeddings, representation = model.embed_views(views, return_representation=True)
-    per_anchor, has_positive, _ = reference_loss(embeddings.numpy(), labels, temperature=model.temperature)
+    per_anchor, has_positive, _ = reference_loss(embeddings.numpy(), labels, temperature=model.loss_config.temperature)
     anchor_weight = np.ones(len(labels)) if sample_weight is None else sample_weight.astype(np.float64)
     anchor_weight = np.repeat(anchor_weight[:, None], views.shape[1], axis=1) * has_positive
     supcon = float(np.sum(per_anchor * anchor_weight) / np.sum(anchor_weight))

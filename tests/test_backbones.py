@@ -172,7 +172,7 @@ INVALID = ["", "resnet", "ResNet18", "keras.applications:", "module:", ":build",
 
 @pytest.mark.parametrize("encoder", VALID)
 def test_valid_encoder_strings_pass_the_config_without_importing(encoder):
-    assert RunConfig.from_flat(encoder=encoder).encoder == encoder  # nothing is imported: these modules do not exist
+    assert RunConfig.from_flat(encoder=encoder).model.encoder == encoder  # nothing is imported: these modules do not exist
     kind = encoders.parse_encoder(encoder)[0]
     assert kind == ("registered" if ":" not in encoder else "application" if encoder.startswith(APP) else
                     "file" if ".py:" in encoder else "module")
@@ -180,7 +180,7 @@ def test_valid_encoder_strings_pass_the_config_without_importing(encoder):
 
 @pytest.mark.parametrize("encoder", INVALID)
 def test_bad_encoder_strings_are_one_line_errors(encoder):
-    message = _message(RunConfig, encoder=encoder)
+    message = _message(RunConfig.from_flat, encoder=encoder)
     assert "`encoder`" in message and f"encoder={encoder!r}" in message and "keras.applications:<Name>" in message
     message = _message(encoders.parse_encoder, encoder)
     assert f"name={encoder!r}" in message
@@ -344,11 +344,11 @@ def test_bad_weights_paths(tmp_path):
     assert ".weights.h5" in _message(encoders.load_encoder_weights, encoder, tmp_path / "weights.npz")
     (tmp_path / "junk.weights.h5").write_bytes(b"not hdf5")
     assert "not a readable" in _message(encoders.load_encoder_weights, encoder, tmp_path / "junk.weights.h5")
-    message = _message(RunConfig, encoder_weights=str(tmp_path / "none.weights.h5"))
+    message = _message(RunConfig.from_flat, encoder_weights=str(tmp_path / "none.weights.h5"))
     assert message.startswith("`encoder_weights` does not exist")
-    assert "`encoder_weights` must be" in _message(RunConfig, encoder_weights=str(tmp_path / "weights.npz"))
+    assert "`encoder_weights` must be" in _message(RunConfig.from_flat, encoder_weights=str(tmp_path / "weights.npz"))
     (tmp_path / "ok.keras").write_bytes(b"x")
-    message = _message(RunConfig, method="linear", pretrained="x.keras", encoder_weights=str(tmp_path / "ok.keras"))
+    message = _message(RunConfig.from_flat, method="linear", pretrained="x.keras", encoder_weights=str(tmp_path / "ok.keras"))
     assert "method='linear'" in message
 
 
@@ -361,8 +361,8 @@ def test_vit_sizes_come_from_the_config():
     encoder = runner.build_encoder(config, (8, 8, 1))
     assert encoder.output_shape == (None, 32)
     assert len([layer for layer in encoder.layers if isinstance(layer, vit.TransformerBlock)]) == 1
-    assert "`vit_depth`" in _message(RunConfig, encoder="vit_tiny_patch4_32", vit_depth=0)
-    message = _message(RunConfig, encoder="vit_b16", vit_depth=2)
+    assert "`vit_depth`" in _message(RunConfig.from_flat, encoder="vit_tiny_patch4_32", vit_depth=0)
+    message = _message(RunConfig.from_flat, encoder="vit_b16", vit_depth=2)
     assert "`vit_depth`" in message and "vit_tiny_patch4_32" in message and "encoder='vit_b16'" in message
     message = _message(runner.build_encoder, config.replace(vit_num_heads=5), (8, 8, 1))
     assert "hidden_dim=32" in message and "num_heads=5" in message

@@ -554,7 +554,6 @@ class RunConfig:
             ("ce_weight", self.model.ce_weight > 0),
             ("sampler", self.data.sampler == "class_balanced"),
             ("prototypes", self.model.prototypes),
-            ("queue_size", self.model.queue_size > 0),  # memory.MemoryQueue keeps label rows; the runner does not wire them
         ):
             if used:
                 raise ValueError(

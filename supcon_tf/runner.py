@@ -379,13 +379,16 @@ def build_encoder(config, image_shape):
     return encoder
 
 
-def build_model(config, image_shape, num_classes, steps_per_epoch):
+def build_model(config, image_shape, num_classes, steps_per_epoch, label_spec=None):
     """The compiled model of `config.method` (call inside the strategy's scope).
 
     "supcon" / "simclr": SupConModel (encoder + projection head, memory queue
     and momentum encoder when configured); "ce": CrossEntropyModel; "linear":
     LinearProbe on the frozen encoder of `config.evaluation.pretrained`. The optimizer's
     schedule spans `config.optim.epochs` epochs of `steps_per_epoch` steps. With
+    `label_spec`: the training labels' `tf.TensorSpec` (per example), which
+    the memory queue's label rows follow: float rows for a labels file's
+    multi-hot or continuous labels, class ids otherwise. With
     `config.data.augment_on == "device"` the model gets the training augmentation
     (`set_view_augmentation`), which `train_dataset`'s batches then need.
     """
@@ -399,6 +402,7 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
             queue_size=config.model.queue_size,
             queue_warmup_steps=config.model.queue_warmup_steps,
             key_momentum=config.model.key_momentum,
+            **_queue_label_layout(label_spec),
             online_eval_classes=num_classes if config.evaluation.online_eval else None,
             prototype_classes=num_classes if config.model.prototypes else None,
             contrast_metrics=config.evaluation.online_eval,
@@ -413,6 +417,13 @@ def build_model(config, image_shape, num_classes, steps_per_epoch):
         model.set_view_augmentation(augmentation(config))
     model.compile(optimizer=optimizer, jit_compile=config.runtime.jit_compile)
     return model
+
+
+def _queue_label_layout(label_spec):
+    """SupConModel's queue label rows for training labels of `label_spec`: float rows, or the default class ids."""
+    if label_spec is None or label_spec.dtype.is_integer:
+        return {}
+    return dict(queue_label_shape=tuple(label_spec.shape), queue_label_dtype="float32")
 
 
 load_pretrained_encoder = encoders.load_pretrained_encoder  # checks the file, its kind, the shape, finiteness
@@ -594,7 +605,8 @@ def _prepare(config, cluster_resolver):
 
     # The model is built before the first write too: a bad --encoder, --encoder_weights or --pretrained fails here.
     with strategy.scope():
-        model = build_model(config, image_shape, num_classes, steps_per_epoch)
+        label_spec = train_source.element_spec[1]
+        model = build_model(config, image_shape, num_classes, steps_per_epoch, label_spec=label_spec)
         models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
     names = class_names(config)

@@ -115,7 +115,7 @@ def test_a_split_without_rows_and_a_missing_file_are_refused(tmp_path):
         (dict(online_eval=True), "online_eval"),
         (dict(ce_weight=0.5), "ce_weight"),
         (dict(sampler="class_balanced", samples_per_class=2, batch_size=4), "sampler"),
-        (dict(queue_size=8), "queue_size"),
+        (dict(prototypes=True, num_classes=4), "prototypes"),
         (dict(labels_file="{tmp}/none.csv"), "does not exist"),
         (dict(labels_file="{tmp}/labels.txt"), ".csv or .jsonl"),
     ],
@@ -186,10 +186,14 @@ def test_pretrain_refuses_a_labels_file_the_loss_options_cannot_read(tmp_path, l
     (MULTI_HOT_CSV, "labels.csv", ("--positive_weighting=jaccard",)),
     (MULTI_HOT_CSV, "labels.csv", ("--multi_label=per_label",)),
     (VALUES_CSV, "values.csv", ("--label_kernel=gaussian", "--kernel_bandwidth=2.5")),
-], ids=["jaccard", "per_label", "gaussian"])
+    (VALUES_CSV, "values.csv", ("--label_kernel=gaussian", "--kernel_bandwidth=2.5", "--queue_size=8")),
+], ids=["jaccard", "per_label", "gaussian", "gaussian_queue"])
 def test_pretrain_on_a_labels_file_with_each_named_loss(tmp_path, labels_text, name, flags):
     model_dir, _ = _pretrain_on_labels_file(tmp_path, labels_text, name, *flags)
     config = json.load(open(model_dir / "config.json"))
     for flag in flags:
         key, value = flag[2:].split("=")
         assert str(config[key]) == value or config[key] == float(value)
+    if config["queue_size"]:  # the queue keeps the continuous values as float rows
+        model = keras.saving.load_model(str(model_dir / "model.keras"), compile=False)
+        assert model.memory.label_dtype == "float32" and int(model.memory.filled.numpy()) == 8

@@ -34,7 +34,8 @@ COLLAPSE_TOLERANCE = 0.01
 
 # SupConModel's constructor arguments besides encoder and head, in order (attributes and `get_config` keys).
 _SUPCON_OPTIONS = (
-    "method", "loss_config", "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum",
+    "method", "loss_config", "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum", "queue_label_shape",
+    "queue_label_dtype",
     "online_eval_classes", "prototype_classes", "contrast_metrics", "collapse_metrics", "ce_weight", "ce_classes",
 )
 # The loss options a model saved before `loss_config` existed kept as constructor arguments of their own.
@@ -78,6 +79,7 @@ def _checked_loss_config(loss_config, method):
 
 
 def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum,
+                            queue_label_shape, queue_label_dtype,
                             online_eval_classes, prototype_classes, contrast_metrics, collapse_metrics, ce_weight,
                             ce_classes):
     """SupConModel's options after its argument checks (a ValueError naming the argument), as `{name: value}`."""
@@ -89,6 +91,7 @@ def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queu
     queue_size, queue_warmup_steps, key_momentum = memory_lib.check_queue_options(
         queue_size, queue_warmup_steps, key_momentum
     )
+    queue_label_shape, queue_label_dtype = memory_lib.check_label_layout(queue_label_shape, queue_label_dtype)
     if online_eval_classes is not None:
         check_num_classes(online_eval_classes)
         online_eval_classes = int(online_eval_classes)
@@ -124,6 +127,7 @@ def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queu
         raise ValueError(f"`ce_classes` needs ce_weight > 0, received: ce_classes={ce_classes!r} with ce_weight=0")
     return dict(
         method=method, loss_config=loss_config, cross_replica=cross_replica, queue_size=int(queue_size),
+        queue_label_shape=queue_label_shape, queue_label_dtype=queue_label_dtype,
         queue_warmup_steps=int(queue_warmup_steps), key_momentum=key_momentum,
         online_eval_classes=online_eval_classes, prototype_classes=prototype_classes,
         contrast_metrics=contrast_metrics, collapse_metrics=collapse_metrics, ce_weight=ce_weight,
@@ -303,6 +307,11 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
       queue_warmup_steps: int >= 0; the queue joins the loss from this step on.
       key_momentum: None (default: the queue holds online embeddings, XBM) or
         m in [0, 1): momentum key networks, owned by the queue, fill it (MoCo).
+      queue_label_shape, queue_label_dtype: the queue's label rows
+        (`memory.MemoryQueue`'s `label_shape` / `label_dtype`): `()` and
+        "int64" (default, class ids); `(classes,)` and "float32" for
+        multi-hot labels; `()` or `(k,)` and "float32" for continuous values
+        (the named loss options that read them: `loss_config`).
       online_eval_classes: None or C >= 2: an online linear classifier on the
         stop-gradient representation of every view, with its own optimizer
         (`compile(online_optimizer=...)`), logging `online_loss` and
@@ -375,7 +384,8 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
     """
 
     def __init__(self, encoder, head, method="supcon", loss_config=None, cross_replica=True, queue_size=0,
-                 queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, prototype_classes=None,
+                 queue_warmup_steps=0, key_momentum=None, queue_label_shape=(), queue_label_dtype="int64",
+                 online_eval_classes=None, prototype_classes=None,
                  contrast_metrics=False, collapse_metrics=True, ce_weight=0.0, ce_classes=None, **kwargs):
         given = sorted(set(kwargs) & {field.name for field in dataclasses.fields(losses_lib.LossConfig)})
         if given:
@@ -388,7 +398,8 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         check_model("head", head)
         self.encoder, self.head = encoder, head
         options = _checked_supcon_options(
-            method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes,
+            method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum, queue_label_shape,
+            queue_label_dtype, online_eval_classes,
             prototype_classes, contrast_metrics, collapse_metrics, ce_weight, ce_classes,
         )
         for name in _SUPCON_OPTIONS:  # method, loss_config, ..., collapse_metrics
@@ -397,7 +408,8 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         self.memory = None
         if self.queue_size:
             self.memory = memory_lib.MemoryQueue(
-                self.queue_size, self.queue_warmup_steps, self.key_momentum, encoder, head, name="memory_queue"
+                self.queue_size, self.queue_warmup_steps, self.key_momentum, encoder, head,
+                label_shape=self.queue_label_shape, label_dtype=self.queue_label_dtype, name="memory_queue",
             )
         # The memory's key networks (or None), also tracked here: where saved files and checkpoints keep them.
         self.key_encoder = getattr(self.memory, "key_encoder", None)

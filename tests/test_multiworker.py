@@ -162,7 +162,7 @@ def _launch_binary_cluster(model_dir, ports, faults=(None, None)):
         processes.append(
             start_python(
                 "-m", "experiments.pretrain", f"--model_dir={model_dir}", *BINARY_FLAGS,
-                env=subprocess_env(faults[index], TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT,
+                fault=faults[index], env=subprocess_env(TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT,
             )
         )
     return processes

@@ -105,18 +105,6 @@ def test_work_dir_of_another_config_is_refused(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_monitor_knn_equals_the_library_knn():
-    from supcon_tf import evaluation
-
-    rng = np.random.default_rng(0)
-    memory, labels = rng.normal(size=(300, 16)).astype(np.float32), rng.integers(0, 10, 300)
-    queries, query_labels = rng.normal(size=(80, 16)).astype(np.float32), rng.integers(0, 10, 80)
-    for k, temperature in ((200, 0.1), (5, 0.5), (1, 0.1)):
-        ours = monitor.knn_top1(memory, labels, queries, query_labels, k=k, temperature=temperature, num_classes=10)
-        theirs = evaluation.knn_top1(memory, labels, queries, query_labels, k=k, temperature=temperature, num_classes=10)
-        assert ours == pytest.approx(theirs)
-
-
 def _run(seed, stage, monitor_seconds, probe):
     return {"seed": seed, "stage_seconds": stage, "monitor_seconds": monitor_seconds, "probe_seconds": probe,
             "train_seconds": stage - monitor_seconds + probe}

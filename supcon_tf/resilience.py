@@ -114,19 +114,31 @@ class SignalWatcher:
     """Context manager: while active, SIGINT / SIGTERM only set `received` instead of stopping the process.
 
     The training loop polls `received` after each step (`StepBackup`), writes
-    a backup and raises `Interrupted`. A second SIGINT stops at once (a user
-    who insists). Outside the main thread it does nothing (Python only
-    delivers signals there).
+    a backup and raises `Interrupted`; a server waits on `event` (set by every
+    signal; others may set it too, e.g. a thread that sees its parent die).
+    With `insist` (the default), a second SIGINT stops at once (a user who
+    insists); without it, it is recorded like the first (a server whose stop
+    is bounded by its supervisor). Outside the main thread it does nothing
+    (Python only delivers signals there).
+
+    Attributes:
+      received: the last signal number received, or None.
+      event: a `threading.Event`, set when a signal arrives.
     """
 
-    def __init__(self):
+    def __init__(self, *, insist=True):
+        if not isinstance(insist, bool):
+            raise ValueError(f"`insist` must be a bool, received: insist={insist!r}")
+        self.insist = insist
         self.received = None
+        self.event = threading.Event()
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
+        if self.insist and self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
+        self.event.set()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

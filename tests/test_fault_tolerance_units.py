@@ -315,6 +315,27 @@ def test_the_fault_injector_parses_and_rejects_its_specs():
     assert write_point("/r/run_state.json", "/r/x") is None
 
 
+def test_signal_watcher_records_signals_sets_its_event_and_restores_the_handlers():
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with resilience.SignalWatcher() as watcher:
+        assert watcher.received is None and not watcher.event.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert watcher.received == signal.SIGTERM and watcher.event.is_set()
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):  # a second SIGINT: the user insists
+            os.kill(os.getpid(), signal.SIGINT)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with resilience.SignalWatcher(insist=False) as watcher:  # a server's: every signal is only recorded
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert watcher.received == signal.SIGINT and watcher.event.is_set()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with pytest.raises(ValueError, match="`insist` must be a bool"):
+        resilience.SignalWatcher(insist=1)
+
+
 def test_interrupted_exit_statuses_and_message():
     import signal
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments import sweep
+from experiments import sweep, training
 from supcon_tf import data, resilience, runner
 from supcon_tf.config import RunConfig
 from helpers import run_python
@@ -22,7 +22,7 @@ TINY = dict(
 
 def _sweep(tmp_path, method="supcon", name="sweep", **changes):
     base = RunConfig(method=method, model_dir=str(tmp_path / name), **TINY)
-    values = dict(base=base, probe=sweep.default_probe(base, epochs=2))
+    values = dict(base=base, probe=training.default_probe(base, epochs=2))
     values.update(changes)
     return sweep.SweepConfig(**values)
 
@@ -201,7 +201,7 @@ def test_split_is_stratified_disjoint_and_from_train_only(no_test_split):
 def test_probe_follows_the_stage_it_scores(tmp_path):
     config = _sweep(tmp_path)
     stage = config.base.replace(model_dir=str(tmp_path / "trial"), seed=3)
-    probe = sweep.probe_for(stage, config.probe)
+    probe = training.probe_for(stage, config.probe)
     assert probe.method == "linear" and probe.pretrained == str(tmp_path / "trial" / "model.keras")
     assert probe.seed == 3 and probe.validation_fraction == 0.2 and not probe.evaluate_test
     assert probe.image_size == stage.image_size and probe.epochs == 2

@@ -231,12 +231,12 @@ def curves_of(model_dir, method, rules, probed):
 
 
 def train_one(config, stage, *, probe_ce=False):
-    """Trains `stage` (and its probe) through `experiments.sweep.train_and_score`; returns the run's record."""
+    """Trains `stage` (and its probe) through `experiments.training.train_and_score`; returns the run's record."""
     import keras
 
-    from experiments import sweep
+    from experiments import training
 
-    result = sweep.train_and_score(stage, config.stages["linear"], probe_ce=probe_ce, callbacks=_callbacks(config)(stage))
+    result = training.train_and_score(stage, config.stages["linear"], probe_ce=probe_ce, callbacks=_callbacks(config)(stage))
     probed = result["probe"] is not None
     record = {
         "seed": stage.seed,

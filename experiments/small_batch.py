@@ -446,9 +446,9 @@ def study(config, command):
     with compute.LoadSampler() as load:
         facts = {"machine": compute.machine_facts()}
         stage = config.pretrain_config(config.arms[0], config.tuning_seed, "facts")
-        from supcon_tf import runner
+        from supcon_tf import data
 
-        split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+        split = data.split_train_validation(stage, stage.validation_fraction, stage.seed)
         facts["data"] = {
             "image_size": stage.image_size, "validation_fraction": stage.validation_fraction,
             "train_part": split.num_train, "validation": split.num_validation,

@@ -55,120 +55,6 @@ def build_strategy(config):
     return strategy
 
 
-def load_source(config, split):
-    """`(dataset of (uint8 [H, W, C], int32 label), num_examples or None, num_classes)` for `split`.
-
-    Image folders: the classes are the sub-folders of `<data_dir>/<split>`;
-    an empty class folder, or fewer than two classes for a method that needs
-    labels (supcon, ce, linear), is a ValueError naming the folder.
-    """
-    if config.dataset == "digits":
-        images, labels = data.load_digits(split)
-        return data.from_arrays(images, labels), len(images), data.DIGITS_NUM_CLASSES
-    if config.dataset in TFDS_DATASETS:
-        tfds_split = {"train": "train", "test": "test" if config.dataset != "imagenet2012" else "validation"}[split]
-        dataset, info = data.load_tfds(config.dataset, tfds_split, data_dir=config.data_dir)
-        size = config.image_size
-        dataset = dataset.map(
-            lambda image, label: (
-                tf.cast(tf.clip_by_value(tf.image.resize(image, (size, size)), 0, 255), tf.uint8),
-                label,
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
-    # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
-    root = os.path.join(config.data_dir, split)
-    training_names = None if split == "train" else class_names(config)
-    dataset, class_names_found = data.load_image_folder(
-        root, image_size=config.image_size, channels=config.channels or 3, class_names=training_names
-    )
-    class_names_found = list(class_names_found)
-    if len(class_names_found) < 2 and config.method != "simclr":
-        raise ValueError(
-            f"image folder {root!r} has {len(class_names_found)} class folder ({', '.join(class_names_found)}): "
-            f"method {config.method!r} needs at least 2 classes (one sub-folder per class); use --method simclr "
-            "for unlabelled images"
-        )
-    return dataset, int(dataset.cardinality().numpy()), config.num_classes or len(class_names_found)
-
-
-def class_names(config):
-    """The class names in id order, from the TRAINING split: every other split, the probe and exports use them.
-
-    Digits: "0" ... "9". TFDS: the label feature's names. Image folders: the
-    sorted class sub-folders of `<data_dir>/train`.
-    """
-    if config.dataset == "digits":
-        return [str(label) for label in range(data.DIGITS_NUM_CLASSES)]
-    if config.dataset in TFDS_DATASETS:
-        _, info = data.load_tfds(config.dataset, "train", data_dir=config.data_dir)
-        return [str(name) for name in info.features["label"].names]
-    root = os.path.join(config.data_dir, "train")
-    return list(data.load_image_folder(root, image_size=config.image_size, channels=config.channels or 3)[1])
-
-
-class TrainValidationSplit(NamedTuple):
-    """Sources `(image uint8, label)` carved from the training split, with their sizes."""
-
-    train: object
-    validation: object
-    num_train: int
-    num_validation: int
-    num_classes: int
-
-
-def split_train_validation(config, fraction, seed):
-    """Carves a validation split out of the dataset's TRAIN split (the test split is never read).
-
-    Digits: a stratified split (`sklearn.model_selection.train_test_split`
-    with `random_state=seed`) of `data.load_digits("train")`. TFDS: the first
-    `fraction` of the training source (TFDS stores training files
-    shuffled). Image folders (stored in class order): each image goes to the
-    validation split when a stateless uniform draw seeded by `(seed, its
-    index)` falls below `fraction`.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"`validation_fraction` must be in (0, 1), received: validation_fraction={fraction!r}")
-    if config.dataset == "digits":
-        from sklearn.model_selection import train_test_split
-
-        images, labels = data.load_digits("train")
-        train_index, val_index = train_test_split(
-            range(len(labels)), test_size=fraction, random_state=seed, stratify=labels
-        )
-        train_index, val_index = sorted(train_index), sorted(val_index)
-        return TrainValidationSplit(
-            data.from_arrays(images[train_index], labels[train_index]),
-            data.from_arrays(images[val_index], labels[val_index]),
-            len(train_index),
-            len(val_index),
-            data.DIGITS_NUM_CLASSES,
-        )
-    source, size, num_classes = load_source(config, "train")
-    if not size:
-        raise ValueError(f"the training split of {config.dataset!r} has unknown size; cannot carve a validation split")
-    if config.dataset in TFDS_DATASETS:
-        num_validation = max(1, int(round(fraction * size)))
-        return TrainValidationSplit(
-            source.skip(num_validation), source.take(num_validation), size - num_validation, num_validation, num_classes
-        )
-    draws = tf.random.stateless_uniform([size], seed=[seed, 0x5A11])
-    is_validation = draws < fraction
-    flags = tf.data.Dataset.from_tensor_slices(is_validation)
-
-    def pick(want):
-        kept = tf.data.Dataset.zip((source, flags)).filter(lambda item, in_validation: tf.equal(in_validation, want))
-        return kept.map(lambda item, in_validation: item)
-
-    num_validation = int(tf.reduce_sum(tf.cast(is_validation, tf.int32)))
-    if not 0 < num_validation < size:
-        raise ValueError(
-            f"`validation_fraction` {fraction} leaves an empty split of the {size} training images; choose another"
-        )
-    return TrainValidationSplit(pick(False), pick(True), size - num_validation, num_validation, num_classes)
-
-
 def augmentation(config):
     """The training augmentation policy of `config` (`augmentation`, `image_size`, `crop_scale_min`, `flip`)."""
     if config.augmentation == "none":
@@ -489,7 +375,7 @@ def _prepare(config):
     strategy = build_strategy(config)
     validation_source = None
     if config.validation_fraction:
-        split = split_train_validation(config, config.validation_fraction, config.seed)
+        split = data.split_train_validation(config, config.validation_fraction, config.seed)
         train_source, num_train, num_classes = split.train, split.num_train, split.num_classes
         validation_source = split.validation
         if config.method in ("supcon", "simclr") and split.num_validation < config.batch_size:
@@ -499,8 +385,8 @@ def _prepare(config):
                 "the batch"
             )
     else:
-        train_source, num_train, num_classes = load_source(config, "train")
-    test_source = load_source(config, "test")[0] if config.evaluate_test else None
+        train_source, num_train, num_classes = data.load_source(config, "train")
+    test_source = data.load_source(config, "test")[0] if config.evaluate_test else None
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
 
@@ -509,7 +395,7 @@ def _prepare(config):
         model = build_model(config, image_shape, num_classes, steps_per_epoch)
         models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
-    names = class_names(config)
+    names = data.class_names(config)
     if len(names) != num_classes:  # --num_classes beyond the data's classes: ids without names
         names = None
     return _Prepared(model, train_source, validation_source, test_source, steps_per_epoch, names,

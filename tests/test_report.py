@@ -283,10 +283,10 @@ def test_program_errors_are_one_line(flags, message):
 def split_reads(monkeypatch):
     """Records every digits split read, and where the final evaluation starts ("EVALUATION")."""
     from experiments.report import evaluate
-    from supcon_tf import data, runner
+    from supcon_tf import data
 
     events = []
-    load_digits, load_source, evaluate_on_test = data.load_digits, runner.load_source, evaluate.evaluate_on_test
+    load_digits, load_source, evaluate_on_test = data.load_digits, data.load_source, evaluate.evaluate_on_test
 
     def recording_load_digits(split, **kwargs):
         events.append(split)
@@ -300,8 +300,10 @@ def split_reads(monkeypatch):
         events.append("EVALUATION")
         return evaluate_on_test(*args, **kwargs)
 
-    monkeypatch.setattr(data, "load_digits", recording_load_digits)
-    monkeypatch.setattr(runner, "load_source", recording_load_source)
+    for module in (data, data.sources):  # the package's name and the one `data.splits` calls
+        monkeypatch.setattr(module, "load_digits", recording_load_digits)
+    for module in (data, data.splits):
+        monkeypatch.setattr(module, "load_source", recording_load_source)
     monkeypatch.setattr(evaluate, "evaluate_on_test", marked_evaluate_on_test)
     return events
 
@@ -321,7 +323,7 @@ def test_quick_report_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, 
     assert "EVALUATION" in split_reads
     before, after = split_reads[: split_reads.index("EVALUATION")], split_reads[split_reads.index("EVALUATION") :]
     assert "train" in before and not [e for e in before if "test" in e]
-    assert [e for e in after if "test" in e] == ["source:test", "test"]  # one read, through runner.load_source
+    assert [e for e in after if "test" in e] == ["source:test", "test"]  # one read, through data.load_source
 
     path = render.render(results, config.output_dir)
     text = open(path).read()

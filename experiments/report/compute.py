@@ -179,12 +179,12 @@ class LoadSampler:
 
 def data_facts(config):
     """The training data as the report uses it (the test split's size is added by the final evaluation)."""
-    from supcon_tf import corruptions, runner
+    from supcon_tf import corruptions, data
 
     stage = config.stage("ce", seed=config.tuning_seed)
-    source, size, num_classes = runner.load_source(stage, "train")
+    source, size, num_classes = data.load_source(stage, "train")
     first_image = next(iter(source))[0]
-    split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+    split = data.split_train_validation(stage, stage.validation_fraction, stage.seed)
     return {
         "dataset": stage.dataset,
         "raw_image_shape": list(first_image.shape),

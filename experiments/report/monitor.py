@@ -3,7 +3,7 @@
 `ValidationCurve` is a Keras callback handed to `runner.run(callbacks=...)`.
 After each epoch it embeds the run's training part (the memory) and its
 validation split (both carved from the TRAIN split by
-`runner.split_train_validation` with the run's seed) with the encoder in
+`supcon_tf.data.split_train_validation` with the run's seed) with the encoder in
 inference mode, classifies the validation images by weighted kNN
 (`supcon_tf.evaluation.knn_top1`) and writes `validation_curve.json` into the run
 folder: one record per epoch with `knn_top1`, the epoch's `val_accuracy`
@@ -30,11 +30,11 @@ def split_arrays(stage):
 
     Cached per (dataset, image size, fraction, seed); never reads the test split.
     """
-    from supcon_tf import runner
+    from supcon_tf import data, runner
 
     key = (stage.dataset, stage.image_size, stage.validation_fraction, stage.seed)
     if key not in _SPLITS:
-        split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+        split = data.split_train_validation(stage, stage.validation_fraction, stage.seed)
         arrays = []
         for source, size in ((split.train, split.num_train), (split.validation, split.num_validation)):
             images, labels = next(iter(runner.eval_dataset(stage, source, batch_size=size)))

@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 import pytest
-from helpers import start_command, start_python, subprocess_env
+from helpers import ROOT, start_command, start_python, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = os.path.join(ROOT, "tests", "multiworker_job.py")
 
 pytestmark = pytest.mark.slow

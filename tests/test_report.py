@@ -14,9 +14,8 @@ import pytest
 
 from experiments.report import compute, figures, monitor, readme, render
 from experiments.report.config import METHODS, ReportConfig, SearchSpace
-from helpers import run_python
+from helpers import ROOT, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 FIXTURE = os.path.join(DATA, "report_results.json")
 GOLDEN = os.path.join(DATA, "report_golden.md")

@@ -177,7 +177,9 @@ def _serve(options):
             detail = f"dispatcher {options['dispatcher']}"
     except Exception as error:  # noqa: BLE001  (a port in use, an unknown host: reported in one line)
         os._exit(flagging.fail(ValueError(f"cannot start the {options['role']} on port {options['port']}: {error}")))
-    port = options["port"] or int(server._address.rsplit(":", 1)[-1])  # 0: the port it bound
+    from supcon_tf import _keras_compat
+
+    port = options["port"] or _keras_compat.bound_port(server)  # 0: the port it bound
     where = listening_on(port)
     print(security_warning(options["role"], port, where), file=sys.stderr, flush=True)
     if options["role"] == "dispatcher":

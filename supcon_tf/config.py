@@ -486,8 +486,6 @@ class RunConfig:
                 f"`queue_size` is for supcon / simclr pre-training, received: queue_size={model.queue_size} "
                 f"with method={self.method!r}"
             )
-        from supcon_tf.models.supcon import check_ce_weight  # the model's own rule, shared with SupConModel
-
         check_ce_weight(model.ce_weight, self.method)
         self._check_labels_file()
         self._check_loss_options()
@@ -697,6 +695,24 @@ def _route(settings):
         if name in FIELD_GROUPS:
             by_group.setdefault(FIELD_GROUPS[name], {})[name] = value
     return top, by_group
+
+
+def check_ce_weight(ce_weight, method):
+    """The joint objective's weight w of `loss = supcon + w * CE`, as a float; ValueError naming it otherwise.
+
+    w must be a finite number >= 0 (0: no joint objective); w > 0 needs method "supcon" (SimCLR has no labels to
+    classify). `RunConfig` and `SupConModel` both check through here.
+    """
+    if isinstance(ce_weight, bool) or not isinstance(ce_weight, (int, float)) or not math.isfinite(ce_weight) or (
+        ce_weight < 0
+    ):
+        raise ValueError(f"`ce_weight` must be a finite number >= 0, received: ce_weight={ce_weight!r}")
+    if ce_weight > 0 and method != "supcon":
+        raise ValueError(
+            "`ce_weight` adds a cross-entropy head to supervised contrastive pre-training (method 'supcon'), "
+            f"received: ce_weight={ce_weight!r} with method={method!r}"
+        )
+    return float(ce_weight)
 
 
 def _named_loss_options(loss):

@@ -389,7 +389,7 @@ def _write(path, forward, image_shape, names, tracked, overwrite, collections=No
     ]
     for endpoint in endpoints:
         endpoint.get_concrete_function()
-    with checkpointing.atomic_path(path, fault_point="saved_model_export") as temporary:
+    with checkpointing.atomic_path(path) as temporary:
         archive.write_out(temporary, verbose=False)
     return path
 

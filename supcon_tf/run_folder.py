@@ -336,13 +336,13 @@ class RunFolder:
     def enter_finishing(self, **fields):
         self._write_state(phase="finishing", **fields)
 
-    def write_json(self, name, payload, fault_point=None):
+    def write_json(self, name, payload):
         """Writes `payload` as JSON to `name` in the folder, atomically."""
-        checkpointing.write_json_atomically(self.path(name), payload, fault_point, indent=2, sort_keys=True)
+        checkpointing.write_json_atomically(self.path(name), payload, indent=2, sort_keys=True)
 
     def finish(self):
         """Writes the FINISHED marker (after every final output), then deletes the backups and the replaced run."""
-        with checkpointing.atomic_path(self.path(FINISHED), fault_point="finished_marker") as temporary:
+        with checkpointing.atomic_path(self.path(FINISHED)) as temporary:
             with open(temporary, "w") as f:
                 f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         self.delete_backups()

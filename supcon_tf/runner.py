@@ -27,7 +27,7 @@ import tensorflow as tf
 
 import numpy as np
 
-from supcon_tf import augment, checkpointing, data, distribute, encoders, export, layers, models, resilience
+from supcon_tf import _faults, augment, checkpointing, data, distribute, encoders, export, layers, models, resilience
 from supcon_tf.config import TFDS_DATASETS, RunConfig
 from supcon_tf.run_folder import CLASSES, RunFolder
 
@@ -74,183 +74,6 @@ def build_strategy(config, cluster_resolver=None):
             f"received: batch_size={config.optim.batch_size}"
         )
     return strategy
-
-
-def _check_labels_kind(config, kind):
-    """A labels file's kind ("labels": multi-hot, "value": continuous) against the loss options that read it."""
-    path, loss = config.data.labels_file, config.loss
-    if kind == "value" and loss.label_kernel is None:  # float ids would make positives of equal values only
-        raise ValueError(
-            f"`labels_file` {path} holds continuous values, which need a label kernel: add --label_kernel gaussian "
-            "--kernel_bandwidth B (B in label units), received: label_kernel=None"
-        )
-    if kind == "labels" and loss.label_kernel is not None:
-        raise ValueError(
-            f"`label_kernel`={loss.label_kernel!r} reads continuous values, but `labels_file` {path} holds class names "
-            "(multi-hot): use --positive_weighting jaccard or --multi_label per_label, or a path,value file"
-        )
-    named = loss.positive_weighting or loss.multi_label
-    if kind == "value" and named:
-        raise ValueError(
-            f"positive_weighting / multi_label read multi-hot labels, but `labels_file` {path} holds continuous "
-            f"values, received: positive_weighting={loss.positive_weighting!r}, multi_label={loss.multi_label!r}"
-        )
-
-
-def load_source(config, split):
-    """`(dataset of (uint8 [H, W, C], int32 label), num_examples or None, num_classes)` for `split`.
-
-    Image folders: the classes are the sub-folders of `<data_dir>/<split>`;
-    an empty class folder, or fewer than two classes for a method that needs
-    labels (supcon, ce, linear), is a ValueError naming the folder. With
-    `labels_file`, the split's images are the file's rows under `<split>/`,
-    with float32 multi-hot or continuous labels (`data.load_labelled_images`).
-    """
-    if config.data.dataset == "digits":
-        images, labels = data.load_digits(split)
-        return data.from_arrays(images, labels), len(images), data.DIGITS_NUM_CLASSES
-    if config.data.dataset in TFDS_DATASETS:
-        tfds_split = {"train": "train", "test": "test" if config.data.dataset != "imagenet2012" else "validation"}[split]
-        dataset, info = data.load_tfds(config.data.dataset, tfds_split, data_dir=config.data.data_dir)
-        size = config.data.image_size
-        dataset = dataset.map(
-            lambda image, label: (
-                tf.cast(tf.clip_by_value(tf.image.resize(image, (size, size)), 0, 255), tf.uint8),
-                label,
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        return dataset, info.splits[tfds_split].num_examples, info.features["label"].num_classes
-    if config.data.labels_file:  # the images a labels file lists, with its multi-hot or continuous labels
-        labelled = data.load_labelled_images(
-            config.data.data_dir, config.data.labels_file, split, image_size=config.data.image_size, channels=config.data.channels or 3
-        )
-        _check_labels_kind(config, labelled.kind)
-        classes = None if labelled.class_names is None else len(labelled.class_names)
-        return labelled.dataset, labelled.num_examples, config.data.num_classes or classes
-    # Image folder: <data_dir>/<train|test>/<class>/*.png|jpg; every split takes the training split's class ids.
-    root = os.path.join(config.data.data_dir, split)
-    _check_folder_layout(config.data.data_dir, split)
-    training_names = None if split == "train" else class_names(config)
-    dataset, class_names_found = data.load_image_folder(
-        root, image_size=config.data.image_size, channels=config.data.channels or 3, class_names=training_names
-    )
-    class_names_found = list(class_names_found)
-    if len(class_names_found) < 2 and config.method != "simclr":
-        remedy = (
-            "use --method simclr for unlabelled images" if config.method == "supcon"
-            else "a classifier needs images of at least 2 classes"
-        )
-        raise ValueError(
-            f"image folder {root!r} has {len(class_names_found)} class folder ({', '.join(class_names_found)}): "
-            f"method {config.method!r} needs at least 2 classes (one sub-folder per class); {remedy}"
-        )
-    return dataset, int(dataset.cardinality().numpy()), config.data.num_classes or len(class_names_found)
-
-
-FOLDER_LAYOUT = "DATA_DIR/train/<class>/*.png|jpg (and DATA_DIR/test/<class>/ for a classifier's test evaluation)"
-
-
-def _check_folder_layout(data_dir, split):
-    """A missing `data_dir`, one without its `split` folder: distinct FileNotFoundErrors with the expected layout."""
-    if not os.path.isdir(data_dir):
-        what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
-        raise FileNotFoundError(f"`data_dir` {data_dir} {what}; an image folder dataset is laid out as {FOLDER_LAYOUT}")
-    if not os.path.isdir(os.path.join(data_dir, split)):
-        entries = sorted(os.listdir(data_dir))
-        holds = "is empty" if not entries else f"holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
-        raise FileNotFoundError(
-            f"`data_dir` {data_dir} has no {split}/ folder (it {holds}); an image folder dataset is laid out as "
-            f"{FOLDER_LAYOUT}"
-        )
-
-
-def class_names(config):
-    """The class names in id order, from the TRAINING split: every other split, the probe and exports use them.
-
-    Digits: "0" ... "9". TFDS: the label feature's names. Image folders: the
-    sorted class sub-folders of `<data_dir>/train`; with a labels file, the
-    classes its train rows name (none for continuous labels).
-    """
-    if config.data.dataset == "digits":
-        return [str(label) for label in range(data.DIGITS_NUM_CLASSES)]
-    if config.data.dataset in TFDS_DATASETS:
-        _, info = data.load_tfds(config.data.dataset, "train", data_dir=config.data.data_dir)
-        return [str(name) for name in info.features["label"].names]
-    if config.data.labels_file:  # multi-hot: the classes the training rows use; continuous labels have none
-        labelled = data.load_labelled_images(
-            config.data.data_dir, config.data.labels_file, "train", image_size=config.data.image_size, channels=config.data.channels or 3
-        )
-        return list(labelled.class_names or [])
-    root = os.path.join(config.data.data_dir, "train")
-    return list(data.load_image_folder(root, image_size=config.data.image_size, channels=config.data.channels or 3)[1])
-
-
-class TrainValidationSplit(NamedTuple):
-    """Sources `(image uint8, label)` carved from the training split, with their sizes."""
-
-    train: object
-    validation: object
-    num_train: int
-    num_validation: int
-    num_classes: int
-
-
-def split_train_validation(config, fraction, seed):
-    """Carves a validation split out of the dataset's TRAIN split (the test split is never read).
-
-    Digits: a stratified split (`sklearn.model_selection.train_test_split`
-    with `random_state=seed`) of `data.load_digits("train")`. TFDS: the first
-    `fraction` of the training source (TFDS stores training files
-    shuffled). Image folders (stored in class order): each image goes to the
-    validation split when a stateless uniform draw seeded by `(seed, its
-    index)` falls below `fraction`.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"`validation_fraction` must be in (0, 1), received: validation_fraction={fraction!r}")
-    if config.data.dataset == "digits":
-        from sklearn.model_selection import train_test_split
-
-        images, labels = data.load_digits("train")
-        train_index, val_index = train_test_split(
-            range(len(labels)), test_size=fraction, random_state=seed, stratify=labels
-        )
-        train_index, val_index = sorted(train_index), sorted(val_index)
-        return TrainValidationSplit(
-            data.from_arrays(images[train_index], labels[train_index]),
-            data.from_arrays(images[val_index], labels[val_index]),
-            len(train_index),
-            len(val_index),
-            data.DIGITS_NUM_CLASSES,
-        )
-    source, size, num_classes = load_source(config, "train")
-    if not size:
-        raise ValueError(f"the training split of {config.data.dataset!r} has unknown size; cannot carve a validation split")
-    if config.data.dataset in TFDS_DATASETS:
-        num_validation = max(1, int(round(fraction * size)))
-        return TrainValidationSplit(
-            source.skip(num_validation), source.take(num_validation), size - num_validation, num_validation, num_classes
-        )
-    draws = tf.random.stateless_uniform([size], seed=[seed, 0x5A11])
-    is_validation = draws < fraction
-    flags = tf.data.Dataset.from_tensor_slices(is_validation)
-
-    num_validation = int(tf.reduce_sum(tf.cast(is_validation, tf.int32)))
-    if not 0 < num_validation < size:
-        raise ValueError(
-            f"`validation_fraction` {fraction} leaves an empty split of the {size} training images; choose another"
-        )
-
-    def pick(want, count):
-        kept = tf.data.Dataset.zip((source, flags)).filter(lambda item, in_validation: tf.equal(in_validation, want))
-        # A filter's size is unknown to tf.data; stated, Keras knows where an evaluation ends (without it, it
-        # warns "Your input ran out of data" at the end of the first validation).
-        return kept.map(lambda item, in_validation: item).apply(tf.data.experimental.assert_cardinality(count))
-
-    return TrainValidationSplit(
-        pick(False, size - num_validation), pick(True, num_validation), size - num_validation, num_validation,
-        num_classes,
-    )
 
 
 def augmentation(config):
@@ -541,7 +364,7 @@ def _run_claimed(config, folder, overwrite, callbacks, cluster_resolver):
     stage = _prepare(config, cluster_resolver)  # every check that can fail, before the first write
     restarts = _start(config, folder, overwrite, stage)
     trainer = _StageTrainer(
-        config, folder, stage.model, stage.train_source, stage.steps_per_epoch, stage.validation_source, callbacks
+        config, folder, stage.model, stage.train_source, stage.optim.steps_per_epoch, stage.validation_source, callbacks
     )
     logs = trainer.train(stage.process_start)
     return _finish(config, folder, stage, trainer, logs, restarts)
@@ -587,7 +410,7 @@ def _prepare(config, cluster_resolver):
     strategy = build_strategy(config, cluster_resolver)
     validation_source = None
     if config.evaluation.validation_fraction:
-        split = split_train_validation(config, config.evaluation.validation_fraction, config.runtime.seed)
+        split = data.split_train_validation(config, config.evaluation.validation_fraction, config.runtime.seed)
         train_source, num_train, num_classes = split.train, split.num_train, split.num_classes
         validation_source = split.validation
         if config.method in ("supcon", "simclr") and split.num_validation < config.optim.batch_size:
@@ -597,9 +420,12 @@ def _prepare(config, cluster_resolver):
                 "the batch"
             )
     else:
-        train_source, num_train, num_classes = load_source(config, "train")
+        train_source, num_train, num_classes = data.load_source(config, "train")
     # Only classifiers are evaluated on the test split (pre-training never reads it).
-    test_source = load_source(config, "test")[0] if config.evaluation.evaluate_test and config.method in ("ce", "linear") else None
+    test_source = (
+        data.load_source(config, "test")[0] if config.evaluation.evaluate_test and config.method in ("ce", "linear")
+        else None
+    )
     steps_per_epoch = check_inputs(config, strategy, num_train, num_classes)
     image_shape = tuple(next(iter(eval_dataset(config, train_source, batch_size=1)))[0].shape[1:])
 
@@ -609,7 +435,7 @@ def _prepare(config, cluster_resolver):
         model = build_model(config, image_shape, num_classes, steps_per_epoch, label_spec=label_spec)
         models.build_optimizer_state(model)  # so a backup's optimizer state can load
 
-    names = class_names(config)
+    names = data.class_names(config)
     if len(names) != num_classes:  # --num_classes beyond the data's classes: ids without names
         names = None
     return _Prepared(model, train_source, validation_source, test_source, steps_per_epoch, names,
@@ -650,13 +476,13 @@ def _finish(config, folder, stage, trainer, history_logs, restarts):
         if not np.isfinite(loss):
             metrics["warning"] = "the test loss is not finite"
     if checkpointing.is_chief():
-        checkpointing.save_model_atomically(model, folder.path("model.keras"), fault_point="final_model_save")
+        checkpointing.save_model_atomically(model, folder.path("model.keras"))
         if config.runtime.export:
             classifier = export.served_classifier(model) is not None  # ce, linear, supcon with --ce_weight
             export.export_model(
                 model, folder.path("saved_model"), overwrite=True, class_names=stage.class_names if classifier else None
             )
-        folder.write_json("metrics.json", metrics, fault_point="metrics_write")
+        folder.write_json("metrics.json", metrics)
         folder.finish()
     return metrics
 
@@ -750,6 +576,7 @@ class _StageTrainer:
             *self.extra_callbacks,
             backup,  # last: after the CSV row, the checkpoint and the caller's callbacks of an epoch
         ]
+        _faults.reached("fit", callbacks=callbacks)  # the test hook (a no-op unless a test installed one)
         return callbacks, backup
 
     @contextlib.contextmanager

@@ -197,7 +197,7 @@ def test_pretraining_reads_equal_batches_per_replica_from_the_service(service, s
     strategy = runner.build_strategy(config)
     replicas = strategy.num_replicas_in_sync
     assert replicas == (2 if strategy_name == "mirrored" else 1)
-    source, _, num_classes = runner.load_source(config, "train")
+    source, _, num_classes = data.load_source(config, "train")
     shapes = []
     distributed = strategy.experimental_distribute_dataset(runner.train_dataset(config, source))
     for step, (views, labels) in enumerate(distributed):

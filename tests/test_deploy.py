@@ -22,7 +22,7 @@ from experiments import common, flagging
 from experiments.data_service import ServiceConfig
 from supcon_tf import distribute
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # noqa: E402
 KUBERNETES = os.path.join(ROOT, "deploy", "kubernetes")
 MANIFESTS = sorted(name for name in os.listdir(KUBERNETES) if name.endswith(".yaml"))
 

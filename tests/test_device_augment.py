@@ -342,7 +342,7 @@ def test_runner_trains_simclr_ce_and_the_uncached_probe_with_device_augmentation
         "linear": dict(method="linear", pretrained=pretrained, cache_features=False, evaluate_test=False),
     }.items():
         config = _config(tmp_path, name, **changes)
-        source, _, num_classes = runner.load_source(config, "train")
+        source, _, num_classes = data.load_source(config, "train")
         (images, seeds), _ = next(iter(runner.train_dataset(config, source)))
         assert images.dtype == tf.uint8 and seeds.shape == (BATCH, 2 if name == "simclr" else 1, 2), name
         metrics = runner.run(config)

@@ -10,8 +10,7 @@ from absl import flags
 from experiments import flagging
 from experiments.flagging import option
 from supcon_tf.config import RunConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 @dataclasses.dataclass(frozen=True)

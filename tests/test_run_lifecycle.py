@@ -3,8 +3,8 @@
 Every test runs `python -m experiments.pretrain` (or train_ce / linear_eval)
 on the bundled digits in subprocesses, with TensorFlow op determinism on, and
 compares the end weights against an uninterrupted run of the same command.
-`SUPCON_TF_FAULT=<point>` makes the process SIGKILL itself at a named point
-(`supcon_tf.resilience.FaultInjector`). These tests start tens of processes;
+A fault spec `<point>` makes the process SIGKILL itself at a named point
+(tests/fault_injection.py, the hook of `supcon_tf._faults`). These tests start tens of processes;
 they are marked slow and run in CI's second stage.
 """
 

@@ -178,7 +178,7 @@ def test_run_config_rejects_bad_sampler_options(changes, field):
 
 def test_runner_builds_pk_training_batches_from_the_config():
     config = RunConfig.from_flat(image_size=8, batch_size=12, sampler="class_balanced", samples_per_class=3, seed=4)
-    source, _, _ = runner.load_source(config, "train")
+    source, _, _ = data.load_source(config, "train")
     views, labels = next(iter(runner.train_dataset(config, source)))
     assert views.shape == (12, 2, 8, 8, 1)
     counts = collections.Counter(labels.numpy().tolist())

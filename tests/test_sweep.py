@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments import sweep
+from experiments import sweep, training
 from supcon_tf import data, resilience, runner
 from supcon_tf.config import RunConfig
 from helpers import run_python
@@ -22,7 +22,7 @@ TINY = dict(
 
 def _sweep(tmp_path, method="supcon", name="sweep", **changes):
     base = RunConfig.from_flat(method=method, model_dir=str(tmp_path / name), **TINY)
-    values = dict(base=base, probe=sweep.default_probe(base, epochs=2))
+    values = dict(base=base, probe=training.default_probe(base, epochs=2))
     values.update(changes)
     return sweep.SweepConfig(**values)
 
@@ -31,7 +31,7 @@ def _sweep(tmp_path, method="supcon", name="sweep", **changes):
 def no_test_split(monkeypatch):
     """Every way to the digits test split raises; returns the list of splits that were loaded."""
     loaded = []
-    load_digits, load_source = data.load_digits, runner.load_source
+    load_digits, load_source = data.load_digits, data.load_source
 
     def guarded_load_digits(split, **kwargs):
         loaded.append(split)
@@ -44,8 +44,10 @@ def no_test_split(monkeypatch):
             raise AssertionError(f"the sweep loaded the {split!r} source")
         return load_source(config, split)
 
-    monkeypatch.setattr(data, "load_digits", guarded_load_digits)
-    monkeypatch.setattr(runner, "load_source", guarded_load_source)
+    for module in (data, data.sources):  # the package's name and the one `data.splits` calls
+        monkeypatch.setattr(module, "load_digits", guarded_load_digits)
+    for module in (data, data.splits):
+        monkeypatch.setattr(module, "load_source", guarded_load_source)
     return loaded
 
 
@@ -185,7 +187,7 @@ def test_hyperband_promotes_trials_with_their_encoder(tmp_path, no_test_split):
 
 
 def test_split_is_stratified_disjoint_and_from_train_only(no_test_split):
-    split = runner.split_train_validation(RunConfig(), 0.2, seed=0)
+    split = data.split_train_validation(RunConfig(), 0.2, seed=0)
     assert split.num_train + split.num_validation == 1437 and split.num_validation == 288
     train = [(bytes(np.asarray(image)), int(label)) for image, label in split.train]
     validation = [(bytes(np.asarray(image)), int(label)) for image, label in split.validation]
@@ -201,7 +203,7 @@ def test_split_is_stratified_disjoint_and_from_train_only(no_test_split):
 def test_probe_follows_the_stage_it_scores(tmp_path):
     config = _sweep(tmp_path)
     stage = config.base.replace(model_dir=str(tmp_path / "trial"), seed=3)
-    probe = sweep.probe_for(stage, config.probe)
+    probe = training.probe_for(stage, config.probe)
     assert probe.method == "linear" and probe.evaluation.pretrained == str(tmp_path / "trial" / "model.keras")
     assert probe.runtime.seed == 3 and probe.evaluation.validation_fraction == 0.2 and not probe.evaluation.evaluate_test
     assert probe.data.image_size == stage.data.image_size and probe.optim.epochs == 2

@@ -179,12 +179,12 @@ class LoadSampler:
 
 def data_facts(config):
     """The training data as the report uses it (the test split's size is added by the final evaluation)."""
-    from supcon_tf import corruptions, runner
+    from supcon_tf import corruptions, data
 
     stage = config.stage("ce", seed=config.tuning_seed)
-    source, size, num_classes = runner.load_source(stage, "train")
+    source, size, num_classes = data.load_source(stage, "train")
     first_image = next(iter(source))[0]
-    split = runner.split_train_validation(stage, stage.evaluation.validation_fraction, stage.runtime.seed)
+    split = data.split_train_validation(stage, stage.evaluation.validation_fraction, stage.runtime.seed)
     return {
         "dataset": stage.data.dataset,
         "raw_image_shape": list(first_image.shape),
@@ -231,12 +231,12 @@ def curves_of(model_dir, method, rules, probed):
 
 
 def train_one(config, stage, *, probe_ce=False):
-    """Trains `stage` (and its probe) through `experiments.sweep.train_and_score`; returns the run's record."""
+    """Trains `stage` (and its probe) through `experiments.training.train_and_score`; returns the run's record."""
     import keras
 
-    from experiments import sweep
+    from experiments import training
 
-    result = sweep.train_and_score(stage, config.stages["linear"], probe_ce=probe_ce, callbacks=_callbacks(config)(stage))
+    result = training.train_and_score(stage, config.stages["linear"], probe_ce=probe_ce, callbacks=_callbacks(config)(stage))
     probed = result["probe"] is not None
     record = {
         "seed": stage.runtime.seed,

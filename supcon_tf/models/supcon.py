@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import keras
 import tensorflow as tf
@@ -14,6 +13,7 @@ from supcon_tf import losses as losses_lib
 from supcon_tf import memory as memory_lib
 from supcon_tf import online_eval as online_eval_lib
 from supcon_tf._checks import is_int, positive_number
+from supcon_tf.config import check_ce_weight  # the joint objective's rule, shared with RunConfig
 from supcon_tf.models._base import (
     EMBEDDING,
     REPRESENTATION,
@@ -40,24 +40,6 @@ _SUPCON_OPTIONS = (
 )
 # The loss options a model saved before `loss_config` existed kept as constructor arguments of their own.
 _LEGACY_LOSS_KEYS = ("temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap")
-
-
-def check_ce_weight(ce_weight, method):
-    """The joint objective's weight w of `loss = supcon + w * CE`, as a float; ValueError naming it otherwise.
-
-    w must be a finite number >= 0 (0: no joint objective); w > 0 needs method "supcon" (SimCLR has no labels to
-    classify). `RunConfig` and `SupConModel` both check through here.
-    """
-    if isinstance(ce_weight, bool) or not isinstance(ce_weight, (int, float)) or not math.isfinite(ce_weight) or (
-        ce_weight < 0
-    ):
-        raise ValueError(f"`ce_weight` must be a finite number >= 0, received: ce_weight={ce_weight!r}")
-    if ce_weight > 0 and method != "supcon":
-        raise ValueError(
-            "`ce_weight` adds a cross-entropy head to supervised contrastive pre-training (method 'supcon'), "
-            f"received: ce_weight={ce_weight!r} with method={method!r}"
-        )
-    return float(ce_weight)
 
 
 def _checked_loss_config(loss_config, method):

@@ -5,26 +5,15 @@ import keras
 import numpy as np
 import pytest
 
-from loss_reference import weighted_reference
+from loss_reference import gaussian_weight, jaccard_weight, unit, weighted_reference
 from supcon_tf import memory
 from supcon_tf.losses import supcon_per_anchor_loss
 
 BANDWIDTH = 0.7
 
 
-def _unit(rng, *shape):
-    x = rng.normal(size=shape)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _jaccard(a, b):
-    """|A & B| / |A | B| of the label sets of two multi-hot rows (0 for two empty sets)."""
-    set_a, set_b = set(np.flatnonzero(a)), set(np.flatnonzero(b))
-    return len(set_a & set_b) / len(set_a | set_b) if set_a | set_b else 0.0
-
-
 def _gaussian(a, b):
-    return float(np.exp(-np.sum((np.atleast_1d(a) - np.atleast_1d(b)) ** 2) / (2 * BANDWIDTH**2)))
+    return gaussian_weight(a, b, BANDWIDTH)
 
 
 def _labels(kind, rng, n):
@@ -47,7 +36,7 @@ def test_queue_keeps_float_label_rows_in_order_through_update(kind):
     queue.build((None, 3))
     written_features, written_labels = [], []
     for _ in range(3):  # 3 steps of 2 samples x 2 views = 12 entries > 10: the queue wraps
-        embeddings, labels = _unit(rng, 2, 2, 3).astype(np.float32), _labels(kind, rng, 2)
+        embeddings, labels = unit(rng, 2, 2, 3).astype(np.float32), _labels(kind, rng, 2)
         queue.update(embeddings, labels=labels)
         written_features.append(embeddings.reshape(4, 3))
         written_labels.append(np.repeat(labels, 2, axis=0))  # each view carries its sample's row
@@ -64,9 +53,9 @@ def test_queue_label_rows_give_the_float64_weighted_loss(kind, implementation):
     label_shape, rule = LAYOUTS[kind]
     queue = memory.MemoryQueue(6, label_shape=label_shape, label_dtype="float32")
     queue.build((None, 3))
-    queue.update(_unit(rng, 3, 2, 3).astype(np.float32), labels=_labels(kind, rng, 3))
+    queue.update(unit(rng, 3, 2, 3).astype(np.float32), labels=_labels(kind, rng, 3))
     queue_features, queue_labels = queue.read()
-    z, labels = _unit(rng, 5, 2, 3), _labels(kind, rng, 5)
+    z, labels = unit(rng, 5, 2, 3), _labels(kind, rng, 5)
     options = dict(positive_weighting="jaccard") if rule == "jaccard" else dict(
         label_kernel="gaussian", kernel_bandwidth=BANDWIDTH
     )
@@ -74,7 +63,7 @@ def test_queue_label_rows_give_the_float64_weighted_loss(kind, implementation):
         z.astype(np.float32), labels, temperature=0.2, queue_features=queue_features, queue_labels=queue_labels,
         implementation=implementation, block_size=4, **options,
     )
-    weigh = _jaccard if rule == "jaccard" else _gaussian
+    weigh = jaccard_weight if rule == "jaccard" else _gaussian
     q_labels = queue_labels.numpy().astype(np.float64)
     weights = np.array([[weigh(a, b) for b in labels.astype(np.float64)] for a in labels.astype(np.float64)])
     queue_weights = np.array([[weigh(a, b) for b in q_labels] for a in labels.astype(np.float64)])

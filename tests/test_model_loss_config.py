@@ -15,17 +15,13 @@ import pytest
 import tensorflow as tf
 
 from helpers import assert_refused, run_binary_in_process
+from loss_reference import unit
 from test_loss_family import BANDWIDTH, paper_reference
 from supcon_tf import encoders, layers, models
 from supcon_tf.config import RunConfig
 from supcon_tf.losses import LossConfig
 
 TEMPERATURE = 0.3
-
-
-def _unit(rng, *shape):
-    x = rng.normal(size=shape)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _model(loss_config, **kwargs):
@@ -56,7 +52,7 @@ def _labels(kind, rng, batch):
 def test_the_model_loss_with_each_named_option_is_its_papers_equation(case):
     options, kind = CASES[case]
     rng = np.random.default_rng(7)
-    z = _unit(rng, 6, 2, 6).astype(np.float32)
+    z = unit(rng, 6, 2, 6).astype(np.float32)
     labels = _labels(kind, rng, 6)
     model = _model(LossConfig(temperature=TEMPERATURE, **options))
     loss, global_loss = model.compute_contrastive_loss(tf.constant(z), tf.constant(labels))
@@ -68,7 +64,7 @@ def test_the_model_loss_with_each_named_option_is_its_papers_equation(case):
 
 def test_prototypes_are_trained_class_centres_in_every_contrast_set():
     rng = np.random.default_rng(8)
-    z = _unit(rng, 6, 2, 6).astype(np.float32)
+    z = unit(rng, 6, 2, 6).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1, 1], np.int32)
     model = _model(LossConfig(temperature=TEMPERATURE, denominator="class_balanced"), prototype_classes=3)
     assert model.prototypes.shape == (3, 6) and any(v is model.prototypes for v in model.contrastive_variables)
@@ -87,7 +83,7 @@ def test_prototypes_are_trained_class_centres_in_every_contrast_set():
 
 def test_per_label_losses_take_sample_weights_per_sample():
     rng = np.random.default_rng(9)
-    z = tf.constant(_unit(rng, 6, 2, 6).astype(np.float32))
+    z = tf.constant(unit(rng, 6, 2, 6).astype(np.float32))
     labels = tf.constant(_labels("multi_hot", rng, 6))
     model = _model(LossConfig(multi_label="per_label"))
     plain, _ = model.compute_contrastive_loss(z, labels)

@@ -364,7 +364,7 @@ def _run_claimed(config, folder, overwrite, callbacks, cluster_resolver):
     stage = _prepare(config, cluster_resolver)  # every check that can fail, before the first write
     restarts = _start(config, folder, overwrite, stage)
     trainer = _StageTrainer(
-        config, folder, stage.model, stage.train_source, stage.optim.steps_per_epoch, stage.validation_source, callbacks
+        config, folder, stage.model, stage.train_source, stage.steps_per_epoch, stage.validation_source, callbacks
     )
     logs = trainer.train(stage.process_start)
     return _finish(config, folder, stage, trainer, logs, restarts)

@@ -360,7 +360,11 @@ class RuntimeConfig:
         False, "TensorFlow op determinism: a resumed run ends bit-for-bit like an uninterrupted one on CPU (slower)."
     )
     export: bool = _field(True, "Write a SavedModel under model_dir/saved_model at the end.")
-    verbose: int = _field(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+    verbose: int = _field(
+        1,
+        "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch (TensorFlow's own logs are off by default: "
+        "absl's -v 1 shows them).",
+    )
 
     def __post_init__(self):
         _choice("strategy", self.strategy, STRATEGIES)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from supcon_tf import data, export, models
 from supcon_tf.encoders import build_encoder
-from helpers import run_python, start_python
+from helpers import run_binary_in_process, start_python
 
 IMAGE_SHAPE = (8, 8, 1)
 # Not in sorted order, and not ASCII: ids are positions in this list, names travel as UTF-8.
@@ -279,8 +279,9 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
 
 
 def _train_ce(data_dir, model_dir):
-    return run_python(
-        "-m", "experiments.train_ce", "--dataset=folder", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+    """`python -m experiments.train_ce` on an image folder, through its entry in this process."""
+    return run_binary_in_process(
+        "train_ce", "--dataset=folder", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
         "--image_size=8", "--epochs=1", "--batch_size=4", "--encoder_width=0.25", "--verbose=0",
     )
 

@@ -2,7 +2,7 @@
 
 The training runs go through each binary's entry in this process (`helpers.run_binary_in_process`: its flags,
 output and exit status; a subprocess would only add a TensorFlow import); the console-script path (a real
-interpreter: exit status, --helpfull, the export binary) runs in subprocesses.
+interpreter: exit status, --helpfull) runs in subprocesses.
 """
 
 import json
@@ -76,10 +76,14 @@ def test_train_ce_and_export_binary(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     _, metrics = _assert_run_folder(tmp_path / "ce")
     assert 0.0 <= metrics["test_top1"] <= 1.0
-    result = _run("export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}")
+    result = run_binary_in_process(
+        "export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.exists(tmp_path / "exported" / "saved_model.pb")
-    again = _run("export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}")
+    again = run_binary_in_process(
+        "export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}"
+    )
     assert again.returncode == 2 and "exist" in again.stderr and "Traceback" not in again.stderr
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from supcon_tf import data, export, models
 from supcon_tf.encoders import build_encoder
-from helpers import run_binary_in_process, start_python
+from helpers import run_binary_in_process
 
 IMAGE_SHAPE = (8, 8, 1)
 # Not in sorted order, and not ASCII: ids are positions in this list, names travel as UTF-8.
@@ -252,13 +252,12 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
         run.mkdir()
         model.save(run / "model.keras")
         (run / "classes.json").write_text(json.dumps({"class_names": names, "source": "test"}), encoding="utf-8")
-    runs = {
-        run: start_python("-m", "experiments.export_model", f"--model={run / 'model.keras'}", f"--output={run / 'export'}")
+    results = {
+        run: run_binary_in_process("export_model", f"--model={run / 'model.keras'}", f"--output={run / 'export'}")
         for run in (run_ok, run_bad)
-    }  # both at once: each spends seconds importing TensorFlow
-    results = {run: (process.communicate(timeout=300), process.returncode) for run, process in runs.items()}
+    }
 
-    (stdout, stderr), returncode = results[run_ok]
+    returncode, stdout, stderr = results[run_ok].returncode, results[run_ok].stdout, results[run_ok].stderr
     assert returncode == 0, stderr[-3000:]
     assert "with the 3 class names of" in stdout
     assert export.saved_model_class_names(run_ok / "export") == NAMES
@@ -266,7 +265,7 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
     outputs = loaded.classify_uint8(_uint8_images(4))
     assert _decode(outputs["class_name"]) == [NAMES[i] for i in np.argmax(outputs["logits"].numpy(), axis=-1)]
 
-    (_, stderr), returncode = results[run_bad]
+    returncode, stderr = results[run_bad].returncode, results[run_bad].stderr
     assert returncode == 2, stderr[-3000:]
     assert "Traceback" not in stderr
     assert "names 2 classes but the model" in stderr and "has 3 outputs" in stderr and "classes.json" in stderr

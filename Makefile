@@ -15,7 +15,8 @@ export PYTHONHASHSEED ?= 0
 
 # The tests run in two pytest-xdist worker processes (BUILD_NOTES.md: why, and the times); PYTEST_WORKERS=0 runs
 # them in this process. The default suite keeps a module's tests on one worker (--dist loadscope: a module
-# fixture that trains runs once); the slow tests are spread one by one (--dist load).
+# fixture that trains runs once); the slow tests are spread one by one, those marked xdist_group together
+# (--dist loadgroup).
 PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-all test-slow bench clean
@@ -35,7 +36,7 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q -n $(PYTEST_WORKERS) --dist loadscope
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q -n $(PYTEST_WORKERS) --dist load
+	$(PY) -m pytest -m slow -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope

@@ -256,6 +256,7 @@ def _wildcard_listener(port):
     return False
 
 
+@pytest.mark.slow  # three processes (dispatcher, worker, trainer), about 20 s of CPU
 def test_console_script_serves_the_trainer_and_stops_on_sigterm():
     dispatcher_port, worker_port = _free_port(), _free_port()
     # Started together: the worker waits for the dispatcher's port (and still stops on a signal meanwhile).

@@ -250,6 +250,7 @@ def test_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
     assert _snapshot(tmp_path / "work") == before
 
 
+@pytest.mark.slow  # two training processes, about 15 s of CPU
 def test_a_second_writer_is_refused_at_once(tmp_path):
     model_dir = tmp_path / "run"
     first = start_command(_command(model_dir, "--epochs=3"), fault="slow_steps:500")

@@ -723,12 +723,12 @@ def _build_model(sizes, policy):
     """SupConModel (encoder + ProjectionHead) with every layer created under the dtype `policy`."""
     import keras
 
-    from supcon_tf import encoders, layers, models
+    from supcon_tf import encoders, layers, losses, models
 
     keras.mixed_precision.set_global_policy(policy)
     encoder = encoders.build_encoder(sizes["encoder"], tuple(sizes["image_shape"]), **sizes["encoder_kwargs"])
     head = layers.ProjectionHead(tuple(sizes["head_hidden"]), sizes["embedding_dim"])
-    return models.SupConModel(encoder, head, temperature=TEMPERATURE)
+    return models.SupConModel(encoder, head, loss_config=losses.LossConfig(temperature=TEMPERATURE))
 
 
 def _release():

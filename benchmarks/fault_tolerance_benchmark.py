@@ -54,10 +54,10 @@ def _digits_stream(start_batch=0):
 def _supcon_model(encoder_name, image_shape):
     import keras
 
-    from supcon_tf import encoders, layers, models
+    from supcon_tf import encoders, layers, losses, models
 
     encoder = encoders.build_encoder(encoder_name, image_shape)
-    model = models.SupConModel(encoder, layers.ProjectionHead((128,), 64), temperature=0.1)
+    model = models.SupConModel(encoder, layers.ProjectionHead((128,), 64), loss_config=losses.LossConfig(temperature=0.1))
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -169,7 +169,7 @@ def main(argv):
 
     from supcon_tf.config import RunConfig
 
-    default_every = RunConfig().backup_every_steps
+    default_every = RunConfig().runtime.backup_every_steps
     load_before = os.getloadavg()
     fit_times = fit_step_times(args.steps, [0, default_every, 1])
     models = {}

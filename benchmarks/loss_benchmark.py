@@ -17,6 +17,11 @@ Implementations (features [batch, 2 views, 128], L2-normalised, tau 0.1):
                                   built inside the loop)
   tf_kernel_blockwise             blockwise with real weights from continuous labels (class id + U(0, 1)): a
                                   truncated Gaussian kernel rule, exp(-d^2 / 2 0.5^2) for |d| < 1, else 0
+  tf_jaccard_blockwise            blockwise, positive_weighting="jaccard" on multi-hot labels [batch, classes]:
+                                  each sample's class plus one other class drawn at random (seed 2)
+  tf_gaussian_blockwise           blockwise, label_kernel="gaussian", kernel_bandwidth 0.5, on the continuous
+                                  labels of tf_kernel_blockwise (class id + U(0, 1))
+  tf_balanced_blockwise           blockwise, denominator="class_balanced" (BCL) on the class ids
   torch_dense                     the same formula written densely in PyTorch (below), autograd backward
   pml                             pytorch_metric_learning.losses.SupConLoss (temperature 0.1)
   floor                           the three matrix products any exact implementation needs:
@@ -59,9 +64,16 @@ VIEWS = 2
 TEMPERATURE = 0.1
 ALL_IMPLS = (
     "floor", "tf_dense", "tf_dense_xla", "tf_blockwise", "tf_blockwise_xla", "tf_auto", "tf_weighted_blockwise",
-    "tf_kernel_blockwise", "torch_dense", "pml", "tf_tiny", "tf_tiny_xla",
+    "tf_kernel_blockwise", "tf_jaccard_blockwise", "tf_gaussian_blockwise", "tf_balanced_blockwise", "torch_dense",
+    "pml", "tf_tiny", "tf_tiny_xla",
 )
 WEIGHTED_IMPLS = ("tf_weighted_blockwise", "tf_kernel_blockwise")
+# The named members of the loss family, blockwise: their options, and the labels they read (from the class ids).
+NAMED_IMPLS = {
+    "tf_jaccard_blockwise": (dict(positive_weighting="jaccard"), "multi_hot"),
+    "tf_gaussian_blockwise": (dict(label_kernel="gaussian", kernel_bandwidth=0.5), "continuous"),
+    "tf_balanced_blockwise": (dict(denominator="class_balanced"), "ids"),
+}
 DENSE_IMPLS = ("floor", "tf_dense", "tf_dense_xla", "torch_dense", "pml")
 DIAGNOSTIC_IMPLS = ("tf_tiny", "tf_tiny_xla")  # only when asked for (not in the default --impls)
 
@@ -147,7 +159,14 @@ def _tf_step(impl, z, y, losses_rev=None):
     supcon_loss = losses.supcon_loss
     block_size = int(os.environ.get("BENCH_BLOCK_SIZE", losses.DEFAULT_BLOCK_SIZE))
     options = {}
-    if impl in WEIGHTED_IMPLS:
+    if impl in NAMED_IMPLS:
+        implementation = "blockwise"
+        options, kind = NAMED_IMPLS[impl]
+        if kind == "multi_hot":
+            labels = tf.constant(_multi_hot_labels(y, int(y.max()) + 1))
+        elif kind == "continuous":
+            labels = tf.constant(_continuous_labels(y))
+    elif impl in WEIGHTED_IMPLS:
         implementation = "blockwise"
         options["pair_weights"] = _equal_ids if impl == "tf_weighted_blockwise" else _kernel
         if impl == "tf_kernel_blockwise":
@@ -191,6 +210,16 @@ def _continuous_labels(y, seed=1):
     import numpy as np
 
     return (y + np.random.default_rng(seed).uniform(size=y.shape)).astype(np.float32)
+
+
+def _multi_hot_labels(y, classes, seed=2):
+    """Multi-hot labels for `tf_jaccard_blockwise`: each sample's class and one other class at random, float32."""
+    import numpy as np
+
+    rows = np.zeros((len(y), classes), np.float32)
+    rows[np.arange(len(y)), y] = 1.0
+    rows[np.arange(len(y)), np.random.default_rng(seed).integers(0, classes, size=len(y))] = 1.0
+    return rows
 
 
 def torch_supcon_dense(features, labels, temperature):

@@ -47,7 +47,7 @@ def tf_row(encoder_name, repeats, batch):
     shape = (16, 16, 1) if encoder_name == "small_cnn" else (32, 32, 3)
     keras.utils.set_random_seed(0)
     model = models.SupConModel(
-        encoders.build_encoder(encoder_name, shape), layers.ProjectionHead((512,), 128), temperature=0.1
+        encoders.build_encoder(encoder_name, shape), layers.ProjectionHead((512,), 128), loss_config=losses.LossConfig(temperature=0.1)
     )
     optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
     optimizer.build(model.trainable_variables)

@@ -112,9 +112,21 @@ def stage_entry(*, methods, summary):
         metrics = run_stage(config)
         if metrics is not None:
             print(f"{summary(metrics)}; outputs in {config.model_dir}")
+            if config.runtime.export and (config.method in ("ce", "linear") or config.model.ce_weight > 0):
+                print(_classifier_export_summary(config.model_dir))
         return 0
 
     return lambda: run_binary(main)
+
+
+def _classifier_export_summary(model_dir):
+    """`export_model.summary` of the classifier SavedModel a training run wrote, with its run's class names."""
+    from experiments import export_model
+    from supcon_tf import export
+
+    classes_path = os.path.join(model_dir, export_model.CLASSES_FILE)
+    class_names = export.read_classes_json(classes_path) if os.path.exists(classes_path) else None
+    return export_model.summary(os.path.join(model_dir, "saved_model"), class_names, classes_path)
 
 
 def top1_summary(label):

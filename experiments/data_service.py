@@ -48,6 +48,7 @@ from experiments import flagging
 from experiments.flagging import option
 
 ROLES = ("dispatcher", "worker")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PROGRAM = "supcon-data-service"
 
 
@@ -122,20 +123,6 @@ class ServiceConfig:
 STOP_GRACE_SECONDS = 2.0  # after a signal: how long the server may take to stop before it is killed
 
 
-class _StopSignal:
-    """SIGTERM / SIGINT set an event (installed first thing, so a signal during start-up also ends cleanly)."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.received = None
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-
-    def _on_signal(self, signum, _frame):
-        self.received = self.received or signal.Signals(signum).name
-        self.event.set()
-
-
 def _wait_reachable(address, stop_event):
     """Waits until `address` (HOST:PORT) accepts a TCP connection; False if `stop_event` is set first."""
     while not stop_event.is_set():
@@ -156,7 +143,14 @@ def _serve(options):
     mid-batch: 9 s measured with AutoAugment at 224x224) hold the GIL while
     they block, so no signal handler or timer of this process could run.
     """
-    stop = _StopSignal()
+    # Ctrl-C reaches the whole process group: the supervisor acts on it (SIGTERM to this child). Until the watcher
+    # is installed (importing the library loads TensorFlow), SIGINT is ignored here rather than print a traceback,
+    # and SIGTERM ends the child at once. The supervisor's mask (held signals) is inherited: lifted here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    from supcon_tf import resilience
+
+    stop = resilience.SignalWatcher(insist=False).__enter__()  # never left: the process ends with os._exit
     parent = os.getppid()
 
     def watch_parent():  # a supervisor that died without a signal (SIGKILL) must not leave the server behind
@@ -183,7 +177,9 @@ def _serve(options):
             detail = f"dispatcher {options['dispatcher']}"
     except Exception as error:  # noqa: BLE001  (a port in use, an unknown host: reported in one line)
         os._exit(flagging.fail(ValueError(f"cannot start the {options['role']} on port {options['port']}: {error}")))
-    port = options["port"] or int(server._address.rsplit(":", 1)[-1])  # 0: the port it bound
+    from supcon_tf import _keras_compat
+
+    port = options["port"] or _keras_compat.bound_port(server)  # 0: the port it bound
     where = listening_on(port)
     print(security_warning(options["role"], port, where), file=sys.stderr, flush=True)
     if options["role"] == "dispatcher":
@@ -270,12 +266,15 @@ def _split(address):
     return host.strip("[]"), int(port)
 
 
-def _supervise(options, stop):
+def _supervise(options):
     """Runs `_serve` in a child process; on SIGTERM / SIGINT stops it, within `STOP_GRACE_SECONDS`; returns 0.
 
-    This process never imports TensorFlow, so it always acts on a signal at
-    once. The child gets SIGTERM and stops its server; one that has not
-    ended after the grace period is killed (a worker's unfinished batches
+    This process never imports TensorFlow (so not the library either, whose
+    `resilience.SignalWatcher` the child uses), so it always acts on a signal
+    at once: it holds SIGTERM / SIGINT blocked (`main`) and takes them with
+    `signal.sigtimedwait` while it watches the child. The child gets SIGTERM
+    and stops its server; one that has not ended after the grace period is
+    killed (a worker's unfinished batches
     are lost either way, as when a worker dies). Returns the child's status
     when it ends by itself (2: the server could not start).
     """
@@ -283,7 +282,8 @@ def _supervise(options, stop):
 
     child = multiprocessing.get_context("spawn").Process(target=_serve, args=(options,), name=f"{options['role']}")
     child.start()
-    while not stop.event.wait(0.2):
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # again: starting multiprocessing's resource tracker unblocks them
+    while (caught := signal.sigtimedwait(STOP_SIGNALS, 0.2)) is None:
         if not child.is_alive():
             return child.exitcode if child.exitcode is not None and child.exitcode >= 0 else 1
     began = time.monotonic()
@@ -295,14 +295,15 @@ def _supervise(options, stop):
         child.kill()
         child.join()
         how = f"killed after {STOP_GRACE_SECONDS:.0f} s (a task was still busy)"
-    print(f"{_PROGRAM}: {options['role']} {how} on {stop.received} ({time.monotonic() - began:.2f} s)", flush=True)
+    signal_name = signal.Signals(caught.si_signo).name
+    print(f"{_PROGRAM}: {options['role']} {how} on {signal_name} ({time.monotonic() - began:.2f} s)", flush=True)
     return 0
 
 
 def main():
-    stop = _StopSignal()  # first, so that a signal during start-up also ends cleanly
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # first: a signal during start-up also ends cleanly
     options = flagging.from_flags(ServiceConfig).options()
-    return _supervise(options, stop)
+    return _supervise(options)
 
 
 def entry():

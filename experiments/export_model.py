@@ -4,8 +4,9 @@ r"""Exports a trained model (.keras) as a SavedModel with named serving signatur
     saved_model_cli show --dir exported/digits_encoder --all
 
 A SupConModel (or a bare encoder) gives the encoder signatures (embedding,
-representation); a LinearProbe / CrossEntropyModel gives the classifier
-signatures (logits, probabilities, embedding). When a classifier's model file
+representation); a LinearProbe / CrossEntropyModel, or a SupConModel trained
+with the joint CE head (--ce_weight), gives the classifier signatures
+(logits, probabilities, embedding). When a classifier's model file
 has a classes.json next to it (a run folder's: `{"class_names": [names in id
 order], ...}`), the export also returns each image's "class_name" and keeps
 the names (`supcon_tf.export.saved_model_class_names`); a classes.json whose
@@ -40,6 +41,10 @@ class ExportConfig:
             raise ValueError("`output` must name the SavedModel folder, received: --output unset")
         if not os.path.exists(self.model):
             raise FileNotFoundError(f"`model` does not exist: {self.model}")
+        if os.path.lexists(self.output) and not self.overwrite:
+            raise FileExistsError(
+                f"`output` {self.output} exists: pass --overwrite to replace it (only a SavedModel folder is replaced)"
+            )
 
 
 def main():
@@ -47,16 +52,41 @@ def main():
     import keras
 
     import supcon_tf  # noqa: F401  (registers the model classes)
-    from supcon_tf import export, models
+    from supcon_tf import export
 
     model = keras.saving.load_model(config.model, compile=False)
     class_names = None
-    if isinstance(model, (models.LinearProbe, models.CrossEntropyModel)):
-        class_names = _class_names_next_to(config.model, model.num_classes, export)
+    classifier = export.served_classifier(model)  # also a SupConModel's joint CE head (--ce_weight)
+    if classifier is not None:
+        class_names = _class_names_next_to(config.model, classifier.num_classes, export)
     path = export.export_model(model, config.output, overwrite=config.overwrite, class_names=class_names)
-    named = "" if class_names is None else f" with the {len(class_names)} class names of {_classes_json(config.model)}"
-    print(f"exported {type(model).__name__}{named} to {path}; inspect with: saved_model_cli show --dir {path} --all")
+    print(f"exported {type(model).__name__} from {config.model}")
+    print(summary(path, class_names, _classes_json(config.model)))
     return 0
+
+
+def summary(path, class_names, classes_source):
+    """What an export wrote and what it returns: its signatures and outputs, and the class names (or ids only).
+
+    Lines for the console (the export binary, and the training binaries that
+    export a classifier); `classes_source` names where the names came from.
+    """
+    from supcon_tf import export
+
+    signatures = export.saved_model_signatures(path)
+    outputs = sorted({name for signature in signatures.values() for name in signature["outputs"]})
+    lines = [
+        f"wrote the SavedModel {path}: signatures {', '.join(sorted(signatures))}; outputs {', '.join(outputs)}"
+    ]
+    if export.CLASS_NAME in outputs and class_names:
+        shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
+        lines.append(
+            f"it returns the class names of {classes_source} ({len(class_names)} classes, ids in this order): {shown}"
+        )
+    elif any(name.startswith(export.CLASSIFY) for name in signatures):
+        lines.append(f"it returns class ids only (no class names: {classes_source} is missing)")
+    lines.append(f"inspect with: saved_model_cli show --dir {path} --all")
+    return "\n".join(lines)
 
 
 def _classes_json(model_path):

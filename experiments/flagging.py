@@ -28,17 +28,26 @@ binaries' TensorFlow environment defaults (`BINARY_ENVIRONMENT`: oneDNN
 kernels on, TensorFlow's C++ info and warning lines off; BUILD_NOTES.md),
 which must be in place before TensorFlow is imported; a value the user set
 is kept. Every binary imports this module before anything that imports
-TensorFlow.
+TensorFlow. The consoles are quiet by default (`quiet_consoles`): the C++
+lines TensorFlow writes while it is imported, before its log level applies
+(absl's "All log messages before absl::InitializeLog()" warning, the oneDNN
+notice), are held back, and its Python INFO lines are off. absl's `-v 1`
+(`--verbosity=1`) on the command line restores all of them (and prints a
+top-level error's traceback); a `TF_CPP_MIN_LOG_LEVEL` the user set is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import importlib.abc
 import importlib.util
 import os
+import re
 import shlex
 import sys
+import tempfile
 import traceback
 import types
 import typing
@@ -46,9 +55,122 @@ import typing
 from absl import app, flags
 
 # The binaries' TensorFlow environment defaults, set at import (before TensorFlow loads); a user's value wins.
-BINARY_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-for _name, _value in BINARY_ENVIRONMENT.items():
-    os.environ.setdefault(_name, _value)
+# TF_CPP_MIN_LOG_LEVEL 3: TensorFlow's C++ info, warning and error lines off (their errors reach the user as
+# Python exceptions; level 2 still shows oneDNN's "supports DT_BOOL only on platforms with AVX-512" false alarm).
+BINARY_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# The environment kept with absl's `-v 1`: TensorFlow's own log level.
+VERBOSE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+
+# The lines TensorFlow's C++ code writes while it is imported, before its log level applies: absl's notice
+# that logging is not initialised, and INFO-severity lines (`I0000 00:00:... port.cc:153] oneDNN custom ...`).
+_IMPORT_NOTICE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] .*"
+)
+
+
+def requested_verbosity(argv):
+    """absl's `-v N` / `-vN` / `-v=N` / `--verbosity N` / `--verbosity=N` in `argv` (the last one), or None.
+
+    Read before the flags are parsed (nothing is changed), because the
+    environment of TensorFlow's C++ logging must be set before it is imported;
+    absl parses the same flag later. A value that is not an int counts as
+    None (absl then reports it).
+    """
+    found = None
+    args = list(argv[1:])
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        value = None
+        if arg in ("-v", "--verbosity"):
+            value = args[index + 1] if index + 1 < len(args) else None
+        elif arg.startswith(("--verbosity=", "-v=")):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-v") and arg[2:].lstrip("-").isdigit():
+            value = arg[2:]
+        if value is not None:
+            try:
+                found = int(value)
+            except ValueError:
+                found = None
+    return found
+
+
+def quiet_consoles(argv, environ=None):
+    """Sets the binaries' environment defaults and holds back TensorFlow's import notices; True if quiet.
+
+    Quiet unless absl's `-v 1` (or more) is in `argv`: then only
+    `VERBOSE_ENVIRONMENT` is defaulted and nothing is held back (a value the
+    user set in the environment is kept either way). Quiet: `BINARY_ENVIRONMENT` is defaulted and, if
+    TensorFlow is not imported yet, its import runs with file descriptor 2
+    redirected to a temporary file; afterwards the lines that are not
+    `_IMPORT_NOTICE`s are written back to stderr (every line if the import
+    fails).
+    """
+    environ = os.environ if environ is None else environ
+    verbose = (requested_verbosity(argv) or 0) >= 1
+    for name, value in (VERBOSE_ENVIRONMENT if verbose else BINARY_ENVIRONMENT).items():
+        environ.setdefault(name, value)
+    if not verbose and "tensorflow" not in sys.modules and not any(
+        isinstance(finder, _QuietImport) for finder in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _QuietImport())
+    return not verbose
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` once, with a loader that runs its import with fd 2 held (`_held_stderr`)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; the real finders find the package
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader  # the module keeps its real loader
+        with _held_stderr():
+            self.loader.exec_module(module)
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Runs the block with fd 2 in a temporary file, then writes its lines back but the `_IMPORT_NOTICE`s."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to hold
+        yield
+        return
+    failed = True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = [line for line in lines if failed or not _IMPORT_NOTICE.fullmatch(line.rstrip("\n"))]
+            if kept:
+                os.write(2, "".join(kept).encode("utf-8", "replace"))
+
+
+quiet_consoles(sys.argv)
 
 # The flags `define` defines belong to the module that calls it (absl's key flags: `--helpshort` of that binary).
 flags.disclaim_key_flags()
@@ -71,7 +193,9 @@ def option(default, text, *, flag=None):
 
 def flag_fields(cls, names=None):
     """The fields of the dataclass `cls` that are flags (they have a help text), or only `names`, in that order."""
-    fields = {field.name: field for field in dataclasses.fields(cls) if "help" in field.metadata}
+    # A nested config (RunConfig) lists its settings flat; a plain dataclass its fields.
+    every = cls.flat_fields() if hasattr(cls, "flat_fields") else dataclasses.fields(cls)
+    fields = {field.name: field for field in every if "help" in field.metadata}
     if names is None:
         return list(fields.values())
     missing = [name for name in names if name not in fields]
@@ -91,7 +215,7 @@ def help_texts(cls):
 
 def _kinds(cls, fields):
     """`{field name: (flag kind, list item type)}`, from the fields' type annotations."""
-    hints = typing.get_type_hints(cls)
+    hints = cls.flat_type_hints() if hasattr(cls, "flat_type_hints") else typing.get_type_hints(cls)
     return {field.name: _kind(hints[field.name], f"{cls.__name__}.{field.name}") for field in fields}
 
 
@@ -157,7 +281,8 @@ def values(cls, *, names=None, unset=False, flag_values=FLAGS):
 
 def from_flags(cls, **fixed):
     """`cls` built from its parsed flags (and `fixed`, the fields that are not flags); validated by `cls`."""
-    return cls(**values(cls), **fixed)
+    build = getattr(cls, "from_flat", cls)  # a nested config is built from its flat settings
+    return build(**values(cls), **fixed)
 
 
 def parse_list(name, items, kind):
@@ -311,7 +436,7 @@ def report_error(error):
     return outcome.status
 
 
-def absl_main(main_fn):
+def absl_main(main_fn, *, positional=None):
     """The `main(argv)` for `absl.app.run`: runs `main_fn()` and turns its errors into exit statuses.
 
     The statuses are those of `supcon_tf/errors.py`: 2 bad input (a
@@ -326,16 +451,46 @@ def absl_main(main_fn):
 
     def main(argv):
         set_run_folder(None)
-        if len(argv) > 1:
-            return fail(ValueError(f"unexpected positional arguments: {argv[1:]}"))
+        arguments = argv[1:]
+        if positional is None and arguments:
+            return fail(ValueError(f"unexpected positional arguments: {arguments}"))
+        if positional is not None and len(arguments) != 1:
+            return fail(ValueError(f"expected one positional argument {positional}, received: {arguments}"))
         try:
-            return main_fn()
+            return main_fn(*arguments)
         except (Exception, KeyboardInterrupt) as error:  # SystemExit passes: an exit status chosen already
             return report_error(error)
 
     return main
 
 
-def run_binary(main_fn):
-    """`absl.app.run` of `main_fn()` (no arguments; flags already defined) with `absl_main`'s exit statuses."""
-    app.run(absl_main(main_fn), flags_parser=parse_flags)
+def quiet_python_logs():
+    """Without `-v 1` on the command line: TensorFlow's and absl's Python INFO lines off (warnings stay).
+
+    absl's `app.run` logs at INFO by default (`--verbosity 0`), which lets
+    TensorFlow's INFO lines through (nine of them for one SavedModel export).
+    An explicit `-v` / `--verbosity` is left as the user gave it.
+    """
+    import logging
+
+    from absl import logging as absl_logging
+
+    if FLAGS["verbosity"].present:
+        return
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def run_binary(main_fn, *, positional=None):
+    """`absl.app.run` of `main_fn()` (flags already defined) with `absl_main`'s exit statuses.
+
+    `main_fn` takes no argument, or, with `positional` (its name for the
+    messages, e.g. "RUN"), the one positional argument of the command line.
+    The process's logging is set first (`quiet_python_logs`).
+    """
+
+    def main(*arguments):
+        quiet_python_logs()
+        return main_fn(*arguments)
+
+    app.run(absl_main(main, positional=positional), flags_parser=parse_flags)

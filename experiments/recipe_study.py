@@ -107,7 +107,7 @@ def _collapsed(model_dir):
 
 def study_method(config, method):
     """Runs the method's sweeps; returns its points (mean / std / per seed / collapses) and the choice."""
-    from experiments import presets, sweep
+    from experiments import presets, sweep, training
 
     points = {}
     for search in config.sweeps(method):
@@ -116,7 +116,7 @@ def study_method(config, method):
             key = (int(row["warmup_epochs"]), row.get("temperature"))
             point = points.setdefault(key, {"warmup_epochs": key[0], "temperature": key[1], "per_seed": {},
                                             "collapsed": 0})
-            point["per_seed"][search.base.seed] = row[sweep.OBJECTIVE]
+            point["per_seed"][search.base.runtime.seed] = row[training.OBJECTIVE]
             point["collapsed"] += bool(_collapsed(row["model_dir"]))
     for point in points.values():
         scores = [s for s in point["per_seed"].values() if s is not None]

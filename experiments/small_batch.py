@@ -187,7 +187,7 @@ def _log(message):
 
 def tune(config):
     """Chooses the queue size (and key momentum) of each queue arm on the validation split; `{arm: record}`."""
-    from experiments import sweep
+    from experiments import training
 
     out = {}
     for arm in (a for a in config.arms if a in QUEUE_ARMS):
@@ -201,7 +201,7 @@ def tune(config):
             for momentum in momenta:
                 folder = os.path.join(config.runs_dir, "tuning", arm, f"q{size}_m{momentum}")
                 stage = config.pretrain_config(arm, config.tuning_seed, folder, queue_size=size, key_momentum=momentum)
-                result = sweep.train_and_score(stage, config.probe_config())
+                result = training.train_and_score(stage, config.probe_config())
                 trials.append({"queue_size": size, "key_momentum": momentum, "val_accuracy": result["val_accuracy"]})
                 _log(f"tuning {arm}: queue {size}, momentum {momentum}: val top-1 {result['val_accuracy']:.4f}")
         best = max(trials, key=lambda t: t["val_accuracy"])  # ties: the first in grid order
@@ -213,7 +213,7 @@ def run(config: SmallBatchConfig, tuning=None):
     """Runs every arm for every seed (validation-scored, the test split unread); returns one dict per run."""
     import keras
 
-    from experiments import sweep
+    from experiments import training
 
     tuning = tuning or {}
     runs = []
@@ -222,13 +222,13 @@ def run(config: SmallBatchConfig, tuning=None):
         for seed in config.seeds:
             run_dir = os.path.join(config.runs_dir, arm, f"seed{seed}")
             stage = config.pretrain_config(arm, seed, run_dir, chosen.get("queue_size"), chosen.get("key_momentum"))
-            result = sweep.train_and_score(stage, config.probe_config())
+            result = training.train_and_score(stage, config.probe_config())
             row = dict(
                 arm=arm,
                 seed=seed,
-                batch_size=stage.batch_size,
-                queue_size=stage.queue_size,
-                key_momentum=stage.key_momentum,
+                batch_size=stage.optim.batch_size,
+                queue_size=stage.model.queue_size,
+                key_momentum=stage.model.key_momentum,
                 val_accuracy=result["val_accuracy"],
                 final_train_loss=result["stage"]["final_train_loss"],
                 pretrain_seconds=result["stage"]["train_seconds"],
@@ -446,11 +446,11 @@ def study(config, command):
     with compute.LoadSampler() as load:
         facts = {"machine": compute.machine_facts()}
         stage = config.pretrain_config(config.arms[0], config.tuning_seed, "facts")
-        from supcon_tf import runner
+        from supcon_tf import data
 
-        split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+        split = data.split_train_validation(stage, stage.evaluation.validation_fraction, stage.runtime.seed)
         facts["data"] = {
-            "image_size": stage.image_size, "validation_fraction": stage.validation_fraction,
+            "image_size": stage.data.image_size, "validation_fraction": stage.evaluation.validation_fraction,
             "train_part": split.num_train, "validation": split.num_validation,
         }
         tuning = tune(config)

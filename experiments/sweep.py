@@ -5,6 +5,8 @@ on the part of the TRAINING split that is left after carving a validation
 split (`RunConfig.validation_fraction`, seeded by the run's `seed`); the
 test split is never read (`evaluate_test=False`):
 
+The stages of a trial are `experiments.training.train_and_score`:
+
 * CE: one `runner.run` of the ce stage, scored by its `final_logs["val_accuracy"]`;
 * SupCon / SimCLR: a `runner.run` pre-training stage, then a `runner.run`
   linear stage (`SweepConfig.probe`) on its frozen encoder, scored by the
@@ -47,39 +49,20 @@ import time
 from experiments import flagging
 from experiments import scores as scores_lib
 from experiments.flagging import option
+from experiments.training import OBJECTIVE, default_probe, train_and_score
 from supcon_tf import checkpointing
 from supcon_tf.config import AUGMENTATIONS, RunConfig
 
 TUNERS = ("random", "hyperband", "grid")
-OBJECTIVE = "val_accuracy"
 SWEPT_FIELDS = ("temperature", "learning_rate", "batch_size", "augmentation", "epochs", "warmup_epochs")
-# The linear stage's optimisation recipe when none is given (the digits_linear preset's).
-PROBE_FIELDS = ("augmentation", "cache_features", "optimizer", "learning_rate", "weight_decay", "epochs", "batch_size")
-# What the linear stage takes from the stage it probes.
-INHERITED_BY_PROBE = ("dataset", "data_dir", "num_classes", "image_size", "channels", "seed", "validation_fraction", "verbose")
-
-
-def default_probe(base, **overrides):
-    """The linear stage for `base`: the digits_linear recipe, the data settings of `base`, `overrides` last."""
-    from experiments import presets
-
-    recipe = presets.get_preset("digits_linear")
-    values = {name: recipe[name] for name in PROBE_FIELDS}
-    values.update({name: getattr(base, name) for name in INHERITED_BY_PROBE})
-    values.update(
-        method="linear", model_dir=os.path.join(base.model_dir, "linear"), pretrained="unset.keras", evaluate_test=False,
-        export=False, checkpoint_every=base.checkpoint_every,
-    )
-    values.update(overrides)
-    return RunConfig.from_dict(values)
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """A validated sweep: the stage to tune (`base`), the linear stage that scores it (`probe`), the grids, the tuner.
 
-    `base.model_dir` is the sweep's output folder, `base.validation_fraction`
-    the validation split (carved from TRAIN with `base.seed`), `base.seed` also
+    `base.model_dir` is the sweep's output folder, `base.evaluation.validation_fraction`
+    the validation split (carved from TRAIN with `base.runtime.seed`), `base.runtime.seed` also
     seeds the tuner. `probe` is a `RunConfig` of method "linear" (its
     model_dir and pretrained are set per trial; default `default_probe(base)`).
     Empty grids keep the base value (not searched). The fields with a help
@@ -113,12 +96,12 @@ class SweepConfig:
             raise ValueError(f"`base` must be a RunConfig, received: {type(self.base).__name__}")
         if self.base.method not in ("supcon", "simclr", "ce"):
             raise ValueError(f"`method` must be supcon, simclr or ce for a sweep, received: method={self.base.method!r}")
-        if not 0.0 < self.base.validation_fraction < 0.5:
+        if not 0.0 < self.base.evaluation.validation_fraction < 0.5:
             raise ValueError(
                 "`validation_fraction` must be in (0, 0.5) for a sweep (trials are scored on it), received: "
-                f"validation_fraction={self.base.validation_fraction!r}"
+                f"validation_fraction={self.base.evaluation.validation_fraction!r}"
             )
-        if self.base.evaluate_test:
+        if self.base.evaluation.evaluate_test:
             object.__setattr__(self, "base", self.base.replace(evaluate_test=False))  # a sweep never reads the test split
         if self.probe is None:
             object.__setattr__(self, "probe", default_probe(self.base))
@@ -144,10 +127,10 @@ class SweepConfig:
                 raise ValueError("hyperband chooses the epochs itself: leave the epochs grid empty")
             if self.warmup_epochs:
                 raise ValueError("hyperband trains in rounds of its own length: leave the warm-up grid empty")
-            if self.base.epochs < self.hyperband_factor:
+            if self.base.optim.epochs < self.hyperband_factor:
                 raise ValueError(
                     f"`epochs` must be >= hyperband_factor ({self.hyperband_factor}) for hyperband, "
-                    f"received: epochs={self.base.epochs}"
+                    f"received: epochs={self.base.optim.epochs}"
                 )
 
     def _grid_values(self):
@@ -160,7 +143,7 @@ class SweepConfig:
     def grids(self):
         """`{field: values}` of the searched fields (one value: the base value)."""
         values = {
-            field: grid or (getattr(self.base, field),) for field, grid in zip(SWEPT_FIELDS, self._grid_values())
+            field: grid or (self.base.setting(field),) for field, grid in zip(SWEPT_FIELDS, self._grid_values())
         }
         if self.base.method == "ce":
             del values["temperature"]  # CE has no temperature
@@ -179,59 +162,12 @@ class SweepConfig:
         }
 
 
-# ---------------------------------------------------------------------------
-# Stages of one trial: only runner.run.
-# ---------------------------------------------------------------------------
-
-
-def train_and_score(stage, probe, *, probe_ce=False, callbacks=()):
-    """Trains `stage` (and its linear probe) through `runner.run`; returns the validation scores.
-
-    Args:
-      stage: the supcon / simclr / ce `RunConfig` (with `validation_fraction`
-        > 0 and `evaluate_test=False`); its `model_dir` is the trial folder.
-      probe: the linear stage's `RunConfig` (model_dir, pretrained, seed and
-        validation split are set here from `stage`).
-      probe_ce: probe CE's frozen encoder too.
-      callbacks: extra Keras callbacks for the stage's `fit` (not the probe's).
-
-    Returns:
-      `{"val_accuracy", "classifier_val_accuracy" (CE), "stage": stage metrics,
-      "probe": probe metrics or None}`; `val_accuracy` is the probe's when
-      there is one, else CE's own.
-    """
-    from supcon_tf import runner
-
-    metrics = runner.run(stage, callbacks=callbacks)
-    result = {"stage": metrics, "probe": None}
-    if stage.method == "ce":
-        result["classifier_val_accuracy"] = float(metrics["final_logs"][OBJECTIVE])
-        result[OBJECTIVE] = result["classifier_val_accuracy"]
-    if stage.method != "ce" or probe_ce:
-        linear = probe_for(stage, probe)
-        result["probe"] = runner.run(linear)
-        result[OBJECTIVE] = float(result["probe"]["final_logs"][OBJECTIVE])
-    return result
-
-
-def probe_for(stage, probe):
-    """The linear stage that probes the encoder `stage` trains (same data, seed and validation split)."""
-    return probe.replace(
-        model_dir=os.path.join(stage.model_dir, "linear"),
-        pretrained=os.path.join(stage.model_dir, "model.keras"),
-        seed=stage.seed,
-        validation_fraction=stage.validation_fraction,
-        image_size=stage.image_size,
-        evaluate_test=False,
-    )
-
-
 def trial_stage(sweep, trial_id, values):
     """The stage `RunConfig` of one trial from its hyper-parameter `values` (keras-tuner's `hp.values`)."""
     changes = {field: values[field] for field in sweep.grids() if field in values}
     if "tuner/epochs" in values:  # hyperband: train the epochs this round adds, warm-started from the trial it continues
         epochs = max(1, int(values["tuner/epochs"]) - int(values.get("tuner/initial_epoch", 0)))
-        changes.update(epochs=epochs, warmup_epochs=min(sweep.base.warmup_epochs, epochs))
+        changes.update(epochs=epochs, warmup_epochs=min(sweep.base.optim.warmup_epochs, epochs))
         previous = values.get("tuner/trial_id")
         if previous is not None:
             changes["encoder_weights"] = os.path.join(sweep.trial_dir(previous), "model.keras")
@@ -297,14 +233,14 @@ def make_tuner(sweep, *, callbacks=None, overwrite=True):
 
     hp = declare_search_space(sweep, keras_tuner.HyperParameters())
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
-    common = dict(objective=objective, hyperparameters=hp, seed=sweep.base.seed, max_consecutive_failed_trials=10**6)
+    common = dict(objective=objective, hyperparameters=hp, seed=sweep.base.runtime.seed, max_consecutive_failed_trials=10**6)
     if sweep.tuner == "random":
         oracle = keras_tuner.oracles.RandomSearchOracle(max_trials=sweep.max_trials, **common)
     elif sweep.tuner == "grid":
         oracle = keras_tuner.oracles.GridSearchOracle(max_trials=sweep.max_trials, **common)
     else:
         oracle = keras_tuner.oracles.HyperbandOracle(
-            max_epochs=sweep.base.epochs, factor=sweep.hyperband_factor, hyperband_iterations=1, **common
+            max_epochs=sweep.base.optim.epochs, factor=sweep.hyperband_factor, hyperband_iterations=1, **common
         )
     return _tuner_class()(
         sweep, oracle, callbacks=callbacks, directory=sweep.output_dir, project_name="tuner", overwrite=overwrite
@@ -325,7 +261,7 @@ def trial_rows(tuner, sweep):
         for field in sweep.grids():
             if field != "epochs":
                 row[field] = values.get(field)
-        row["epochs"] = values.get("tuner/epochs", values.get("epochs", sweep.base.epochs))
+        row["epochs"] = values.get("tuner/epochs", values.get("epochs", sweep.base.optim.epochs))
         row[OBJECTIVE] = None if trial.score is None else float(trial.score)
         if sweep.base.method == "ce" and sweep.probe_ce:
             metric = trial.metrics.get_last_value("classifier_val_accuracy") if trial.metrics.exists(
@@ -449,7 +385,7 @@ def config_from_flags():
 
 def main():
     sweep = config_from_flags()
-    rows, summary = run_sweep(sweep, verbose=sweep.base.verbose)
+    rows, summary = run_sweep(sweep, verbose=sweep.base.runtime.verbose)
     print(format_markdown(rows))
     s = summary["spread"]
     if s["n"]:

@@ -10,7 +10,10 @@ import copy
 import keras
 import tensorflow as tf
 
-__all__ = ["MultiWorkerFitMixin", "StatelessSeedGenerator", "rand_augment_sublayers", "compute_with_tensorflow"]
+__all__ = [
+    "MultiWorkerFitMixin", "StatelessSeedGenerator", "bound_port", "compute_with_tensorflow", "is_multi_worker",
+    "optimizer_variable_index", "rand_augment_sublayers",
+]
 
 
 def rand_augment_sublayers(layer):
@@ -91,6 +94,28 @@ def is_multi_worker(strategy=None):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
         strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (no public equivalent)
     )
+
+
+def optimizer_variable_index(optimizer, variable):
+    """The index of `variable` in `optimizer`'s per-variable slot lists (e.g. the momentums of a custom optimizer).
+
+    Private: calls `keras.optimizers.Optimizer._get_variable_index`, which Keras' own optimizers use in their
+    `update_step` (Keras' `build` adds one slot per variable, in the order of its `_trainable_variables`);
+    `update_step` may receive the backend variable rather than the Keras one, and only this method maps both.
+    """
+    return optimizer._get_variable_index(variable)  # noqa: SLF001 (no public equivalent)
+
+
+def bound_port(server):
+    """The port a started tf.data service server (`DispatchServer` or `WorkerServer`) bound, as an int.
+
+    Private: reads the server's `_address` property ("localhost:PORT"), the only place TensorFlow gives a worker's
+    bound port (a dispatcher has the public `target`, "grpc://localhost:PORT"; a worker has nothing public). Needed
+    when the server was asked for port 0 (any free port).
+    """
+    if not isinstance(server, (tf.data.experimental.service.DispatchServer, tf.data.experimental.service.WorkerServer)):
+        raise ValueError(f"`server` must be a tf.data service DispatchServer or WorkerServer, received: {server!r}")
+    return int(server._address.rsplit(":", 1)[-1])  # noqa: SLF001 (no public equivalent for a worker)
 
 
 class MultiWorkerFitMixin:

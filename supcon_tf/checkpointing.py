@@ -22,7 +22,7 @@ import numpy as np
 
 import keras
 
-from supcon_tf import resilience
+from supcon_tf import _faults, resilience
 
 
 def _tf_config():
@@ -67,7 +67,7 @@ def worker_backup_dir(base_dir):
 
 
 @contextlib.contextmanager
-def atomic_path(path, fault_point=None):
+def atomic_path(path):
     """Yields a temporary path next to `path`; on success renames it onto `path`.
 
     Works for files and folders (e.g. a SavedModel). The temporary name keeps
@@ -79,8 +79,9 @@ def atomic_path(path, fault_point=None):
 
     Args:
       path: destination file or folder path.
-      fault_point: name of the `resilience.FaultInjector` point reached
-        after the temporary output is written and before the rename (tests).
+
+    The temporary output, once complete and before the rename, reaches the
+    test hook's "write" point (`supcon_tf._faults`).
     """
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"`path` must be a non-empty path, received: path={path!r}")
@@ -94,8 +95,7 @@ def atomic_path(path, fault_point=None):
         yield temporary
         if not os.path.exists(temporary):
             raise FileNotFoundError(f"nothing was written to the temporary path {temporary} for {path}")
-        if fault_point:
-            resilience.faults().reached(fault_point, path)
+        _faults.reached("write", path=path, temporary=temporary)
         if os.path.isdir(temporary) and os.path.isdir(path):
             aside = os.path.join(folder, f".old-{token}-{name}")
             os.replace(path, aside)
@@ -110,19 +110,19 @@ def atomic_path(path, fault_point=None):
             os.remove(temporary)
 
 
-def write_json_atomically(path, payload, fault_point=None, *, newline=False, **dump_kwargs):
+def write_json_atomically(path, payload, *, newline=False, **dump_kwargs):
     """Writes `payload` as JSON to `path` through `atomic_path`: the old file or the new one, never a torn one.
 
     `dump_kwargs` go to `json.dump` (e.g. `indent`, `sort_keys`, `default`); `newline` ends the file with one.
     """
-    with atomic_path(path, fault_point) as temporary:
+    with atomic_path(path) as temporary:
         with open(temporary, "w") as f:
             json.dump(payload, f, **dump_kwargs)
             if newline:
                 f.write("\n")
 
 
-def save_model_atomically(model, path, fault_point=None):
+def save_model_atomically(model, path):
     """Saves `model` to `path` (`.keras` or `.weights.h5`) via `atomic_path`, on the chief only.
 
     Returns:
@@ -135,7 +135,7 @@ def save_model_atomically(model, path, fault_point=None):
         raise ValueError(f"`path` must end in .keras or .weights.h5, received: path={path!r}")
     if not is_chief():
         return False
-    with atomic_path(path, fault_point) as temporary:
+    with atomic_path(path) as temporary:
         if path.endswith(".weights.h5"):
             model.save_weights(temporary)
         else:
@@ -173,11 +173,7 @@ class ChiefModelCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         last = self._epochs is not None and epoch + 1 == self._epochs
         if (epoch + 1) % self.period == 0 or last:
-            save_model_atomically(
-                self.model,
-                self.filepath.format(epoch=epoch + 1, **(logs or {})),
-                fault_point="checkpoint_write",
-            )
+            save_model_atomically(self.model, self.filepath.format(epoch=epoch + 1, **(logs or {})))
 
 
 # ---------------------------------------------------------------------------
@@ -246,7 +242,7 @@ class BackupStore:
         """Writes a state (weights, then its JSON), then deletes states beyond the newest `keep`."""
         weights_path, meta_path = self._paths(global_step)
         os.makedirs(self.folder, exist_ok=True)
-        with atomic_path(weights_path, fault_point="backup_write") as temporary:
+        with atomic_path(weights_path) as temporary:
             model.save_weights(temporary)
         payload = dict(meta, epoch=int(epoch), step=int(step), global_step=int(global_step))
         write_json_atomically(meta_path, payload)
@@ -341,7 +337,9 @@ class StepBackup(keras.callbacks.Callback):
       first_step: steps of the first epoch done before this `fit`.
       first_metrics: `metric_state` saved with the resumed state.
       signals: a `resilience.SignalWatcher`; on a signal, a backup is written
-        after the current step and `resilience.Interrupted` is raised.
+        after the current step and `resilience.Interrupted` is raised (after
+        the epoch's end when the step is the epoch's last: a state is never
+        "epoch e, all its steps done", which would resume with an empty epoch).
       meta: callable returning extra JSON-able metadata for each state.
       check_finite: refuse to save non-finite weights (raises
         `resilience.Diverged`), so the last good backup stays.
@@ -402,33 +400,37 @@ class StepBackup(keras.callbacks.Callback):
         meta = dict(self.meta(), metrics=metric_state(self.model), epoch_logs=self.epoch_logs)
         self.store.save(self.model, epoch=epoch, step=step, global_step=global_step, meta=meta)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        resilience.faults().before_step(self.position(self._epoch, batch - 1)[1])
-
     def on_train_batch_end(self, batch, logs=None):
         step, global_step = self.position(self._epoch, batch)
+        if step >= self.steps_per_epoch:  # the epoch's last step: a signal stops after its end (`on_epoch_end`)
+            return
         if self.signals is not None and self.signals.received is not None:
             self.save(self._epoch, step, global_step)
             raise resilience.Interrupted(self.signals.received, self._epoch, step)
-        if self.every_steps and global_step % self.every_steps == 0 and step < self.steps_per_epoch:
+        if self.every_steps and global_step % self.every_steps == 0:
             self.save(self._epoch, step, global_step)
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_logs = {k: float(v) for k, v in (logs or {}).items()}
         self.save(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch)
+        if self.signals is not None and self.signals.received is not None:  # after the epoch's row and backup
+            raise resilience.Interrupted(self.signals.received, epoch, self.steps_per_epoch)
 
 
 class RunCSVLogger(keras.callbacks.CSVLogger):
-    """`keras.callbacks.CSVLogger` (append mode) with the `csv_append` fault point: a torn row, then a kill.
+    """`keras.callbacks.CSVLogger` (append mode) whose columns are those of the logs.
 
-    The runner drops the rows of epochs that will run again (and any torn
-    last line) before training resumes (`run_folder.RunFolder.truncate_log`).
+    The columns are the keys of the first epoch's logs: the `val_*` columns
+    only when there is validation (Keras' own logger adds a `val_` column per
+    metric in any case, all "NA" without validation). The runner drops the
+    rows of epochs that will run again (and any torn last line) before
+    training resumes (`run_folder.RunFolder.truncate_log`).
     """
 
     def __init__(self, filename):
         super().__init__(filename, append=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.csv_file is not None:
-            resilience.faults().torn_write("csv_append", self.csv_file, f"{epoch},")
+        if self.keys is None:
+            self.keys = sorted(logs or {})
         super().on_epoch_end(epoch, logs)

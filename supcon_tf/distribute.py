@@ -17,9 +17,13 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from supcon_tf import _checks as checks
 from supcon_tf._keras_compat import is_multi_worker  # noqa: F401  (part of this module's API; private TF API inside)
 
 STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+CLUSTERS = ("tf_config", "slurm", "auto")
+# What srun sets in each task of a job step, and SlurmClusterResolver reads.
+SLURM_STEP_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
 
 
 class GatheredBatch(NamedTuple):
@@ -114,7 +118,149 @@ def _gpus():
     return tf.config.list_logical_devices("GPU")
 
 
-def get_strategy(name="default", *, device=None, devices=None, tpu=None, communication="auto"):
+def in_slurm_step():
+    """True in a task that srun started in a job step of two or more tasks (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`)."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    return "SLURM_PROCID" in os.environ and tasks.isdigit() and int(tasks) >= 2
+
+
+def _tf_config_resolver():
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError(
+            "`multi_worker` needs the TF_CONFIG environment variable (cluster and task), received: TF_CONFIG unset"
+        )
+    try:
+        tf_config = json.loads(raw)
+        tf_config["cluster"]["worker"]
+        tf_config["task"]["type"], tf_config["task"]["index"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"TF_CONFIG must be JSON with cluster.worker and task.type/index, received: TF_CONFIG={raw!r}"
+        ) from None
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
+def _slurm_environment():
+    return ", ".join(f"{name}={os.environ.get(name)!r}" for name in SLURM_STEP_VARIABLES)
+
+
+def _slurm_resolver(port_base, gpus_per_task):
+    """This task's cluster from the Slurm step's environment; TF_CONFIG set to the same cluster and task.
+
+    `SlurmClusterResolver` gives the workers (the step's nodes, sorted, each
+    with its tasks on ports `port_base`, `port_base + 1`, ...) and this
+    task's index (`SLURM_PROCID`). The strategy gets them in a
+    `SimpleClusterResolver` with `gpus_per_task` GPUs, because
+    SlurmClusterResolver's own GPU count cannot describe a task without GPUs
+    (it fails with "range() arg 3 must not be zero") and assigns GPUs by
+    rewriting CUDA_VISIBLE_DEVICES, which Slurm's own binding
+    (`--gpus-per-task`, `--gpus-per-node`) already did.
+    """
+    missing = [name for name in SLURM_STEP_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ValueError(
+            "`cluster` 'slurm' needs the Slurm step environment that srun gives each task (start every task with "
+            f"srun), received: {', '.join(missing)} unset"
+        )
+    visible = len(tf.config.list_physical_devices("GPU"))
+    if gpus_per_task is None:
+        gpus_per_task = visible
+    elif gpus_per_task > visible:
+        raise ValueError(
+            f"`gpus_per_task` must be at most the {visible} GPUs this task sees, "
+            f"received: gpus_per_task={gpus_per_task}"
+        )
+    try:
+        # GPU numbers only to satisfy the resolver's arithmetic, one "GPU" per port (none is assigned: auto_set_gpu).
+        slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            port_base=port_base, gpus_per_node=65536, gpus_per_task=1, auto_set_gpu=False
+        )
+        spec = slurm.cluster_spec()
+    except (RuntimeError, ValueError, AssertionError) as error:
+        raise ValueError(
+            f"the Slurm step environment does not describe this task's cluster ({error}), received: "
+            f"{_slurm_environment()}"
+        ) from None
+    workers = spec.as_dict().get("worker", [])
+    if slurm.task_type is None or any(int(address.rpartition(":")[2]) > 65535 for address in workers):
+        raise ValueError(
+            f"the Slurm step environment gives no task {os.environ['SLURM_PROCID']} with a port in [1, 65535] "
+            f"(port base {port_base}), received: {_slurm_environment()}"
+        )
+    tf_config = {"cluster": spec.as_dict(), "task": {"type": slurm.task_type, "index": slurm.task_id}}
+    raw = os.environ.get("TF_CONFIG")
+    if raw:
+        try:
+            same = json.loads(raw) == tf_config
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(
+                "`cluster` 'slurm' takes the cluster from the Slurm step, and TF_CONFIG names another one: unset "
+                f"TF_CONFIG, or use cluster 'tf_config', received: TF_CONFIG={raw!r}"
+            )
+    # One identity for the whole process: the chief's writes, the per-worker backups and the run-folder lock read
+    # TF_CONFIG (supcon_tf.checkpointing).
+    os.environ["TF_CONFIG"] = json.dumps(tf_config)
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        spec, task_type=slurm.task_type, task_id=slurm.task_id, num_accelerators={"GPU": gpus_per_task},
+        rpc_layer="grpc",
+    )
+
+
+def resolve_cluster(cluster="tf_config", *, port_base=8888, gpus_per_task=None):
+    """The cluster of a multi-worker run, and this process's task in it, as a `ClusterResolver` for `get_strategy`.
+
+    Args:
+      cluster: one of `CLUSTERS`:
+        - "tf_config": the `TF_CONFIG` environment variable (JSON with
+          cluster.worker and task.type/index);
+        - "slurm": the Slurm job step that `srun` started this task in
+          (`SLURM_STEP_VARIABLES`), through
+          `tf.distribute.cluster_resolver.SlurmClusterResolver`: the step's
+          nodes in sorted order, a node's n-th task at port `port_base + n`,
+          this task's index `SLURM_PROCID`. Also sets `TF_CONFIG` to that
+          cluster and task (refused when TF_CONFIG names another), since
+          every part of the process reads its identity there (which task is
+          the chief, per-worker backups, the run folder's lock). Prints one
+          line naming the task and the cluster;
+        - "auto": "slurm" in a Slurm step of two or more tasks
+          (`in_slurm_step`; the line says it was detected), else "tf_config".
+      port_base: int in [1, 65535], "slurm" only.
+      gpus_per_task: int >= 0, the number of this task's visible GPUs (the
+        first ones) it trains on; None: all it sees. "slurm" only.
+
+    Returns:
+      A `tf.distribute.cluster_resolver.ClusterResolver`.
+
+    Raises:
+      ValueError: a bad argument; for "slurm", a process outside a Slurm step
+        (a `SLURM_STEP_VARIABLES` variable unset), an environment that does
+        not resolve, more GPUs than the task sees, or a TF_CONFIG naming
+        another cluster; for "tf_config", TF_CONFIG unset or malformed.
+    """
+    if cluster not in CLUSTERS:
+        raise ValueError(f"`cluster` must be one of {CLUSTERS}, received: cluster={cluster!r}")
+    if not checks.is_int(port_base) or not 1 <= port_base <= 65535:
+        raise ValueError(f"`port_base` must be an int in [1, 65535], received: port_base={port_base!r}")
+    if gpus_per_task is not None:
+        checks.non_negative_int(gpus_per_task, "gpus_per_task")
+    detected = cluster == "auto" and in_slurm_step()
+    if cluster == "tf_config" or (cluster == "auto" and not detected):
+        return _tf_config_resolver()
+    resolver = _slurm_resolver(port_base, gpus_per_task)
+    workers = resolver.cluster_spec().as_dict()["worker"]
+    print(
+        f"{'Slurm step detected (--cluster=auto): ' if detected else ''}Slurm task {os.environ['SLURM_PROCID']} is "
+        f"worker {resolver.task_id} of {len(workers)} at {workers[resolver.task_id]} "
+        f"({resolver.num_accelerators()['GPU']} GPUs); workers: {', '.join(workers)}",
+        flush=True,
+    )
+    return resolver
+
+
+def get_strategy(name="default", *, device=None, devices=None, tpu=None, communication="auto", cluster_resolver=None):
     """Builds a `tf.distribute.Strategy` by name.
 
     Args:
@@ -124,27 +270,41 @@ def get_strategy(name="default", *, device=None, devices=None, tpu=None, communi
           else the CPU);
         - "mirrored": `MirroredStrategy` over `devices` (default: all GPUs,
           else all logical CPUs);
-        - "multi_worker": `MultiWorkerMirroredStrategy`; needs the
-          `TF_CONFIG` environment variable (cluster and task); `communication`
-          "auto" picks NCCL when this host has a GPU and RING otherwise;
+        - "multi_worker": `MultiWorkerMirroredStrategy` on the cluster of
+          `cluster_resolver` (default: `resolve_cluster("tf_config")`, the
+          `TF_CONFIG` environment variable); `communication` "auto" picks
+          NCCL when this task trains on GPUs and RING otherwise;
         - "tpu": `TPUStrategy` on the TPU named by `tpu` ("" or "local" for a
           TPU VM), connecting and initialising the TPU system first.
       device: device string for "one_device".
       devices: list of device strings for "mirrored".
       tpu: TPU name or address for "tpu".
       communication: "auto", "ring" or "nccl" for "multi_worker".
+      cluster_resolver: a `tf.distribute.cluster_resolver.ClusterResolver`
+        from `resolve_cluster`, for "multi_worker" only.
 
     Returns:
       The strategy.
 
     Raises:
-      ValueError: unknown name or communication, missing/invalid TF_CONFIG
-        for "multi_worker", missing `tpu` for "tpu".
+      ValueError: unknown name or communication, a `cluster_resolver`
+        with another name or of another type, missing/invalid TF_CONFIG for
+        "multi_worker" without a resolver, missing `tpu` for "tpu".
     """
     if name not in STRATEGY_NAMES:
         raise ValueError(f"`name` must be one of {STRATEGY_NAMES}, received: name={name!r}")
     if communication not in ("auto", "ring", "nccl"):
         raise ValueError(f"`communication` must be 'auto', 'ring' or 'nccl', received: communication={communication!r}")
+    if cluster_resolver is not None:
+        if name != "multi_worker":
+            raise ValueError(
+                f"`cluster_resolver` is for name='multi_worker', received: a cluster_resolver with name={name!r}"
+            )
+        if not isinstance(cluster_resolver, tf.distribute.cluster_resolver.ClusterResolver):
+            raise ValueError(
+                "`cluster_resolver` must be a tf.distribute.cluster_resolver.ClusterResolver (resolve_cluster), "
+                f"received: cluster_resolver={cluster_resolver!r}"
+            )
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -160,28 +320,22 @@ def get_strategy(name="default", *, device=None, devices=None, tpu=None, communi
         cross_device_ops = None if _gpus() else tf.distribute.ReductionToOneDevice()
         return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross_device_ops)
     if name == "multi_worker":
-        raw = os.environ.get("TF_CONFIG")
-        if not raw:
-            raise ValueError(
-                "`multi_worker` needs the TF_CONFIG environment variable (cluster and task), received: TF_CONFIG unset"
-            )
-        try:
-            tf_config = json.loads(raw)
-            tf_config["cluster"]["worker"]
-            tf_config["task"]["type"], tf_config["task"]["index"]
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(
-                "TF_CONFIG must be JSON with cluster.worker and task.type/index, received: "
-                f"TF_CONFIG={raw!r}"
-            ) from None
+        if cluster_resolver is None:
+            cluster_resolver = _tf_config_resolver()
         if communication == "auto":
-            communication = "nccl" if tf.config.list_physical_devices("GPU") else "ring"
+            if isinstance(cluster_resolver, tf.distribute.cluster_resolver.TFConfigClusterResolver):
+                gpus = len(tf.config.list_physical_devices("GPU"))  # what the strategy uses with TF_CONFIG
+            else:
+                gpus = cluster_resolver.num_accelerators().get("GPU", 0)
+            communication = "nccl" if gpus else "ring"
         implementation = {
             "ring": tf.distribute.experimental.CommunicationImplementation.RING,
             "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
         }[communication]
         options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=cluster_resolver, communication_options=options
+        )
     # tpu
     if tpu is None:
         raise ValueError("`tpu` must name the TPU ('' or 'local' on a TPU VM), received: tpu=None")

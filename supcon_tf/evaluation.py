@@ -197,6 +197,22 @@ def expected_calibration_error(probabilities, labels, num_bins=ECE_BINS):
 # ---------------------------------------------------------------------------
 
 
+@tf.function(reduce_retracing=True)
+def _knn_classify(queries, memory, memory_labels, k, num_classes, temperature):
+    """`[q]` predicted classes of `queries` [q, D] against the normalised `memory` [N, D] (`knn_predict`).
+
+    A module-level `tf.function` (k, num_classes, temperature: Python numbers), so repeated calls on the same
+    shapes (an epoch-end monitor) trace it once.
+    """
+    similarity = tf.matmul(tf.math.l2_normalize(queries, axis=1), memory, transpose_b=True)  # [q, N]
+    top_similarity, top_index = tf.math.top_k(similarity, k=k)  # [q, k], sorted descending
+    # exp((s - s_max) / T): the row-wise constant factor exp(-s_max / T) leaves the argmax unchanged
+    # and keeps small temperatures from overflowing float32.
+    weights = tf.exp((top_similarity - top_similarity[:, :1]) / temperature)
+    votes = tf.one_hot(tf.gather(memory_labels, top_index), num_classes) * weights[..., None]
+    return tf.argmax(tf.reduce_sum(votes, axis=1), axis=1)
+
+
 def knn_predict(train_features, train_labels, query_features, *, num_classes=None, k=200, temperature=0.1, batch_size=1024):
     """Weighted kNN classification with cosine similarity (see the module docstring).
 
@@ -239,19 +255,11 @@ def knn_predict(train_features, train_labels, query_features, *, num_classes=Non
 
     memory = tf.math.l2_normalize(tf.constant(train_features), axis=1)
     memory_labels = tf.constant(train_labels.astype(np.int32))
-
-    @tf.function
-    def classify(queries):
-        similarity = tf.matmul(tf.math.l2_normalize(queries, axis=1), memory, transpose_b=True)  # [q, N]
-        top_similarity, top_index = tf.math.top_k(similarity, k=k)  # [q, k], sorted descending
-        # exp((s - s_max) / T): the row-wise constant factor exp(-s_max / T) leaves the argmax unchanged
-        # and keeps small temperatures from overflowing float32.
-        weights = tf.exp((top_similarity - top_similarity[:, :1]) / temperature)
-        votes = tf.one_hot(tf.gather(memory_labels, top_index), num_classes) * weights[..., None]
-        return tf.argmax(tf.reduce_sum(votes, axis=1), axis=1)
-
     predictions = [
-        classify(tf.constant(query_features[start : start + batch_size])).numpy()
+        _knn_classify(
+            tf.constant(query_features[start : start + batch_size]), memory, memory_labels, k, num_classes,
+            temperature,
+        ).numpy()
         for start in range(0, query_features.shape[0], batch_size)
     ]
     if not predictions:

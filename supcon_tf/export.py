@@ -335,7 +335,7 @@ def _check_destination(path, overwrite):
         raise FileExistsError(f"An export already exists at {path}; pass overwrite=True to replace it.")
     if not os.path.isdir(path) or (os.listdir(path) and not os.path.isfile(os.path.join(path, _SAVED_MODEL_FILE))):
         raise FileExistsError(
-            f"{path} exists and is not a SavedModel folder; refusing to replace it, even with overwrite=True."
+            f"{path} exists and is not a SavedModel folder; refusing to replace it, even to overwrite it."
         )
 
 
@@ -389,7 +389,7 @@ def _write(path, forward, image_shape, names, tracked, overwrite, collections=No
     ]
     for endpoint in endpoints:
         endpoint.get_concrete_function()
-    with checkpointing.atomic_path(path, fault_point="saved_model_export") as temporary:
+    with checkpointing.atomic_path(path) as temporary:
         archive.write_out(temporary, verbose=False)
     return path
 
@@ -542,19 +542,37 @@ def export_classifier(model, path, *, image_shape=None, overwrite=False, class_n
     return _write(path, forward, image_shape, names, [model.encoder, model.classifier], overwrite, collections)
 
 
+def served_classifier(model):
+    """The classifier `export_model` exports for `model`, or None when it exports an encoder.
+
+    A LinearProbe or CrossEntropyModel is its own classifier; a SupConModel with the joint CE head
+    (`ce_weight > 0`) serves `model.joint_classifier()`; any other model is an encoder.
+    """
+    if isinstance(model, _CLASSIFIER_TYPES):
+        return model
+    if isinstance(model, models.SupConModel) and model.ce_head is not None:
+        return model.joint_classifier()
+    return None
+
+
 def export_model(model, path, *, image_shape=None, overwrite=False, class_names=None):
     """Exports what `model` serves: a classifier's classes (`export_classifier`), else an encoder's features.
 
     The one place that picks between the two exports: a `models.LinearProbe` or
     `models.CrossEntropyModel` is exported with `export_classifier` (with
-    `class_names`), anything else with `export_encoder` (`class_names` must be
-    None: an encoder has no classes).
+    `class_names`), and so is a `models.SupConModel` trained with the joint CE
+    head (`ce_weight > 0`): its `joint_classifier()`, encoder + CE head, is the
+    final classifier. Anything else goes to `export_encoder` (`class_names`
+    must be None: an encoder has no classes).
 
     Returns:
       The SavedModel folder's path, as the chosen export returns it.
     """
-    if isinstance(model, (models.LinearProbe, models.CrossEntropyModel)):
-        return export_classifier(model, path, image_shape=image_shape, overwrite=overwrite, class_names=class_names)
+    classifier = served_classifier(model)
+    if classifier is not None:
+        return export_classifier(
+            classifier, path, image_shape=image_shape, overwrite=overwrite, class_names=class_names
+        )
     if class_names is not None:
         raise ValueError(
             f"`class_names` is for classifiers; {type(model).__name__} exports an encoder, received: "

@@ -30,6 +30,26 @@ from supcon_tf._checks import is_int, non_negative_int, positive_int
 
 # Label of a slot that was never written (the slots are excluded anyway; see MemoryQueue.entries).
 EMPTY_LABEL = -1
+# The label rows a queue keeps (`MemoryQueue(label_dtype=...)`): class ids, or float rows (multi-hot, continuous).
+LABEL_DTYPES = ("int64", "float32")
+
+
+def check_label_layout(label_shape, label_dtype):
+    """A queue's label rows: `(label_shape tuple of ints >= 1, label_dtype)`; ValueError naming the argument.
+
+    `()` and "int64": one class id per entry (the default); `(classes,)` and "float32": multi-hot rows;
+    `()` or `(k,)` and "float32": continuous values. Integer multi-hot `(classes,)` "int64" rows are taken too.
+    """
+    if label_dtype not in LABEL_DTYPES:
+        raise ValueError(f"`label_dtype` must be one of {LABEL_DTYPES}, received: label_dtype={label_dtype!r}")
+    if not isinstance(label_shape, (tuple, list)) or len(label_shape) > 1 or not all(
+        is_int(d) and d >= 1 for d in label_shape
+    ):
+        raise ValueError(
+            "`label_shape` must be () (one id or value per entry) or (k,) with k >= 1 (multi-hot or vector rows), "
+            f"received: label_shape={label_shape!r}"
+        )
+    return tuple(int(d) for d in label_shape), label_dtype
 
 
 def check_momentum(momentum, name="momentum"):
@@ -77,10 +97,14 @@ def flatten_views(views):
 
 @keras.saving.register_keras_serializable(package="supcon_tf")
 class MemoryQueue(keras.layers.Layer):
-    """A FIFO memory of the last `size` embeddings and their integer labels, optionally filled by momentum key networks.
+    """A FIFO memory of the last `size` embeddings and their labels, optionally filled by momentum key networks.
 
     State (non-trainable variables, created by `build((None, dim))`):
-      `features` `[size, dim]` float32, `labels` `[size]` int64,
+      `features` `[size, dim]` float32, `labels` `[size, *label_shape]` of
+      `label_dtype` (`[size]` int64 class ids by default; `[size, classes]`
+      float32 multi-hot rows for `positive_weighting="jaccard"` or
+      `multi_label="per_label"`; `[size]` or `[size, k]` float32 continuous
+      values for `label_kernel="gaussian"`),
       `position` (next slot to write), `filled` (number of valid slots,
       `min(size, entries written so far)`) and `steps` (number of `enqueue`
       calls), all int64 scalars.
@@ -126,6 +150,11 @@ class MemoryQueue(keras.layers.Layer):
       encoder: with `key_momentum`, the online encoder (images to
         `[batch, rep_dim]`).
       head: with `key_momentum`, the online projection head.
+      label_shape: `()` (default: one label per entry) or `(k,)`: the shape
+        of one entry's label row (k classes of a multi-hot row, or k values).
+      label_dtype: "int64" (default, class ids) or "float32" (multi-hot or
+        continuous rows). A slot never written holds `EMPTY_LABEL` (-1) in
+        every component, and so does an entry written without labels.
       **kwargs: forwarded to `keras.layers.Layer` (e.g. `name`).
 
     A momentum queue's config holds `key_momentum` but not the networks:
@@ -137,6 +166,7 @@ class MemoryQueue(keras.layers.Layer):
     >>> queue.build((None, 128))
     >>> queue.enqueue(embeddings, labels)   # [n, 128] float, [n] int
     >>> features, labels = queue.entries()  # [filled, 128], [filled]
+    >>> multi_hot = MemoryQueue(4096, label_shape=(20,), label_dtype="float32")  # [filled, 20] label rows
 
     Reference:
       Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020;
@@ -144,9 +174,11 @@ class MemoryQueue(keras.layers.Layer):
       Learning", CVPR 2020.
     """
 
-    def __init__(self, size, warmup_steps=0, key_momentum=None, encoder=None, head=None, **kwargs):
+    def __init__(self, size, warmup_steps=0, key_momentum=None, encoder=None, head=None, label_shape=(),
+                 label_dtype="int64", **kwargs):
         super().__init__(**kwargs)
         self.size = positive_int(size, "size")
+        self.label_shape, self.label_dtype = check_label_layout(label_shape, label_dtype)
         self.warmup_steps = non_negative_int(warmup_steps, "warmup_steps")
         self.key_momentum = None if key_momentum is None else check_momentum(key_momentum, "key_momentum")
         self.key_encoder = self.key_head = None
@@ -172,8 +204,8 @@ class MemoryQueue(keras.layers.Layer):
             trainable=False, autocast=False, name="features",
         )
         self.labels = self.add_weight(
-            shape=(self.size,), initializer=keras.initializers.Constant(EMPTY_LABEL), dtype="int64",
-            trainable=False, name="labels",
+            shape=(self.size, *self.label_shape), initializer=keras.initializers.Constant(EMPTY_LABEL),
+            dtype=self.label_dtype, trainable=False, autocast=False, name="labels",
         )
         # int64 counters (int32 variables do not live on GPUs).
         self.position = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="position")
@@ -202,7 +234,7 @@ class MemoryQueue(keras.layers.Layer):
         return self.steps.value >= self.warmup_steps
 
     def entries(self, only_in_use=True):
-        """The valid entries: `(features [filled, dim] float32, labels [filled] int64)`.
+        """The valid entries: `(features [filled, dim] float32, labels [filled, *label_shape] label_dtype)`.
 
         Args:
           only_in_use: if True (default), zero entries during the warm-up.
@@ -227,18 +259,30 @@ class MemoryQueue(keras.layers.Layer):
         return tf.roll(features, -shift, axis=0)[:count], tf.roll(labels, -shift, axis=0)[:count]
 
     def enqueue(self, features, labels):
-        """Writes `features` `[n, dim]` and `labels` `[n]` (int) as the newest entries; no gradient.
+        """Writes `features` `[n, dim]` and `labels` `[n, *label_shape]` as the newest entries; no gradient.
 
         Returns the new `filled` count.
         """
         features = tf.stop_gradient(tf.cast(features, self.features.dtype))
-        labels = tf.cast(labels, tf.int64)
         if features.shape.rank != 2 or (features.shape[-1] is not None and features.shape[-1] != self.dim):
             raise ValueError(
                 f"`features` must be [n, {self.dim}], received: features with shape {features.shape}"
             )
-        if labels.shape.rank != 1:
-            raise ValueError(f"`labels` must be [n] class ids, received: labels with shape {labels.shape}")
+        labels = tf.convert_to_tensor(labels)
+        if self.label_dtype == "int64" and not (labels.dtype.is_integer or labels.dtype.is_bool):
+            raise ValueError(
+                f"`labels` must be integer class ids for a queue of label_dtype 'int64', received: labels of dtype "
+                f"{labels.dtype.name} (make the queue with label_dtype='float32' for continuous labels)"
+            )
+        labels = tf.cast(labels, self.labels.dtype)
+        if labels.shape.rank != 1 + len(self.label_shape) or (
+            self.label_shape and labels.shape[-1] is not None and labels.shape[-1] != self.label_shape[0]
+        ):
+            expected = "[n]" if not self.label_shape else f"[n, {self.label_shape[0]}]"
+            raise ValueError(
+                f"`labels` must be {expected} (the queue's label_shape {self.label_shape}), received: labels with "
+                f"shape {labels.shape}"
+            )
         n = tf.shape(features, out_type=tf.int64)[0]
         keep = tf.minimum(n, self.size)
         skipped = n - keep  # entries that would be overwritten within this same call
@@ -272,7 +316,7 @@ class MemoryQueue(keras.layers.Layer):
           views: `[local_batch, views, H, W, C]` the step's images (needed
             with key networks: first the EMA step, then their embeddings are
             written instead).
-          labels: `[local_batch]` int labels, or None (`EMPTY_LABEL`).
+          labels: `[local_batch, *label_shape]` labels, or None (`EMPTY_LABEL`).
 
         Returns the new `filled` count.
         """
@@ -281,11 +325,20 @@ class MemoryQueue(keras.layers.Layer):
             embeddings = self.embed_keys(views)
         embeddings = tf.stop_gradient(tf.convert_to_tensor(embeddings))
         if labels is None:
-            labels = tf.fill(tf.shape(embeddings)[:1], tf.constant(EMPTY_LABEL, tf.int64))
-        gathered = distribute.gather_global(embeddings, tf.cast(labels, tf.int64))
+            labels = tf.fill(
+                tf.concat([tf.shape(embeddings)[:1], self.label_shape], axis=0),
+                tf.constant(EMPTY_LABEL, self.labels.dtype),
+            )
+        labels = tf.convert_to_tensor(labels)
+        if self.label_dtype == "int64" and labels.dtype.is_floating:
+            raise ValueError(
+                f"`labels` must be integer class ids for a queue of label_dtype 'int64', received: labels of dtype "
+                f"{labels.dtype.name} (make the queue with label_dtype='float32' for continuous labels)"
+            )
+        gathered = distribute.gather_global(embeddings, tf.cast(labels, self.labels.dtype))
         num_views = tf.shape(gathered.features)[1]
         features = tf.reshape(gathered.features, [-1, tf.shape(gathered.features)[-1]])
-        return self.enqueue(features, tf.repeat(gathered.labels, num_views))
+        return self.enqueue(features, tf.repeat(gathered.labels, num_views, axis=0))
 
     def call(self, inputs):
         raise NotImplementedError("MemoryQueue is state, not a transformation: use read() and update().")
@@ -293,6 +346,8 @@ class MemoryQueue(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(size=self.size, warmup_steps=self.warmup_steps)
+        if self.label_shape or self.label_dtype != "int64":
+            config.update(label_shape=list(self.label_shape), label_dtype=self.label_dtype)
         if self.key_momentum is not None:
             config["key_momentum"] = self.key_momentum
         return config

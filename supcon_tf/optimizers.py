@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from supcon_tf import _keras_compat
 from supcon_tf._checks import is_finite_real as _is_finite_real
 from supcon_tf._checks import is_int as _is_int
 from supcon_tf._checks import is_real as _is_real
@@ -392,7 +393,7 @@ class LARS(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         """One LARS step on `variable` (see the class docstring for the equations)."""
-        index = self._get_variable_index(variable)
+        index = _keras_compat.optimizer_variable_index(self, variable)
         velocity = self.momentums[index]
         dtype = variable.dtype
         if isinstance(gradient, tf.IndexedSlices):

@@ -1,4 +1,4 @@
-"""Stopping a run safely: preemption signals, divergence, collapse, and the test-only fault injector.
+"""Stopping a run safely: preemption signals, divergence and collapse.
 
 A training process stops early for these reasons, each an exception that
 `supcon_tf.runner` turns into one line and a documented exit status:
@@ -21,27 +21,17 @@ A training process stops early for these reasons, each an exception that
                  exit status 6. Without --stop_on_collapse the monitor
                  prints one warning line and training goes on.
 
-Epochs in these messages are 0-based, as in training_log.csv (Keras' progress
-bar shows epoch e as "Epoch e+1/...").
-
-`FaultInjector` makes the process SIGKILL itself at a named point; tests use
-it (environment variable `SUPCON_TF_FAULT`) to prove that every write of a run
-folder survives a kill. `disk_full:<point>` makes that write fail as on a full
-disk instead (OSError ENOSPC naming the file), and `internal_error:<point>`
-raises an unexpected RuntimeError there (a stand-in for a bug), to test the
-top level's exit statuses (`supcon_tf.errors`). It does nothing unless that
-variable is set.
+Epochs in these messages count from 1, as Keras' progress display does
+("Epoch 2/4" is the epoch of index 1); the exceptions' attributes, the CSV
+rows (training_log.csv) and the JSON records count from 0.
 """
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import signal
 import sys
 import threading
-import time
 
 import keras
 
@@ -52,35 +42,6 @@ from supcon_tf.errors import (  # noqa: F401  (the one table of statuses)
     EXIT_SIGTERM,
 )
 
-FAULT_ENV = "SUPCON_TF_FAULT"
-# Named points where `SUPCON_TF_FAULT=<point>[:<n>]` kills the process (the
-# n-th time the point is reached, 1 by default); `step:<k>` kills before
-# global step k runs, `nan_loss:<k>` makes the divergence guard see NaN at
-# global step k, `slow_steps:<ms>` sleeps that long before every step (to
-# signal a tiny run mid-epoch). `disk_full:<point>[:<n>]` raises OSError ENOSPC
-# at a write point instead of killing, `internal_error:<point>[:<n>]` a
-# RuntimeError.
-FAULT_POINTS = (
-    "backup_write",
-    "checkpoint_write",
-    "csv_append",
-    "final_model_save",
-    "saved_model_export",
-    "metrics_write",
-    "finished_marker",
-    "step",
-    "nan_loss",
-    "slow_steps",
-)
-# The points where a file is written (atomically, or the CSV row): where `disk_full:` and `internal_error:` apply.
-WRITE_POINTS = (
-    "backup_write", "checkpoint_write", "csv_append", "final_model_save", "saved_model_export", "metrics_write",
-    "finished_marker",
-)
-# What happens at the point instead of SIGKILL.
-FAULT_MODES = ("disk_full", "internal_error")
-
-
 class Interrupted(Exception):
     """Training stopped on a signal after writing a backup at `(epoch, step)` (0-based epoch, steps done in it)."""
 
@@ -89,7 +50,7 @@ class Interrupted(Exception):
         self.epoch = epoch
         self.step = step
         self.exit_status = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
-        super().__init__(f"interrupted at epoch {epoch} step {step}; run the same command to resume")
+        super().__init__(f"interrupted at epoch {epoch + 1} step {step}; run the same command to resume")
 
 
 class Diverged(Exception):
@@ -104,7 +65,7 @@ class Diverged(Exception):
         self.loss = loss
         self.learning_rate = learning_rate
         super().__init__(
-            f"training diverged at epoch {epoch} step {step}: loss {loss:.6g} ({reason}), learning rate "
+            f"training diverged at epoch {epoch + 1} step {step}: loss {loss:.6g} ({reason}), learning rate "
             f"{learning_rate:.6g}; the last good backup is kept: change a flag (e.g. --learning_rate) and run "
             "the same command to resume from it"
         )
@@ -114,10 +75,10 @@ COLLAPSE_REMEDIES = "warm-up (--warmup_epochs), a higher --temperature, or a low
 
 
 def collapse_message(epoch, mean_cosine, threshold, span):
-    """The sentence shared by the warning and `Collapsed`: the epoch (0-based), the mean cosine, the rule."""
+    """The sentence shared by the warning and `Collapsed`: the epoch (0-based; shown from 1), the mean cosine, the rule."""
     rule = f"at or above --collapse_cosine {threshold:g}" + ("" if span == 1 else f" for {span} epochs in a row")
     return (
-        f"training collapsed at epoch {epoch}: the mean cosine between the embeddings is {mean_cosine:.6f} "
+        f"training collapsed at epoch {epoch + 1}: the mean cosine between the embeddings is {mean_cosine:.6f} "
         f"({rule}), so the loss sits at its all-equal value and its gradient vanishes"
     )
 
@@ -145,103 +106,40 @@ class Collapsed(Exception):
         self.span = span
         super().__init__(
             f"{collapse_message(epoch, mean_cosine, threshold, span)}; the backups from epoch "
-            f"{self.drop_from_epoch} on are dropped (it may end collapsed already), so a rerun resumes before it or "
+            f"{self.drop_from_epoch + 1} on are dropped (it may end collapsed already), so a rerun resumes before it or "
             f"starts afresh: try {COLLAPSE_REMEDIES} (--warmup_epochs changes the schedule: with --overwrite)"
         )
-
-
-class FaultInjector:
-    """Kills this process with SIGKILL at a named point when `SUPCON_TF_FAULT` asks for it (tests only).
-
-    `SUPCON_TF_FAULT=csv_append` kills the first time the CSV row is being
-    appended; `backup_write:3` the third time a backup is written; `step:7`
-    before global step 7 (0-based) runs. `disk_full:checkpoint_write` makes
-    the first checkpoint write fail with OSError ENOSPC naming its file (the
-    temporary output is removed, the old file kept, as on a full disk);
-    `internal_error:metrics_write:1` raises a RuntimeError there.
-    """
-
-    def __init__(self, spec=None):
-        spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
-        self.point, self.count, self.mode = None, 1, None
-        given = spec
-        if spec:
-            mode, _, rest = spec.partition(":")
-            if mode in FAULT_MODES:
-                self.mode, spec = mode, rest
-            point, _, count = spec.partition(":")
-            if (
-                point not in (WRITE_POINTS if self.mode else FAULT_POINTS)
-                or (count and not count.isdigit())
-            ):
-                raise ValueError(
-                    f"{FAULT_ENV} must be <point>[:<n>] with point one of {FAULT_POINTS}, or "
-                    f"<mode>:<point>[:<n>] with mode one of {FAULT_MODES} and point one of {WRITE_POINTS}, "
-                    f"received: {given!r}"
-                )
-            self.point, self.count = point, int(count or 1)
-        self._seen = 0
-
-    def reached(self, point, path=None):
-        """Call at `point` (writing `path`, when known): kills the process, or raises, at the requested occurrence."""
-        if point != self.point:
-            return
-        self._seen += 1
-        if self._seen != self.count:
-            return
-        if self.mode == "disk_full":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else os.fspath(path))
-        if self.mode == "internal_error":
-            raise RuntimeError(f"injected internal error at {point} ({FAULT_ENV})")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def before_step(self, global_step):
-        """Call before global step `global_step` runs: kills the process when `step:<global_step>` is set."""
-        if self.point == "step" and self.count == global_step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self.point == "slow_steps":
-            time.sleep(self.count / 1000)
-
-    def nan_at(self, global_step):
-        """True when `nan_loss:<global_step>` is set: the divergence guard then sees a NaN loss at that step."""
-        return self.point == "nan_loss" and self.count == global_step
-
-    def torn_write(self, point, file, partial):
-        """At `point`: when it is the requested occurrence, writes `partial` to `file`, flushes, and kills or raises."""
-        if point == self.point and self._seen + 1 == self.count:
-            file.write(partial)
-            file.flush()
-        self.reached(point, getattr(file, "name", None))
-
-
-_injector = None
-
-
-def faults():
-    """The process-wide `FaultInjector` (reads the environment once)."""
-    global _injector
-    if _injector is None:
-        _injector = FaultInjector()
-    return _injector
 
 
 class SignalWatcher:
     """Context manager: while active, SIGINT / SIGTERM only set `received` instead of stopping the process.
 
     The training loop polls `received` after each step (`StepBackup`), writes
-    a backup and raises `Interrupted`. A second SIGINT stops at once (a user
-    who insists). Outside the main thread it does nothing (Python only
-    delivers signals there).
+    a backup and raises `Interrupted`; a server waits on `event` (set by every
+    signal; others may set it too, e.g. a thread that sees its parent die).
+    With `insist` (the default), a second SIGINT stops at once (a user who
+    insists); without it, it is recorded like the first (a server whose stop
+    is bounded by its supervisor). Outside the main thread it does nothing
+    (Python only delivers signals there).
+
+    Attributes:
+      received: the last signal number received, or None.
+      event: a `threading.Event`, set when a signal arrives.
     """
 
-    def __init__(self):
+    def __init__(self, *, insist=True):
+        if not isinstance(insist, bool):
+            raise ValueError(f"`insist` must be a bool, received: insist={insist!r}")
+        self.insist = insist
         self.received = None
+        self.event = threading.Event()
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
+        if self.insist and self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
+        self.event.set()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -316,8 +214,6 @@ class DivergenceGuard(keras.callbacks.Callback):
             return
         loss = float(logs["loss"])
         step, global_step = self.position(self._epoch, batch) if self.position else (batch + 1, None)
-        if faults().nan_at(global_step):
-            loss = math.nan
         reason = check_loss(loss, self.reference, self.factor)
         if reason:
             raise Diverged(self._epoch, step, loss, current_learning_rate(self.model), reason, global_step)

@@ -99,7 +99,8 @@ def is_run_folder(path):
 RESUMABLE_FIELDS = frozenset(
     {
         "model_dir", "learning_rate", "momentum", "weight_decay", "temperature", "base_temperature",
-        "contrast_mode", "variant", "queue_warmup_steps", "strategy", "cpu_devices", "tpu", "jit_compile",
+        "contrast_mode", "variant", "queue_warmup_steps", "strategy", "cluster", "cluster_port_base",
+        "cluster_gpus_per_task", "cpu_devices", "tpu", "jit_compile",
         "checkpoint_every", "export", "verbose", "backup_every_steps", "divergence_factor", "deterministic",
         "denominator", "positives_cap", "data_service", "data_service_timeout", "learning_rate_scaling", "reference_batch_size", "resolved_learning_rate", "evaluate_test",
         "collapse_cosine", "collapse_epochs", "stop_on_collapse", "augment_on",
@@ -335,13 +336,13 @@ class RunFolder:
     def enter_finishing(self, **fields):
         self._write_state(phase="finishing", **fields)
 
-    def write_json(self, name, payload, fault_point=None):
+    def write_json(self, name, payload):
         """Writes `payload` as JSON to `name` in the folder, atomically."""
-        checkpointing.write_json_atomically(self.path(name), payload, fault_point, indent=2, sort_keys=True)
+        checkpointing.write_json_atomically(self.path(name), payload, indent=2, sort_keys=True)
 
     def finish(self):
         """Writes the FINISHED marker (after every final output), then deletes the backups and the replaced run."""
-        with checkpointing.atomic_path(self.path(FINISHED), fault_point="finished_marker") as temporary:
+        with checkpointing.atomic_path(self.path(FINISHED)) as temporary:
             with open(temporary, "w") as f:
                 f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         self.delete_backups()

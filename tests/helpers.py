@@ -1,5 +1,6 @@
-"""Shared test helpers: serialisation round trips for layers and models; running binaries in subprocesses
-(`run_python`, `start_python`, `run_command`, `start_command`, all in `subprocess_env`)."""
+"""Shared test helpers: the repository's ROOT; serialisation round trips for layers and models; running binaries
+in subprocesses (`run_python`, `start_python`, `run_command`, `start_command`, all in `subprocess_env`, with a
+tests/fault_injection.py fault on request)."""
 
 import contextlib
 import copy
@@ -68,42 +69,47 @@ def assert_serialization_roundtrip(obj, inputs, atol=1e-6):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAULT_INJECTION = os.path.join(ROOT, "tests", "fault_injection.py")
 
 
-def subprocess_env(fault=None, *, extra_path=(), **variables):
-    """The environment for a binary run by a test: quiet TensorFlow, the repository importable, single-process,
-    and `SUPCON_TF_FAULT` set to `fault` (or unset).
+def subprocess_env(*, extra_path=(), **variables):
+    """The environment for a binary run by a test: quiet TensorFlow, the repository importable, single-process.
 
     `extra_path`: folders importable after the repository (PYTHONPATH); `variables`: further variables set.
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join((ROOT, *extra_path)))
     env.pop("TF_CONFIG", None)
-    env.pop("SUPCON_TF_FAULT", None)
-    if fault:
-        env["SUPCON_TF_FAULT"] = fault
     env.update(variables)
     return env
 
 
-def _subprocess_options(fault, env, cwd, kwargs):
+def _subprocess_options(command, fault, env, cwd, kwargs):
+    """`(command, Popen keyword arguments)`; with `fault`, the command runs under tests/fault_injection.py's hook."""
+    if fault:
+        if command[0] != sys.executable or command[1] != "-m":
+            raise ValueError(f"`fault` needs a command `python -m MODULE ...`, received: command={command!r}")
+        command = [sys.executable, FAULT_INJECTION, fault, *command[1:]]
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
     kwargs.setdefault("text", True)
-    return dict(kwargs, cwd=cwd, env=subprocess_env(fault) if env is None else env)
+    return command, dict(kwargs, cwd=cwd, env=subprocess_env() if env is None else env)
 
 
 def run_command(command, *, fault=None, env=None, cwd=ROOT, timeout=300, **kwargs):
     """`subprocess.run(command)` the way every test runs a binary: from the repository root, in
-    `subprocess_env(fault)` (or `env`), stdout and stderr captured as text, bounded by `timeout` seconds.
+    `subprocess_env()` (or `env`), stdout and stderr captured as text, bounded by `timeout` seconds.
 
-    `kwargs` go to `subprocess.run` (e.g. `stdout=`, `stderr=subprocess.STDOUT`).
+    `fault`: a tests/fault_injection.py spec (e.g. "backup_write:3"): the command (`python -m MODULE ...`) runs
+    with that fault injected. `kwargs` go to `subprocess.run` (e.g. `stdout=`, `stderr=subprocess.STDOUT`).
     """
-    return subprocess.run(command, timeout=timeout, **_subprocess_options(fault, env, cwd, kwargs))
+    command, options = _subprocess_options(command, fault, env, cwd, kwargs)
+    return subprocess.run(command, timeout=timeout, **options)
 
 
 def start_command(command, *, fault=None, env=None, cwd=ROOT, **kwargs):
     """`subprocess.Popen(command)` in the same environment as `run_command`; the caller waits for it."""
-    return subprocess.Popen(command, **_subprocess_options(fault, env, cwd, kwargs))
+    command, options = _subprocess_options(command, fault, env, cwd, kwargs)
+    return subprocess.Popen(command, **options)
 
 
 def run_python(*args, **kwargs):
@@ -217,3 +223,15 @@ def assert_refused(result, model_dir, expected):
     assert expected in lines[-1], lines[-1]
     assert "Traceback" not in result.stderr
     assert not os.path.exists(model_dir) or not os.listdir(model_dir)
+
+
+def with_loss_config(kwargs):
+    """`kwargs` for `SupConModel` with any loss options (temperature=..., ...) gathered into `loss_config`."""
+    import dataclasses
+
+    from supcon_tf.losses import LossConfig
+
+    names = {field.name for field in dataclasses.fields(LossConfig)}
+    options = {name: kwargs[name] for name in kwargs if name in names}
+    rest = {name: value for name, value in kwargs.items() if name not in names}
+    return dict(rest, loss_config=LossConfig(**options)) if options else rest

@@ -216,3 +216,20 @@ def weighted_reference(z, weights, queue=None, queue_weights=None, *, temperatur
     losses = loss.reshape(anchor_views, count).T
     counts = counts.reshape(anchor_views, count).T
     return losses, counts, (losses[counts].mean() if counts.any() else 0.0)
+
+
+def unit(rng, *shape):
+    """Random float64 vectors of shape `shape`, L2-normalised along the last axis."""
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def jaccard_weight(a, b):
+    """|A & B| / |A | B| of the label sets of two multi-hot rows (0 for two empty sets)."""
+    set_a, set_b = set(np.flatnonzero(a)), set(np.flatnonzero(b))
+    return len(set_a & set_b) / len(set_a | set_b) if set_a | set_b else 0.0
+
+
+def gaussian_weight(a, b, bandwidth):
+    """exp(-|a - b|^2 / (2 bandwidth^2)) of two continuous labels (scalars or vectors)."""
+    return float(np.exp(-np.sum((np.atleast_1d(a) - np.atleast_1d(b)) ** 2) / (2 * bandwidth**2)))

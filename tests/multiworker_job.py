@@ -49,6 +49,7 @@ def main(argv):
     from supcon_tf import checkpointing, distribute
     from supcon_tf.encoders import build_encoder
     from supcon_tf.layers import ProjectionHead
+    from supcon_tf.losses import LossConfig
     from supcon_tf.models import SupConModel
 
     strategy = distribute.get_strategy("multi_worker" if args.ports else "default")
@@ -76,7 +77,7 @@ def main(argv):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         encoder = build_encoder("small_cnn", (8, 8, 1), width=0.25, synchronized_bn=True)
-        model = SupConModel(encoder, ProjectionHead((16,), 8), temperature=0.2)
+        model = SupConModel(encoder, ProjectionHead((16,), 8), loss_config=LossConfig(temperature=0.2))
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     np.savez(os.path.join(args.model_dir, f"initial_{task}.npz"), *model.get_weights())
 

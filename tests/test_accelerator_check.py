@@ -12,13 +12,12 @@ import os
 import sys
 
 import pytest
+from helpers import ROOT, run_python, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "accelerator_check.py")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import accelerator_check  # noqa: E402  (the driver part imports no TensorFlow)
-from helpers import run_python, subprocess_env  # noqa: E402
 
 
 def _run(args, timeout=240):

@@ -3,7 +3,8 @@
 import os
 import re
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
+
 DOC = open(os.path.join(ROOT, "docs", "architecture.md")).read()
 MAP = DOC[DOC.index("## Module map"):DOC.index("## Run folder")]
 ROWS = [line for line in MAP.splitlines() if line.startswith("| `")]

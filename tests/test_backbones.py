@@ -160,7 +160,7 @@ INVALID = ["", "resnet", "ResNet18", "keras.applications:", "module:", ":build",
 
 @pytest.mark.parametrize("encoder", VALID)
 def test_valid_encoder_strings_pass_the_config_without_importing(encoder):
-    assert RunConfig(encoder=encoder).encoder == encoder  # nothing is imported: these modules do not exist
+    assert RunConfig.from_flat(encoder=encoder).model.encoder == encoder  # nothing is imported: these modules do not exist
     kind = encoders.parse_encoder(encoder)[0]
     assert kind == ("registered" if ":" not in encoder else "application" if encoder.startswith(APP) else
                     "file" if ".py:" in encoder else "module")
@@ -168,7 +168,7 @@ def test_valid_encoder_strings_pass_the_config_without_importing(encoder):
 
 @pytest.mark.parametrize("encoder", INVALID)
 def test_bad_encoder_strings_are_one_line_errors(encoder):
-    message = _message(RunConfig, encoder=encoder)
+    message = _message(RunConfig.from_flat, encoder=encoder)
     assert "`encoder`" in message and f"encoder={encoder!r}" in message and "keras.applications:<Name>" in message
     message = _message(encoders.parse_encoder, encoder)
     assert f"name={encoder!r}" in message
@@ -295,8 +295,8 @@ def test_weights_file_initialises_another_encoder_identically(tmp_path):
     keras.utils.set_random_seed(99)
     target = encoders.build_encoder(spec, (32, 32, 1), minimalistic=True)
     assert not np.allclose(_np(target(images)), _np(source(images)))
-    config = RunConfig(encoder=spec, encoder_weights=str(tmp_path / "encoder.weights.h5"))
-    assert encoders.load_encoder_weights(target, config.encoder_weights) is target
+    config = RunConfig.from_flat(encoder=spec, encoder_weights=str(tmp_path / "encoder.weights.h5"))
+    assert encoders.load_encoder_weights(target, config.model.encoder_weights) is target
     for a, b in zip(source.weights, target.weights):
         np.testing.assert_array_equal(_np(a), _np(b))
     np.testing.assert_array_equal(_np(target(images)), _np(source(images)))
@@ -309,7 +309,7 @@ def test_weights_file_initialises_another_encoder_identically(tmp_path):
 def test_runner_builds_the_configured_encoder_with_its_weights(tmp_path):
     source = encoders.build_encoder("small_cnn", (8, 8, 1), width=0.25)
     source.save_weights(tmp_path / "small.weights.h5")
-    config = RunConfig(encoder="small_cnn", encoder_width=0.25, encoder_weights=str(tmp_path / "small.weights.h5"))
+    config = RunConfig.from_flat(encoder="small_cnn", encoder_width=0.25, encoder_weights=str(tmp_path / "small.weights.h5"))
     encoder = runner.build_encoder(config, (8, 8, 1))
     images = np.random.uniform(size=(2, 8, 8, 1)).astype("float32")
     np.testing.assert_array_equal(_np(encoder(images)), _np(source(images)))
@@ -332,11 +332,11 @@ def test_bad_weights_paths(tmp_path):
     assert ".weights.h5" in _message(encoders.load_encoder_weights, encoder, tmp_path / "weights.npz")
     (tmp_path / "junk.weights.h5").write_bytes(b"not hdf5")
     assert "not a readable" in _message(encoders.load_encoder_weights, encoder, tmp_path / "junk.weights.h5")
-    message = _message(RunConfig, encoder_weights=str(tmp_path / "none.weights.h5"))
+    message = _message(RunConfig.from_flat, encoder_weights=str(tmp_path / "none.weights.h5"))
     assert message.startswith("`encoder_weights` does not exist")
-    assert "`encoder_weights` must be" in _message(RunConfig, encoder_weights=str(tmp_path / "weights.npz"))
+    assert "`encoder_weights` must be" in _message(RunConfig.from_flat, encoder_weights=str(tmp_path / "weights.npz"))
     (tmp_path / "ok.keras").write_bytes(b"x")
-    message = _message(RunConfig, method="linear", pretrained="x.keras", encoder_weights=str(tmp_path / "ok.keras"))
+    message = _message(RunConfig.from_flat, method="linear", pretrained="x.keras", encoder_weights=str(tmp_path / "ok.keras"))
     assert "method='linear'" in message
 
 
@@ -345,12 +345,12 @@ def test_bad_weights_paths(tmp_path):
 
 
 def test_vit_sizes_come_from_the_config():
-    config = RunConfig(encoder="vit_tiny_patch4_32", vit_hidden_dim=32, vit_depth=1, vit_num_heads=2, vit_mlp_dim=64)
+    config = RunConfig.from_flat(encoder="vit_tiny_patch4_32", vit_hidden_dim=32, vit_depth=1, vit_num_heads=2, vit_mlp_dim=64)
     encoder = runner.build_encoder(config, (8, 8, 1))
     assert encoder.output_shape == (None, 32)
     assert len([layer for layer in encoder.layers if isinstance(layer, vit.TransformerBlock)]) == 1
-    assert "`vit_depth`" in _message(RunConfig, encoder="vit_tiny_patch4_32", vit_depth=0)
-    message = _message(RunConfig, encoder="vit_b16", vit_depth=2)
+    assert "`vit_depth`" in _message(RunConfig.from_flat, encoder="vit_tiny_patch4_32", vit_depth=0)
+    message = _message(RunConfig.from_flat, encoder="vit_b16", vit_depth=2)
     assert "`vit_depth`" in message and "vit_tiny_patch4_32" in message and "encoder='vit_b16'" in message
     message = _message(runner.build_encoder, config.replace(vit_num_heads=5), (8, 8, 1))
     assert "hidden_dim=32" in message and "num_heads=5" in message

@@ -350,7 +350,7 @@ def test_sample_weight_zero_through_supcon_model(layout, monkeypatch):
     monkeypatch.setattr(losses_lib, "supcon_per_anchor_loss", functools.partial(
         supcon_per_anchor_loss, implementation="blockwise", block_size=kwargs["block_size"]))
     model = SupConModel(build_encoder("small_cnn", (8, 8, 1), width=0.25), ProjectionHead((16,), DIM),
-                        temperature=TEMPERATURE)
+                        loss_config=losses_lib.LossConfig(temperature=TEMPERATURE))
     sample_weight = np.array([0.0 if s % 3 == 0 else 1.0 + s for s in range(z.shape[0])], np.float32)
     x = tf.constant(z)
     with tf.GradientTape() as tape:

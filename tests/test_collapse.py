@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import run_binary_in_process
+from helpers import run_binary_in_process, with_loss_config
 from loss_reference import reference_loss
 from supcon_tf import encoders, errors, layers, losses, resilience, runner, run_folder
 from supcon_tf.checkpointing import BackupStore
@@ -149,7 +149,7 @@ def test_collapse_share_validates_its_input():
 def _model(**kwargs):
     keras.utils.set_random_seed(5)
     model = SupConModel(
-        encoders.build_encoder("small_cnn", (8, 8, 1), width=0.25), layers.ProjectionHead((16,), 8), **kwargs
+        encoders.build_encoder("small_cnn", (8, 8, 1), width=0.25), layers.ProjectionHead((16,), 8), **with_loss_config(kwargs)
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return model
@@ -247,10 +247,11 @@ def test_monitor_warns_once_after_the_span(capsys):
     records = []
     monitor = resilience.CollapseMonitor(0.99, 2, on_collapse=records.append)
     _feed(monitor, [0.95, 0.995, 0.97, 0.99, None, 0.999, 0.9999, 0.999])
-    # 0.995 alone is no span; 0.99 (at the threshold) then 0.999 (epoch 4 had no mean_cosine) make one at epoch 5.
+    # 0.995 alone is no span; 0.99 (at the threshold) then 0.999 (epoch 4 had no mean_cosine) make one at epoch 5,
+    # which the message calls epoch 6 (as Keras shows it); the record keeps the 0-based index of the CSV rows.
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
-        "warning: training collapsed at epoch 5: the mean cosine between the embeddings is 0.999000 (at or above "
+        "warning: training collapsed at epoch 6: the mean cosine between the embeddings is 0.999000 (at or above "
         "--collapse_cosine 0.99 for 2 epochs in a row), so the loss sits at its all-equal value and its gradient "
         "vanishes: try warm-up (--warmup_epochs), a higher --temperature, or a lower --learning_rate"
     ]
@@ -279,8 +280,8 @@ def test_monitor_stops_with_collapsed_at_every_collapsed_span(capsys):
     assert capsys.readouterr().err == ""  # the binary prints the exception's line, nothing else
     error = raised.value
     assert (error.epoch, error.first_epoch, error.drop_from_epoch, error.exit_status) == (1, 1, 0, 6)
-    assert str(error).startswith("training collapsed at epoch 1: the mean cosine between the embeddings is 0.998000")
-    assert "the backups from epoch 0 on are dropped" in str(error) and "--warmup_epochs" in str(error)
+    assert str(error).startswith("training collapsed at epoch 2: the mean cosine between the embeddings is 0.998000")
+    assert "the backups from epoch 1 on are dropped" in str(error) and "--warmup_epochs" in str(error)
     assert records == [dict(monitor.collapsed, stopped=True)]
     # A resumed monitor (state from a backup) with an earlier collapse on record still stops.
     resumed = resilience.CollapseMonitor(0.99, 1, stop=True, state=monitor.state())
@@ -340,8 +341,8 @@ def test_a_collapse_drops_the_backups_from_the_epoch_before_it(tmp_path):
 
 def test_config_fields_defaults_validation_and_resumable():
     config = RunConfig()
-    assert (config.collapse_cosine, config.collapse_epochs, config.stop_on_collapse) == (0.995, 1, False)
-    assert RunConfig(collapse_cosine=1, collapse_epochs=3, stop_on_collapse=True).collapse_epochs == 3
+    assert (config.runtime.collapse_cosine, config.runtime.collapse_epochs, config.runtime.stop_on_collapse) == (0.995, 1, False)
+    assert RunConfig.from_flat(collapse_cosine=1, collapse_epochs=3, stop_on_collapse=True).runtime.collapse_epochs == 3
     for kwargs, match in [
         (dict(collapse_cosine=0.0), r"`collapse_cosine` must be in \(0, 1\], received: collapse_cosine=0.0"),
         (dict(collapse_cosine=1.01), "collapse_cosine=1.01"),
@@ -350,7 +351,7 @@ def test_config_fields_defaults_validation_and_resumable():
         (dict(stop_on_collapse="no"), "`stop_on_collapse` must be a bool, received: stop_on_collapse='no'"),
     ]:
         with pytest.raises(ValueError, match=match):
-            RunConfig(**kwargs)
+            RunConfig.from_flat(**kwargs)
     from experiments import flagging
 
     helps = flagging.help_texts(RunConfig)
@@ -396,7 +397,7 @@ def test_the_report_settings_collapse_with_one_line_and_metrics_json_says_so(tmp
     assert "val_mean_cosine" in rows[0] and "val_collapse_share" in rows[0]
     lines = _collapse_lines(result.stderr)
     assert lines == [
-        f"warning: training collapsed at epoch 1: the mean cosine between the embeddings is {cosines[1]:.6f} "
+        f"warning: training collapsed at epoch 2: the mean cosine between the embeddings is {cosines[1]:.6f} "
         "(at or above --collapse_cosine 0.995), so the loss sits at its all-equal value and its gradient vanishes: "
         "try warm-up (--warmup_epochs), a higher --temperature, or a lower --learning_rate"
     ]
@@ -419,8 +420,8 @@ def test_stop_on_collapse_exits_6_with_one_line_and_drops_the_collapsed_backups(
     model_dir = tmp_path / "run"
     stopped = _stop(model_dir)
     lines = [line for line in stopped.stderr.splitlines() if ": error: " in line or "warning:" in line]
-    assert len(lines) == 1 and lines[0].startswith("pretrain: error: training collapsed at epoch 1: "), lines
-    assert "the backups from epoch 0 on are dropped" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("pretrain: error: training collapsed at epoch 2: "), lines
+    assert "the backups from epoch 1 on are dropped" in lines[0]
     assert not (model_dir / "FINISHED").exists() and not (model_dir / "metrics.json").exists()
     # Epoch 0 ends collapsed already (its mean mixes the steps before the collapse): none of its backups
     # (steps 3, 6, 8) is kept, nor epoch 1's (11, 14).

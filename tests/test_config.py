@@ -77,30 +77,30 @@ def test_unknown_preset_lists_valid_names():
 )
 def test_invalid_values_name_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
-        RunConfig(**changes)
+        RunConfig.from_flat(**changes)
 
 
 def test_config_is_frozen_and_rejects_unknown_fields():
     config = RunConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.epochs = 3
+        config.optim.epochs = 3
     with pytest.raises(ValueError, match="learning_rte"):
         RunConfig.from_dict({"learning_rte": 0.1})
-    assert config.replace(epochs=3).epochs == 3
+    assert config.replace(epochs=3).optim.epochs == 3
 
 
 @pytest.mark.parametrize("scaling, expected", [("linear", 0.125), ("sqrt", 0.25), ("none", 0.5)])
 def test_learning_rate_follows_the_batch_by_the_chosen_rule(scaling, expected):
-    config = RunConfig(learning_rate=0.5, batch_size=256, reference_batch_size=1024, learning_rate_scaling=scaling)
+    config = RunConfig.from_flat(learning_rate=0.5, batch_size=256, reference_batch_size=1024, learning_rate_scaling=scaling)
     assert config.resolved_learning_rate == pytest.approx(expected)
     assert config.to_dict()["resolved_learning_rate"] == pytest.approx(expected)  # lands in config.json
     assert RunConfig.from_dict(config.to_dict()) == config  # the derived value is not a settable field
     # Without a reference batch the learning rate is the one given.
-    assert RunConfig(learning_rate=0.5, batch_size=256).resolved_learning_rate == 0.5
+    assert RunConfig.from_flat(learning_rate=0.5, batch_size=256).resolved_learning_rate == 0.5
     with pytest.raises(ValueError, match="learning_rate_scaling"):
-        RunConfig(learning_rate_scaling="cubic")
+        RunConfig.from_flat(learning_rate_scaling="cubic")
     with pytest.raises(ValueError, match="reference_batch_size"):
-        RunConfig(reference_batch_size=0)
+        RunConfig.from_flat(reference_batch_size=0)
 
 
 def test_overriding_a_presets_batch_rescales_its_learning_rate():
@@ -114,17 +114,17 @@ def test_overriding_a_presets_batch_rescales_its_learning_rate():
         config = common.config_from_flags()
     finally:
         flag_values.unparse_flags()
-    assert (config.reference_batch_size, config.batch_size) == (1024, 256)
+    assert (config.optim.reference_batch_size, config.optim.batch_size) == (1024, 256)
     assert config.resolved_learning_rate == pytest.approx(0.5 * 256 / 1024)
 
 
 def test_data_service_timeout_defaults_to_a_minute_and_is_a_float_flag():
-    assert RunConfig().data_service_timeout == 60.0
-    config = RunConfig(data_service="grpc://localhost:5050", data_service_timeout=2.5)
-    assert config.data_service_timeout == 2.5 and RunConfig.from_dict(config.to_dict()) == config
-    assert RunConfig(data_service_timeout=1).data_service_timeout == 1
+    assert RunConfig().runtime.data_service_timeout == 60.0
+    config = RunConfig.from_flat(data_service="grpc://localhost:5050", data_service_timeout=2.5)
+    assert config.runtime.data_service_timeout == 2.5 and RunConfig.from_dict(config.to_dict()) == config
+    assert RunConfig.from_flat(data_service_timeout=1).runtime.data_service_timeout == 1
     with pytest.raises(ValueError) as error:
-        RunConfig(data_service="grpc://localhost:5050", data_service_timeout=0)
+        RunConfig.from_flat(data_service="grpc://localhost:5050", data_service_timeout=0)
     assert str(error.value) == "`data_service_timeout` must be a positive number, received: data_service_timeout=0"
     from experiments import common, flagging
 

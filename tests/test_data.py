@@ -375,3 +375,64 @@ def test_a_shard_keeps_every_nth_batch_of_the_stream_and_bad_shards_are_refused(
     for bad in [(2, 2), (0, 0), (2,), "2,1", (2.0, 1)]:
         with pytest.raises(ValueError, match="`shard` must be None or"):
             data.make_multiview_dataset(source, shard=bad, **options)
+
+
+# ---------------------------------------------------------------------------
+# A run's data from its config (`data.splits`): the validation split is pinned to the formula it always had.
+# ---------------------------------------------------------------------------
+
+
+def _pairs(dataset):
+    return [(bytes(np.asarray(image)), int(label)) for image, label in dataset]
+
+
+def test_digits_validation_split_is_sklearns_stratified_split_with_the_seed():
+    from sklearn.model_selection import train_test_split
+
+    from supcon_tf.config import RunConfig
+
+    images, labels = data.load_digits("train")
+    for seed, fraction in ((0, 0.2), (7, 0.1)):
+        split = data.split_train_validation(RunConfig(), fraction, seed)
+        train_index, val_index = train_test_split(
+            np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=labels
+        )
+        expected_train = [(bytes(images[i]), int(labels[i])) for i in sorted(train_index)]
+        expected_validation = [(bytes(images[i]), int(labels[i])) for i in sorted(val_index)]
+        assert _pairs(split.train) == expected_train and _pairs(split.validation) == expected_validation
+        assert (split.num_train, split.num_validation) == (len(expected_train), len(expected_validation))
+
+
+def test_image_folder_validation_split_is_the_salted_stateless_draw(tmp_path):
+    """Image i (in the folder's class order) is a validation image when the stateless uniform draw i of the seed
+    `[seed, 0x5A11]` (the salt, now `data.VALIDATION_SALT`) falls below the fraction: the split of every version."""
+    from helpers import image_folder
+
+    from supcon_tf.config import RunConfig
+
+    assert data.VALIDATION_SALT == 0x5A11
+    config = RunConfig.from_flat(dataset="folder", data_dir=image_folder(tmp_path, {"a": 7, "b": 6}), image_size=8)
+    source, size, num_classes = data.load_source(config, "train")
+    everything = _pairs(source)
+    assert (size, num_classes, len(everything)) == (13, 2, 13)
+    for seed, fraction in ((0, 0.3), (5, 0.5)):
+        draws = tf.random.stateless_uniform([size], seed=[seed, 0x5A11]).numpy()
+        split = data.split_train_validation(config, fraction, seed)
+        assert _pairs(split.validation) == [p for p, d in zip(everything, draws) if d < fraction]
+        assert _pairs(split.train) == [p for p, d in zip(everything, draws) if not d < fraction]
+        assert split.num_validation == int(np.sum(draws < fraction)) and split.num_classes == 2
+
+
+def test_run_data_functions_refuse_bad_input():
+    from supcon_tf.config import RunConfig
+
+    with pytest.raises(ValueError, match="`config` must be a RunConfig, received: dict"):
+        data.load_source({"dataset": "digits"}, "train")
+    with pytest.raises(ValueError, match=r"`split` must be one of \('train', 'test'\), received: split='validation'"):
+        data.load_source(RunConfig(), "validation")
+    with pytest.raises(ValueError, match="`config` must be a RunConfig"):
+        data.class_names("digits")
+    with pytest.raises(ValueError, match=r"`seed` must be an int in \[0, 2\*\*31\), received: seed=-1"):
+        data.split_train_validation(RunConfig(), 0.2, -1)
+    with pytest.raises(ValueError, match="`validation_fraction` must be in"):
+        data.split_train_validation(RunConfig(), 1.5, 0)

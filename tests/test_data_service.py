@@ -100,20 +100,20 @@ def _read(address, start_batch, count, seed=3):
 )
 def test_config_rejects_bad_addresses_in_one_line(value):
     with pytest.raises(ValueError, match="data_service") as error:
-        RunConfig(data_service=value)
+        RunConfig.from_flat(data_service=value)
     assert "\n" not in str(error.value)
 
 
 def test_config_accepts_addresses_and_refuses_unsupported_combinations():
     valid = ("grpc://localhost:5050", "grpc://10.0.0.7:1", "grpc://tf-data-0.cluster.local:65535", "grpc://[::1]:80")
     for value in valid:
-        config = RunConfig(data_service=value)
+        config = RunConfig.from_flat(data_service=value)
         assert RunConfig.from_dict(config.to_dict()) == config
-    assert RunConfig().data_service is None
+    assert RunConfig().runtime.data_service is None
     with pytest.raises(ValueError, match="data_service.*class_balanced"):
-        RunConfig(data_service="grpc://localhost:5050", sampler="class_balanced", batch_size=16)
+        RunConfig.from_flat(data_service="grpc://localhost:5050", sampler="class_balanced", batch_size=16)
     with pytest.raises(ValueError, match="data_service.*multi_worker"):
-        RunConfig(data_service="grpc://localhost:5050", strategy="multi_worker")
+        RunConfig.from_flat(data_service="grpc://localhost:5050", strategy="multi_worker")
     from experiments import common, flagging
 
     assert "data_service" in flagging.help_texts(RunConfig) and "data_service" in common.FLAGS
@@ -188,7 +188,7 @@ def _config(service_address, **changes):
         export=False,
     )
     values.update(changes)
-    return RunConfig(**values)
+    return RunConfig.from_flat(**values)
 
 
 @pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
@@ -197,7 +197,7 @@ def test_pretraining_reads_equal_batches_per_replica_from_the_service(service, s
     strategy = runner.build_strategy(config)
     replicas = strategy.num_replicas_in_sync
     assert replicas == (2 if strategy_name == "mirrored" else 1)
-    source, _, num_classes = runner.load_source(config, "train")
+    source, _, num_classes = data.load_source(config, "train")
     shapes = []
     distributed = strategy.experimental_distribute_dataset(runner.train_dataset(config, source))
     for step, (views, labels) in enumerate(distributed):
@@ -208,7 +208,7 @@ def test_pretraining_reads_equal_batches_per_replica_from_the_service(service, s
     per_replica = BATCH // replicas
     assert all(shape == [(per_replica, 2, 16, 16, 1)] * replicas + [(per_replica,)] * replicas for shape in shapes)
     with strategy.scope():
-        model = runner.build_model(config, (16, 16, 1), num_classes, config.steps_per_epoch)
+        model = runner.build_model(config, (16, 16, 1), num_classes, config.optim.steps_per_epoch)
     history = model.fit(runner.train_dataset(config, source, start_batch=7), epochs=1, steps_per_epoch=3, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
 

@@ -26,6 +26,7 @@ import supcon_tf
 from supcon_tf import augment, data, data_service, distribute, encoders, layers, models, run_folder, runner
 from supcon_tf import config as config_lib
 from supcon_tf.config import RunConfig
+from helpers import with_loss_config
 
 BATCH = 32  # digits train split: 1,437 images = 44 batches a pass
 SEED = 3
@@ -58,7 +59,7 @@ def _two_cpu_strategy():
 def _supcon_model(policy=None, image_shape=(16, 16, 1), **kwargs):
     keras.utils.set_random_seed(0)
     model = models.SupConModel(
-        encoders.build_encoder("small_cnn", image_shape, width=0.25), layers.ProjectionHead((32,), 16), **kwargs
+        encoders.build_encoder("small_cnn", image_shape, width=0.25), layers.ProjectionHead((32,), 16), **with_loss_config(kwargs)
     )
     if policy is not None:
         model.set_view_augmentation(policy)
@@ -72,7 +73,7 @@ def _supcon_model(policy=None, image_shape=(16, 16, 1), **kwargs):
 @pytest.mark.parametrize("value", ["gpu", "", "HOST", None, 1])
 def test_config_rejects_a_bad_augment_on_in_one_line(value):
     with pytest.raises(ValueError, match="`augment_on`") as error:
-        RunConfig(augment_on=value)
+        RunConfig.from_flat(augment_on=value)
     assert "\n" not in str(error.value) and repr(value) in str(error.value)
 
 
@@ -81,24 +82,24 @@ def test_config_rejects_a_bad_augment_on_in_one_line(value):
     [(dict(jit_compile=True), "jit_compile"), (dict(strategy="tpu", tpu="local"), "strategy='tpu'")],
 )
 def test_config_refuses_device_augmentation_where_xla_compiles_the_step(changes, named):
-    RunConfig(augment_on="host", **changes)  # fine on the host
+    RunConfig.from_flat(augment_on="host", **changes)  # fine on the host
     with pytest.raises(ValueError, match="`augment_on`='device'") as error:
-        RunConfig(augment_on="device", **changes)
+        RunConfig.from_flat(augment_on="device", **changes)
     assert named in str(error.value) and "\n" not in str(error.value)
 
 
 def test_config_field_is_a_flag_resumable_and_agrees_with_the_library():
     from experiments import common, flagging
 
-    assert RunConfig().augment_on == "host"
+    assert RunConfig().data.augment_on == "host"
     assert "augment_on" in flagging.help_texts(RunConfig) and "augment_on" in common.FLAGS
     assert config_lib.AUGMENT_ON == data.AUGMENT_ON == ("host", "device")
     assert "augment_on" in run_folder.RESUMABLE_FIELDS
     # Every combination a device run may need is accepted: service, sampler, queue, momentum encoder, CE, linear.
-    RunConfig(augment_on="device", data_service="grpc://localhost:5050", strategy="mirrored")
-    RunConfig(augment_on="device", sampler="class_balanced", batch_size=32, queue_size=64, key_momentum=0.99)
-    RunConfig(augment_on="device", method="ce")
-    RunConfig(augment_on="device", method="linear", pretrained="x.keras", cache_features=False)
+    RunConfig.from_flat(augment_on="device", data_service="grpc://localhost:5050", strategy="mirrored")
+    RunConfig.from_flat(augment_on="device", sampler="class_balanced", batch_size=32, queue_size=64, key_momentum=0.99)
+    RunConfig.from_flat(augment_on="device", method="ce")
+    RunConfig.from_flat(augment_on="device", method="linear", pretrained="x.keras", cache_features=False)
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def _config(tmp_path, name, **changes):
         augment_on="device",
     )
     values.update(changes)
-    return RunConfig(**values)
+    return RunConfig.from_flat(**values)
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +342,7 @@ def test_runner_trains_simclr_ce_and_the_uncached_probe_with_device_augmentation
         "linear": dict(method="linear", pretrained=pretrained, cache_features=False, evaluate_test=False),
     }.items():
         config = _config(tmp_path, name, **changes)
-        source, _, num_classes = runner.load_source(config, "train")
+        source, _, num_classes = data.load_source(config, "train")
         (images, seeds), _ = next(iter(runner.train_dataset(config, source)))
         assert images.dtype == tf.uint8 and seeds.shape == (BATCH, 2 if name == "simclr" else 1, 2), name
         metrics = runner.run(config)

@@ -9,6 +9,7 @@ from supcon_tf import distribute
 from supcon_tf.encoders import build_encoder
 from supcon_tf.layers import ProjectionHead
 from supcon_tf.models import SupConModel
+from helpers import with_loss_config
 
 IMAGE_SHAPE = (8, 8, 1)
 GLOBAL_BATCH = 8
@@ -25,7 +26,7 @@ def _make_model(weights=None, **kwargs):
     keras.utils.set_random_seed(0)
     # Synchronized BN: batch statistics over the global batch, as on one device.
     encoder = build_encoder("small_cnn", IMAGE_SHAPE, width=0.25, synchronized_bn=True)
-    model = SupConModel(encoder, ProjectionHead((16,), 8), **kwargs)
+    model = SupConModel(encoder, ProjectionHead((16,), 8), **with_loss_config(kwargs))
     model.build((None,) + IMAGE_SHAPE)
     if weights is not None:
         model.set_weights(weights)

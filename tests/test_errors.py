@@ -6,8 +6,9 @@ appends the traceback to `<model_dir>/error.log` of a run folder the project
 created, or prints it to stderr. `supcon_tf.encoders.load_pretrained_encoder`
 refuses a bad `--pretrained` file before any training. The end-to-end tests
 run the binaries on the bundled digits for a few steps, in subprocesses;
-`SUPCON_TF_FAULT=disk_full:<point>` / `internal_error:<point>` make a write
-fail as on a full disk, or raise an unexpected error there.
+the fault specs `disk_full:<point>` / `internal_error:<point>` of
+tests/fault_injection.py make a write fail as on a full disk, or raise an
+unexpected error there.
 """
 
 import errno
@@ -20,9 +21,10 @@ import numpy as np
 import pytest
 
 from experiments import flagging
-from supcon_tf import checkpointing, errors, resilience, run_folder
+from supcon_tf import _faults, checkpointing, errors, resilience, run_folder
 from supcon_tf.encoders import build_encoder, load_pretrained_encoder
 from supcon_tf.errors import BadInputFile
+from fault_injection import FaultInjector
 from helpers import run_python
 
 TINY = [
@@ -117,7 +119,7 @@ def test_classify_the_stopping_exceptions_of_training():
     assert errors.classify(diverged).status == 3
     interrupted = errors.classify(resilience.Interrupted(15, 0, 3))
     assert (interrupted.status, interrupted.plain) == (143, True)
-    assert interrupted.line == "interrupted at epoch 0 step 3; run the same command to resume"
+    assert interrupted.line == "interrupted at epoch 1 step 3; run the same command to resume"
 
 
 def test_tensorflow_errors_storage_is_4_and_a_graph_error_shows_its_cause():
@@ -228,7 +230,7 @@ def test_signals_stay_plain_lines_without_error_log(tmp_path, capsys):
     assert _raising(resilience.Interrupted(2, 1, 3), folder)(["prog"]) == 130
     assert _raising(KeyboardInterrupt(), folder)(["prog"]) == 130
     assert capsys.readouterr().err.splitlines() == [
-        "interrupted at epoch 1 step 3; run the same command to resume",
+        "interrupted at epoch 2 step 3; run the same command to resume",
         "interrupted outside a training step; nothing new to resume from",
     ]
     assert not (folder / errors.ERROR_LOG).exists()
@@ -240,25 +242,24 @@ def test_signals_stay_plain_lines_without_error_log(tmp_path, capsys):
 
 
 def test_fault_modes_parse_and_raise_at_the_requested_write():
-    injector = resilience.FaultInjector("disk_full:checkpoint_write:2")
+    injector = FaultInjector("disk_full:checkpoint_write:2")
     assert (injector.mode, injector.point, injector.count) == ("disk_full", "checkpoint_write", 2)
     injector.reached("checkpoint_write", "/r/a.keras")  # the first: nothing
     with pytest.raises(OSError) as raised:
         injector.reached("checkpoint_write", "/r/a.keras")
     assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, "/r/a.keras")
     with pytest.raises(RuntimeError, match="injected internal error at metrics_write"):
-        resilience.FaultInjector("internal_error:metrics_write").reached("metrics_write")
+        FaultInjector("internal_error:metrics_write").reached("metrics_write")
     for bad in ("disk_full:step:3", "disk_full:nowhere", "disk_full", "enospc:csv_append"):
-        with pytest.raises(ValueError, match="SUPCON_TF_FAULT must be"):
-            resilience.FaultInjector(bad)
+        with pytest.raises(ValueError, match="a fault spec must be"):
+            FaultInjector(bad)
 
 
-def test_disk_full_in_atomic_path_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    monkeypatch.setattr(resilience, "_injector", resilience.FaultInjector("disk_full:metrics_write"))
+def test_disk_full_in_atomic_path_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text('{"old": 1}')
-    with pytest.raises(OSError) as raised:
-        checkpointing.write_json_atomically(path, {"new": 2}, fault_point="metrics_write")
+    with _faults.installed(FaultInjector("disk_full:metrics_write")), pytest.raises(OSError) as raised:
+        checkpointing.write_json_atomically(path, {"new": 2})
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
     assert errors.classify(raised.value).line == f"cannot write {path}: No space left on device [ENOSPC]"
     assert json.loads(path.read_text()) == {"old": 1} and os.listdir(tmp_path) == ["metrics.json"]
@@ -389,7 +390,7 @@ def test_an_internal_error_is_exit_1_with_its_traceback_in_error_log_or_on_stder
     bug = _run("pretrain", f"--model_dir={model_dir}", *TINY, fault="internal_error:metrics_write")
     assert bug.returncode == 1, bug.stderr[-3000:]
     assert _one_error_line(bug).endswith(
-        "internal error: RuntimeError: injected internal error at metrics_write (SUPCON_TF_FAULT) "
+        "internal error: RuntimeError: injected internal error at metrics_write (tests/fault_injection.py) "
         f"(traceback in {log})"
     )
     assert "Traceback" not in bug.stderr and "RuntimeError: injected" in log.read_text()

@@ -144,6 +144,17 @@ def test_knn_matches_numpy(k, temperature):
     )
 
 
+def test_knn_traces_once_for_repeated_calls_of_the_same_shapes():
+    """An epoch-end monitor (experiments/report/monitor.py) calls it every epoch: no new trace per call."""
+    rng = np.random.default_rng(3)
+    train, train_labels, queries = rng.normal(size=(40, 6)), rng.integers(0, 3, 40), rng.normal(size=(9, 6))
+    evaluation.knn_predict(train, train_labels, queries, k=5, num_classes=3)
+    traces = evaluation._knn_classify.experimental_get_tracing_count()
+    for _ in range(3):
+        evaluation.knn_predict(rng.normal(size=(40, 6)), train_labels, rng.normal(size=(9, 6)), k=5, num_classes=3)
+    assert evaluation._knn_classify.experimental_get_tracing_count() == traces
+
+
 def test_knn_scale_invariant_and_exact_on_clusters():
     centres = np.eye(3, 5)
     rng = np.random.default_rng(0)

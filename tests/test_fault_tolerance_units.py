@@ -1,4 +1,4 @@
-"""Unit tests of the fault-tolerance pieces: run folder, backup store, resumable streams, guards, injector."""
+"""Unit tests of the fault-tolerance pieces: run folder, backup store, resumable streams, guards, the fault hook."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from supcon_tf import augment, checkpointing, data, resilience, runner
+from supcon_tf import _faults, augment, checkpointing, data, resilience, runner
 from supcon_tf.config import RunConfig
 from supcon_tf.run_folder import RunFolder
 
@@ -126,7 +126,7 @@ def test_truncate_log_drops_resumed_epochs_and_torn_rows(tmp_path):
 
 def test_structural_change_of_an_unfinished_run_is_refused(tmp_path):
     folder = RunFolder(tmp_path / "run")
-    config = RunConfig(model_dir=str(tmp_path / "run"))
+    config = RunConfig.from_flat(model_dir=str(tmp_path / "run"))
     folder.start(config.to_dict())
     folder.check_resumable(config.replace(learning_rate=0.01).to_dict())  # resumable: allowed
     with pytest.raises(ValueError, match=r"other settings \(batch_size=128 -> 64\); resume it with its own settings"):
@@ -241,26 +241,106 @@ def test_divergence_guard_raises_with_epoch_step_loss_and_learning_rate():
     with pytest.raises(resilience.Diverged) as error:
         guard.on_train_batch_end(1, {"loss": 25.0})
     assert str(error.value).startswith(
-        "training diverged at epoch 2 step 2: loss 25 (above 10 x the first logged loss 2), learning rate 0.1;"
+        "training diverged at epoch 3 step 2: loss 25 (above 10 x the first logged loss 2), learning rate 0.1;"
     )
     assert error.value.exit_status == 3
 
 
-def test_fault_injector_parses_and_rejects():
-    assert resilience.FaultInjector("csv_append:2").count == 2
-    assert resilience.FaultInjector("").point is None
-    with pytest.raises(ValueError, match="SUPCON_TF_FAULT must be"):
-        resilience.FaultInjector("nowhere")
-    injector = resilience.FaultInjector("nan_loss:7")
-    assert injector.nan_at(7) and not injector.nan_at(6)
+def test_the_fault_hook_is_a_no_op_unless_installed_and_is_removed_after():
+    seen = []
+    _faults.reached("write", path="/r/x.json", temporary="/r/.tmp-x.json")  # no hook: nothing
+    with _faults.installed(lambda point, **context: seen.append((point, context))):
+        _faults.reached("fit", callbacks=[])
+        with pytest.raises(ValueError, match="hooks do not nest"):
+            with _faults.installed(print):
+                pass
+    _faults.reached("fit", callbacks=[])  # removed again
+    assert seen == [("fit", {"callbacks": []})]
+    with pytest.raises(RuntimeError):
+        with _faults.installed(lambda point, **context: None):
+            raise RuntimeError("a test failing inside")
+    _faults.reached("fit", callbacks=[])  # removed after an exception too
+    with pytest.raises(ValueError, match="`point` must be one of"):
+        _faults.reached("nowhere")
+    with pytest.raises(ValueError, match="`hook` must be callable"):
+        with _faults.installed("not callable"):
+            pass
+
+
+def test_every_write_point_of_a_run_reaches_the_hook(tmp_path):
+    """A short run through `runner.run` with a recording hook: each named write of a run folder passes the hook's
+    "write" point once its temporary is complete, and "fit" offers the callbacks."""
+    from fault_injection import write_point
+
+    written, fits = [], []
+
+    def record(point, **context):
+        if point == "write":
+            assert os.path.exists(context["temporary"])  # complete, not renamed yet
+            written.append(write_point(context["path"], context["temporary"]))
+        else:
+            fits.append([type(c).__name__ for c in context["callbacks"]])
+
+    config = RunConfig.from_flat(
+        model_dir=str(tmp_path / "run"), method="supcon", encoder_width=0.25, head_hidden=32, embedding_dim=16,
+        batch_size=16, epochs=2, steps_per_epoch=2, backup_every_steps=1, verbose=0,
+    )
+    with _faults.installed(record):
+        runner.run(config)
+    assert fits == [["DivergenceGuard", "CSVLogger", "TensorBoard", "CollapseMonitor", "ChiefModelCheckpoint",
+                     "StepBackup"]]
+    named = [w for w in written if w is not None]
+    # Per epoch of 2 steps: the mid-epoch backup (step 1), the checkpoint, the end-of-epoch backup.
+    epoch = ["backup_write", "checkpoint_write", "backup_write"]
+    assert named == epoch * 2 + ["final_model_save", "saved_model_export", "metrics_write", "finished_marker"], named
+
+
+def test_the_fault_injector_parses_and_rejects_its_specs():
+    from fault_injection import FaultInjector, write_point
+
+    assert FaultInjector("csv_append:2").count == 2
+    injector = FaultInjector("disk_full:backup_write:3")
+    assert (injector.mode, injector.point, injector.count) == ("disk_full", "backup_write", 3)
+    for bad in ("nowhere", "", "step:x", "disk_full:nan_loss"):
+        with pytest.raises(ValueError, match="a fault spec must be"):
+            FaultInjector(bad)
+    injector = FaultInjector("internal_error:metrics_write:2")
     injector.reached("csv_append")  # another point: nothing happens
+    injector.reached("metrics_write")  # the first: nothing
+    with pytest.raises(RuntimeError, match="injected internal error at metrics_write"):
+        injector.reached("metrics_write")
+    assert write_point("/r/backup/worker_0/step-0000000004.weights.h5", "/r/x") == "backup_write"
+    assert write_point("/r/backup/worker_0/step-0000000004.json", "/r/x") is None
+    assert write_point("/r/checkpoints/latest.keras", "/r/x") == "checkpoint_write"
+    assert write_point("/r/run_state.json", "/r/x") is None
+
+
+def test_signal_watcher_records_signals_sets_its_event_and_restores_the_handlers():
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with resilience.SignalWatcher() as watcher:
+        assert watcher.received is None and not watcher.event.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert watcher.received == signal.SIGTERM and watcher.event.is_set()
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):  # a second SIGINT: the user insists
+            os.kill(os.getpid(), signal.SIGINT)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with resilience.SignalWatcher(insist=False) as watcher:  # a server's: every signal is only recorded
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert watcher.received == signal.SIGINT and watcher.event.is_set()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with pytest.raises(ValueError, match="`insist` must be a bool"):
+        resilience.SignalWatcher(insist=1)
 
 
 def test_interrupted_exit_statuses_and_message():
     import signal
 
     error = resilience.Interrupted(signal.SIGINT, 3, 17)
-    assert str(error) == "interrupted at epoch 3 step 17; run the same command to resume"
+    assert str(error) == "interrupted at epoch 4 step 17; run the same command to resume"
     assert error.exit_status == 130
     assert resilience.Interrupted(signal.SIGTERM, 0, 1).exit_status == 143
 
@@ -272,20 +352,20 @@ def test_interrupted_exit_statuses_and_message():
 
 def test_batch_larger_than_the_data_is_refused_up_front():
     strategy = tf.distribute.get_strategy()
-    config = RunConfig(batch_size=2048)
+    config = RunConfig.from_flat(batch_size=2048)
     with pytest.raises(ValueError, match=r"`batch_size` \(2048, global over 1 replica\(s\)\) is larger than the "
                                          r"training split \(1437 examples\).*use --batch_size <= 1437"):
         runner.check_inputs(config, strategy, 1437, 10)
-    assert runner.check_inputs(RunConfig(batch_size=100), strategy, 1437, 10) == 14
+    assert runner.check_inputs(RunConfig.from_flat(batch_size=100), strategy, 1437, 10) == 14
     # The cached linear probe keeps the last, smaller batch.
-    linear = RunConfig(method="linear", pretrained="x.keras", batch_size=2048)
+    linear = RunConfig.from_flat(method="linear", pretrained="x.keras", batch_size=2048)
     assert runner.check_inputs(linear, strategy, 1437, 10) == 1
 
 
 def test_config_validates_the_new_fields():
     with pytest.raises(ValueError, match="backup_every_steps"):
-        RunConfig(backup_every_steps=-1)
+        RunConfig.from_flat(backup_every_steps=-1)
     with pytest.raises(ValueError, match="divergence_factor"):
-        RunConfig(divergence_factor=0.5)
+        RunConfig.from_flat(divergence_factor=0.5)
     with pytest.raises(ValueError, match="channels"):
-        RunConfig(channels=2)
+        RunConfig.from_flat(channels=2)

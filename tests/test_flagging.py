@@ -10,8 +10,7 @@ from absl import flags
 from experiments import flagging
 from experiments.flagging import option
 from supcon_tf.config import RunConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +60,13 @@ def test_a_bad_list_item_names_the_flag_and_the_value():
 
 
 def test_every_run_config_field_is_a_flag_with_a_help_text():
-    assert set(flagging.help_texts(RunConfig)) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(flagging.help_texts(RunConfig)) == {f.name for f in RunConfig.flat_fields()}
     flag_values = flags.FlagValues()
     flagging.define(RunConfig, unset=True, flag_values=flag_values)
     flag_values(["prog", "--queue_size=8", "--key_momentum=0.9", "--noflip"])
     given = flagging.values(RunConfig, unset=True, flag_values=flag_values)
     assert given == {"queue_size": 8, "key_momentum": 0.9, "flip": False}
-    assert RunConfig(**given).queue_size == 8
+    assert RunConfig.from_flat(**given).model.queue_size == 8
 
 
 def test_no_binary_defines_a_flag_by_hand():
@@ -107,11 +106,11 @@ def test_demo_config_composes_the_run_config_settings():
         "output_dir": "runs/demo", "probe_epochs": 100, "methods": ["supcon", "simclr", "ce"], **config.stage
     }
     supcon = config.run_config("digits_supcon", "runs/x")
-    assert (supcon.epochs, supcon.batch_size, supcon.verbose, supcon.export) == (3, 128, 2, False)
-    assert supcon.image_size == STAGE_DEFAULTS["image_size"]
+    assert (supcon.optim.epochs, supcon.optim.batch_size, supcon.runtime.verbose, supcon.runtime.export) == (3, 128, 2, False)
+    assert supcon.data.image_size == STAGE_DEFAULTS["image_size"]
     probe = config.probe_config("runs/x/supcon")
-    assert (probe.epochs, probe.verbose, probe.pretrained) == (100, 0, "runs/x/supcon/model.keras")
-    assert probe.batch_size == presets.get_preset("digits_linear")["batch_size"]  # the probe keeps its preset's batch
+    assert (probe.optim.epochs, probe.runtime.verbose, probe.evaluation.pretrained) == (100, 0, "runs/x/supcon/model.keras")
+    assert probe.optim.batch_size == presets.get_preset("digits_linear")["batch_size"]  # the probe keeps its preset's batch
     with pytest.raises(ValueError, match="batch_size"):
         DemoConfig(stage={"batch_size": 0})
     with pytest.raises(ValueError, match="stage"):

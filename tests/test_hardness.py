@@ -352,10 +352,11 @@ def test_binned_and_verdict_validate_their_inputs():
 def tiny_model_path(tmp_path_factory):
     from supcon_tf.encoders import build_encoder
     from supcon_tf.layers import ProjectionHead
+    from supcon_tf.losses import LossConfig
     from supcon_tf.models import SupConModel
 
     encoder = build_encoder("small_cnn", (8, 8, 1), width=0.25)
-    model = SupConModel(encoder, ProjectionHead(hidden_dims=(16,), output_dim=8), method="supcon", temperature=0.2)
+    model = SupConModel(encoder, ProjectionHead(hidden_dims=(16,), output_dim=8), method="supcon", loss_config=LossConfig(temperature=0.2))
     model.build((None, 8, 8, 1))
     path = tmp_path_factory.mktemp("hardness") / "model.keras"
     model.save(path)

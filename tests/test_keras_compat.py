@@ -8,6 +8,7 @@ import inspect
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from supcon_tf import _keras_compat
@@ -189,3 +190,41 @@ def test_multi_worker_mode_probe_still_exists():
         "TensorFlow changed: CollectiveAllReduceExtended._in_multi_worker_mode is gone; re-check "
         "supcon_tf._keras_compat.is_multi_worker"
     )
+
+
+def test_tf_data_service_servers_still_expose_their_bound_address():
+    """`bound_port` reads `_address` ("localhost:PORT"): a dispatcher's must agree with its public `target`, and a
+    worker's must be the port it serves on (it registers with the dispatcher under it)."""
+    from supcon_tf import data_service
+
+    dispatcher = data_service.start_dispatcher(0, worker_addresses=["localhost:%port%"])
+    worker = None
+    try:
+        port = _keras_compat.bound_port(dispatcher)
+        assert dispatcher.target == f"grpc://localhost:{port}", (
+            "tf.data service: DispatchServer._address no longer matches `target`; update _keras_compat.bound_port"
+        )
+        worker = data_service.start_worker(f"localhost:{port}", 0)
+        worker_port = _keras_compat.bound_port(worker)
+        assert 0 < worker_port < 65536 and worker_port != port
+    finally:
+        for server in (worker, dispatcher):
+            if server is not None:
+                server.stop()
+    with pytest.raises(ValueError, match="`server` must be a tf.data service"):
+        _keras_compat.bound_port("localhost:5050")
+
+
+def test_optimizer_variable_index_maps_keras_and_backend_variables_to_their_slot():
+    """`optimizer_variable_index` calls Keras' private `Optimizer._get_variable_index`: each variable's index in the
+    build order, for the Keras variable and for the backend one `update_step` may receive."""
+    variables = [keras.Variable(np.zeros(shape, "float32"), name=f"v{i}") for i, shape in enumerate([(2,), (3, 2)])]
+    optimizer = keras.optimizers.SGD(momentum=0.9)
+    optimizer.build(variables)
+    for index, variable in enumerate(variables):
+        assert _keras_compat.optimizer_variable_index(optimizer, variable) == index
+        assert _keras_compat.optimizer_variable_index(optimizer, variable.value) == index, (
+            "Keras' Optimizer._get_variable_index no longer maps a backend variable; update "
+            "_keras_compat.optimizer_variable_index"
+        )
+        assert optimizer.momentums[index].shape == variable.shape

@@ -33,28 +33,17 @@ import pytest
 import tensorflow as tf
 
 from supcon_tf.losses import SupConLoss, supcon_loss, supcon_per_anchor_loss
-from loss_reference import weighted_reference
+from loss_reference import gaussian_weight, jaccard_weight, unit, weighted_reference
 
 TEMPERATURES = (0.005, 0.01, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
 BANDWIDTH = 0.8
 
 
-def _unit(rng, *shape):
-    x = rng.normal(size=shape)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 # ------------------------------------------------------------------------------------ paper references (looped)
 
 
-def _weights_jaccard(a, b):
-    """|A & B| / |A | B| of the label sets of multi-hot rows a and b (0 for two empty sets)."""
-    set_a, set_b = set(np.flatnonzero(a)), set(np.flatnonzero(b))
-    return len(set_a & set_b) / len(set_a | set_b) if set_a | set_b else 0.0
-
-
 def _weights_gaussian(a, b):
-    return float(np.exp(-np.sum((np.atleast_1d(a) - np.atleast_1d(b)) ** 2) / (2 * BANDWIDTH**2)))
+    return gaussian_weight(a, b, BANDWIDTH)
 
 
 def _rows(z, contrast_mode, anchor_offset, num_anchor_samples):
@@ -104,7 +93,7 @@ def paper_reference(z, labels, kind, *, temperature, contrast_mode="all", varian
             weight_sets = [np.array([float(labels[s][j] == 1 and other[j] == 1) for _, other, _ in others])
                            for j in range(num_labels)]
         elif kind == "jaccard":
-            weight_sets = [np.array([_weights_jaccard(labels[s], other) for _, other, _ in others])]
+            weight_sets = [np.array([jaccard_weight(labels[s], other) for _, other, _ in others])]
         elif kind == "gaussian":
             weight_sets = [np.array([_weights_gaussian(labels[s], other) for _, other, _ in others])]
         else:  # balanced: the entries of the anchor's class
@@ -144,7 +133,7 @@ def _case(case_id):
     kind, views, with_queue = _CASES[case_id]
     rng = np.random.default_rng([case_id, 2022])
     batch, dim, num_queue = 6, 3, 4
-    z = _unit(rng, batch, views, dim)
+    z = unit(rng, batch, views, dim)
     if case_id % 3 == 0:
         z[2] = z[1]  # ties
     labels = queue_labels = None
@@ -170,9 +159,9 @@ def _case(case_id):
         options["base_temperature"] = 0.07
     extra = {}
     if with_queue:
-        extra.update(queue=_unit(rng, num_queue, dim), queue_labels=queue_labels)
+        extra.update(queue=unit(rng, num_queue, dim), queue_labels=queue_labels)
     if kind == "prototypes":
-        extra.update(prototypes=_unit(rng, 4, dim), prototype_labels=np.array([0, 7, 14, 99]))
+        extra.update(prototypes=unit(rng, 4, dim), prototype_labels=np.array([0, 7, 14, 99]))
     pairs = [("out", "all"), ("in", "one")] if case_id % 2 == 0 else [("in", "all"), ("out", "one")]
     return z, labels, named, options, extra, pairs
 
@@ -254,7 +243,7 @@ def test_named_rules_with_every_denominator_equal_the_general_weighted_reference
         weight_sets = [(np.outer(labels[:, j], labels[:, j]), np.outer(labels[:, j], queue_labels[:, j]))
                        for j in range(labels.shape[1])]
     else:
-        rule = _weights_jaccard if kind == "jaccard" else _weights_gaussian
+        rule = jaccard_weight if kind == "jaccard" else _weights_gaussian
         weight_sets = [(np.array([[rule(a, b) for b in labels] for a in labels]),
                         np.array([[rule(a, b) for b in queue_labels] for a in labels]))]
     for denominator, variant, mode in itertools.product(("all", "one_positive", "only_negatives"), ("out", "in"),
@@ -301,7 +290,7 @@ def _balscl(centres, features, targets, num_classes, temperature):
 
 def test_class_balanced_with_prototypes_equals_the_bcl_authors_formula():
     rng = np.random.default_rng(11)
-    features, centres = _unit(rng, 8, 2, 5), _unit(rng, 4, 5)
+    features, centres = unit(rng, 8, 2, 5), unit(rng, 4, 5)
     targets = np.array([0, 0, 0, 0, 0, 1, 1, 2])  # long-tailed; class 3 only as a centre
     for temperature in (0.07, 0.1, 0.5):
         expected = _balscl(centres, features, targets, 4, temperature)
@@ -333,7 +322,7 @@ def _y_aware_code(z_i, z_j, labels, temperature, sigma, row_normalised):
 
 def test_gaussian_kernel_is_y_aware_eq3_and_twice_less_than_the_authors_code_sum():
     rng = np.random.default_rng(3)
-    z = _unit(rng, 6, 2, 4)
+    z = unit(rng, 6, 2, 4)
     ages = rng.uniform(20.0, 80.0, size=6)
     ours = float(supcon_loss(z, ages, temperature=0.1, label_kernel="gaussian", kernel_bandwidth=5.0))
     # The paper's equation, per-anchor normalisation: their code's scale is the sum over 2N anchors / N = 2 x mean.
@@ -353,7 +342,7 @@ def test_gaussian_kernel_is_y_aware_eq3_and_twice_less_than_the_authors_code_sum
 ])
 def test_supcon_loss_class_serialises_the_named_options(options):
     rng = np.random.default_rng(1)
-    z = _unit(rng, 6, 2, 4).astype(np.float32)
+    z = unit(rng, 6, 2, 4).astype(np.float32)
     if "label_kernel" in options:
         y = rng.uniform(0, 2, size=(6, 1)).astype(np.float32)
     elif "denominator" in options:
@@ -374,10 +363,10 @@ def test_supcon_loss_class_serialises_the_named_options(options):
 
 def test_named_options_under_xla_match_eager():
     rng = np.random.default_rng(4)
-    z = tf.constant(_unit(rng, 8, 2, 4).astype(np.float32))
+    z = tf.constant(unit(rng, 8, 2, 4).astype(np.float32))
     ids = tf.constant([0, 1, 0, 2, 1, 0, 3, 3])
     multi_hot = tf.constant((rng.random((8, 3)) < 0.5).astype(np.float32))
-    centres = tf.constant(_unit(rng, 4, 4).astype(np.float32))
+    centres = tf.constant(unit(rng, 4, 4).astype(np.float32))
 
     def losses(x):
         out = []
@@ -423,7 +412,7 @@ _AGES = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
     (dict(prototype_labels=[0, 1]), _LABELS, "`prototype_labels` needs `prototypes`"),
 ])
 def test_validation_names_the_argument_and_value(kwargs, labels, message):
-    z = _unit(np.random.default_rng(0), 4, 2, 3)
+    z = unit(np.random.default_rng(0), 4, 2, 3)
     with pytest.raises(ValueError) as error:
         supcon_loss(z, labels, **kwargs)
     assert message in str(error.value) and "\n" not in str(error.value)

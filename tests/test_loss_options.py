@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from supcon_tf.losses import SupConLoss, supcon_loss, supcon_per_anchor_loss
+from supcon_tf.losses import LossConfig, SupConLoss, supcon_loss, supcon_per_anchor_loss
 from loss_reference import reference_loss
 
 DENOMINATORS = ("all", "one_positive", "only_negatives")
@@ -392,9 +392,9 @@ def test_supcon_model_passes_validates_and_serialises_the_options():
     from supcon_tf.models import SupConModel
 
     encoder = build_encoder("small_cnn", (8, 8, 1), width=0.25)
-    model = SupConModel(encoder, ProjectionHead((16,), 8), temperature=0.5, denominator="one_positive", positives_cap=2)
+    model = SupConModel(encoder, ProjectionHead((16,), 8), loss_config=LossConfig(temperature=0.5, denominator="one_positive", positives_cap=2))
     config = model.get_config()
-    assert config["denominator"] == "one_positive" and config["positives_cap"] == 2
+    assert config["loss_config"]["denominator"] == "one_positive" and config["loss_config"]["positives_cap"] == 2
     z = _unit(np.random.default_rng(10), 6, 2, 8).astype(np.float32)
     labels = np.array([0, 1, 0, 0, 1, 0])
     loss, _ = model.compute_contrastive_loss(tf.constant(z), tf.constant(labels))
@@ -402,9 +402,9 @@ def test_supcon_model_passes_validates_and_serialises_the_options():
     np.testing.assert_allclose(loss.numpy(), expected.numpy(), rtol=1e-6)
     assert abs(expected.numpy() - supcon_loss(z, labels, temperature=0.5).numpy()) > 1e-3
     with pytest.raises(ValueError, match="denominator"):
-        SupConModel(encoder, ProjectionHead((16,), 8), denominator="some")
+        SupConModel(encoder, ProjectionHead((16,), 8), loss_config=dict(denominator="some"))
     with pytest.raises(ValueError, match="positives_cap"):
-        SupConModel(encoder, ProjectionHead((16,), 8), positives_cap=-3)
+        SupConModel(encoder, ProjectionHead((16,), 8), loss_config=dict(positives_cap=-3))
 
 
 @pytest.mark.parametrize(

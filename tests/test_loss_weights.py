@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from supcon_tf import distribute
 from supcon_tf.losses import SupConLoss, label_match_weights, supcon_loss, supcon_per_anchor_loss
+from helpers import ROOT
 from loss_reference import reference_loss, weighted_reference
 
 DENOMINATORS = ("all", "one_positive", "only_negatives")
@@ -488,7 +489,7 @@ def test_docs_losses_examples_run_as_doctests():
     import doctest
     import os
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "losses.md")
+    path = os.path.join(ROOT, "docs", "losses.md")
     result = doctest.testfile(path, module_relative=False, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 10 and result.failed == 0, result
 

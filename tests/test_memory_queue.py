@@ -13,7 +13,7 @@ from supcon_tf.encoders import build_encoder
 from supcon_tf.layers import ProjectionHead
 from supcon_tf.losses import supcon_loss
 from supcon_tf.models import SupConModel
-from helpers import assert_serialization_roundtrip
+from helpers import assert_serialization_roundtrip, with_loss_config
 from loss_reference import reference_loss
 
 IMAGE_SHAPE = (8, 8, 1)
@@ -23,7 +23,7 @@ DIM = 8
 def _model(synchronized_bn=False, hidden_dims=(16,), **kwargs):
     keras.utils.set_random_seed(0)
     encoder = build_encoder("small_cnn", IMAGE_SHAPE, width=0.25, synchronized_bn=synchronized_bn)
-    return SupConModel(encoder, ProjectionHead(hidden_dims, DIM), **kwargs)
+    return SupConModel(encoder, ProjectionHead(hidden_dims, DIM), **with_loss_config(kwargs))
 
 
 def _batches(num_batches, batch=4, views=2, seed=0):
@@ -412,11 +412,11 @@ def test_memory_queue_rejects_bad_arguments():
 )
 def test_run_config_rejects_bad_memory_options(changes, field):
     with pytest.raises(ValueError, match=field):
-        RunConfig(**changes)
+        RunConfig.from_flat(**changes)
 
 
 def test_run_config_accepts_memory_options_and_flags_exist():
-    config = RunConfig(queue_size=4096, queue_warmup_steps=100, key_momentum=0.99)
+    config = RunConfig.from_flat(queue_size=4096, queue_warmup_steps=100, key_momentum=0.99)
     assert RunConfig.from_dict(config.to_dict()) == config
     from experiments import common, flagging
 

@@ -17,14 +17,14 @@ from supcon_tf.models import (
     LinearProbe,
     SupConModel,
 )
-from helpers import assert_serialization_roundtrip
+from helpers import assert_serialization_roundtrip, with_loss_config
 
 IMAGE_SHAPE = (8, 8, 1)
 
 
 def _supcon_model(method="supcon", **kwargs):
     encoder = build_encoder("small_cnn", IMAGE_SHAPE, width=0.25)
-    model = SupConModel(encoder, ProjectionHead(hidden_dims=(16,), output_dim=8), method=method, **kwargs)
+    model = SupConModel(encoder, ProjectionHead(hidden_dims=(16,), output_dim=8), method=method, **with_loss_config(kwargs))
     model.build((None,) + IMAGE_SHAPE)
     return model
 
@@ -117,9 +117,10 @@ def test_compile_rejects_a_loss_and_supcon_requires_labels():
     "kwargs, match",
     [
         (dict(method="moco"), "method"),
-        (dict(temperature=0.0), "temperature"),
-        (dict(contrast_mode="none"), "contrast_mode"),
-        (dict(variant="mid"), "variant"),
+        (dict(loss_config=dict(temperature=0.0)), "temperature"),
+        (dict(temperature=0.1), "loss_config=losses.LossConfig"),
+        (dict(loss_config=dict(contrast_mode="none")), "contrast_mode"),
+        (dict(loss_config=dict(variant="mid")), "variant"),
         (dict(encoder="resnet"), "encoder"),
         (dict(head=None), "head"),
     ],
@@ -139,7 +140,7 @@ def test_embed_views_rejects_wrong_rank():
 def test_supcon_model_serialization_roundtrip():
     model = _supcon_model(method="simclr", temperature=0.5, variant="in")
     clone = assert_serialization_roundtrip(model, np.random.rand(2, *IMAGE_SHAPE).astype(np.float32))
-    assert clone.method == "simclr" and clone.temperature == 0.5 and clone.variant == "in"
+    assert clone.method == "simclr" and clone.loss_config.temperature == 0.5 and clone.loss_config.variant == "in"
 
 
 def _separable_images(n=64, seed=0):

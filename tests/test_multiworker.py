@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 import pytest
-from helpers import start_command, start_python, subprocess_env
+from helpers import ROOT, start_command, start_python, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = os.path.join(ROOT, "tests", "multiworker_job.py")
 
 pytestmark = pytest.mark.slow
@@ -162,7 +161,7 @@ def _launch_binary_cluster(model_dir, ports, faults=(None, None)):
         processes.append(
             start_python(
                 "-m", "experiments.pretrain", f"--model_dir={model_dir}", *BINARY_FLAGS,
-                env=subprocess_env(faults[index], TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT,
+                fault=faults[index], env=subprocess_env(TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT,
             )
         )
     return processes

@@ -103,7 +103,7 @@ def test_online_top1_equals_a_separately_computed_accuracy():
     expected = np.mean(np.argmax(logits, axis=1) == np.repeat(labels, 2))
     assert logs["online_top1"] == pytest.approx(expected)
     embeddings = model.embed_views(views).numpy()
-    top1, entropy = contrast_statistics(embeddings, labels, temperature=model.temperature)
+    top1, entropy = contrast_statistics(embeddings, labels, temperature=model.loss_config.temperature)
     assert logs["contrast_top1"] == pytest.approx(float(np.mean(top1)), abs=1e-6)
     assert logs["contrast_entropy"] == pytest.approx(float(np.mean(entropy)), rel=1e-5)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from supcon_tf import _keras_compat
 from supcon_tf.optimizers import LARS, WarmupCosineDecay
 
 RTOL = 1e-5
@@ -203,7 +204,7 @@ def test_lars_two_steps_mixed_variables_match_numpy(nesterov):
                 variables[k].numpy(), ws[k], rtol=RTOL, atol=ATOL, err_msg=f"{k} step {step}"
             )
             np.testing.assert_allclose(
-                opt.momentums[opt._get_variable_index(variables[k])].numpy(), vs[k], rtol=RTOL, atol=ATOL
+                opt.momentums[_keras_compat.optimizer_variable_index(opt, variables[k])].numpy(), vs[k], rtol=RTOL, atol=ATOL
             )
     # The bias moved exactly by momentum SGD without decay: v2 = m*lr1*g1 + lr2*g2.
     v_bias = HP["momentum"] * lrs[0] * grads[0]["bias"] + lrs[1] * grads[1]["bias"]

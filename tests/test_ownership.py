@@ -14,12 +14,11 @@ import sys
 import time
 
 import pytest
-from helpers import run_binary_in_process, run_command, start_command, start_python
+from helpers import ROOT, run_binary_in_process, run_command, start_command, start_python
 
 from supcon_tf import ownership
 from supcon_tf.run_folder import MARKER, RunFolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--preset=digits_supcon",
     "--epochs=2",

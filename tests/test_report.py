@@ -14,9 +14,8 @@ import pytest
 
 from experiments.report import compute, figures, monitor, readme, render
 from experiments.report.config import METHODS, ReportConfig, SearchSpace
-from helpers import run_binary_in_process
+from helpers import ROOT, run_binary_in_process
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 FIXTURE = os.path.join(DATA, "report_results.json")
 GOLDEN = os.path.join(DATA, "report_golden.md")
@@ -40,9 +39,9 @@ def test_full_and_quick_configs_compose_the_digits_presets():
         for method in METHODS:
             stage = config.stages[method]
             preset = presets.get_preset(f"digits_{method}")
-            assert stage.method == method and stage.optimizer == preset["optimizer"]
-            assert stage.validation_fraction == 0.2 and stage.evaluate_test is False  # never reads the test split
-        assert config.stages["linear"].method == "linear" and config.stages["linear"].cache_features
+            assert stage.method == method and stage.optim.optimizer == preset["optimizer"]
+            assert stage.evaluation.validation_fraction == 0.2 and stage.evaluation.evaluate_test is False  # never reads the test split
+        assert config.stages["linear"].method == "linear" and config.stages["linear"].evaluation.cache_features
         json.dumps(config.to_dict())  # registrable
     full = ReportConfig.full()
     assert len(full.seeds) == 5 and full.stability.size == 12 and full.stability.warmup_epochs == (0, 2)
@@ -103,18 +102,6 @@ def test_work_dir_of_another_config_is_refused(tmp_path):
 # ---------------------------------------------------------------------------
 # Monitor and the equal-time plan.
 # ---------------------------------------------------------------------------
-
-
-def test_monitor_knn_equals_the_library_knn():
-    from supcon_tf import evaluation
-
-    rng = np.random.default_rng(0)
-    memory, labels = rng.normal(size=(300, 16)).astype(np.float32), rng.integers(0, 10, 300)
-    queries, query_labels = rng.normal(size=(80, 16)).astype(np.float32), rng.integers(0, 10, 80)
-    for k, temperature in ((200, 0.1), (5, 0.5), (1, 0.1)):
-        ours = monitor.knn_top1(memory, labels, queries, query_labels, k=k, temperature=temperature, num_classes=10)
-        theirs = evaluation.knn_top1(memory, labels, queries, query_labels, k=k, temperature=temperature, num_classes=10)
-        assert ours == pytest.approx(theirs)
 
 
 def _run(seed, stage, monitor_seconds, probe):
@@ -296,10 +283,10 @@ def test_program_errors_are_one_line(flags, message):
 def split_reads(monkeypatch):
     """Records every digits split read, and where the final evaluation starts ("EVALUATION")."""
     from experiments.report import evaluate
-    from supcon_tf import data, runner
+    from supcon_tf import data
 
     events = []
-    load_digits, load_source, evaluate_on_test = data.load_digits, runner.load_source, evaluate.evaluate_on_test
+    load_digits, load_source, evaluate_on_test = data.load_digits, data.load_source, evaluate.evaluate_on_test
 
     def recording_load_digits(split, **kwargs):
         events.append(split)
@@ -313,8 +300,10 @@ def split_reads(monkeypatch):
         events.append("EVALUATION")
         return evaluate_on_test(*args, **kwargs)
 
-    monkeypatch.setattr(data, "load_digits", recording_load_digits)
-    monkeypatch.setattr(runner, "load_source", recording_load_source)
+    for module in (data, data.sources):  # the package's name and the one `data.splits` calls
+        monkeypatch.setattr(module, "load_digits", recording_load_digits)
+    for module in (data, data.splits):
+        monkeypatch.setattr(module, "load_source", recording_load_source)
     monkeypatch.setattr(evaluate, "evaluate_on_test", marked_evaluate_on_test)
     return events
 
@@ -334,7 +323,7 @@ def test_quick_report_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, 
     assert "EVALUATION" in split_reads
     before, after = split_reads[: split_reads.index("EVALUATION")], split_reads[split_reads.index("EVALUATION") :]
     assert "train" in before and not [e for e in before if "test" in e]
-    assert [e for e in after if "test" in e] == ["source:test", "test"]  # one read, through runner.load_source
+    assert [e for e in after if "test" in e] == ["source:test", "test"]  # one read, through data.load_source
 
     path = render.render(results, config.output_dir)
     text = open(path).read()

@@ -3,8 +3,8 @@
 Every test runs `python -m experiments.pretrain` (or train_ce / linear_eval)
 on the bundled digits in subprocesses, with TensorFlow op determinism on, and
 compares the end weights against an uninterrupted run of the same command.
-`SUPCON_TF_FAULT=<point>` makes the process SIGKILL itself at a named point
-(`supcon_tf.resilience.FaultInjector`). These tests start tens of processes;
+A fault spec `<point>` makes the process SIGKILL itself at a named point
+(tests/fault_injection.py, the hook of `supcon_tf._faults`). These tests start tens of processes;
 they are marked slow and run in CI's second stage.
 """
 
@@ -180,7 +180,7 @@ def test_injected_nan_stops_the_run_and_it_resumes(tmp_path, reference):
     diverged = _run(model_dir, fault="nan_loss:5")
     assert diverged.returncode == 3, diverged.stderr[-2000:]
     line = diverged.stderr.strip().splitlines()[-1]
-    assert "training diverged at epoch 1 step 1: loss nan (not finite), learning rate" in line, line
+    assert "training diverged at epoch 2 step 1: loss nan (not finite), learning rate" in line, line
     assert "Traceback" not in diverged.stderr
     assert not os.path.exists(model_dir / "FINISHED")
     resumed = _run(model_dir)

@@ -11,6 +11,7 @@ from supcon_tf.layers import ProjectionHead
 from supcon_tf.losses import supcon_per_anchor_loss
 from supcon_tf.models import SupConModel
 from loss_reference import reference_loss
+from helpers import with_loss_config
 
 IMAGE_SHAPE = (8, 8, 1)
 
@@ -18,7 +19,7 @@ IMAGE_SHAPE = (8, 8, 1)
 def _model(synchronized_bn=False, **kwargs):
     keras.utils.set_random_seed(0)
     encoder = build_encoder("small_cnn", IMAGE_SHAPE, width=0.25, synchronized_bn=synchronized_bn)
-    return SupConModel(encoder, ProjectionHead((16,), 8), **kwargs)
+    return SupConModel(encoder, ProjectionHead((16,), 8), **with_loss_config(kwargs))
 
 
 def _data(batch=8, views=2, labels=(0, 1, 2, 0, 1, 2, 0, 3), seed=0):

@@ -173,12 +173,12 @@ def test_make_class_balanced_dataset_rejects_bad_arguments(kwargs, match):
 )
 def test_run_config_rejects_bad_sampler_options(changes, field):
     with pytest.raises(ValueError, match=field):
-        RunConfig(**changes)
+        RunConfig.from_flat(**changes)
 
 
 def test_runner_builds_pk_training_batches_from_the_config():
-    config = RunConfig(image_size=8, batch_size=12, sampler="class_balanced", samples_per_class=3, seed=4)
-    source, _, _ = runner.load_source(config, "train")
+    config = RunConfig.from_flat(image_size=8, batch_size=12, sampler="class_balanced", samples_per_class=3, seed=4)
+    source, _, _ = data.load_source(config, "train")
     views, labels = next(iter(runner.train_dataset(config, source)))
     assert views.shape == (12, 2, 8, 8, 1)
     counts = collections.Counter(labels.numpy().tolist())
@@ -187,7 +187,7 @@ def test_runner_builds_pk_training_batches_from_the_config():
 
 @pytest.mark.slow
 def test_runner_trains_with_pk_batches_a_queue_and_a_momentum_encoder(tmp_path):
-    config = RunConfig(
+    config = RunConfig.from_flat(
         model_dir=str(tmp_path / "run"),
         image_size=8,
         encoder_width=0.25,

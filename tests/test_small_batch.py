@@ -18,8 +18,8 @@ def _results(per_arm):
     for arm, values in per_arm.items():
         for seed, top1 in zip(seeds, values):
             stage = config.pretrain_config(arm, seed, "x", queue_size=128)
-            runs.append(dict(arm=arm, seed=seed, batch_size=stage.batch_size, queue_size=stage.queue_size,
-                             key_momentum=stage.key_momentum, test_top1=top1, pretrain_seconds=10.0))
+            runs.append(dict(arm=arm, seed=seed, batch_size=stage.optim.batch_size, queue_size=stage.model.queue_size,
+                             key_momentum=stage.model.key_momentum, test_top1=top1, pretrain_seconds=10.0))
     return {
         "protocol": {"command": "python -m experiments.small_batch", "registered_at": "2026-01-01 00:00:00 UTC",
                      "config": config.to_dict()},
@@ -42,9 +42,9 @@ def test_settings_are_validated_with_the_grids():
         SmallBatchConfig(output_dir="runs/x", queue_size_grid=(128, 128))
     config = SmallBatchConfig(output_dir="runs/x")
     stage = config.pretrain_config("b16_queue_momentum", 3, "runs/x/a", queue_size=128, key_momentum=0.99)
-    assert (stage.queue_size, stage.key_momentum, stage.seed) == (128, 0.99, 3)
-    assert stage.validation_fraction > 0 and not stage.evaluate_test  # training never reads the test split
-    assert config.probe_config().method == "linear" and config.probe_config().epochs == config.probe_epochs
+    assert (stage.model.queue_size, stage.model.key_momentum, stage.runtime.seed) == (128, 0.99, 3)
+    assert stage.evaluation.validation_fraction > 0 and not stage.evaluation.evaluate_test  # training never reads the test split
+    assert config.probe_config().method == "linear" and config.probe_config().optim.epochs == config.probe_epochs
 
 
 def test_verdicts_compare_each_small_batch_arm_with_plain_and_with_batch_256():

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments import sweep
+from experiments import sweep, training
 from supcon_tf import data, resilience, runner
 from supcon_tf.config import RunConfig
 from helpers import run_python
@@ -21,8 +21,8 @@ TINY = dict(
 
 
 def _sweep(tmp_path, method="supcon", name="sweep", **changes):
-    base = RunConfig(method=method, model_dir=str(tmp_path / name), **TINY)
-    values = dict(base=base, probe=sweep.default_probe(base, epochs=2))
+    base = RunConfig.from_flat(method=method, model_dir=str(tmp_path / name), **TINY)
+    values = dict(base=base, probe=training.default_probe(base, epochs=2))
     values.update(changes)
     return sweep.SweepConfig(**values)
 
@@ -31,7 +31,7 @@ def _sweep(tmp_path, method="supcon", name="sweep", **changes):
 def no_test_split(monkeypatch):
     """Every way to the digits test split raises; returns the list of splits that were loaded."""
     loaded = []
-    load_digits, load_source = data.load_digits, runner.load_source
+    load_digits, load_source = data.load_digits, data.load_source
 
     def guarded_load_digits(split, **kwargs):
         loaded.append(split)
@@ -44,8 +44,10 @@ def no_test_split(monkeypatch):
             raise AssertionError(f"the sweep loaded the {split!r} source")
         return load_source(config, split)
 
-    monkeypatch.setattr(data, "load_digits", guarded_load_digits)
-    monkeypatch.setattr(runner, "load_source", guarded_load_source)
+    for module in (data, data.sources):  # the package's name and the one `data.splits` calls
+        monkeypatch.setattr(module, "load_digits", guarded_load_digits)
+    for module in (data, data.splits):
+        monkeypatch.setattr(module, "load_source", guarded_load_source)
     return loaded
 
 
@@ -91,8 +93,8 @@ def test_contrastive_trials_are_a_pretrain_and_a_linear_run_scored_on_validation
     assert no_test_split and set(no_test_split) == {"train"}
     # Two trials, each one pre-training and one linear runner.run, none evaluating the test split.
     assert [c.method for c in only_runner_fits] == ["supcon", "linear"] * 2
-    assert not any(c.evaluate_test for c in only_runner_fits)
-    assert all(c.validation_fraction == 0.2 for c in only_runner_fits)
+    assert not any(c.evaluation.evaluate_test for c in only_runner_fits)
+    assert all(c.evaluation.validation_fraction == 0.2 for c in only_runner_fits)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"COMPLETED"}
     assert sorted(r["learning_rate"] for r in rows) == [0.01, 0.1]
     for row in rows:  # the score is the probe's final validation accuracy
@@ -131,7 +133,7 @@ def test_a_diverged_trial_fails_and_the_search_goes_on(tmp_path, monkeypatch):
     run = runner.run
 
     def diverging_run(config, **kwargs):
-        if config.method == "ce" and config.learning_rate == 0.5:
+        if config.method == "ce" and config.optim.learning_rate == 0.5:
             raise resilience.Diverged(0, 1, float("nan"), 0.5, "not finite")
         return run(config, **kwargs)
 
@@ -175,7 +177,7 @@ def test_an_interrupted_sweep_resumes_its_finished_trials(tmp_path, only_runner_
 def test_hyperband_promotes_trials_with_their_encoder(tmp_path, no_test_split):
     config = _sweep(
         tmp_path, "simclr", tuner="hyperband", learning_rates=(0.01, 0.03, 0.1, 0.3), hyperband_factor=3,
-        base=RunConfig(method="simclr", model_dir=str(tmp_path / "hb"), **dict(TINY, epochs=3)),
+        base=RunConfig.from_flat(method="simclr", model_dir=str(tmp_path / "hb"), **dict(TINY, epochs=3)),
     )
     rows, summary = sweep.run_sweep(config)
     assert {r["epochs"] for r in rows} == {1, 3} and summary["spread"]["n"] == len(rows) >= 4
@@ -185,7 +187,7 @@ def test_hyperband_promotes_trials_with_their_encoder(tmp_path, no_test_split):
 
 
 def test_split_is_stratified_disjoint_and_from_train_only(no_test_split):
-    split = runner.split_train_validation(RunConfig(), 0.2, seed=0)
+    split = data.split_train_validation(RunConfig(), 0.2, seed=0)
     assert split.num_train + split.num_validation == 1437 and split.num_validation == 288
     train = [(bytes(np.asarray(image)), int(label)) for image, label in split.train]
     validation = [(bytes(np.asarray(image)), int(label)) for image, label in split.validation]
@@ -201,38 +203,38 @@ def test_split_is_stratified_disjoint_and_from_train_only(no_test_split):
 def test_probe_follows_the_stage_it_scores(tmp_path):
     config = _sweep(tmp_path)
     stage = config.base.replace(model_dir=str(tmp_path / "trial"), seed=3)
-    probe = sweep.probe_for(stage, config.probe)
-    assert probe.method == "linear" and probe.pretrained == str(tmp_path / "trial" / "model.keras")
-    assert probe.seed == 3 and probe.validation_fraction == 0.2 and not probe.evaluate_test
-    assert probe.image_size == stage.image_size and probe.epochs == 2
+    probe = training.probe_for(stage, config.probe)
+    assert probe.method == "linear" and probe.evaluation.pretrained == str(tmp_path / "trial" / "model.keras")
+    assert probe.runtime.seed == 3 and probe.evaluation.validation_fraction == 0.2 and not probe.evaluation.evaluate_test
+    assert probe.data.image_size == stage.data.image_size and probe.optim.epochs == 2
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         (dict(tuner="bayesian"), "tuner"),
-        (dict(base=RunConfig(method="linear", pretrained="x.keras", validation_fraction=0.2)), "method"),
-        (dict(base=RunConfig(validation_fraction=0.0)), "validation_fraction"),
+        (dict(base=RunConfig.from_flat(method="linear", pretrained="x.keras", validation_fraction=0.2)), "method"),
+        (dict(base=RunConfig.from_flat(validation_fraction=0.0)), "validation_fraction"),
         (dict(augmentations=("simclr", "fog")), "augmentation"),
         (dict(batch_sizes=(0,)), "batch_size"),
         (dict(learning_rates=(0.1, 0.1)), "distinct"),
         (dict(max_trials=0), "max_trials"),
-        (dict(base=RunConfig(method="ce", validation_fraction=0.2), temperatures=(0.1,)), "temperature"),
-        (dict(probe=RunConfig(method="ce")), "probe"),
+        (dict(base=RunConfig.from_flat(method="ce", validation_fraction=0.2), temperatures=(0.1,)), "temperature"),
+        (dict(probe=RunConfig.from_flat(method="ce")), "probe"),
         (dict(tuner="hyperband", epochs=(1, 2)), "hyperband"),
-        (dict(tuner="hyperband", hyperband_factor=3, base=RunConfig(epochs=2, validation_fraction=0.2)), "hyperband"),
+        (dict(tuner="hyperband", hyperband_factor=3, base=RunConfig.from_flat(epochs=2, validation_fraction=0.2)), "hyperband"),
     ],
 )
 def test_sweep_config_rejects(changes, message):
-    values = dict(base=RunConfig(validation_fraction=0.2))
+    values = dict(base=RunConfig.from_flat(validation_fraction=0.2))
     values.update(changes)
     with pytest.raises(ValueError, match=message):
         sweep.SweepConfig(**values)
 
 
 def test_sweep_never_evaluates_the_test_split():
-    config = sweep.SweepConfig(base=RunConfig(validation_fraction=0.2, evaluate_test=True))
-    assert config.base.evaluate_test is False and config.probe.evaluate_test is False
+    config = sweep.SweepConfig(base=RunConfig.from_flat(validation_fraction=0.2, evaluate_test=True))
+    assert config.base.evaluation.evaluate_test is False and config.probe.evaluation.evaluate_test is False
 
 
 def test_flag_lists_are_parsed_with_named_errors():

@@ -179,19 +179,19 @@ class LoadSampler:
 
 def data_facts(config):
     """The training data as the report uses it (the test split's size is added by the final evaluation)."""
-    from supcon_tf import corruptions, runner
+    from supcon_tf import corruptions, data
 
     stage = config.stage("ce", seed=config.tuning_seed)
-    source, size, num_classes = runner.load_source(stage, "train")
+    source, size, num_classes = data.load_source(stage, "train")
     first_image = next(iter(source))[0]
-    split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+    split = data.split_train_validation(stage, stage.evaluation.validation_fraction, stage.runtime.seed)
     return {
-        "dataset": stage.dataset,
+        "dataset": stage.data.dataset,
         "raw_image_shape": list(first_image.shape),
-        "image_size": stage.image_size,
+        "image_size": stage.data.image_size,
         "num_classes": int(num_classes),
         "train": int(size),
-        "validation_fraction": stage.validation_fraction,
+        "validation_fraction": stage.evaluation.validation_fraction,
         "train_part": split.num_train,
         "validation": split.num_validation,
         "corruptions": list(corruptions.CORRUPTION_NAMES),
@@ -231,19 +231,19 @@ def curves_of(model_dir, method, rules, probed):
 
 
 def train_one(config, stage, *, probe_ce=False):
-    """Trains `stage` (and its probe) through `experiments.sweep.train_and_score`; returns the run's record."""
+    """Trains `stage` (and its probe) through `experiments.training.train_and_score`; returns the run's record."""
     import keras
 
-    from experiments import sweep
+    from experiments import training
 
-    result = sweep.train_and_score(stage, config.stages["linear"], probe_ce=probe_ce, callbacks=_callbacks(config)(stage))
+    result = training.train_and_score(stage, config.stages["linear"], probe_ce=probe_ce, callbacks=_callbacks(config)(stage))
     probed = result["probe"] is not None
     record = {
-        "seed": stage.seed,
-        "epochs": stage.epochs,
-        "learning_rate": stage.learning_rate,
-        "temperature": stage.temperature if stage.method != "ce" else None,
-        "warmup_epochs": stage.warmup_epochs,
+        "seed": stage.runtime.seed,
+        "epochs": stage.optim.epochs,
+        "learning_rate": stage.optim.learning_rate,
+        "temperature": stage.loss.temperature if stage.method != "ce" else None,
+        "warmup_epochs": stage.optim.warmup_epochs,
         "collapsed": collapsed(stage.model_dir),
         "model_dir": stage.model_dir,
         "stage_seconds": result["stage"]["train_seconds"],
@@ -293,7 +293,7 @@ def tune(config):
             trial = {k: v for k, v in row.items() if k not in ("augmentation", "batch_size")}
             if row["status"] == "COMPLETED":
                 trial.update(curves_of(row["model_dir"], method, config.rules, probed=method != "ce"))
-            trial["warmup_epochs"] = int(row.get("warmup_epochs", config.stages[method].warmup_epochs))
+            trial["warmup_epochs"] = int(row.get("warmup_epochs", config.stages[method].optim.warmup_epochs))
             trial["collapsed"] = collapsed(row["model_dir"])
             trials.append(trial)
         scored = [t for t in trials if t["val_accuracy"] is not None]
@@ -333,7 +333,7 @@ def _selected_stage(config, method, selected, **changes):
         hyper["temperature"] = selected["temperature"]
     hyper.update(changes)
     if "warmup_epochs" in selected and "warmup_epochs" not in changes:
-        epochs = hyper.get("epochs", config.stages[method].epochs)
+        epochs = hyper.get("epochs", config.stages[method].optim.epochs)
         warmup = int(selected["warmup_epochs"])
         hyper["warmup_epochs"] = warmup if epochs >= int(selected.get("epochs", 0)) else min(warmup, epochs // 2)
     return config.stage(method, **hyper)
@@ -468,7 +468,7 @@ def hardness_analysis(config, equal_epochs):
         log(f"hardness: {method} seed {seed}, per-pair gradient terms on 256 training images")
         out["methods"][method] = hardness.analyse_encoder(
             os.path.join(run["model_dir"], "model.keras"), images, labels, method=method,
-            temperature=run["temperature"], num_views=stage.num_views, augment=runner.augmentation(stage),
+            temperature=run["temperature"], num_views=stage.data.num_views, augment=runner.augmentation(stage),
             seed=rules.bootstrap_seed, max_samples=256, bins=20, resamples=rules.bootstrap_resamples,
             level=rules.bootstrap_level,
         )

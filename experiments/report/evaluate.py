@@ -52,12 +52,12 @@ def evaluate_on_test(config, comparisons):
     import tensorflow as tf
 
     from experiments.report import monitor
-    from supcon_tf import evaluation, runner
+    from supcon_tf import data, evaluation, runner
     from supcon_tf import models as _models  # noqa: F401  (registers the classes for load_model)
 
     rules = config.rules
     stage = config.stages["ce"]
-    test_source, test_size, _ = runner.load_source(stage, "test")  # the one read of the test split
+    test_source, test_size, _ = data.load_source(stage, "test")  # the one read of the test split
     test_plain = runner.eval_dataset(stage, test_source, batch_size=512)
 
     plan = _comparison_models(comparisons)

@@ -540,7 +540,7 @@ def digits_augmentation(image_size):
     from experiments import presets
     from supcon_tf import config as config_lib, runner
 
-    return runner.augmentation(config_lib.RunConfig(**{**presets.get_preset("digits_supcon"), "image_size": image_size}))
+    return runner.augmentation(config_lib.RunConfig.from_flat(**{**presets.get_preset("digits_supcon"), "image_size": image_size}))
 
 
 def _summary(values):
@@ -618,9 +618,9 @@ def analyse_encoder(model_path, images, labels, *, method=None, temperature=None
     method = method or model.method
     if method not in ("supcon", "simclr"):
         raise ValueError(f"`method` must be 'supcon' or 'simclr', received: the model's method={method!r}")
-    temperature = float(model.temperature) if temperature is None else _positive(temperature, "temperature")
+    temperature = float(model.loss_config.temperature) if temperature is None else _positive(temperature, "temperature")
     if base_temperature is None:
-        base_temperature = temperature if model.base_temperature is None else float(model.base_temperature)
+        base_temperature = temperature if model.loss_config.base_temperature is None else float(model.loss_config.base_temperature)
     base_temperature = _positive(base_temperature, "base_temperature")
     if augment is None:
         augment = digits_augmentation(images.shape[1])

@@ -3,10 +3,9 @@
 `ValidationCurve` is a Keras callback handed to `runner.run(callbacks=...)`.
 After each epoch it embeds the run's training part (the memory) and its
 validation split (both carved from the TRAIN split by
-`runner.split_train_validation` with the run's seed) with the encoder in
-inference mode, classifies the validation images by weighted kNN (the
-definition of `supcon_tf.evaluation.knn_predict`, here in NumPy so it costs
-no graph tracing per epoch) and writes `validation_curve.json` into the run
+`supcon_tf.data.split_train_validation` with the run's seed) with the encoder in
+inference mode, classifies the validation images by weighted kNN
+(`supcon_tf.evaluation.knn_top1`) and writes `validation_curve.json` into the run
 folder: one record per epoch with `knn_top1`, the epoch's `val_accuracy`
 when the stage logs one (CE), and the seconds the monitor itself took
 (subtracted from training time in the equal-time comparison). A resumed run
@@ -31,31 +30,17 @@ def split_arrays(stage):
 
     Cached per (dataset, image size, fraction, seed); never reads the test split.
     """
-    from supcon_tf import runner
+    from supcon_tf import data, runner
 
-    key = (stage.dataset, stage.image_size, stage.validation_fraction, stage.seed)
+    key = (stage.data.dataset, stage.data.image_size, stage.evaluation.validation_fraction, stage.runtime.seed)
     if key not in _SPLITS:
-        split = runner.split_train_validation(stage, stage.validation_fraction, stage.seed)
+        split = data.split_train_validation(stage, stage.evaluation.validation_fraction, stage.runtime.seed)
         arrays = []
         for source, size in ((split.train, split.num_train), (split.validation, split.num_validation)):
             images, labels = next(iter(runner.eval_dataset(stage, source, batch_size=size)))
             arrays += [np.asarray(images), np.asarray(labels)]
         _SPLITS[key] = tuple(arrays)
     return _SPLITS[key]
-
-
-def knn_top1(train_features, train_labels, query_features, query_labels, *, k, temperature, num_classes):
-    """Weighted kNN top-1 as `supcon_tf.evaluation.knn_top1` defines it (cosine similarity, weights exp(s / T))."""
-    memory = train_features / np.maximum(np.linalg.norm(train_features, axis=1, keepdims=True), 1e-12)
-    queries = query_features / np.maximum(np.linalg.norm(query_features, axis=1, keepdims=True), 1e-12)
-    similarity = queries @ memory.T
-    k = min(k, memory.shape[0])
-    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    top_similarity = np.take_along_axis(similarity, top, axis=1)
-    weights = np.exp((top_similarity - top_similarity.max(axis=1, keepdims=True)) / temperature)
-    votes = np.zeros((queries.shape[0], num_classes))
-    np.add.at(votes, (np.arange(queries.shape[0])[:, None], train_labels[top]), weights)
-    return float(np.mean(votes.argmax(axis=1) == query_labels))
 
 
 def read_curve(model_dir):
@@ -84,6 +69,8 @@ def make_callback(stage, *, k, temperature):
     import keras
     import tensorflow as tf
 
+    from supcon_tf import evaluation
+
     class ValidationCurve(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -105,7 +92,7 @@ def make_callback(stage, *, k, temperature):
             train_features = np.asarray(self._forward(tf.constant(train_images)), np.float32)
             val_features = np.asarray(self._forward(tf.constant(val_images)), np.float32)
             num_classes = int(max(train_labels.max(), val_labels.max())) + 1
-            top1 = knn_top1(
+            top1 = evaluation.knn_top1(
                 train_features, train_labels, val_features, val_labels, k=k, temperature=temperature,
                 num_classes=num_classes,
             )

@@ -18,6 +18,10 @@ One module per side:
   `((images, view_seeds [B, V, 2]), labels)` for a model that augments in
   its train step, with the views' seeds (`batch_view_seeds`) and the views
   they give (`augment_views`) shared by both places;
+* `splits`: a run's data from its `RunConfig`: `load_source(config, split)`,
+  `class_names(config)` (from the training split) and
+  `split_train_validation(config, fraction, seed)` (a validation split
+  carved from the TRAIN split, `TrainValidationSplit`);
 * `_checks`: the data-specific argument checks.
 
 Every public name is re-exported here (`data.load_digits("train")`,
@@ -25,12 +29,13 @@ Every public name is re-exported here (`data.load_digits("train")`,
 those public functions only (its shards are `make_multiview_dataset(...,
 shard=...)`), and `_digits_arrays` stays re-exported for the tests that
 check the bundled copy against scikit-learn's. The pipelines call
-their helpers inside `pipelines`, so patch those there (a test that patches
-`data.load_digits` affects callers that go through this package, as
-`runner` does).
+their helpers inside `pipelines`, and `splits` calls the loaders inside
+`sources`, so patch those there (a test that patches `data.load_digits`
+affects only callers that go through this package).
 """
 
-from supcon_tf.data import pipelines, sources
+from supcon_tf.data import labels_file, pipelines, sources, splits
+from supcon_tf.data.labels_file import LABELS_FILE_SUFFIXES, LabelledImages, load_labelled_images, read_labels_file
 from supcon_tf.data.pipelines import (
     AUGMENT_ON,
     augment_views,
@@ -55,4 +60,12 @@ from supcon_tf.data.sources import (
     load_tfds,
 )
 
-__all__ = [*sources.__all__, *pipelines.__all__]
+from supcon_tf.data.splits import (
+    VALIDATION_SALT,
+    TrainValidationSplit,
+    class_names,
+    load_source,
+    split_train_validation,
+)
+
+__all__ = [*sources.__all__, *labels_file.__all__, *pipelines.__all__, *splits.__all__]

@@ -27,7 +27,8 @@ def check_augment(augment):
 
 
 def check_source(dataset, name="dataset"):
-    """Checks that `dataset` follows the source convention (image [H, W, C], integer label [])."""
+    """Checks that `dataset` follows the source convention (image [H, W, C], integer label [], or the float label
+    rows of a labels file: multi-hot [classes], continuous [] or [k])."""
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError(
             f"`{name}` must be a tf.data.Dataset of (image, label) pairs, "
@@ -45,13 +46,15 @@ def check_source(dataset, name="dataset"):
             image_spec.shape.rank == 3
             and image_spec.shape[-1] in (1, 3)
             and (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating)
-            and label_spec.shape.rank == 0
-            and label_spec.dtype.is_integer
+            and (
+                (label_spec.shape.rank == 0 and label_spec.dtype.is_integer)
+                or (label_spec.shape.rank in (0, 1) and label_spec.dtype.is_floating)  # a labels file's rows
+            )
         )
     if not ok:
         raise ValueError(
-            f"`{name}` must yield (image uint8 [H, W, C] with C in {{1, 3}}, label int scalar) "
-            f"pairs, received: {name} with element_spec={spec!r}"
+            f"`{name}` must yield (image uint8 [H, W, C] with C in {{1, 3}}, label int scalar, or float [] / [k] "
+            f"label row) pairs, received: {name} with element_spec={spec!r}"
         )
 
 

@@ -137,7 +137,7 @@ def _batch_element(index, images, labels, *, num_views, augment, seed, augment_o
     each replica receives the seeds with its rows.
     """
     view_seeds = batch_view_seeds(seed, index, num_views)
-    labels = tf.cast(labels, tf.int32)
+    labels = tf.cast(labels, tf.int32 if labels.dtype.is_integer else tf.float32)  # float: a labels file's rows
     if augment_on == "host":
         return augment_views(images, view_seeds, augment), labels
     rows = tf.tile(view_seeds[tf.newaxis], [tf.shape(images)[0], 1, 1])

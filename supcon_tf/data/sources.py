@@ -362,6 +362,18 @@ def load_image_folder(root, *, image_size=None, channels=3, class_names=None):
             f"{class_names}, received: root={root!r}"
         )
 
+    return image_files_dataset(paths, np.asarray(labels, np.int32), image_size, channels), class_names
+
+
+def image_files_dataset(paths, labels, image_size, channels):
+    """`(image uint8 [H, W, channels], label)` for image files `paths` and their `labels` (an array, one row each).
+
+    Every file is decoded once here, so that a corrupt file fails now, with
+    its path; the dataset decodes again lazily, and resizes to `image_size`
+    (`(height, width)`, bilinear, antialiased, rounded back to uint8) when
+    it is not None, else the images must all have one size (ValueError
+    naming two files that differ).
+    """
     first_shape = None
     for path in paths:
         shape = tuple(_decode_image_file(path, channels).shape)
@@ -384,6 +396,5 @@ def load_image_folder(root, *, image_size=None, channels=3, class_names=None):
             image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
         return tf.ensure_shape(image, out_shape), label
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset, class_names
+    dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -85,10 +85,12 @@ One module per part (every public name is re-exported here, e.g.
 * `blockwise_out`: `_blockwise_out_core`, the blockwise form of the default
   loss with 0/1 weights by label equality (`variant="out"`,
   `denominator="all"`, no cap);
+* `config`: `LossConfig`, the loss options as one validated value (the
+  model and the run configuration pass it whole);
 * `_inputs`: the option names, `PerAnchorLoss`, input checks and validation.
 """
 
-from supcon_tf.losses import api, blockwise, blockwise_out, dense, weights
+from supcon_tf.losses import api, blockwise, blockwise_out, config, dense, weights
 from supcon_tf.losses._inputs import (
     BLOCKWISE_THRESHOLD,
     CONTRAST_MODES,
@@ -104,6 +106,7 @@ from supcon_tf.losses._inputs import (
 from supcon_tf.losses.api import SupConLoss, reduce_per_anchor, supcon_loss, supcon_per_anchor_loss
 # Private, but named as `losses._blockwise_out_core` in tests/ and benchmarks/RESULTS.md.
 from supcon_tf.losses.blockwise_out import _blockwise_out_core  # noqa: F401
+from supcon_tf.losses.config import LossConfig
 from supcon_tf.losses.weights import gaussian_kernel_weights, jaccard_weights, label_match_weights
 
 __all__ = [
@@ -113,6 +116,7 @@ __all__ = [
     "DENOMINATORS",
     "IMPLEMENTATIONS",
     "LABEL_KERNELS",
+    "LossConfig",
     "MULTI_LABEL_MODES",
     "POSITIVE_WEIGHTINGS",
     "VARIANTS",

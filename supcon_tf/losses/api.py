@@ -15,8 +15,6 @@ from supcon_tf.losses._inputs import (
     IMPLEMENTATIONS,
     PerAnchorLoss,
     _check_cap_against_views,
-    _checked_family,
-    _checked_options,
     _compute_dtype,
     _flatten_trailing,
     _validate_family_inputs,
@@ -24,6 +22,7 @@ from supcon_tf.losses._inputs import (
     _validate_pair_weights,
     _validate_queue,
 )
+from supcon_tf.losses.config import LossConfig
 from supcon_tf.losses.blockwise import _blockwise_cap_bounds, _blockwise_core
 from supcon_tf.losses.dense import _dense_core
 from supcon_tf.losses.weights import class_counts, named_rule, pair_weighting, per_label_keys, tiled_keys
@@ -244,13 +243,12 @@ def supcon_per_anchor_loss(
         `pair_weights` that is not callable or without `labels`, a
         `normalize` that is not a bool.
     """
-    temperature, base_temperature, positives_cap = _checked_options(
-        temperature, base_temperature, contrast_mode, variant, denominator, positives_cap
-    )
-    kernel_bandwidth = _checked_family(
-        positive_weighting, label_kernel, kernel_bandwidth, multi_label, denominator, positives_cap
-    )
-    base_temperature = temperature if base_temperature is None else base_temperature
+    options = LossConfig(
+        temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode, variant=variant,
+        denominator=denominator, positives_cap=positives_cap, positive_weighting=positive_weighting,
+        label_kernel=label_kernel, kernel_bandwidth=kernel_bandwidth, multi_label=multi_label,
+    )  # the one check of the options (ValueError naming the option)
+    temperature, positives_cap, kernel_bandwidth = options.temperature, options.positives_cap, options.kernel_bandwidth
     _checks.choice(implementation, "implementation", IMPLEMENTATIONS)
     _checks.positive_int(block_size, "block_size")
     _checks.boolean(normalize, "normalize")
@@ -334,7 +332,7 @@ def supcon_per_anchor_loss(
             anchor_offset, row_samples, anchor_views, temperature, variant, dtype,
             denominator=denominator, positives_cap=positives_cap, column_counts=column_counts,
         )
-    loss = (temperature / base_temperature) * neg_mean_log_prob
+    loss = options.scale * neg_mean_log_prob
     loss = tf.where(has_positive, loss, tf.zeros_like(loss))
 
     if num_labels is not None:  # [Va * L * b] -> [b, Va, L]
@@ -359,30 +357,7 @@ def reduce_per_anchor(per_anchor):
     return tf.math.divide_no_nan(tf.reduce_sum(per_anchor.loss), count)
 
 
-def supcon_loss(
-    features,
-    labels=None,
-    mask=None,
-    *,
-    temperature=0.1,
-    base_temperature=None,
-    contrast_mode="all",
-    variant="out",
-    normalize=False,
-    queue_features=None,
-    queue_labels=None,
-    implementation="auto",
-    block_size=DEFAULT_BLOCK_SIZE,
-    denominator="all",
-    positives_cap=-1,
-    pair_weights=None,
-    positive_weighting=None,
-    label_kernel=None,
-    kernel_bandwidth=None,
-    multi_label=None,
-    prototypes=None,
-    prototype_labels=None,
-):
+def supcon_loss(features, labels=None, mask=None, **options):
     """Scalar SupCon batch loss: mean of L(i) over anchors with a positive.
 
     `labels=None, mask=None` is SimCLR's NT-Xent; integer or multi-hot
@@ -397,29 +372,14 @@ def supcon_loss(
         data for `pair_weights`).
       mask: optional `[batch, batch]` (`[batch, batch + K]` with a queue)
         positive weights.
-      temperature: tau > 0 (paper: 0.1 for SupCon).
-      base_temperature: scale is `temperature / base_temperature`; default
-        `None` = unscaled.
-      contrast_mode: "all" or "one".
-      variant: "out" (eq. 2) or "in" (eq. 3).
-      normalize: L2-normalise `features` first.
-      queue_features: optional `[K, dim]` memory-queue entries (constants).
-      queue_labels: their labels (with `labels`).
-      implementation: "auto" (default), "dense" or "blockwise".
-      block_size: contrast columns per block for the blockwise form.
-      denominator: "all" (default), "one_positive" (SINCERE) or
-        "only_negatives" (decoupled contrastive loss).
-      positives_cap: -1 (default, no cap) or a multiple of the views.
-      pair_weights: optional rule `(anchor_labels, contrast_labels) ->
-        [rows, columns]` weights of the positives.
-      positive_weighting: None or "jaccard" (multi-hot labels).
-      label_kernel: None or "gaussian" (continuous labels), with
-        `kernel_bandwidth`.
-      kernel_bandwidth: the kernel's sigma > 0.
-      multi_label: None or "per_label" (MulSupCon): the mean over
-        (anchor, label) pairs.
-      prototypes: optional `[classes, dim]` class centres in the contrast set.
-      prototype_labels: their `[classes]` class ids.
+      **options: the keyword arguments of `supcon_per_anchor_loss`: the
+        loss options (`temperature`, `base_temperature`, `contrast_mode`,
+        `variant`, `denominator`, `positives_cap`, `positive_weighting`,
+        `label_kernel`, `kernel_bandwidth`, `multi_label`: a
+        `LossConfig(...).kwargs()`), `normalize`, `queue_features`,
+        `queue_labels`, `implementation`, `block_size`, `pair_weights`,
+        `prototypes`, `prototype_labels`, `anchor_offset`,
+        `num_anchor_samples`.
 
     Returns:
       Scalar float32 (float64 for float64 features) loss; 0 with zero
@@ -433,31 +393,7 @@ def supcon_loss(
     >>> close = lambda a, c: tf.exp(-tf.square(a[:, None] - c[None, :]) / 50.0)  # y-Aware-like kernel weights
     >>> loss = supcon_loss(z, ages, pair_weights=close, implementation="blockwise")
     """
-    return reduce_per_anchor(
-        supcon_per_anchor_loss(
-            features,
-            labels,
-            mask,
-            temperature=temperature,
-            base_temperature=base_temperature,
-            contrast_mode=contrast_mode,
-            variant=variant,
-            normalize=normalize,
-            queue_features=queue_features,
-            queue_labels=queue_labels,
-            implementation=implementation,
-            block_size=block_size,
-            denominator=denominator,
-            positives_cap=positives_cap,
-            pair_weights=pair_weights,
-            positive_weighting=positive_weighting,
-            label_kernel=label_kernel,
-            kernel_bandwidth=kernel_bandwidth,
-            multi_label=multi_label,
-            prototypes=prototypes,
-            prototype_labels=prototype_labels,
-        )
-    )
+    return reduce_per_anchor(supcon_per_anchor_loss(features, labels, mask, **options))
 
 
 @keras.saving.register_keras_serializable(package="supcon_tf")
@@ -465,25 +401,20 @@ class SupConLoss(keras.losses.Loss):
     """Keras `Loss` wrapper of `supcon_loss`: `y_true` = labels, `y_pred` = features.
 
     Args:
-      temperature: tau > 0. Default 0.1 (the paper's SupCon value).
-      base_temperature: loss scale is `temperature / base_temperature`;
-        `None` (default) means unscaled eq. 2 / eq. 3.
-      contrast_mode: "all" (default) or "one".
-      variant: "out" (eq. 2, default) or "in" (eq. 3).
       normalize: L2-normalise `y_pred` first. Default False.
       use_labels: if False, `y_true` is ignored and the loss is SimCLR's
         NT-Xent. Default True.
-      denominator: "all" (default), "one_positive", "only_negatives" or
-        "class_balanced" (see `supcon_per_anchor_loss`).
-      positive_weighting: None (default) or "jaccard": `y_true` multi-hot.
-      label_kernel: None (default) or "gaussian": `y_true` continuous
-        values `[batch]` (`[batch, 1]`) or vectors `[batch, k]`.
-      kernel_bandwidth: the kernel's sigma > 0 (with `label_kernel`).
-      multi_label: None (default) or "per_label": `y_true` multi-hot.
-      positives_cap: -1 (default, no cap) or a non-negative multiple of the
-        number of views (checked against `y_pred` at call time).
       name: loss name.
-      **kwargs: forwarded to `keras.losses.Loss` (e.g. `dtype`).
+      **kwargs: `reduction` and `dtype` go to `keras.losses.Loss`; the rest
+        are the loss options, the fields of `LossConfig` (`temperature`,
+        default 0.1, the paper's SupCon value; `base_temperature`,
+        `contrast_mode`, `variant`, `denominator`, `positives_cap`,
+        `positive_weighting` ("jaccard": `y_true` multi-hot),
+        `label_kernel` ("gaussian": `y_true` continuous values `[batch]`,
+        `[batch, 1]` or `[batch, k]`) with `kernel_bandwidth`,
+        `multi_label` ("per_label": `y_true` multi-hot)); see
+        `supcon_per_anchor_loss`. `positives_cap` is checked against
+        `y_pred` at call time. `self.options` holds them.
 
     Call arguments:
       y_true: `[batch]` or `[batch, 1]` class ids (Keras casts them to the
@@ -501,41 +432,15 @@ class SupConLoss(keras.losses.Loss):
       Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
     """
 
-    def __init__(
-        self,
-        temperature=0.1,
-        base_temperature=None,
-        contrast_mode="all",
-        variant="out",
-        normalize=False,
-        use_labels=True,
-        denominator="all",
-        positives_cap=-1,
-        positive_weighting=None,
-        label_kernel=None,
-        kernel_bandwidth=None,
-        multi_label=None,
-        name="supcon_loss",
-        **kwargs,
-    ):
-        kwargs.setdefault("reduction", "sum_over_batch_size")
-        super().__init__(name=name, **kwargs)
-        self.temperature, self.base_temperature, self.positives_cap = _checked_options(
-            temperature, base_temperature, contrast_mode, variant, denominator, positives_cap
-        )
-        self.contrast_mode = contrast_mode
-        self.variant = variant
+    def __init__(self, normalize=False, use_labels=True, name="supcon_loss", **kwargs):
+        keras_kwargs = {key: kwargs.pop(key) for key in ("reduction", "dtype") if key in kwargs}
+        keras_kwargs.setdefault("reduction", "sum_over_batch_size")
+        super().__init__(name=name, **keras_kwargs)
+        self.options = LossConfig(**kwargs)  # the loss options, checked (TypeError names an unknown one)
         self.normalize = _checks.boolean(normalize, "normalize")
         self.use_labels = _checks.boolean(use_labels, "use_labels")
-        self.denominator = denominator
-        self.kernel_bandwidth = _checked_family(
-            positive_weighting, label_kernel, kernel_bandwidth, multi_label, denominator, self.positives_cap
-        )
-        if not self.use_labels and (positive_weighting or label_kernel or multi_label or denominator == "class_balanced"):
+        if not self.use_labels and self.options.reads_labels:
             raise ValueError("The named weightings read `y_true`: they need use_labels=True, received: use_labels=False")
-        self.positive_weighting = positive_weighting
-        self.label_kernel = label_kernel
-        self.multi_label = multi_label
 
     def call(self, y_true, y_pred):
         labels = None
@@ -547,36 +452,9 @@ class SupConLoss(keras.losses.Loss):
             # exactly up to 2**24.
             if labels.shape.rank == 2 and labels.shape[-1] == 1:
                 labels = tf.squeeze(labels, axis=-1)
-        return supcon_loss(
-            y_pred,
-            labels,
-            temperature=self.temperature,
-            base_temperature=self.base_temperature,
-            contrast_mode=self.contrast_mode,
-            variant=self.variant,
-            normalize=self.normalize,
-            denominator=self.denominator,
-            positives_cap=self.positives_cap,
-            positive_weighting=self.positive_weighting,
-            label_kernel=self.label_kernel,
-            kernel_bandwidth=self.kernel_bandwidth,
-            multi_label=self.multi_label,
-        )
+        return supcon_loss(y_pred, labels, normalize=self.normalize, **self.options.kwargs())
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            temperature=self.temperature,
-            base_temperature=self.base_temperature,
-            contrast_mode=self.contrast_mode,
-            variant=self.variant,
-            normalize=self.normalize,
-            use_labels=self.use_labels,
-            denominator=self.denominator,
-            positives_cap=self.positives_cap,
-            positive_weighting=self.positive_weighting,
-            label_kernel=self.label_kernel,
-            kernel_bandwidth=self.kernel_bandwidth,
-            multi_label=self.multi_label,
-        )
+        config.update(normalize=self.normalize, use_labels=self.use_labels, **self.options.kwargs())
         return config

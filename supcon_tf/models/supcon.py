@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import keras
 import tensorflow as tf
@@ -12,6 +13,7 @@ from supcon_tf import losses as losses_lib
 from supcon_tf import memory as memory_lib
 from supcon_tf import online_eval as online_eval_lib
 from supcon_tf._checks import is_int, positive_number
+from supcon_tf.config import check_ce_weight  # the joint objective's rule, shared with RunConfig
 from supcon_tf.models._base import (
     EMBEDDING,
     REPRESENTATION,
@@ -32,40 +34,86 @@ COLLAPSE_TOLERANCE = 0.01
 
 # SupConModel's constructor arguments besides encoder and head, in order (attributes and `get_config` keys).
 _SUPCON_OPTIONS = (
-    "method", "temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap",
-    "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum", "online_eval_classes", "contrast_metrics",
-    "collapse_metrics",
+    "method", "loss_config", "cross_replica", "queue_size", "queue_warmup_steps", "key_momentum", "queue_label_shape",
+    "queue_label_dtype",
+    "online_eval_classes", "prototype_classes", "contrast_metrics", "collapse_metrics", "ce_weight", "ce_classes",
 )
+# The loss options a model saved before `loss_config` existed kept as constructor arguments of their own.
+_LEGACY_LOSS_KEYS = ("temperature", "base_temperature", "contrast_mode", "variant", "denominator", "positives_cap")
 
 
-def _checked_supcon_options(method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes,
-                            contrast_metrics, collapse_metrics, **loss_options):
+def _checked_loss_config(loss_config, method):
+    """`loss_config` as a `losses.LossConfig` (None: the defaults; a dict: its fields), checked against `method`."""
+    if loss_config is None:
+        loss_config = losses_lib.LossConfig()
+    elif isinstance(loss_config, dict):
+        loss_config = losses_lib.LossConfig.from_dict(loss_config)
+    elif not isinstance(loss_config, losses_lib.LossConfig):
+        raise ValueError(
+            f"`loss_config` must be a losses.LossConfig (or its dict), received: {type(loss_config).__name__}"
+        )
+    if method == "simclr" and loss_config.reads_labels:
+        raise ValueError(
+            "method='simclr' ignores labels, but the loss options read them (positive_weighting, label_kernel, "
+            f"multi_label or denominator='class_balanced'), received: loss_config={loss_config!r}"
+        )
+    return loss_config
+
+
+def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum,
+                            queue_label_shape, queue_label_dtype,
+                            online_eval_classes, prototype_classes, contrast_metrics, collapse_metrics, ce_weight,
+                            ce_classes):
     """SupConModel's options after its argument checks (a ValueError naming the argument), as `{name: value}`."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
+    loss_config = _checked_loss_config(loss_config, method)
     if not isinstance(cross_replica, bool):
         raise ValueError(f"`cross_replica` must be a bool, received: cross_replica={cross_replica!r}")
     queue_size, queue_warmup_steps, key_momentum = memory_lib.check_queue_options(
         queue_size, queue_warmup_steps, key_momentum
     )
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, received: method={method!r}")
-    # The loss options (temperature, ..., positives_cap), with the loss's own messages.
-    losses_lib.SupConLoss(use_labels=method == "supcon", **loss_options)
+    queue_label_shape, queue_label_dtype = memory_lib.check_label_layout(queue_label_shape, queue_label_dtype)
     if online_eval_classes is not None:
         check_num_classes(online_eval_classes)
         online_eval_classes = int(online_eval_classes)
+    if prototype_classes is not None:
+        check_num_classes(prototype_classes)
+        prototype_classes = int(prototype_classes)
+        if method != "supcon":
+            raise ValueError(
+                f"`prototype_classes` (class centres in the contrast set) needs method='supcon', received: "
+                f"prototype_classes={prototype_classes} with method={method!r}"
+            )
+        if loss_config.reads_labels and loss_config.denominator != "class_balanced":
+            raise ValueError(
+                "`prototype_classes` needs class-id labels: it does not combine with positive_weighting, label_kernel "
+                f"or multi_label, received: loss_config={loss_config!r}"
+            )
+        if loss_config.positives_cap >= 0:
+            raise ValueError(
+                f"`prototype_classes` does not combine with a positives cap, received: "
+                f"positives_cap={loss_config.positives_cap}"
+            )
     if not isinstance(contrast_metrics, bool):
         raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
     if not isinstance(collapse_metrics, bool):
         raise ValueError(f"`collapse_metrics` must be a bool, received: collapse_metrics={collapse_metrics!r}")
-    base_temperature = loss_options["base_temperature"]
+    ce_weight = check_ce_weight(ce_weight, method)
+    if ce_weight > 0:
+        if ce_classes is None:
+            raise ValueError(f"`ce_classes` (the CE head's classes, >= 2) is needed with ce_weight={ce_weight!r}")
+        check_num_classes(ce_classes)
+        ce_classes = int(ce_classes)
+    elif ce_classes is not None:
+        raise ValueError(f"`ce_classes` needs ce_weight > 0, received: ce_classes={ce_classes!r} with ce_weight=0")
     return dict(
-        method=method, temperature=float(loss_options["temperature"]),
-        base_temperature=None if base_temperature is None else float(base_temperature),
-        contrast_mode=loss_options["contrast_mode"], variant=loss_options["variant"],
-        denominator=loss_options["denominator"], positives_cap=int(loss_options["positives_cap"]),
-        cross_replica=cross_replica, queue_size=int(queue_size), queue_warmup_steps=int(queue_warmup_steps),
-        key_momentum=key_momentum, online_eval_classes=online_eval_classes, contrast_metrics=contrast_metrics,
-        collapse_metrics=collapse_metrics,
+        method=method, loss_config=loss_config, cross_replica=cross_replica, queue_size=int(queue_size),
+        queue_label_shape=queue_label_shape, queue_label_dtype=queue_label_dtype,
+        queue_warmup_steps=int(queue_warmup_steps), key_momentum=key_momentum,
+        online_eval_classes=online_eval_classes, prototype_classes=prototype_classes,
+        contrast_metrics=contrast_metrics, collapse_metrics=collapse_metrics, ce_weight=ce_weight,
+        ce_classes=ce_classes,
     )
 
 
@@ -99,6 +147,35 @@ def _online_outputs(classifier, representation, labels, num_views):
     targets = tf.repeat(tf.cast(labels, tf.int32), num_views)
     loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
     return targets, logits, loss
+
+
+def _joint_ce_outputs(ce_head, representation, labels, num_views, sample_weight=None):
+    """The joint objective's CE on the representation of every view: `(targets, logits, replica_share, global_mean)`.
+
+    Every view is an augmented training image, as a CE baseline's input is,
+    so each of the `local_batch x views` representations (sample-major, with
+    its sample's label) is one CE term; with `sample_weight`, each term
+    weighted by its sample's weight. The mean is over the GLOBAL batch's
+    terms (`distribute.cross_replica_mean`): `replica_share` carries the
+    gradient (into the head and the encoder: no stop-gradient), `global_mean`
+    is for logging.
+    """
+    if labels is None:
+        raise ValueError("The joint CE head (ce_weight > 0) needs labels: feed (views, labels) pairs")
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank != 1 or not labels.dtype.is_integer:
+        raise ValueError(
+            "The joint CE head (ce_weight > 0) needs [batch] integer class ids, received: labels with shape "
+            f"{labels.shape} and dtype {labels.dtype.name}"
+        )
+    logits = ce_head(representation)
+    targets = tf.repeat(tf.cast(labels, tf.int32), num_views)
+    per_view = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    weight = tf.ones_like(per_view)
+    if sample_weight is not None:
+        weight = tf.repeat(tf.cast(tf.reshape(sample_weight, [-1]), per_view.dtype), num_views)
+    share, global_mean = distribute.cross_replica_mean(tf.reduce_sum(per_view * weight), tf.reduce_sum(weight))
+    return targets, logits, share, global_mean
 
 
 def _contrast_statistics(embeddings, labels, temperature):
@@ -196,9 +273,12 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
       head: a layer from `[batch, rep_dim]` to L2-normalised embeddings `[batch, dim]`.
       method: `"supcon"` (labels define positives) or `"simclr"` (labels
         ignored; positives are the other views of the same sample).
-      temperature, base_temperature, contrast_mode, variant, denominator,
-        positives_cap: the loss options of `losses.supcon_per_anchor_loss`
-        (temperature 0.1 for SupCon in the paper, SimCLR 0.5 on CIFAR).
+      loss_config: a `losses.LossConfig` (or its dict; default
+        `LossConfig()`): the loss options of `losses.supcon_per_anchor_loss`,
+        passed whole (temperature 0.1 for SupCon in the paper, SimCLR 0.5 on
+        CIFAR). Options that read labels beyond class ids need the matching
+        labels: multi-hot rows for `positive_weighting` / `multi_label`,
+        continuous values for `label_kernel`; not with method "simclr".
       cross_replica: under a distribution strategy, contrast each replica's
         anchors with the gathered *global* batch (default True, the exact
         objective); False: with its local batch only (weaker, for comparison).
@@ -209,10 +289,20 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
       queue_warmup_steps: int >= 0; the queue joins the loss from this step on.
       key_momentum: None (default: the queue holds online embeddings, XBM) or
         m in [0, 1): momentum key networks, owned by the queue, fill it (MoCo).
+      queue_label_shape, queue_label_dtype: the queue's label rows
+        (`memory.MemoryQueue`'s `label_shape` / `label_dtype`): `()` and
+        "int64" (default, class ids); `(classes,)` and "float32" for
+        multi-hot labels; `()` or `(k,)` and "float32" for continuous values
+        (the named loss options that read them: `loss_config`).
       online_eval_classes: None or C >= 2: an online linear classifier on the
         stop-gradient representation of every view, with its own optimizer
         (`compile(online_optimizer=...)`), logging `online_loss` and
         `online_top1`; its gradient never reaches the encoder. Needs labels.
+      prototype_classes: None or C >= 2: C trainable class centres
+        (`model.prototypes`, `[C, dim]`, L2-normalised when used) join every
+        contrast set with class ids 0..C-1 and their gradient (BCL's
+        prototypes; with `denominator="class_balanced"` its full form).
+        Needs class-id labels in [0, C).
       contrast_metrics: log `contrast_top1` and `contrast_entropy`
         (`online_eval.contrast_statistics`).
       collapse_metrics: (default True) log `mean_cosine`, the mean cosine
@@ -225,6 +315,19 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         step (function `collapse_share`). Both come from what the step
         computes anyway (no extra `[N, N]` matrix);
         `resilience.CollapseMonitor` watches `mean_cosine`.
+      ce_weight: w >= 0 (default 0: off). w > 0 trains a linear
+        classification head (`model.ce_head`, `Dense(ce_classes)`) at the
+        same time, on the representation r of every view: the loss is
+        `supcon + w * CE`, CE the mean cross-entropy over the global batch's
+        `batch x views` views (each with its sample's label; weighted by
+        `sample_weight` like the anchors). Unlike the online classifier, the
+        CE gradient reaches the encoder, and the head is trained by the main
+        optimizer. Logs `ce_loss` (the mean CE) and `ce_top1`. The head is
+        the final classifier: `joint_classifier()` (and `export.export_model`)
+        give encoder + head as a `CrossEntropyModel`. Method "supcon" only;
+        needs `[batch]` int labels.
+      ce_classes: the CE head's number of classes C >= 2; required with
+        `ce_weight > 0`, refused without.
       **kwargs: forwarded to `keras.Model`.
 
     `model(images)` returns `{REPRESENTATION: [batch, rep_dim], EMBEDDING: [batch, dim]}`.
@@ -232,7 +335,8 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
     Data: `(views, labels)` or `(views, labels, sample_weight)`, views
     `[batch, views, H, W, C]`, labels `[batch]` int (ignored for SimCLR), e.g.
     `data.make_multiview_dataset`. The logged `loss` is the global-batch loss
-    (with the queue once in use) plus regularisation losses; `evaluate`
+    (with the queue once in use), plus `ce_weight x ce_loss` with the joint
+    CE head, plus regularisation losses; `evaluate`
     neither reads nor writes the queue. With a policy set
     (`set_view_augmentation`), the views may instead come as `(images,
     view_seeds)` (`data.make_multiview_dataset(..., augment_on="device")`):
@@ -261,25 +365,33 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
       Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
     """
 
-    def __init__(self, encoder, head, method="supcon", temperature=0.1, base_temperature=None, contrast_mode="all",
-                 variant="out", denominator="all", positives_cap=-1, cross_replica=True, queue_size=0,
-                 queue_warmup_steps=0, key_momentum=None, online_eval_classes=None, contrast_metrics=False,
-                 collapse_metrics=True, **kwargs):
+    def __init__(self, encoder, head, method="supcon", loss_config=None, cross_replica=True, queue_size=0,
+                 queue_warmup_steps=0, key_momentum=None, queue_label_shape=(), queue_label_dtype="int64",
+                 online_eval_classes=None, prototype_classes=None,
+                 contrast_metrics=False, collapse_metrics=True, ce_weight=0.0, ce_classes=None, **kwargs):
+        given = sorted(set(kwargs) & {field.name for field in dataclasses.fields(losses_lib.LossConfig)})
+        if given:
+            raise ValueError(
+                f"SupConModel takes the loss options whole, as loss_config=losses.LossConfig({given[0]}=...), "
+                f"received: {', '.join(f'{name}={kwargs[name]!r}' for name in given)}"
+            )
         super().__init__(**kwargs)
         check_model("encoder", encoder)
         check_model("head", head)
         self.encoder, self.head = encoder, head
         options = _checked_supcon_options(
-            method, cross_replica, queue_size, queue_warmup_steps, key_momentum, online_eval_classes, contrast_metrics,
-            collapse_metrics, temperature=temperature, base_temperature=base_temperature, contrast_mode=contrast_mode,
-            variant=variant, denominator=denominator, positives_cap=positives_cap,
+            method, loss_config, cross_replica, queue_size, queue_warmup_steps, key_momentum, queue_label_shape,
+            queue_label_dtype, online_eval_classes,
+            prototype_classes, contrast_metrics, collapse_metrics, ce_weight, ce_classes,
         )
-        for name in _SUPCON_OPTIONS:  # method, temperature, ..., contrast_metrics
+        for name in _SUPCON_OPTIONS:  # method, loss_config, ..., collapse_metrics
             setattr(self, name, options[name])
+        self.prototypes = None  # built in `build`, once the embedding size is known
         self.memory = None
         if self.queue_size:
             self.memory = memory_lib.MemoryQueue(
-                self.queue_size, self.queue_warmup_steps, self.key_momentum, encoder, head, name="memory_queue"
+                self.queue_size, self.queue_warmup_steps, self.key_momentum, encoder, head,
+                label_shape=self.queue_label_shape, label_dtype=self.queue_label_dtype, name="memory_queue",
             )
         # The memory's key networks (or None), also tracked here: where saved files and checkpoints keep them.
         self.key_encoder = getattr(self.memory, "key_encoder", None)
@@ -296,6 +408,11 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         if self.online_classifier is not None:
             self._trackers["online_top1"] = keras.metrics.SparseCategoricalAccuracy(name="online_top1")
+        self.ce_head = None
+        if self.ce_weight > 0:
+            self.ce_head = keras.layers.Dense(self.ce_classes, name="ce_head", dtype="float32")
+            self._trackers["ce_loss"] = keras.metrics.Mean(name="ce_loss")
+            self._trackers["ce_top1"] = keras.metrics.SparseCategoricalAccuracy(name="ce_top1")
         build_from_encoder(self)
 
     def compile(self, optimizer="sgd", online_optimizer=None, **kwargs):
@@ -327,7 +444,7 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
     @property
     def _has_collapse_share(self):
         """Whether `collapse_share` is logged: its all-equal value log(N_c - 1) needs denominator "all", no cap."""
-        return self.collapse_metrics and self.denominator == "all" and self.positives_cap < 0
+        return self.collapse_metrics and self.loss_config.denominator == "all" and self.loss_config.positives_cap < 0
 
     @property
     def metrics(self):
@@ -335,8 +452,12 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
 
     @property
     def contrastive_variables(self):
-        """The variables the contrastive loss trains: encoder and projection head (not the online classifier)."""
-        return self.encoder.trainable_variables + self.head.trainable_variables
+        """The variables the model's loss trains with the main optimizer: encoder, projection head, the class
+        centres (`prototype_classes`) and, with `ce_weight > 0`, the joint CE head (never the online classifier,
+        which has its own optimizer)."""
+        variables = self.encoder.trainable_variables + self.head.trainable_variables
+        variables += [self.prototypes] if self.prototypes is not None else []
+        return variables + ([] if self.ce_head is None else self.ce_head.trainable_variables)
 
     def build(self, input_shape):
         if not self.encoder.built:
@@ -346,8 +467,16 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
             self.head.build((None, rep_dim))
         if self.online_classifier is not None and not self.online_classifier.built:
             self.online_classifier.build((None, rep_dim))
+        if self.ce_head is not None and not self.ce_head.built:
+            self.ce_head.build((None, rep_dim))
+        embedding_dim = self.head.compute_output_shape((None, rep_dim))[-1]
+        if self.prototype_classes is not None and self.prototypes is None:
+            self.prototypes = self.add_weight(
+                name="prototypes", shape=(self.prototype_classes, embedding_dim), initializer="random_normal",
+                trainable=True,
+            )
         if self.memory is not None and not self.memory.built:  # after encoder and head: it copies them
-            self.memory.build((None, self.head.compute_output_shape((None, rep_dim))[-1]))
+            self.memory.build((None, embedding_dim))
         self.built = True
 
     def call(self, images, training=False):
@@ -392,25 +521,56 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         if use_queue:  # a dynamic number of rows, which tf.function and XLA handle alike
             queue_features, queue_labels = self.memory.read()
             queue = dict(queue_features=queue_features, queue_labels=None if labels is None else queue_labels)
+        centres = {}
+        if self.prototypes is not None:  # class centres 0..C-1, unit length like the head's embeddings
+            centres = dict(
+                prototypes=tf.math.l2_normalize(tf.cast(self.prototypes, embeddings.dtype), axis=-1),
+                prototype_labels=tf.range(self.prototype_classes),
+            )
         per_anchor = losses_lib.supcon_per_anchor_loss(
-            gathered.features, gathered.labels, temperature=self.temperature, base_temperature=self.base_temperature,
-            contrast_mode=self.contrast_mode, variant=self.variant, denominator=self.denominator,
-            positives_cap=self.positives_cap, anchor_offset=gathered.offset, num_anchor_samples=gathered.num_local,
-            **queue,
+            gathered.features, gathered.labels, anchor_offset=gathered.offset, num_anchor_samples=gathered.num_local,
+            **self.loss_config.kwargs(), **queue, **centres,
         )
         share = None
-        if self._has_collapse_share:  # the contrast set: every view of the gathered batch, plus the queue rows read
+        if self._has_collapse_share:  # the contrast set: every view of the gathered batch, the queue rows, centres
             contrast_size = tf.shape(gathered.features)[0] * tf.shape(gathered.features)[1]
             if queue:
                 contrast_size += tf.shape(queue["queue_features"])[0]
-            base = self.temperature if self.base_temperature is None else self.base_temperature
+            if centres:
+                contrast_size += self.prototype_classes
             share = collapse_share(tf.nest.map_structure(tf.stop_gradient, per_anchor), contrast_size,
-                                   scale=self.temperature / base)
+                                   scale=self.loss_config.scale)
         loss, count = per_anchor.loss, tf.cast(per_anchor.has_positive, per_anchor.loss.dtype)
-        if sample_weight is not None:  # [local_batch] -> [local_batch, 1]: one weight for all views of a sample
-            weight = tf.reshape(tf.cast(sample_weight, loss.dtype), [tf.shape(loss)[0], 1])
+        if sample_weight is not None:  # [local_batch] -> [local_batch, 1, ...]: one weight for all views of a sample
+            shape = tf.concat([tf.shape(loss)[:1], tf.ones([tf.rank(loss) - 1], tf.int32)], axis=0)
+            weight = tf.reshape(tf.cast(sample_weight, loss.dtype), shape)
             loss, count = loss * weight, count * weight
         return (*distribute.cross_replica_mean(tf.reduce_sum(loss), tf.reduce_sum(count)), share)
+
+    def compute_ce_loss(self, representation, labels, sample_weight=None):
+        """The joint objective's CE term (`ce_weight > 0`): `(replica_share, global_mean)`, unweighted by w.
+
+        `representation`: `[local_batch * views, rep_dim]`, sample-major (`embed_views(...,
+        return_representation=True)`); `labels`: `[local_batch]` int; `sample_weight`: optional `[local_batch]`.
+        The model's loss adds `ce_weight` times it to the contrastive loss.
+        """
+        if self.ce_head is None:
+            raise ValueError("`compute_ce_loss` needs the joint CE head: construct the model with ce_weight > 0")
+        num_views = tf.shape(representation)[0] // tf.shape(labels)[0]
+        return _joint_ce_outputs(self.ce_head, representation, labels, num_views, sample_weight)[2:]
+
+    def joint_classifier(self):
+        """The joint objective's final classifier: a `CrossEntropyModel` of this encoder (shared, not copied) and a
+        copy of the CE head's weights, for `evaluate`, `predict` and `export.export_classifier`."""
+        if self.ce_head is None:
+            raise ValueError("`joint_classifier` needs the joint CE head: construct the model with ce_weight > 0")
+        from supcon_tf.models.classifiers import CrossEntropyModel
+
+        classifier = CrossEntropyModel(self.encoder, self.ce_classes, name=f"{self.name}_classifier")
+        if not classifier.classifier.built:
+            classifier.classifier.build((None, encoder_output_dim(self.encoder)))
+        classifier.classifier.set_weights(self.ce_head.get_weights())
+        return classifier
 
     def _unpack(self, data):
         inputs, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -434,6 +594,11 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
             embeddings, representation = self.embed_views(views, training=True, return_representation=True)
             use_queue = self.memory is not None
             loss, global_loss, share = self._contrastive_loss(embeddings, labels, use_queue, sample_weight)
+            joint = None
+            if self.ce_head is not None:  # supcon + w * CE, the CE's gradient reaching the encoder
+                joint = _joint_ce_outputs(self.ce_head, representation, labels, tf.shape(views)[1], sample_weight)
+                loss += self.ce_weight * joint[2]
+                global_loss += self.ce_weight * joint[3]
             regularization = self._regularization_loss()
             # Identity unless the optimizer is a LossScaleOptimizer (mixed precision).
             scaled_loss = self.optimizer.scale_loss(loss + regularization)
@@ -447,20 +612,24 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         if self.memory is not None:  # after the optimizer step (the queue was read above, before this write)
             self.memory.update(embeddings, views, labels if self.method == "supcon" else None)
         return self._logs(
-            global_loss + regularization * distribute.num_replicas_in_sync(), embeddings, labels, online, share
+            global_loss + regularization * distribute.num_replicas_in_sync(), embeddings, labels, online, share, joint
         )
 
     def test_step(self, data):
         views, labels, sample_weight = self._unpack(data)
         embeddings, representation = self.embed_views(views, training=False, return_representation=True)
         _, global_loss, share = self._contrastive_loss(embeddings, labels, sample_weight=sample_weight)
+        joint = None
+        if self.ce_head is not None:
+            joint = _joint_ce_outputs(self.ce_head, representation, labels, tf.shape(views)[1], sample_weight)
+            global_loss += self.ce_weight * joint[3]
         online = None
         if self.online_classifier is not None:
             online = _online_outputs(self.online_classifier, representation, labels, tf.shape(views)[1])
         loss = global_loss + self._regularization_loss() * distribute.num_replicas_in_sync()
-        return self._logs(loss, embeddings, labels, online, share)
+        return self._logs(loss, embeddings, labels, online, share, joint)
 
-    def _logs(self, loss, embeddings, labels, online, share=None):
+    def _logs(self, loss, embeddings, labels, online, share=None, joint=None):
         """Updates the metric trackers with the step's loss and (unweighted) statistics; returns the logs."""
         self._trackers["loss"].update_state(loss)
         if self.collapse_metrics:
@@ -469,13 +638,17 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
                 self._trackers["collapse_share"].update_state(share)
         if self.contrast_metrics:
             labels = labels if self.method == "supcon" else None
-            top1, entropy = _contrast_statistics(embeddings, labels, self.temperature)
+            top1, entropy = _contrast_statistics(embeddings, labels, self.loss_config.temperature)
             self._trackers["contrast_top1"].update_state(top1)
             self._trackers["contrast_entropy"].update_state(entropy)
         if online is not None:
             targets, logits, online_loss = online
             self._trackers["online_loss"].update_state(online_loss)
             self._trackers["online_top1"].update_state(targets, logits)
+        if joint is not None:
+            targets, logits, _, ce_loss = joint
+            self._trackers["ce_loss"].update_state(ce_loss)
+            self._trackers["ce_top1"].update_state(targets, logits)
         return self._finalize_logs({m.name: m.result() for m in self.metrics})
 
     def get_config(self):
@@ -483,11 +656,15 @@ class SupConModel(ViewAugmentationMixin, _keras_compat.MultiWorkerFitMixin, kera
         config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
                       head=keras.saving.serialize_keras_object(self.head))
         config.update({name: getattr(self, name) for name in _SUPCON_OPTIONS})
+        config["loss_config"] = self.loss_config.kwargs()
         return config
 
     @classmethod
     def from_config(cls, config):
         config = copy.deepcopy(config)  # deserialisation consumes nested dicts
+        legacy = {key: config.pop(key) for key in _LEGACY_LOSS_KEYS if key in config}
+        if legacy:  # a model saved before `loss_config`: its loss options were arguments of their own
+            config["loss_config"] = legacy
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)

@@ -2,6 +2,7 @@
 in subprocesses (`run_python`, `start_python`, `run_command`, `start_command`, all in `subprocess_env`, with a
 tests/fault_injection.py fault on request)."""
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -129,9 +130,10 @@ def run_binary_in_process(module, *flags):
     one error line and exit status) with absl's flag parser, `flagging.parse_flags`; only absl's once-per-process
     set-up of `app.run` (its logging handler, faulthandler) is left out, as it would stay for the rest of the
     test session. The flags are unparsed before and after, and TensorFlow's op determinism (`--deterministic`)
-    is put back as it was.
+    is put back as it was. A binary that defines its flags in `entry()` (the demo, the report, the export, ...)
+    sees only its own, as in its own process: the flags that other project modules defined are set aside for the
+    run (`_own_flags_only`).
     """
-    import contextlib
     import importlib
     import io
 
@@ -141,29 +143,64 @@ def run_binary_in_process(module, *flags):
     from experiments import common, flagging
 
     binary = importlib.import_module(f"experiments.{module}")
+    if hasattr(binary, "__path__"):  # a package: `python -m` runs its __main__
+        binary = importlib.import_module(f"experiments.{module}.__main__")
     argv = [binary.__file__, *flags]  # sys.argv of `python -m experiments.<module>`
 
     def run_binary(main_fn):  # flagging.run_binary without absl.app's process set-up
         sys.exit(flagging.absl_main(main_fn)(flagging.parse_flags(sys.argv)))
 
+    # The training binaries' entry is common.stage_entry's, on the flags experiments.common defines at import.
+    defines_its_flags = binary.entry.__module__ != common.__name__
     determinism = tf_config.is_op_determinism_enabled()
-    saved = sys.argv, common.run_binary
+    saved = sys.argv, common.run_binary, flagging.run_binary
     stdout, stderr = io.StringIO(), io.StringIO()
     flagging.FLAGS.unparse_flags()
-    sys.argv, common.run_binary = argv, run_binary
+    sys.argv, common.run_binary, flagging.run_binary = argv, run_binary, run_binary
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                binary.entry()
-                status = 0
-            except SystemExit as exit_:
-                status = exit_.code
+        with _own_flags_only(flagging.FLAGS) if defines_its_flags else contextlib.nullcontext():
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    binary.entry()
+                    status = 0
+                except SystemExit as exit_:
+                    status = exit_.code
     finally:
-        sys.argv, common.run_binary = saved
+        sys.argv, common.run_binary, flagging.run_binary = saved
         flagging.FLAGS.unparse_flags()
         if not determinism:
             tf_config.disable_op_determinism()
     return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
+
+
+@contextlib.contextmanager
+def _own_flags_only(flag_values):
+    """Sets aside the flags of the project's modules (`experiments.*`) for a binary that defines its own in
+    `entry()`; afterwards removes the flags the run defined and puts the set-aside ones back, with the record of
+    which module defined which flag (absl's help lists flags by module)."""
+    records = (
+        flag_values.flags_by_module_dict(), flag_values.flags_by_module_id_dict(), flag_values.key_flags_by_module_dict()
+    )
+    saved_records = [{key: list(value) for key, value in record.items()} for record in records]
+    saved = {name: flag_values[name] for name in flag_values}
+    project = {
+        id(flag) for name, defined in records[0].items() if name.split(".")[0] == "experiments" for flag in defined
+    }
+    for name, flag in saved.items():
+        if id(flag) in project:
+            delattr(flag_values, name)
+    try:
+        yield
+    finally:
+        for name in list(flag_values):
+            if saved.get(name) is not flag_values[name]:
+                delattr(flag_values, name)
+        for name, flag in saved.items():
+            if name not in flag_values:
+                flag_values[name] = flag
+        for record, saved_record in zip(records, saved_records):
+            record.clear()
+            record.update(saved_record)
 
 
 def image_folder(root, classes, per_class=3):

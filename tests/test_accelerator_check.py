@@ -28,6 +28,12 @@ def _finite_positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def _smoke_test(test):
+    """The smoke run (about 40 s of CPU: a driver and three worker processes, one crashed on purpose) is slow; its
+    tests read one run, so they stay on one pytest-xdist worker (`make test-slow`: --dist loadgroup)."""
+    return pytest.mark.slow(pytest.mark.xdist_group("accelerator_check_smoke")(test))
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("accelerator_check")
@@ -40,6 +46,7 @@ def smoke(tmp_path_factory):
     return result, out_dir, report
 
 
+@_smoke_test
 def test_smoke_exits_zero_and_writes_both_files(smoke):
     result, out_dir, report = smoke
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -48,6 +55,7 @@ def test_smoke_exits_zero_and_writes_both_files(smoke):
     assert report["command"].startswith("python benchmarks/accelerator_check.py --smoke --out_dir ")
 
 
+@_smoke_test
 def test_smoke_facts(smoke):
     facts = smoke[2]["facts"]
     assert facts["status"] == "ok"
@@ -57,6 +65,7 @@ def test_smoke_facts(smoke):
     assert facts["compute_device"] == "CPU:0" and "CPU" in facts["memory_note"]
 
 
+@_smoke_test
 def test_smoke_train_step_in_three_configurations(smoke):
     steps = {row["config"]: row for row in smoke[2]["train_step"]}
     assert list(steps) == ["float32", "mixed_float16", "mixed_float16_xla"]
@@ -75,6 +84,7 @@ def test_smoke_train_step_in_three_configurations(smoke):
     assert steps["float32"]["batch"] == 4 and steps["mixed_float16_xla"]["batch"] == 8
 
 
+@_smoke_test
 def test_smoke_host_and_device_augmentation_rows(smoke):
     rows = {row["augment_on"]: row for row in smoke[2]["augmentation"]}
     assert list(rows) == ["host", "device"]
@@ -88,6 +98,7 @@ def test_smoke_host_and_device_augmentation_rows(smoke):
     assert rows["device"]["input_bytes_per_batch"] == 8 * 20 * 20 * 3 + 8 * 2 * 2 * 8
 
 
+@_smoke_test
 def test_smoke_loss_dense_and_blockwise(smoke):
     rows = smoke[2]["loss"]
     assert {(r["rows"], r["implementation"]) for r in rows} == {(n, i) for n in (64, 128) for i in ("dense", "blockwise")}
@@ -102,6 +113,7 @@ def test_smoke_loss_dense_and_blockwise(smoke):
         assert by_key[(n, "dense")] == pytest.approx(by_key[(n, "blockwise")], rel=1e-5)
 
 
+@_smoke_test
 def test_smoke_mixed_against_float32(smoke):
     compare = smoke[2]["mixed_vs_float32"]
     assert compare["status"] == "ok", compare
@@ -114,6 +126,7 @@ def test_smoke_mixed_against_float32(smoke):
     assert row["grad_global_rel_diff"] <= row["grad_max_rel_diff"] + 1e-12
 
 
+@_smoke_test
 def test_smoke_markdown(smoke):
     _, out_dir, report = smoke
     text = (out_dir / accelerator_check.MD_NAME).read_text()

@@ -1,14 +1,14 @@
 """Any Keras backbone as the encoder (docs/backbones.md): keras.applications models, user build functions,
 --encoder_weights, the ViT size flags, and every documented bad input through the binary.
 
-The binaries run in subprocesses started together by one module fixture (they are mostly single-threaded
-graph building and tracing, so they overlap well on two cores).
+The binary runs go through the binary's entry in this process (`helpers.run_binary_in_process`: its flags, its
+one error line and exit status), once, in one module fixture; a subprocess would only add a TensorFlow import
+each (the console-script path is tested in tests/test_binaries.py).
 """
 
 import os
 import sys
 import textwrap
-import time
 
 import keras
 import numpy as np
@@ -19,7 +19,7 @@ from supcon_tf import config as config_lib
 from supcon_tf import encoders, layers, models, runner
 from supcon_tf.encoders import vit
 from supcon_tf.config import RunConfig
-from helpers import start_python, subprocess_env
+from helpers import run_binary_in_process
 
 ONE_STEP = [
     "--preset=digits_supcon", "--epochs=1", "--steps_per_epoch=1", "--batch_size=8", "--verbose=2", "--image_size=32",
@@ -81,18 +81,10 @@ NOT_A_FUNCTION = 3
 '''
 
 
-def _start(model_dir, *flags, extra_path=()):
-    process = start_python(
-        "-m", "experiments.pretrain", f"--model_dir={model_dir}", *ONE_STEP, *flags,
-        env=subprocess_env(extra_path=extra_path),
-    )
-    return process, time.time()
-
-
-def _finish(started, timeout=400):
-    process, start = started
-    stdout, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stdout, stderr, time.time() - start
+def _run(model_dir, *flags):
+    """`(exit status, stdout, stderr)` of `python -m experiments.pretrain` with ONE_STEP and `flags`."""
+    result = run_binary_in_process("pretrain", f"--model_dir={model_dir}", *ONE_STEP, *flags)
+    return result.returncode, result.stdout, result.stderr
 
 
 def _error_line(stderr):
@@ -152,11 +144,7 @@ def runs(tmp_path_factory, user_dir):
     flags.update({key: [f"--encoder={encoder}"] for key, (encoder, _) in RUNTIME_ERRORS.items()})
     flags["too_small"].append("--image_size=16")
     flags.update({key: extra for key, (extra, _) in CONFIG_ERRORS.items()})
-    started = {key: _start(root / key, *extra, extra_path=(str(user_dir),)) for key, extra in flags.items()}
-    results = {key: _finish(process) for key, process in started.items()}
-    for key in TRAINED:
-        print(f"one binary step, --encoder={TRAINED[key]}: {results[key][3]:.1f} s wall (runs overlapped)")
-    return root, results
+    return root, {key: _run(root / key, *extra) for key, extra in flags.items()}  # user_dir is on sys.path
 
 
 # ---------------------------------------------------------------------------
@@ -375,7 +363,7 @@ def test_vit_sizes_come_from_the_config():
 @pytest.mark.parametrize("key", sorted(TRAINED))
 def test_binary_trains_one_step_and_exports(runs, key):
     root, results = runs
-    code, stdout, stderr, _ = results[key]
+    code, stdout, stderr = results[key]
     assert code == 0, stderr[-3000:]
     assert "1/1 - " in stdout and "pre-training done" in stdout
     assert os.path.exists(root / key / "FINISHED")
@@ -405,7 +393,7 @@ def test_run_model_keras_initialises_a_fresh_encoder_like_the_export(runs):
 @pytest.mark.parametrize("key", sorted(CONFIG_ERRORS))
 def test_config_errors_exit_2_with_one_line_and_write_nothing(runs, key):
     root, results = runs
-    code, _, stderr, _ = results[key]
+    code, _, stderr = results[key]
     assert code == 2 and CONFIG_ERRORS[key][1] in _error_line(stderr)
     assert not os.path.exists(root / key)
 
@@ -413,7 +401,7 @@ def test_config_errors_exit_2_with_one_line_and_write_nothing(runs, key):
 @pytest.mark.parametrize("key", sorted(RUNTIME_ERRORS))
 def test_build_errors_exit_2_with_one_line_naming_the_encoder(runs, key):
     root, results = runs
-    code, _, stderr, _ = results[key]
+    code, _, stderr = results[key]
     encoder, expected = RUNTIME_ERRORS[key]
     line = _error_line(stderr)
     assert code == 2 and f"encoder {encoder!r}" in line and expected in line, line

@@ -1,4 +1,9 @@
-"""The training binaries end to end on digits (a few steps, in subprocesses), and every documented bad flag."""
+"""The training binaries end to end on digits (a few steps), and every documented bad flag.
+
+The training runs go through each binary's entry in this process (`helpers.run_binary_in_process`: its flags,
+output and exit status; a subprocess would only add a TensorFlow import); the console-script path (a real
+interpreter: exit status, --helpfull) runs in subprocesses.
+"""
 
 import json
 import os
@@ -34,7 +39,7 @@ def _assert_run_folder(model_dir, saved_model=True):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("runs") / "supcon"
-    result = _run("pretrain", "--preset=digits_supcon", f"--model_dir={model_dir}", *TINY)
+    result = run_binary_in_process("pretrain", "--preset=digits_supcon", f"--model_dir={model_dir}", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir, result
 
@@ -51,7 +56,7 @@ def test_pretrain_writes_everything_and_shows_progress(pretrained):
 
 def test_linear_eval_on_the_pretrained_encoder(pretrained, tmp_path):
     model_dir, _ = pretrained
-    result = _run(
+    result = run_binary_in_process(
         "linear_eval",
         "--preset=digits_linear",
         f"--pretrained={model_dir / 'model.keras'}",
@@ -67,14 +72,18 @@ def test_linear_eval_on_the_pretrained_encoder(pretrained, tmp_path):
 
 
 def test_train_ce_and_export_binary(tmp_path):
-    result = _run("train_ce", "--preset=digits_ce", f"--model_dir={tmp_path / 'ce'}", *TINY)
+    result = run_binary_in_process("train_ce", "--preset=digits_ce", f"--model_dir={tmp_path / 'ce'}", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     _, metrics = _assert_run_folder(tmp_path / "ce")
     assert 0.0 <= metrics["test_top1"] <= 1.0
-    result = _run("export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}")
+    result = run_binary_in_process(
+        "export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.exists(tmp_path / "exported" / "saved_model.pb")
-    again = _run("export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}")
+    again = run_binary_in_process(
+        "export_model", f"--model={tmp_path / 'ce' / 'model.keras'}", f"--output={tmp_path / 'exported'}"
+    )
     assert again.returncode == 2 and "exist" in again.stderr and "Traceback" not in again.stderr
 
 

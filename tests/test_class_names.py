@@ -11,7 +11,7 @@ from PIL import Image
 
 from supcon_tf import data, export, models
 from supcon_tf.encoders import build_encoder
-from helpers import run_python, start_python
+from helpers import run_binary_in_process
 
 IMAGE_SHAPE = (8, 8, 1)
 # Not in sorted order, and not ASCII: ids are positions in this list, names travel as UTF-8.
@@ -252,13 +252,12 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
         run.mkdir()
         model.save(run / "model.keras")
         (run / "classes.json").write_text(json.dumps({"class_names": names, "source": "test"}), encoding="utf-8")
-    runs = {
-        run: start_python("-m", "experiments.export_model", f"--model={run / 'model.keras'}", f"--output={run / 'export'}")
+    results = {
+        run: run_binary_in_process("export_model", f"--model={run / 'model.keras'}", f"--output={run / 'export'}")
         for run in (run_ok, run_bad)
-    }  # both at once: each spends seconds importing TensorFlow
-    results = {run: (process.communicate(timeout=300), process.returncode) for run, process in runs.items()}
+    }
 
-    (stdout, stderr), returncode = results[run_ok]
+    returncode, stdout, stderr = results[run_ok].returncode, results[run_ok].stdout, results[run_ok].stderr
     assert returncode == 0, stderr[-3000:]
     classes_json = os.path.join(run_ok, "classes.json")
     assert f"it returns the class names of {classes_json} (3 classes, ids in this order): zebra, cat, dög" in stdout
@@ -267,7 +266,7 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
     outputs = loaded.classify_uint8(_uint8_images(4))
     assert _decode(outputs["class_name"]) == [NAMES[i] for i in np.argmax(outputs["logits"].numpy(), axis=-1)]
 
-    (_, stderr), returncode = results[run_bad]
+    returncode, stderr = results[run_bad].returncode, results[run_bad].stderr
     assert returncode == 2, stderr[-3000:]
     assert "Traceback" not in stderr
     assert "names 2 classes but the model" in stderr and "has 3 outputs" in stderr and "classes.json" in stderr
@@ -280,8 +279,9 @@ def test_export_binary_reads_classes_json_next_to_the_model(tmp_path):
 
 
 def _train_ce(data_dir, model_dir):
-    return run_python(
-        "-m", "experiments.train_ce", "--dataset=folder", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+    """`python -m experiments.train_ce` on an image folder, through its entry in this process."""
+    return run_binary_in_process(
+        "train_ce", "--dataset=folder", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
         "--image_size=8", "--epochs=1", "--batch_size=4", "--encoder_width=0.25", "--verbose=0",
     )
 

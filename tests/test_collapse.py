@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import run_python, with_loss_config
+from helpers import run_binary_in_process, with_loss_config
 from loss_reference import reference_loss
 from supcon_tf import encoders, errors, layers, losses, resilience, runner, run_folder
 from supcon_tf.checkpointing import BackupStore
@@ -373,7 +373,8 @@ REPRO = [
 
 
 def _pretrain(model_dir, *flags):
-    return run_python("-m", "experiments.pretrain", *REPRO, f"--model_dir={model_dir}", *flags)
+    """`python -m experiments.pretrain` through its entry in this process (its output, exit status and files)."""
+    return run_binary_in_process("pretrain", *REPRO, f"--model_dir={model_dir}", *flags)
 
 
 def _collapse_lines(stderr):

@@ -2,7 +2,7 @@
 
 
 from experiments import demo_budget
-from helpers import run_python
+from helpers import run_binary_in_process
 
 
 
@@ -48,8 +48,8 @@ def test_render_names_its_command_and_shows_mean_std_and_counts():
 
 def test_bad_grid_is_one_line_and_exit_2(tmp_path):
     out = tmp_path / "budget.json"
-    result = run_python(
-        "-m", "experiments.demo_budget", "--epochs=0,10", f"--output={out}", f"--work_dir={tmp_path / 'work'}"
+    result = run_binary_in_process(
+        "demo_budget", "--epochs=0,10", f"--output={out}", f"--work_dir={tmp_path / 'work'}"
     )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]  # (TensorFlow's start-up log lines come before it)

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from helpers import ROOT, run_command, start_command, start_python
+from helpers import ROOT, run_binary_in_process, run_command, start_command, start_python
 
 from supcon_tf import ownership
 from supcon_tf.run_folder import MARKER, RunFolder
@@ -37,6 +37,11 @@ def _command(model_dir, *flags):
 
 def _run(model_dir, *flags, fault=None, cwd=ROOT):
     return run_command(_command(model_dir, *flags), fault=fault, cwd=cwd)
+
+
+def _run_in_process(model_dir, *flags):
+    """A refusal needs no process of its own: `_run` through the binary's entry in this process."""
+    return run_binary_in_process("pretrain", f"--model_dir={model_dir}", *TINY, *flags)
 
 
 def _snapshot(root):
@@ -229,20 +234,22 @@ def test_a_long_config_difference_is_one_short_line(tmp_path):
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_users_folder_is_refused_and_left_byte_identical(tmp_path, overwrite):
     before = _user_folder(tmp_path / "thesis")
-    result = _run(tmp_path / "thesis", *(["--overwrite"] if overwrite else []))
+    result = _run_in_process(tmp_path / "thesis", *(["--overwrite"] if overwrite else []))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "did not create it (no supcon_run.json" in _last_line(result)
     assert _snapshot(tmp_path / "thesis") == before
     assert os.listdir(tmp_path) == ["thesis"]
 
 
-def test_the_current_folder_is_never_replaced(tmp_path):
+def test_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
     before = _user_folder(tmp_path / "work")
-    result = _run(os.path.join(tmp_path, "work"), "--overwrite", cwd=tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    result = _run_in_process(os.path.join(tmp_path, "work"), "--overwrite")
     assert result.returncode == 2
     assert _snapshot(tmp_path / "work") == before
 
 
+@pytest.mark.slow  # two training processes, about 15 s of CPU
 def test_a_second_writer_is_refused_at_once(tmp_path):
     model_dir = tmp_path / "run"
     first = start_command(_command(model_dir, "--epochs=3"), fault="slow_steps:500")

@@ -14,7 +14,7 @@ import pytest
 
 from experiments.report import compute, figures, monitor, readme, render
 from experiments.report.config import METHODS, ReportConfig, SearchSpace
-from helpers import ROOT, run_python
+from helpers import ROOT, run_binary_in_process
 
 DATA = os.path.join(ROOT, "tests", "data")
 FIXTURE = os.path.join(DATA, "report_results.json")
@@ -234,8 +234,9 @@ def test_demo_table_from_the_demos_metrics():
 # ---------------------------------------------------------------------------
 
 
-def _program(module, *flags, timeout=600):
-    return run_python("-m", module, *flags, timeout=timeout)
+def _program(module, *flags):
+    """`python -m <module> *flags` through the program's entry in this process."""
+    return run_binary_in_process(module.removeprefix("experiments."), *flags)
 
 
 def test_importing_defines_no_flags():

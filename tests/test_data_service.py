@@ -497,6 +497,10 @@ def test_wait_for_dispatcher_rejects_a_bad_name():
 _WAITER = """
 import signal, sys
 from supcon_tf import data_service
+try:  # a first, short wait: grpc is imported and a probe has run before the signals' wait begins
+    data_service.wait_for_dispatcher(sys.argv[2], 0.5)
+except data_service.DispatcherUnreachable:
+    pass
 print("waiting", flush=True)
 if sys.argv[1] == "sequence":
     try:

@@ -287,7 +287,7 @@ def test_every_write_point_of_a_run_reaches_the_hook(tmp_path):
     )
     with _faults.installed(record):
         runner.run(config)
-    assert fits == [["DivergenceGuard", "CSVLogger", "TensorBoard", "CollapseMonitor", "ChiefModelCheckpoint",
+    assert fits == [["DivergenceGuard", "RunCSVLogger", "TensorBoard", "CollapseMonitor", "ChiefModelCheckpoint",
                      "StepBackup"]]
     named = [w for w in written if w is not None]
     # Per epoch of 2 steps: the mid-epoch backup (step 1), the checkpoint, the end-of-epoch backup.

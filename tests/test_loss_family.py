@@ -331,6 +331,37 @@ def test_gaussian_kernel_is_y_aware_eq3_and_twice_less_than_the_authors_code_sum
     assert abs(2 * ours - _y_aware_code(z[:, 0], z[:, 1], ages, 0.1, 5.0, row_normalised=False)) > 1e-3
 
 
+def _mulsupcon_code(query, keys, key_labels, query_labels, temperature):
+    """williamzhangsjtu/MulSupCon (808479c) in NumPy: `codes/losses.py` `WeightedSupCon` on the rows that
+    `codes/models.py` builds, with its default `with_weight: False`.
+
+    One row per label j of the query: the scores q . k / tau over the keys
+    (the query's own key first, then the queue), the mask the keys that carry
+    label j; each row's loss is -sum(mask * log softmax(scores)) / sum(mask),
+    and the rows are averaged (weight 1 / number of rows).
+    """
+    scores = keys @ query / temperature
+    log_softmax = scores - scores.max() - np.log(np.exp(scores - scores.max()).sum())
+    rows = [-(key_labels[:, j] * log_softmax).sum() / key_labels[:, j].sum() for j in np.flatnonzero(query_labels)]
+    return float(np.mean(rows))
+
+
+def test_per_label_matches_the_mulsupcon_authors_code_where_the_contrast_sets_agree():
+    # The authors contrast a query with its own key and a queue of keys; SupCon's contrast set is every view of the
+    # batch. They are the same set for one sample in two views (query, key), contrast_mode "one", and a queue.
+    rng = np.random.default_rng(12)
+    for _ in range(4):
+        z = unit(rng, 1, 2, 6)
+        queue = unit(rng, 7, 6)
+        labels = np.array([[1, 0, 1, 1]], np.float64)
+        queue_labels = (rng.random((7, 4)) < 0.5).astype(np.float64)
+        ours = float(supcon_loss(z, labels, temperature=0.2, contrast_mode="one", multi_label="per_label",
+                                 queue_features=queue, queue_labels=queue_labels))
+        keys = np.concatenate([z[:, 1], queue])
+        expected = _mulsupcon_code(z[0, 0], keys, np.concatenate([labels, queue_labels]), labels[0], 0.2)
+        assert ours == pytest.approx(expected, rel=1e-10)
+
+
 # ------------------------------------------------------------------------------------ Keras, XLA, validation
 
 

@@ -301,9 +301,12 @@ def _supervise(options):
 
 
 def main():
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # first: a signal during start-up also ends cleanly
-    options = flagging.from_flags(ServiceConfig).options()
-    return _supervise(options)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # first: a signal during start-up ends cleanly
+    try:
+        options = flagging.from_flags(ServiceConfig).options()
+        return _supervise(options)
+    finally:  # the caller's mask again (a bad flag ends here too): processes it starts later must get signals
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def entry():

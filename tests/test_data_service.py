@@ -310,11 +310,15 @@ def test_console_script_bad_flags_exit_2_with_one_line():
         (["--no_such_flag=1"], "no_such_flag"),
         (["--role=worker", "--port=5051", "--dispatcher=localhost:5050", "stray"], "positional"),
     ]
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     for flags, message in cases:  # in-process: the binary's entry, its flag parser and its exit status
         result = run_binary_in_process("data_service", *flags)
         errors = [line for line in result.stderr.splitlines() if "error:" in line]
         assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr[-2000:]
         assert "Traceback" not in result.stderr
+        # The binary blocks SIGINT / SIGTERM while it supervises; leaving them blocked here would pass the mask on
+        # to every process this one starts later (they would never see Ctrl-C or SIGTERM).
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask, flags
 
 
 # --- resume through the service (the run-folder lifecycle holds) ------------------------------------------------------

@@ -350,7 +350,7 @@ def test_runner_trains_simclr_ce_and_the_uncached_probe_with_device_augmentation
 
 
 def test_a_host_run_interrupted_and_resumed_on_the_device_matches_an_uninterrupted_host_run(tmp_path):
-    """SIGTERM after step 3 of 4 (host augmentation), resume with --augment_on device: equal end weights."""
+    """SIGTERM after step 4 of 6, inside epoch 2 (host augmentation), resume with --augment_on device: equal weights."""
 
     class TerminateAt(keras.callbacks.Callback):
         def __init__(self, step):
@@ -362,22 +362,23 @@ def test_a_host_run_interrupted_and_resumed_on_the_device_matches_an_uninterrupt
             if self.seen == self.step:
                 os.kill(os.getpid(), signal.SIGTERM)  # the run's SignalWatcher: a backup after this step, then stop
 
-    settings = dict(epochs=2, steps_per_epoch=2, backup_every_steps=1)
+    settings = dict(epochs=2, steps_per_epoch=3, backup_every_steps=1)  # step 4: mid-epoch (an epoch's last step
+    # would stop after the epoch's end, and the resumed run would begin at the next epoch)
     reference = _config(tmp_path, "reference", augment_on="host", **settings)
     runner.run(reference)
     interrupted = _config(tmp_path, "run", augment_on="host", **settings)
     with pytest.raises(supcon_tf.resilience.Interrupted):
-        runner.run(interrupted, callbacks=[TerminateAt(3)])
+        runner.run(interrupted, callbacks=[TerminateAt(4)])
     runner.run(interrupted.replace(augment_on="device"))
     state = json.loads(open(os.path.join(interrupted.model_dir, "run_state.json")).read())
-    assert [r["global_step"] for r in state["resumes"]] == [3]
+    assert [r["global_step"] for r in state["resumes"]] == [4]
     assert state["config_changes"][-1]["changed"] == {"augment_on": ["host", "device"]}
 
     def weights(config):
         return supcon_tf.load_model(os.path.join(config.model_dir, "model.keras"), compile=False).get_weights()
 
     difference = max(float(np.abs(a - b).max()) for a, b in zip(weights(reference), weights(interrupted)))
-    print(f"host run resumed on the device at step 3: max weight difference {difference:.3g}")
+    print(f"host run resumed on the device at step 4: max weight difference {difference:.3g}")
     assert difference <= 1e-5
 
 

@@ -70,7 +70,7 @@ class StudyConfig:
 
     def sweeps(self, method):
         """One grid `SweepConfig` per seed for `method` (the preset, on a validation split)."""
-        from experiments import presets, sweep
+        from experiments import presets, tuning
         from supcon_tf.config import RunConfig
 
         out = []
@@ -81,7 +81,7 @@ class StudyConfig:
             base = RunConfig.from_dict(values)
             grid = dict(warmup_epochs=tuple(self.warmup_epochs), temperatures=tuple(self.temperatures(method)))
             size = len(self.warmup_epochs) * max(1, len(grid["temperatures"]))
-            out.append(sweep.SweepConfig(base=base, tuner="grid", max_trials=size, probe_ce=False, **grid))
+            out.append(tuning.SweepConfig(base=base, tuner="grid", max_trials=size, probe_ce=False, **grid))
         return out
 
 
@@ -107,11 +107,11 @@ def _collapsed(model_dir):
 
 def study_method(config, method):
     """Runs the method's sweeps; returns its points (mean / std / per seed / collapses) and the choice."""
-    from experiments import presets, sweep, training
+    from experiments import presets, training, tuning
 
     points = {}
     for search in config.sweeps(method):
-        rows, _ = sweep.run_sweep(search, overwrite=False)
+        rows, _ = tuning.run_sweep(search, overwrite=False)
         for row in rows:
             key = (int(row["warmup_epochs"]), row.get("temperature"))
             point = points.setdefault(key, {"warmup_epochs": key[0], "temperature": key[1], "per_seed": {},

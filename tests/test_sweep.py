@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments import sweep, training
+from experiments import sweep, training, tuning
 from supcon_tf import data, resilience, runner
 from supcon_tf.config import RunConfig
 from helpers import run_python
@@ -24,7 +24,7 @@ def _sweep(tmp_path, method="supcon", name="sweep", **changes):
     base = RunConfig.from_flat(method=method, model_dir=str(tmp_path / name), **TINY)
     values = dict(base=base, probe=training.default_probe(base, epochs=2))
     values.update(changes)
-    return sweep.SweepConfig(**values)
+    return tuning.SweepConfig(**values)
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_contrastive_trials_are_a_pretrain_and_a_linear_run_scored_on_validation
     tmp_path, no_test_split, only_runner_fits
 ):
     config = _sweep(tmp_path, tuner="random", max_trials=2, learning_rates=(0.01, 0.1), temperatures=(0.1,))
-    rows, summary = sweep.run_sweep(config)
+    rows, summary = tuning.run_sweep(config)
     assert no_test_split and set(no_test_split) == {"train"}
     # Two trials, each one pre-training and one linear runner.run, none evaluating the test split.
     assert [c.method for c in only_runner_fits] == ["supcon", "linear"] * 2
@@ -119,7 +119,7 @@ def test_contrastive_trials_are_a_pretrain_and_a_linear_run_scored_on_validation
 def test_ce_grid_with_epochs_and_a_probe(tmp_path, no_test_split, only_runner_fits):
     config = _sweep(tmp_path, "ce", tuner="grid", max_trials=5, epochs=(1, 2), probe_ce=True)
     assert set(config.grids()) == {"learning_rate", "batch_size", "augmentation", "epochs", "warmup_epochs"}
-    rows, _ = sweep.run_sweep(config)
+    rows, _ = tuning.run_sweep(config)
     assert sorted(r["epochs"] for r in rows) == [1, 2]  # the whole grid, once
     assert "temperature" not in rows[0]
     for row in rows:  # CE is scored by its probe here; its own classifier's score is kept
@@ -138,7 +138,7 @@ def test_a_diverged_trial_fails_and_the_search_goes_on(tmp_path, monkeypatch):
         return run(config, **kwargs)
 
     monkeypatch.setattr(runner, "run", diverging_run)
-    rows, summary = sweep.run_sweep(_sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.5)))
+    rows, summary = tuning.run_sweep(_sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.5)))
     by_rate = {r["learning_rate"]: r for r in rows}
     assert by_rate[0.5]["status"] == "FAILED" and by_rate[0.5]["val_accuracy"] is None
     assert by_rate[0.01]["status"] == "COMPLETED" and summary["spread"]["n"] == 1
@@ -150,7 +150,7 @@ def test_other_errors_end_the_search_with_their_own_type(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "run", broken_run)
     with pytest.raises(FileNotFoundError, match="no such data"):
-        sweep.run_sweep(_sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.5)))
+        tuning.run_sweep(_sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.5)))
 
 
 def test_callbacks_reach_the_training_stage_only(tmp_path):
@@ -161,15 +161,15 @@ def test_callbacks_reach_the_training_stage_only(tmp_path):
             seen.append(self.model.__class__.__name__)
 
     config = _sweep(tmp_path, tuner="grid", max_trials=1)
-    sweep.run_sweep(config, callbacks=lambda stage: [Marker()])
+    tuning.run_sweep(config, callbacks=lambda stage: [Marker()])
     assert seen == ["SupConModel"]
 
 
 def test_an_interrupted_sweep_resumes_its_finished_trials(tmp_path, only_runner_fits):
     config = _sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.1))
-    first, _ = sweep.run_sweep(config)
+    first, _ = tuning.run_sweep(config)
     calls = len(only_runner_fits)
-    again, _ = sweep.run_sweep(config, overwrite=False)  # finished: nothing trains again
+    again, _ = tuning.run_sweep(config, overwrite=False)  # finished: nothing trains again
     assert len(only_runner_fits) == calls and [r["val_accuracy"] for r in again] == [r["val_accuracy"] for r in first]
 
 
@@ -179,7 +179,7 @@ def test_hyperband_promotes_trials_with_their_encoder(tmp_path, no_test_split):
         tmp_path, "simclr", tuner="hyperband", learning_rates=(0.01, 0.03, 0.1, 0.3), hyperband_factor=3,
         base=RunConfig.from_flat(method="simclr", model_dir=str(tmp_path / "hb"), **dict(TINY, epochs=3)),
     )
-    rows, summary = sweep.run_sweep(config)
+    rows, summary = tuning.run_sweep(config)
     assert {r["epochs"] for r in rows} == {1, 3} and summary["spread"]["n"] == len(rows) >= 4
     promoted = [r for r in rows if r["epochs"] == 3]
     warm = [json.loads(open(os.path.join(r["model_dir"], "config.json")).read())["encoder_weights"] for r in promoted]
@@ -229,11 +229,11 @@ def test_sweep_config_rejects(changes, message):
     values = dict(base=RunConfig.from_flat(validation_fraction=0.2))
     values.update(changes)
     with pytest.raises(ValueError, match=message):
-        sweep.SweepConfig(**values)
+        tuning.SweepConfig(**values)
 
 
 def test_sweep_never_evaluates_the_test_split():
-    config = sweep.SweepConfig(base=RunConfig.from_flat(validation_fraction=0.2, evaluate_test=True))
+    config = tuning.SweepConfig(base=RunConfig.from_flat(validation_fraction=0.2, evaluate_test=True))
     assert config.base.evaluation.evaluate_test is False and config.probe.evaluation.evaluate_test is False
 
 

@@ -375,11 +375,15 @@ def _blockwise_tensor_peak_mib(batch, labels_kind, **options):
         return loss, tape.gradient(loss, features)
 
     step.get_concrete_function(x, labels)
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    loss, grad = step(x, labels)
-    assert np.isfinite(loss.numpy()) and np.all(np.isfinite(grad.numpy()))
-    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
+    peaks = []
+    for _ in range(3):  # the least of three: the allocator is the process's, and other threads may hold buffers
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        loss, grad = step(x, labels)
+        assert np.isfinite(loss.numpy()) and np.all(np.isfinite(grad.numpy()))
+        peaks.append((tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20)
+        del loss, grad
+    return min(peaks)
 
 
 def test_weights_from_labels_stay_blockwise_in_memory():

@@ -270,14 +270,14 @@ def train_one(config, stage, *, probe_ce=False):
 
 def tune(config):
     """A keras-tuner search per method; returns `{method: {"trials": [...], "selected": {...}, "seconds"}}`."""
-    from experiments import tuning
+    from experiments import tuning as tuning_lib
 
     out = {}
     for method in METHODS:
         space = config.search[method]
         start = time.time()
         log(f"tuning {method}: {space.tuner} search, {space.max_trials} of {space.size} combinations")
-        search = tuning.SweepConfig(
+        search = tuning_lib.SweepConfig(
             base=config.stage(method, seed=config.tuning_seed, model_dir=os.path.join(config.work_dir, "tuning", method)),
             probe=config.stages["linear"],
             tuner=space.tuner,
@@ -287,7 +287,7 @@ def tune(config):
             epochs=tuple(space.epochs),
             warmup_epochs=tuple(space.warmup_epochs),
         )
-        rows, _ = tuning.run_sweep(search, callbacks=_callbacks(config), overwrite=False)
+        rows, _ = tuning_lib.run_sweep(search, callbacks=_callbacks(config), overwrite=False)
         trials = []
         for row in rows:
             trial = {k: v for k, v in row.items() if k not in ("augmentation", "batch_size")}
@@ -399,8 +399,8 @@ def train_equal_time(config, tuning, equal_epochs):
 
 
 def stability_grid(config, tuning):
-    """The same grid for every method through `experiments.sweep` (GridSearch), every point probed linearly."""
-    from experiments import tuning
+    """The same grid for every method through `experiments.tuning` (GridSearch), every point probed linearly."""
+    from experiments import tuning as tuning_lib
 
     grid = config.stability
     chance = 1.0 / data_facts_cache(config)["num_classes"]
@@ -412,7 +412,7 @@ def stability_grid(config, tuning):
             warmup_epochs=0, model_dir=os.path.join(config.work_dir, "stability", method),
         )  # warm-up 0 here: the grid's own warm-up values replace it
         log(f"stability: {method}, {grid.size} points of {grid.steps} steps")
-        search = tuning.SweepConfig(
+        search = tuning_lib.SweepConfig(
             base=base,
             probe=config.stages["linear"],
             tuner="grid",
@@ -422,7 +422,7 @@ def stability_grid(config, tuning):
             warmup_epochs=tuple(getattr(grid, "warmup_epochs", (0,))),
             probe_ce=True,
         )
-        rows, _ = tuning.run_sweep(search, callbacks=_callbacks(config), overwrite=False)
+        rows, _ = tuning_lib.run_sweep(search, callbacks=_callbacks(config), overwrite=False)
         points = []
         for row in rows:
             point = {

@@ -499,12 +499,8 @@ class RunConfig:
 
     def _check_loss_options(self):
         """The loss family's options against the method and the labels the dataset gives."""
-        loss, named = self.loss, _named_loss_options(self.loss)
-        if named and self.method != "supcon":
-            raise ValueError(
-                f"`{named[0][0]}`={named[0][1]!r} shapes the supervised loss: it needs method='supcon', received: "
-                f"method={self.method!r}"
-            )
+        self.loss.check_method(self.method)
+        named = self.loss.label_options()
         label_kinds = [(n, v) for n, v in named if n != "denominator"]  # read multi-hot or continuous labels
         if label_kinds and self.data.labels_file is None:
             name, value = label_kinds[0]
@@ -514,19 +510,11 @@ class RunConfig:
                 f"class ids), received: {name}={value!r} with dataset={self.data.dataset!r}"
             )
         if self.model.prototypes:
-            if self.method != "supcon":
-                raise ValueError(
-                    f"`prototypes` (class centres in the contrast set) needs method='supcon', received: "
-                    f"method={self.method!r}"
-                )
+            self.loss.check_prototypes(self.method)
             if self.data.classes is None:
                 raise ValueError(
                     "`prototypes` needs the number of classes: set --num_classes for an image folder, "
                     "received: prototypes=True with num_classes=None"
-                )
-            if loss.positives_cap >= 0:
-                raise ValueError(
-                    f"`prototypes` does not combine with a positives cap, received: positives_cap={loss.positives_cap}"
                 )
         if self.evaluation.online_eval and label_kinds:
             raise ValueError(
@@ -717,13 +705,6 @@ def check_ce_weight(ce_weight, method):
             f"received: ce_weight={ce_weight!r} with method={method!r}"
         )
     return float(ce_weight)
-
-
-def _named_loss_options(loss):
-    """The family options `loss` sets, as `[(name, value)]`: a weighting, a kernel, per-label, class-balanced."""
-    named = [(name, getattr(loss, name)) for name in ("positive_weighting", "label_kernel", "multi_label")
-             if getattr(loss, name) is not None]
-    return named + ([("denominator", loss.denominator)] if loss.denominator == "class_balanced" else [])
 
 
 def _is_encoder_string(value):

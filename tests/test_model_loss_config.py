@@ -105,10 +105,15 @@ def test_supcon_model_refuses_loose_loss_options_and_label_options_for_simclr():
     with pytest.raises(ValueError, match=r"loss_config=losses.LossConfig\(temperature=...\), received: temperature=0.2"):
         models.SupConModel(encoders.build_encoder("small_cnn", (8, 8, 1)), layers.ProjectionHead((), 4),
                            temperature=0.2)
-    with pytest.raises(ValueError, match="method='simclr' ignores labels"):
+    # The rule is LossConfig's (check_method), the one RunConfig applies to the flags.
+    with pytest.raises(ValueError, match=r"`denominator`='class_balanced' shapes the supervised loss: it needs "
+                                         r"method='supcon', received: method='simclr'"):
         _model(LossConfig(denominator="class_balanced"), method="simclr")
-    with pytest.raises(ValueError, match="prototype_classes"):
+    with pytest.raises(ValueError, match="`prototype_classes` needs class-id labels: it does not combine with "
+                                         "`positive_weighting`, received: positive_weighting='jaccard'"):
         _model(LossConfig(positive_weighting="jaccard"), prototype_classes=3)
+    with pytest.raises(ValueError, match="`prototype_classes` does not combine with a positives cap"):
+        _model(LossConfig(positives_cap=2), prototype_classes=3)
 
 
 @pytest.mark.parametrize("changes, message", [

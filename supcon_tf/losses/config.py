@@ -89,11 +89,46 @@ class LossConfig:
         """The loss scale tau / base_tau (1.0 without a base temperature)."""
         return 1.0 if self.base_temperature is None else self.temperature / self.base_temperature
 
+    def label_options(self):
+        """The options set that read labels beyond equality, as `[(name, value)]`: a weighting, a kernel,
+        per-label anchors, class counts (`denominator="class_balanced"`, last)."""
+        named = [(name, getattr(self, name)) for name in ("positive_weighting", "label_kernel", "multi_label")
+                 if getattr(self, name) is not None]
+        return named + ([("denominator", self.denominator)] if self.denominator == "class_balanced" else [])
+
     @property
     def reads_labels(self):
-        """Whether an option reads labels beyond equality (a weighting, a kernel, per-label anchors, class counts)."""
-        return bool(self.positive_weighting or self.label_kernel or self.multi_label
-                    or self.denominator == "class_balanced")
+        """Whether an option reads labels beyond equality (`label_options()` is not empty)."""
+        return bool(self.label_options())
+
+    def check_method(self, method):
+        """Refuses options that read labels for a method other than supervised contrastive ("supcon"): one
+        ValueError naming the first such option and the method."""
+        named = self.label_options()
+        if named and method != "supcon":
+            name, value = named[0]
+            raise ValueError(
+                f"`{name}`={value!r} shapes the supervised loss: it needs method='supcon', received: method={method!r}"
+            )
+
+    def check_prototypes(self, method, argument="prototypes"):
+        """Refuses class centres in the contrast set (BCL's prototypes; `argument` names the setting in the
+        message) where they cannot join: a method other than "supcon", options that read labels other than
+        class ids (the centres are labelled 0..C-1), a positives cap."""
+        if method != "supcon":
+            raise ValueError(
+                f"`{argument}` (class centres in the contrast set) needs method='supcon', received: method={method!r}"
+            )
+        other = [(name, value) for name, value in self.label_options() if name != "denominator"]
+        if other:
+            raise ValueError(
+                f"`{argument}` needs class-id labels: it does not combine with `{other[0][0]}`, received: "
+                f"{other[0][0]}={other[0][1]!r}"
+            )
+        if self.positives_cap >= 0:
+            raise ValueError(
+                f"`{argument}` does not combine with a positives cap, received: positives_cap={self.positives_cap}"
+            )
 
     def kwargs(self):
         """`{option: value}`, the keyword arguments of `supcon_per_anchor_loss` / `supcon_loss`."""

@@ -52,11 +52,7 @@ def _checked_loss_config(loss_config, method):
         raise ValueError(
             f"`loss_config` must be a losses.LossConfig (or its dict), received: {type(loss_config).__name__}"
         )
-    if method == "simclr" and loss_config.reads_labels:
-        raise ValueError(
-            "method='simclr' ignores labels, but the loss options read them (positive_weighting, label_kernel, "
-            f"multi_label or denominator='class_balanced'), received: loss_config={loss_config!r}"
-        )
+    loss_config.check_method(method)
     return loss_config
 
 
@@ -80,21 +76,7 @@ def _checked_supcon_options(method, loss_config, cross_replica, queue_size, queu
     if prototype_classes is not None:
         check_num_classes(prototype_classes)
         prototype_classes = int(prototype_classes)
-        if method != "supcon":
-            raise ValueError(
-                f"`prototype_classes` (class centres in the contrast set) needs method='supcon', received: "
-                f"prototype_classes={prototype_classes} with method={method!r}"
-            )
-        if loss_config.reads_labels and loss_config.denominator != "class_balanced":
-            raise ValueError(
-                "`prototype_classes` needs class-id labels: it does not combine with positive_weighting, label_kernel "
-                f"or multi_label, received: loss_config={loss_config!r}"
-            )
-        if loss_config.positives_cap >= 0:
-            raise ValueError(
-                f"`prototype_classes` does not combine with a positives cap, received: "
-                f"positives_cap={loss_config.positives_cap}"
-            )
+        loss_config.check_prototypes(method, "prototype_classes")
     if not isinstance(contrast_metrics, bool):
         raise ValueError(f"`contrast_metrics` must be a bool, received: contrast_metrics={contrast_metrics!r}")
     if not isinstance(collapse_metrics, bool):

@@ -190,23 +190,28 @@ def _weights(kind, counts, rng):
     raise ValueError(kind)
 
 
-def _blockwise_and_dense(z, labels, weights, kwargs, mode="eager"):
-    """`{implementation: (per-anchor losses, gradient of sum(weights * loss))}` for blockwise and dense."""
+def _blockwise_and_dense(z, labels, weight_sets, kwargs, mode="eager"):
+    """`{implementation: (per-anchor losses, [gradient of sum(weights * loss) per weight set])}`, blockwise and dense.
+
+    One forward per implementation on a persistent tape; the gradient of sum(weights * loss) is the loss's
+    gradient with upstream `weights` (`output_gradients`: what reduce_sum(loss * weights) sends back), once
+    per weight set. In "function" mode the forward and the gradients are one `tf.function`, the weights its
+    inputs.
+    """
     results = {}
     for implementation in ("blockwise", "dense"):
         options = dict(kwargs, implementation=implementation)
 
-        def run(x, weights=tf.constant(weights, z.dtype), options=options):
-            with tf.GradientTape() as tape:
+        def run(x, weight_sets, options=options):
+            with tf.GradientTape(persistent=True) as tape:
                 tape.watch(x)
-                per_anchor = supcon_per_anchor_loss(x, labels, **options)
-                total = tf.reduce_sum(per_anchor.loss * weights)
-            return per_anchor.loss, tape.gradient(total, x)
+                loss = supcon_per_anchor_loss(x, labels, **options).loss
+            return loss, [tape.gradient(loss, x, output_gradients=weights) for weights in weight_sets]
 
         if mode == "function":
             run = tf.function(run)
-        loss, grad = run(tf.constant(z))
-        results[implementation] = (loss.numpy(), grad.numpy())
+        loss, grads = run(tf.constant(z), [tf.constant(weights, z.dtype) for weights in weight_sets])
+        results[implementation] = (loss.numpy(), [grad.numpy() for grad in grads])
     return results
 
 
@@ -222,14 +227,15 @@ def _check(z, labels, kwargs, weight_kinds, dtype, seed, mode="eager"):
     expected_loss, counts = _reference_per_anchor(z.astype(np.float64), **reference)
     jacobian = _complex_step_jacobian(z.astype(np.float64), **reference)
     rng = np.random.default_rng(seed)
-    for kind in weight_kinds:
-        weights = _weights(kind, counts, rng)
+    weight_sets = [_weights(kind, counts, rng) for kind in weight_kinds]
+    results = _blockwise_and_dense(z, labels, weight_sets, kwargs, mode)
+    for implementation, (loss, _) in results.items():
+        _assert_close(loss, expected_loss, dtype, f"{implementation} loss")
+    for index, (kind, weights) in enumerate(zip(weight_kinds, weight_sets)):
         expected = np.tensordot(weights, jacobian, axes=2)
-        results = _blockwise_and_dense(z, labels, weights, kwargs, mode)
-        for implementation, (loss, grad) in results.items():
-            _assert_close(loss, expected_loss, dtype, f"{implementation} loss ({kind})")
-            _assert_close(grad, expected, dtype, f"{implementation} gradient vs reference ({kind})")
-        _assert_close(results["blockwise"][1], results["dense"][1].astype(np.float64), dtype,
+        for implementation, (_, grads) in results.items():
+            _assert_close(grads[index], expected, dtype, f"{implementation} gradient vs reference ({kind})")
+        _assert_close(results["blockwise"][1][index], results["dense"][1][index].astype(np.float64), dtype,
                       f"blockwise vs dense gradient ({kind})")
 
 

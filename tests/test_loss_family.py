@@ -175,7 +175,9 @@ def _api_args(labels, named, extra, dtype):
     return args
 
 
-def _tf_run(z, labels, named, extra, implementation, dtype=np.float64, **options):
+def _tf_run(z, labels, named, extra, implementation, dtype=np.float64, gradient=True, **options):
+    """Per-anchor loss, mean loss and the gradients of the mean (features, prototypes; None with
+    `gradient=False`: the forward only)."""
     x = tf.constant(z.astype(dtype))
     args = _api_args(labels, named, extra, dtype)
     watched = [x] + ([args["prototypes"]] if "prototypes" in args else [])
@@ -185,7 +187,7 @@ def _tf_run(z, labels, named, extra, implementation, dtype=np.float64, **options
         per_anchor = supcon_per_anchor_loss(x, labels, implementation=implementation, block_size=4, **args, **options)
         count = tf.reduce_sum(tf.cast(per_anchor.has_positive, per_anchor.loss.dtype))
         loss = tf.math.divide_no_nan(tf.reduce_sum(per_anchor.loss), count)
-    return per_anchor, loss.numpy(), [g.numpy() for g in tape.gradient(loss, watched)]
+    return per_anchor, loss.numpy(), [g.numpy() for g in tape.gradient(loss, watched)] if gradient else None
 
 
 @pytest.mark.parametrize("case_id", range(len(_CASES)), ids=lambda i: "-".join(map(str, _CASES[i])))
@@ -218,7 +220,7 @@ def test_each_named_option_matches_its_papers_equation(case_id):
                     scale = max(1.0, float(np.abs(expected).max()))
                     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9 * scale, err_msg=where)
             tol = 2e-5 * max(1.0, 1.0 / options["temperature"])
-            per_anchor32, _, _ = _tf_run(z, labels, named, extra, implementation, np.float32, **kwargs)
+            per_anchor32, _, _ = _tf_run(z, labels, named, extra, implementation, np.float32, gradient=False, **kwargs)
             np.testing.assert_allclose(per_anchor32.loss.numpy(), ref_losses, rtol=1e-4, atol=tol, err_msg=where)
 
 
@@ -250,7 +252,7 @@ def test_named_rules_with_every_denominator_equal_the_general_weighted_reference
                                                         ("all", "one")):
         kwargs = dict(options, denominator=denominator, variant=variant, contrast_mode=mode)
         for implementation in ("dense", "blockwise"):
-            per_anchor, _, _ = _tf_run(z, labels, named, extra, implementation, **kwargs)
+            per_anchor, _, _ = _tf_run(z, labels, named, extra, implementation, gradient=False, **kwargs)
             loss, counts = per_anchor.loss.numpy(), per_anchor.has_positive.numpy()
             if kind != "per_label":
                 loss, counts = loss[..., None], counts[..., None]

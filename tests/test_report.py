@@ -366,7 +366,7 @@ def test_the_report_runs_on_an_image_folder(tmp_path):
     out, work = tmp_path / "report", tmp_path / "work"
     result = _program(
         "experiments.report", "--quick", "--dataset=folder", f"--data_dir={data_dir}", "--image_size=8",
-        "--channels=1", "--batch_size=32", "--noplots", f"--output_dir={out}", f"--work_dir={work}",
+        "--channels=1", "--batch_size=64", "--noplots", f"--output_dir={out}", f"--work_dir={work}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = render.load(str(out / "results.json"))

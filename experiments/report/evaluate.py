@@ -5,7 +5,7 @@ classifier, and the linear probe on CE's frozen encoder): test top-1, kNN
 top-1 of its encoder (memory: the training part the run trained on), ECE
 (`Rules.ece_bins` bins) and mean confidence, then top-1 error and ECE under every
 corruption and severity (`supcon_tf.evaluation.evaluate_corruptions`, one
-corrupted copy of the test split fed to all models of a seed). mCE and
+corrupted copy of the test split fed to every model, of every seed). mCE and
 relative mCE use, per comparison, the CE classifier's errors averaged over
 seeds as the baseline (CE scores 100 by construction).
 """
@@ -69,12 +69,12 @@ def evaluate_on_test(config, comparisons):
                 if path not in by_seed[seed]:
                     by_seed[seed].append(path)
 
-    scored, probabilities = {}, {}
+    scored, probabilities, loaded = {}, {}, {}
     for seed, paths in sorted(by_seed.items()):
         train_images, train_labels, _, _ = monitor.split_arrays(config.stage("ce", seed=seed))
         memory = tf.data.Dataset.from_tensor_slices((train_images, train_labels)).batch(MEMORY_BATCH)
-        loaded = {path: keras.saving.load_model(path, compile=False) for path in paths}
-        for path, model in loaded.items():
+        for path in paths:
+            model = loaded[path] = keras.saving.load_model(path, compile=False)
             probs, labels = evaluation.predict_probabilities(model, test_plain)
             memory_features, memory_labels = evaluation.extract_features(model, memory)
             test_features, _ = evaluation.extract_features(model, test_plain)
@@ -88,12 +88,13 @@ def evaluate_on_test(config, comparisons):
                 ),
             }
             probabilities[path] = (probs, labels)
-        corrupted = evaluation.evaluate_corruptions(
-            loaded, test_plain, seed=rules.corruption_seed, num_bins=rules.ece_bins
-        )
-        for path, result in corrupted.items():
-            scored[path]["corruption"] = result
-        keras.backend.clear_session()
+    # Every classifier of every seed in one call: each corrupted test batch is made once (the same images as one
+    # call per seed would make: they are seeded by the corruption seed and the batch index).
+    corrupted = evaluation.evaluate_corruptions(loaded, test_plain, seed=rules.corruption_seed, num_bins=rules.ece_bins)
+    for path, result in corrupted.items():
+        scored[path]["corruption"] = result
+    del loaded
+    keras.backend.clear_session()
 
     out = {"test_size": int(test_size), "comparisons": {}, "bins": {}, "baseline": {}}
     for comparison, methods in plan.items():

@@ -5,12 +5,18 @@ The table of statuses and the classification live in `supcon_tf/errors.py`;
 appends the traceback to `<model_dir>/error.log` of a run folder the project
 created, or prints it to stderr. `supcon_tf.encoders.load_pretrained_encoder`
 refuses a bad `--pretrained` file before any training. The end-to-end tests
-run the binaries on the bundled digits for a few steps, in subprocesses;
-the fault specs `disk_full:<point>` / `internal_error:<point>` of
-tests/fault_injection.py make a write fail as on a full disk, or raise an
-unexpected error there.
+run the binaries' own entries on the bundled digits for a few steps, in this
+process (`helpers.run_binary_in_process`: the same flags, the same one line
+and exit status as `python -m experiments.<binary>`; a subprocess would add
+only TensorFlow's start-up); the fault specs `disk_full:<point>` /
+`internal_error:<point>` of tests/fault_injection.py, installed as the
+library's fault hook, make a write fail as on a full disk, or raise an
+unexpected error there. That a console script's process exits with the
+binary's status is checked by tests/test_run_lifecycle.py
+(`test_single_class_folder`).
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -25,7 +31,7 @@ from supcon_tf import _faults, checkpointing, errors, resilience, run_folder
 from supcon_tf.encoders import build_encoder, load_pretrained_encoder
 from supcon_tf.errors import BadInputFile
 from fault_injection import FaultInjector
-from helpers import run_python
+from helpers import run_binary_in_process, run_python
 
 TINY = [
     "--preset=digits_supcon", "--epochs=2", "--steps_per_epoch=2", "--batch_size=32", "--encoder_width=0.25",
@@ -33,8 +39,11 @@ TINY = [
 ]
 
 
-def _run(module, *flags, fault=None, timeout=300):
-    return run_python("-m", f"experiments.{module}", *flags, fault=fault, timeout=timeout)
+def _run(module, *flags, fault=None):
+    """`run_binary_in_process(module, *flags)`, with the tests/fault_injection.py spec `fault` installed."""
+    hook = _faults.installed(FaultInjector(fault)) if fault else contextlib.nullcontext()
+    with hook:
+        return run_binary_in_process(module, *flags)
 
 
 def _error_lines(stderr):
@@ -429,7 +438,7 @@ def test_a_storage_error_without_a_run_folder_prints_its_traceback_after_the_lin
 def test_linear_eval_refuses_a_bad_pretrained_file_with_one_line_and_exit_5(tmp_path, model_files, name, expected):
     result = _run(
         "linear_eval", "--preset=digits_linear", f"--pretrained={model_files / name}",
-        f"--model_dir={tmp_path / 'linear'}", "--epochs=1", "--verbose=0", timeout=180,
+        f"--model_dir={tmp_path / 'linear'}", "--epochs=1", "--verbose=0",
     )
     assert result.returncode == 5, (result.returncode, result.stderr[-3000:])
     line = _one_error_line(result)

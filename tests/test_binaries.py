@@ -87,6 +87,7 @@ def test_train_ce_and_export_binary(tmp_path):
     assert again.returncode == 2 and "exist" in again.stderr and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow  # a console script: a fresh interpreter imports TensorFlow
 def test_helpfull_is_readable():
     result = _run("pretrain", "--helpfull")  # absl exits with status 1 after printing the help
     assert "Traceback" not in result.stderr

@@ -386,6 +386,7 @@ def _rows(model_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # runs of several epochs through the runner: 4 s each
 def test_the_report_settings_collapse_with_one_line_and_metrics_json_says_so(tmp_path):
     model_dir = tmp_path / "run"
     result = _pretrain(model_dir)
@@ -416,6 +417,7 @@ def _stop(model_dir):
     return stopped
 
 
+@pytest.mark.slow  # runs of several epochs through the runner: 4 s each
 def test_stop_on_collapse_exits_6_with_one_line_and_drops_the_collapsed_backups(tmp_path):
     model_dir = tmp_path / "run"
     stopped = _stop(model_dir)
@@ -446,6 +448,7 @@ def test_a_stopped_run_reruns_with_a_higher_temperature_without_collapse(tmp_pat
     assert max(float(row["mean_cosine"]) for row in _rows(model_dir)) < 0.99
 
 
+@pytest.mark.slow  # runs of several epochs through the runner: 4 s each
 def test_warm_up_avoids_the_collapse(tmp_path):
     model_dir = tmp_path / "run"
     result = _pretrain(model_dir, "--warmup_epochs=1", "--stop_on_collapse")

@@ -349,6 +349,7 @@ def test_runner_trains_simclr_ce_and_the_uncached_probe_with_device_augmentation
         assert np.isfinite(metrics["final_train_loss"]), name
 
 
+@pytest.mark.slow  # two runs through the runner and a resume: 5 s of a worker
 def test_a_host_run_interrupted_and_resumed_on_the_device_matches_an_uninterrupted_host_run(tmp_path):
     """SIGTERM after step 4 of 6, inside epoch 2 (host augmentation), resume with --augment_on device: equal weights."""
 

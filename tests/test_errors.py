@@ -371,6 +371,7 @@ def test_the_loader_says_a_missing_file_is_missing(model_files):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two training runs of the binary: 7-14 s
 def test_disk_full_mid_run_is_one_line_exit_4_traceback_in_error_log_and_the_rerun_resumes(tmp_path):
     model_dir = tmp_path / "run"
     full = _run("pretrain", f"--model_dir={model_dir}", *TINY, fault="disk_full:checkpoint_write")
@@ -393,6 +394,7 @@ def test_disk_full_mid_run_is_one_line_exit_4_traceback_in_error_log_and_the_rer
     assert (model_dir / "FINISHED").exists() and checkpoint.exists()
 
 
+@pytest.mark.slow  # two training runs of the binary: 7-14 s
 def test_an_internal_error_is_exit_1_with_its_traceback_in_error_log_or_on_stderr_with_v(tmp_path):
     model_dir = tmp_path / "run"
     log = model_dir / errors.ERROR_LOG

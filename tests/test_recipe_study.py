@@ -29,6 +29,7 @@ def test_bad_grids_are_refused():
         recipe_study.StudyConfig(methods=("ce",), warmup_epochs=(50,))  # more than the preset's 10 epochs
 
 
+@pytest.mark.slow  # the study end to end: 10 s of a worker
 def test_a_tiny_study_scores_every_point_on_validation_and_writes_its_table(tmp_path):
     config = recipe_study.StudyConfig(
         methods=("ce",), warmup_epochs=(0, 3), seeds=(0,), work_dir=str(tmp_path / "work"),

@@ -326,7 +326,11 @@ def test_console_script_bad_flags_exit_2_with_one_line():
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one(tmp_path):
-    """One worker (exact order): SIGKILL before step 5, restart against the same service, equal end weights."""
+    """One worker (exact order): SIGKILL before step 5, restart against the same service, equal end weights.
+
+    The killed run is a real process (tests/fault_injection.py's SIGKILL); the uninterrupted reference and the
+    restart run the same binary in this process (`run_binary_in_process`), which saves two TensorFlow start-ups.
+    """
     import signal
 
     import keras
@@ -338,13 +342,15 @@ def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one
         f"--data_service={single.address}",
     ]
 
-    def train(model_dir, fault=None):
-        return run_python("-m", "experiments.pretrain", f"--model_dir={model_dir}", *flags, fault=fault)
+    def train(model_dir):
+        return run_binary_in_process("pretrain", f"--model_dir={model_dir}", *flags)
 
     try:
         reference = train(tmp_path / "reference")
         assert reference.returncode == 0, reference.stderr[-3000:]
-        killed = train(tmp_path / "run", fault="step:5")
+        killed = run_python(
+            "-m", "experiments.pretrain", f"--model_dir={tmp_path / 'run'}", *flags, fault="step:5"
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         resumed = train(tmp_path / "run")
         assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -326,7 +326,11 @@ def test_console_script_bad_flags_exit_2_with_one_line():
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one(tmp_path):
-    """One worker (exact order): SIGKILL before step 5, restart against the same service, equal end weights."""
+    """One worker (exact order): SIGKILL before step 5, restart against the same service, equal end weights.
+
+    The killed run is a real process (tests/fault_injection.py's SIGKILL); the uninterrupted reference and the
+    restart run the same binary in this process (`run_binary_in_process`), which saves two TensorFlow start-ups.
+    """
     import signal
 
     import keras
@@ -338,13 +342,15 @@ def test_a_killed_run_resumes_through_the_same_service_like_an_uninterrupted_one
         f"--data_service={single.address}",
     ]
 
-    def train(model_dir, fault=None):
-        return run_python("-m", "experiments.pretrain", f"--model_dir={model_dir}", *flags, fault=fault)
+    def train(model_dir):
+        return run_binary_in_process("pretrain", f"--model_dir={model_dir}", *flags)
 
     try:
         reference = train(tmp_path / "reference")
         assert reference.returncode == 0, reference.stderr[-3000:]
-        killed = train(tmp_path / "run", fault="step:5")
+        killed = run_python(
+            "-m", "experiments.pretrain", f"--model_dir={tmp_path / 'run'}", *flags, fault="step:5"
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         resumed = train(tmp_path / "run")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -502,21 +508,26 @@ _WAITER = """
 import signal, sys
 from supcon_tf import data_service
 try:  # a first, short wait: grpc is imported and a probe has run before the signals' wait begins
-    data_service.wait_for_dispatcher(sys.argv[2], 0.5)
+    data_service.wait_for_dispatcher(sys.argv[1], 0.5)
 except data_service.DispatcherUnreachable:
     pass
 print("waiting", flush=True)
-if sys.argv[1] == "sequence":
-    try:
-        data_service.wait_for_dispatcher(sys.argv[2], 60)
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt", flush=True)
-    def on_term(signum, frame):
-        print("SIGTERM handler ran", flush=True)
-        raise SystemExit(143)
-    signal.signal(signal.SIGTERM, on_term)
-    print("waiting", flush=True)
-data_service.wait_for_dispatcher(sys.argv[2], 60)
+try:
+    data_service.wait_for_dispatcher(sys.argv[1], 60)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+def on_term(signum, frame):
+    print("SIGTERM handler ran", flush=True)
+    raise SystemExit(143)
+signal.signal(signal.SIGTERM, on_term)
+print("waiting", flush=True)
+try:
+    data_service.wait_for_dispatcher(sys.argv[1], 60)
+except SystemExit as stop:
+    print(f"SystemExit {stop.code}", flush=True)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+print("waiting", flush=True)
+data_service.wait_for_dispatcher(sys.argv[1], 60)
 print("returned", flush=True)
 """
 
@@ -524,39 +535,36 @@ print("returned", flush=True)
 def test_signals_stop_wait_for_dispatcher_at_once():
     """SIGINT -> KeyboardInterrupt; an installed SIGTERM handler runs; SIGTERM's default action: each within seconds.
 
-    Two processes (importing TensorFlow is the slow part): "sequence" gets SIGINT
-    in a first wait, then SIGTERM with a handler in a second; "plain" gets
-    SIGTERM with the default action.
+    One process (importing TensorFlow is the slow part), three waits in turn:
+    SIGINT in the first, SIGTERM with a handler that raises SystemExit(143)
+    in the second (the SystemExit leaves the wait), SIGTERM with the default
+    action in the third (the process ends by the signal).
     """
     with _silent_listener() as listener:  # the slow case: TCP accepted, gRPC waits for its deadline
         address = f"grpc://127.0.0.1:{listener.getsockname()[1]}"
-        sequence, plain = (
-            start_python("-c", _WAITER, mode, address)
-            for mode in ("sequence", "plain")
-        )
+        waiter = start_python("-c", _WAITER, address)
 
-        def interrupt(process, signum, marker):
-            _wait_for_line(process, r"^waiting$")
+        def interrupt(signum, marker):
+            _wait_for_line(waiter, r"^waiting$")
             time.sleep(1.0)  # inside the wait: between, or in, the probes
             began = time.monotonic()
-            process.send_signal(signum)
+            waiter.send_signal(signum)
             if marker:  # printed by the except clause or the handler, before TensorFlow's slow teardown
-                _wait_for_line(process, rf"^{marker}$", timeout=10)
+                _wait_for_line(waiter, rf"^{marker}$", timeout=10)
             else:
-                process.wait(timeout=10)
+                waiter.wait(timeout=10)
             assert time.monotonic() - began < 3, (signum, marker)
 
         try:
-            interrupt(sequence, signal.SIGINT, "KeyboardInterrupt")
-            interrupt(sequence, signal.SIGTERM, "SIGTERM handler ran")
-            interrupt(plain, signal.SIGTERM, None)
-            assert plain.wait(timeout=10) == -signal.SIGTERM
-            assert sequence.wait(timeout=60) == 143, sequence.stderr.read()[-2000:]
-            assert "returned" not in sequence.stdout.read() + plain.stdout.read()
+            interrupt(signal.SIGINT, "KeyboardInterrupt")
+            interrupt(signal.SIGTERM, "SIGTERM handler ran")
+            _wait_for_line(waiter, r"^SystemExit 143$", timeout=10)  # the handler's SystemExit ended the wait
+            interrupt(signal.SIGTERM, None)
+            assert waiter.wait(timeout=10) == -signal.SIGTERM, waiter.stderr.read()[-2000:]
+            assert "returned" not in waiter.stdout.read()
         finally:
-            for process in (sequence, plain):
-                if process.poll() is None:
-                    process.kill()
+            if waiter.poll() is None:
+                waiter.kill()
 
 
 def test_a_training_binary_with_a_dead_dispatcher_fails_in_bounded_time_and_writes_nothing(tmp_path):

@@ -252,11 +252,11 @@ def test_small_batch_experiment_arms_differ_only_in_their_small_batch_options():
 
 @pytest.mark.slow
 def test_small_batch_experiment_runs_end_to_end_tiny(tmp_path):
-    from helpers import run_python
+    from helpers import run_binary_in_process  # `python -m experiments.small_batch`, in this process
 
-    result = run_python(
-        "-m", "experiments.small_batch", f"--output_dir={tmp_path}", "--steps=2", "--seeds=0,1",
-        "--probe_epochs=1", "--arms=b16_queue_momentum,b16_pk", timeout=600,
+    result = run_binary_in_process(
+        "small_batch", f"--output_dir={tmp_path}", "--steps=2", "--seeds=0,1",
+        "--probe_epochs=1", "--arms=b16_queue_momentum,b16_pk",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| b16_queue_momentum | 16 | 31 + 512 queued |" in result.stdout and "| b16_pk |" in result.stdout

@@ -2,13 +2,12 @@
 queue settings that reads the test split once, at the end (slow)."""
 
 import json
-import sys
 
 import pytest
 
 from experiments import small_batch
 from experiments.small_batch import SmallBatchConfig
-from helpers import run_python
+from helpers import run_binary_in_process
 
 
 
@@ -75,11 +74,23 @@ def test_rendering_from_results_json():
 
 
 @pytest.mark.slow
-def test_tiny_study_chooses_the_queue_on_validation_and_reads_the_test_split_once(tmp_path):
-    result = run_python(
-        "-c", _GUARDED_RUN, f"--output_dir={tmp_path}/out", f"--work_dir={tmp_path}/work",
+def test_tiny_study_chooses_the_queue_on_validation_and_reads_the_test_split_once(tmp_path, monkeypatch):
+    # The binary runs in this process (`run_binary_in_process`: its entry, flags and exit status), with
+    # data.load_digits wrapped to print every split it loads (the package's name and the one `data.splits` calls).
+    from supcon_tf import data
+
+    load = data.load_digits
+
+    def logged(split, **kwargs):
+        print("SPLIT", split, flush=True)
+        return load(split, **kwargs)
+
+    for module in (data, data.sources):
+        monkeypatch.setattr(module, "load_digits", logged)
+    result = run_binary_in_process(
+        "small_batch", f"--output_dir={tmp_path}/out", f"--work_dir={tmp_path}/work",
         "--steps=2", "--seeds=0,1", "--probe_epochs=1", "--arms=b16_plain,b16_queue", "--queue_size_grid=32,64",
-        f"--document={tmp_path}/doc.md", timeout=900,
+        f"--document={tmp_path}/doc.md",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -90,20 +101,3 @@ def test_tiny_study_chooses_the_queue_on_validation_and_reads_the_test_split_onc
     assert (tmp_path / "doc.md").read_text() == small_batch.format_document(results)
     log = result.stdout
     assert log.count("SPLIT test") == 1 and log.index("final evaluation") < log.index("SPLIT test")
-
-
-# Runs the binary with data.load_digits wrapped to print every split it loads.
-_GUARDED_RUN = """
-import sys
-from supcon_tf import data
-_load = data.load_digits
-def _logged(split, **kwargs):
-    print("SPLIT", split, flush=True)
-    return _load(split, **kwargs)
-data.load_digits = _logged
-from absl import app
-from experiments import small_batch
-small_batch.define_flags()
-sys.argv = ["small_batch", *sys.argv[1:]]
-app.run(small_batch.main)
-"""

@@ -1,4 +1,5 @@
-"""A small SupCon training job for the multi-process tests (run by tests/test_multiworker.py, not by pytest).
+"""A small SupCon training job for the multi-process tests (run by tests/test_multiworker.py, not by pytest: each
+worker as a script, the one-process run as `main(argv)` in the test's own process).
 
     python tests/multiworker_job.py --model_dir DIR [--index I --ports P0,P1] [--epochs E] ...
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from helpers import assert_refused, run_binary_in_process, start_python, subprocess_env
-from test_multiworker import BINARY_FLAGS, _free_ports, _model_weights, _wait
+from test_multiworker import BINARY_FLAGS, _free_ports, _model_weights, _wait, start_uninterrupted_binary_cluster
 from test_run_lifecycle import TINY
 
 from supcon_tf import config as config_module
@@ -231,9 +231,10 @@ def _log(model_dir, index):
 
 
 @pytest.mark.slow
-def test_two_slurm_tasks_train_like_the_tf_config_cluster(tmp_path):
+@pytest.mark.xdist_group("binary_cluster")
+def test_two_slurm_tasks_train_like_the_tf_config_cluster(tmp_path, tmp_path_factory):
     """Two local processes given the environment srun sets for a 2-task step on one node train exactly like the
-    TF_CONFIG cluster of tests/test_multiworker.py."""
+    TF_CONFIG cluster of tests/test_multiworker.py (the same run: trained once for both tests)."""
     port_base = _consecutive_free_ports()
     slurm = [
         {
@@ -243,17 +244,12 @@ def test_two_slurm_tasks_train_like_the_tf_config_cluster(tmp_path):
         }
         for rank in range(2)
     ]
-    ports = _free_ports(2)
-    tf_config = [
-        {"TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                  "task": {"type": "worker", "index": index}})}
-        for index in range(2)
-    ]
     start = time.time()
-    runs = {"slurm": tmp_path / "slurm", "tf_config": tmp_path / "tf_config"}
-    processes = _launch(runs["slurm"], slurm) + _launch(runs["tf_config"], tf_config)
+    wait_for_tf_config = start_uninterrupted_binary_cluster(tmp_path_factory)  # trains beside the Slurm tasks
+    processes = _launch(tmp_path / "slurm", slurm)
     codes = _wait(processes, timeout=300)
-    assert codes == [0, 0, 0, 0], "\n".join(_log(runs[name], i)[-2000:] for name in runs for i in range(2))
+    assert codes == [0, 0], "\n".join(_log(tmp_path / "slurm", i)[-2000:] for i in range(2))
+    runs = {"slurm": tmp_path / "slurm", "tf_config": wait_for_tf_config()}
     print(f"2 Slurm tasks and 2 TF_CONFIG workers trained in {time.time() - start:.0f} s")
 
     for rank in range(2):

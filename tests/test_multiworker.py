@@ -87,11 +87,13 @@ def _assert_outputs_complete(model_dir, exported=True):
 
 
 def test_two_workers_match_one_process(tmp_path):
+    import multiworker_job
+
     args = ("--epochs=2", "--steps_per_epoch=3")
     workers = _launch_cluster(tmp_path / "cluster", *args)
-    os.makedirs(tmp_path / "single")
-    single = _launch(tmp_path / "single", *args)
-    assert _wait(workers + [single]) == [0, 0, 0], open(tmp_path / "cluster" / "stdout_0.log").read()[-3000:]
+    # The one process is this one (it needs no process of its own), training while the cluster does.
+    assert multiworker_job.main([f"--model_dir={tmp_path / 'single'}", *args]) == 0
+    assert _wait(workers) == [0, 0], open(tmp_path / "cluster" / "stdout_0.log").read()[-3000:]
     w0 = _weights(tmp_path / "cluster" / "weights_worker_0.npz")
     w1 = _weights(tmp_path / "cluster" / "weights_worker_1.npz")
     ws = _weights(tmp_path / "single" / "weights_worker_0.npz")
@@ -167,6 +169,27 @@ def _launch_binary_cluster(model_dir, ports, faults=(None, None)):
     return processes
 
 
+# The uninterrupted binary cluster on BINARY_FLAGS, trained once per test process: the killed cluster below and
+# tests/test_cluster.py's Slurm cluster both compare against it (their tests share an xdist_group, so one worker
+# runs both).
+_UNINTERRUPTED = {}
+
+
+def start_uninterrupted_binary_cluster(tmp_path_factory):
+    """Starts the uninterrupted cluster unless this process has one; returns `wait`, which waits for it (asserting
+    that both workers finished) and returns its model_dir."""
+    if not _UNINTERRUPTED:
+        model_dir = tmp_path_factory.mktemp("binary_cluster") / "reference"
+        _UNINTERRUPTED.update(model_dir=model_dir, processes=_launch_binary_cluster(model_dir, _free_ports(2)))
+
+    def wait():
+        model_dir = _UNINTERRUPTED["model_dir"]
+        assert _wait(_UNINTERRUPTED["processes"]) == [0, 0], open(str(model_dir) + ".worker0.log").read()[-3000:]
+        return model_dir
+
+    return wait
+
+
 def _model_weights(model_dir):
     import keras
 
@@ -175,11 +198,9 @@ def _model_weights(model_dir):
     return keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False).get_weights()
 
 
-def test_binary_cluster_killed_mid_epoch_resumes_like_an_uninterrupted_one(tmp_path):
-    reference = tmp_path / "reference"
-    assert _wait(_launch_binary_cluster(reference, _free_ports(2))) == [0, 0], open(
-        str(reference) + ".worker0.log"
-    ).read()[-3000:]
+@pytest.mark.xdist_group("binary_cluster")
+def test_binary_cluster_killed_mid_epoch_resumes_like_an_uninterrupted_one(tmp_path, tmp_path_factory):
+    reference = start_uninterrupted_binary_cluster(tmp_path_factory)()
 
     model_dir = tmp_path / "run"
     workers = _launch_binary_cluster(model_dir, _free_ports(2), faults=(None, "step:6"))  # worker 1 dies in epoch 1

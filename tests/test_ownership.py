@@ -3,7 +3,8 @@
 The unit tests drive `supcon_tf.ownership` and `RunFolder` directly; the
 binary tests run `python -m experiments.pretrain` as a user would, on the
 bundled digits with a tiny encoder, and check what is left on disk byte by
-byte.
+byte: in a process of its own where a kill or a second process is the point,
+otherwise through the binary's entry in this process.
 """
 
 import glob
@@ -40,7 +41,8 @@ def _run(model_dir, *flags, fault=None, cwd=ROOT):
 
 
 def _run_in_process(model_dir, *flags):
-    """A refusal needs no process of its own: `_run` through the binary's entry in this process."""
+    """`_run` through the binary's entry in this process: a refusal, a finished run's rerun, or a run that only
+    resumes needs no process of its own (a kill does)."""
     return run_binary_in_process("pretrain", f"--model_dir={model_dir}", *TINY, *flags)
 
 
@@ -249,7 +251,7 @@ def test_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
     assert _snapshot(tmp_path / "work") == before
 
 
-@pytest.mark.slow  # two training processes, about 15 s of CPU
+@pytest.mark.slow  # a training process, and a second writer (in this process) while it trains
 def test_a_second_writer_is_refused_at_once(tmp_path):
     model_dir = tmp_path / "run"
     first = start_command(_command(model_dir, "--epochs=3"), fault="slow_steps:500")
@@ -258,7 +260,7 @@ def test_a_second_writer_is_refused_at_once(tmp_path):
         deadline = time.time() + 120
         while not (lock.exists() and lock.read_text()) and time.time() < deadline:
             time.sleep(0.2)
-        second = _run(model_dir)
+        second = _run_in_process(model_dir)  # the lock is the first process's flock: this process is refused too
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"is in use by another process (pid {first.pid} on host" in _last_line(second)
         _, stderr = first.communicate(timeout=300)
@@ -275,10 +277,10 @@ def test_damaged_state_after_a_kill_is_rebuilt_and_checked(tmp_path):
     assert _run(model_dir, fault="step:4").returncode == -signal.SIGKILL
     (model_dir / "run_state.json").write_text("garbage{")
     os.remove(model_dir / "config.json")
-    changed = _run(model_dir, "--batch_size=16")
+    changed = _run_in_process(model_dir, "--batch_size=16")
     assert changed.returncode == 2
     assert "other settings (batch_size=32 -> 16" in _last_line(changed)
-    resumed = _run(model_dir)
+    resumed = _run_in_process(model_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     state = json.load(open(model_dir / "run_state.json"))
     assert state["resumes"][0]["global_step"] > 0 and state["state_rebuilt"] == [0]  # resumed, not restarted
@@ -287,10 +289,10 @@ def test_damaged_state_after_a_kill_is_rebuilt_and_checked(tmp_path):
 @pytest.mark.slow
 def test_a_finished_run_without_its_marker_is_completed_not_retrained(tmp_path):
     model_dir = tmp_path / "run"
-    assert _run(model_dir).returncode == 0
+    assert _run_in_process(model_dir).returncode == 0
     os.remove(model_dir / "FINISHED")
     before = {name: data for name, data in _snapshot(model_dir).items() if not name.startswith("locks")}
-    again = _run(model_dir)
+    again = _run_in_process(model_dir)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already finished" in again.stdout
     after = _snapshot(model_dir)
@@ -301,7 +303,7 @@ def test_a_finished_run_without_its_marker_is_completed_not_retrained(tmp_path):
 @pytest.mark.slow
 def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path):
     model_dir = tmp_path / "run"
-    assert _run(model_dir).returncode == 0
+    assert _run_in_process(model_dir).returncode == 0
     with open(model_dir / "model.keras", "rb") as f:
         old_model = f.read()
     killed = _run(model_dir, "--overwrite", fault="step:4")
@@ -309,6 +311,6 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path):
     (sibling,) = glob.glob(str(tmp_path / "run.previous-*"))
     with open(os.path.join(sibling, "model.keras"), "rb") as f:
         assert f.read() == old_model
-    resumed = _run(model_dir)
+    resumed = _run_in_process(model_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert sorted(os.listdir(tmp_path)) == ["run"]

@@ -1,14 +1,19 @@
 """Runs that survive any kill: the run-folder lifecycle through the real binary, under injected faults.
 
 Every test runs `python -m experiments.pretrain` (or train_ce / linear_eval)
-on the bundled digits in subprocesses, with TensorFlow op determinism on, and
-compares the end weights against an uninterrupted run of the same command.
-A fault spec `<point>` makes the process SIGKILL itself at a named point
-(tests/fault_injection.py, the hook of `supcon_tf._faults`). These tests start tens of processes;
-they are marked slow and run in CI's second stage.
+on the bundled digits, with TensorFlow op determinism on, and compares the
+end weights against an uninterrupted run of the same command. A fault spec
+`<point>` makes the process SIGKILL itself at a named point
+(tests/fault_injection.py, the hook of `supcon_tf._faults`): every run that is
+killed, signalled or stopped by an injected fault is a real process
+(`_run`); the runs that only resume, finish, compare or get refused run the
+binary's entry in this process (`_run_in_process`), which saves each a
+TensorFlow start-up. These tests start tens of processes; they are marked slow
+and run in CI's second stage.
 """
 
 import csv
+import fcntl
 import glob
 import json
 import os
@@ -17,7 +22,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import assert_refused, image_folder, run_python, start_python
+from helpers import assert_refused, image_folder, run_binary_in_process, run_python, start_python
 
 EPOCHS, STEPS, EVERY = 3, 4, 2
 TINY = [
@@ -37,6 +42,11 @@ pytestmark = pytest.mark.slow
 def _run(model_dir, *flags, fault=None, module="pretrain", timeout=300):
     return run_python("-m", f"experiments.{module}", f"--model_dir={model_dir}", *TINY, *flags, fault=fault,
                       timeout=timeout)
+
+
+def _run_in_process(model_dir, *flags, module="pretrain"):
+    """`_run` through the binary's entry in this process: for the runs that need no process of their own."""
+    return run_binary_in_process(module, f"--model_dir={model_dir}", *TINY, *flags)
 
 
 def _weights(model_dir):
@@ -73,10 +83,20 @@ def _state(model_dir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run: its weights and CSV rows."""
-    model_dir = tmp_path_factory.mktemp("reference") / "run"
-    result = _run(model_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """An uninterrupted run: its weights and CSV rows.
+
+    Trained once per test session: under pytest-xdist the workers share the session's base folder, and the first
+    worker to get here trains the run while the others wait on the lock, then read it.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    model_dir = root / "lifecycle-reference" / "run"
+    with open(root / "lifecycle-reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not os.path.exists(model_dir / "FINISHED"):
+            result = _run_in_process(model_dir)
+            assert result.returncode == 0, result.stderr[-3000:]
     return {"dir": model_dir, "weights": _weights(model_dir), "rows": _csv_rows(model_dir)}
 
 
@@ -118,7 +138,7 @@ def test_kill_at_each_write_point_resumes_and_matches(tmp_path, reference, fault
     killed = _run(model_dir, fault=fault)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
     assert not os.path.exists(model_dir / "FINISHED")
-    resumed = _run(model_dir)
+    resumed = _run_in_process(model_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     resumes = _state(model_dir).get("resumes", [])
     if FAULTS[fault] is None:
@@ -140,7 +160,7 @@ def test_random_kills_inside_epochs(tmp_path, reference):
     for step in kill_steps:
         killed = _run(model_dir, fault=f"step:{step}")
         assert killed.returncode == -signal.SIGKILL, (step, killed.returncode, killed.stderr[-2000:])
-    finished = _run(model_dir)
+    finished = _run_in_process(model_dir)
     assert finished.returncode == 0, finished.stderr[-3000:]
     resumes = [r["global_step"] for r in _state(model_dir).get("resumes", [])]
     difference = _assert_finished_like(model_dir, reference, restarts=len(kill_steps))
@@ -170,7 +190,7 @@ def test_signal_writes_a_backup_at_the_step_and_resumes(tmp_path, reference, sig
     message = [line for line in lines if line.startswith("interrupted at epoch")]
     assert message and message[-1].endswith("; run the same command to resume"), stderr[-2000:]
     print(f"{signal.Signals(signum).name}: exit {process.returncode} after {grace:.2f} s: {message[-1]}")
-    resumed = _run(model_dir)
+    resumed = _run_in_process(model_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_finished_like(model_dir, reference, restarts=1)
 
@@ -183,7 +203,7 @@ def test_injected_nan_stops_the_run_and_it_resumes(tmp_path, reference):
     assert "training diverged at epoch 2 step 1: loss nan (not finite), learning rate" in line, line
     assert "Traceback" not in diverged.stderr
     assert not os.path.exists(model_dir / "FINISHED")
-    resumed = _run(model_dir)
+    resumed = _run_in_process(model_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The NaN loss of step 5 was computed with the weights saved at step 4, so that state is dropped too: the run
     # resumes from step 2, the newest state a later finite loss vouches for.
@@ -192,17 +212,20 @@ def test_injected_nan_stops_the_run_and_it_resumes(tmp_path, reference):
 
 
 def test_exploding_loss_stops_with_one_line_and_resumes_after_a_flag_change(tmp_path):
-    """The CE baseline at a huge learning rate: the loss grows past the bound; a sane rate then finishes the run."""
+    """The CE baseline at a huge learning rate: the loss grows past the bound; a sane rate then finishes the run.
+
+    Both runs in this process: the exit status and one line of a divergence in a real process are
+    test_injected_nan_stops_the_run_and_it_resumes's."""
     model_dir = tmp_path / "ce"
     # No warm-up: the huge rate must act from the first step (with warm-up it grows into the weights unnoticed).
     flags = ["--preset=digits_ce", "--epochs=3", "--backup_every_steps=1", "--warmup_epochs=0"]
-    result = _run(model_dir, *flags, "--learning_rate=1000", module="train_ce")
+    result = _run_in_process(model_dir, *flags, "--learning_rate=1000", module="train_ce")
     assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
     line = result.stderr.strip().splitlines()[-1]
     assert "training diverged at epoch" in line and "learning rate" in line, line
     assert "Traceback" not in result.stderr
     assert _state(model_dir)["phase"] == "running" and not os.path.exists(model_dir / "FINISHED")
-    resumed = _run(model_dir, *flags, "--learning_rate=0.05", module="train_ce")
+    resumed = _run_in_process(model_dir, *flags, "--learning_rate=0.05", module="train_ce")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert os.path.exists(model_dir / "FINISHED")
     assert _csv_epochs(model_dir) == list(range(3))
@@ -211,7 +234,7 @@ def test_exploding_loss_stops_with_one_line_and_resumes_after_a_flag_change(tmp_
 
 def test_finished_run_is_left_alone_unless_overwrite(tmp_path, reference):
     model_dir = tmp_path / "run"
-    assert _run(model_dir).returncode == 0
+    assert _run_in_process(model_dir).returncode == 0
 
     def snapshot():
         files = {}
@@ -222,11 +245,11 @@ def test_finished_run_is_left_alone_unless_overwrite(tmp_path, reference):
         return files
 
     before = snapshot()
-    again = _run(model_dir)
+    again = _run_in_process(model_dir)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already finished; nothing changed" in again.stdout
     assert snapshot() == before  # byte-identical
-    fresh = _run(model_dir, "--overwrite")
+    fresh = _run_in_process(model_dir, "--overwrite")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert _state(model_dir)["restarts"] == 0 and "resumes" not in _state(model_dir)
     assert _csv_epochs(model_dir) == list(range(EPOCHS))
@@ -237,7 +260,7 @@ def test_finished_run_is_left_alone_unless_overwrite(tmp_path, reference):
 def test_changed_structure_of_an_unfinished_run_is_refused(tmp_path):
     model_dir = tmp_path / "run"
     assert _run(model_dir, fault="step:3").returncode == -signal.SIGKILL
-    result = _run(model_dir, "--embedding_dim=32")
+    result = _run_in_process(model_dir, "--embedding_dim=32")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith(
         "holds an unfinished run with other settings (embedding_dim=64 -> 32); resume it with its own settings, "
@@ -268,9 +291,9 @@ def test_single_class_folder(tmp_path, module, flags):
 
 def test_linear_eval_takes_the_data_settings_of_the_run_it_evaluates(tmp_path):
     pretrain_dir = tmp_path / "pretrain"
-    assert _run(pretrain_dir, "--image_size=12", "--epochs=1").returncode == 0
+    assert _run_in_process(pretrain_dir, "--image_size=12", "--epochs=1").returncode == 0
     linear_dir = tmp_path / "linear"
-    result = _run(linear_dir, "--preset=digits_linear", f"--pretrained={pretrain_dir}/model.keras", "--epochs=3",
+    result = _run_in_process(linear_dir, "--preset=digits_linear", f"--pretrained={pretrain_dir}/model.keras", "--epochs=3",
                   module="linear_eval")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(linear_dir / "config.json") as f:
@@ -282,7 +305,7 @@ def test_linear_eval_takes_the_data_settings_of_the_run_it_evaluates(tmp_path):
     assert os.listdir(linear_dir / "logs" / "worker_0")
     assert os.path.exists(linear_dir / "FINISHED")
     # An explicit flag still wins over the inherited value, and must then match the encoder's input.
-    refused = _run(tmp_path / "linear2", "--preset=digits_linear", f"--pretrained={pretrain_dir}/model.keras",
+    refused = _run_in_process(tmp_path / "linear2", "--preset=digits_linear", f"--pretrained={pretrain_dir}/model.keras",
                    "--image_size=16", module="linear_eval")
     assert_refused(refused, tmp_path / "linear2", "`image_size` / `channels` give images (16, 16, 1), but the "
                                                    "pretrained encoder in")

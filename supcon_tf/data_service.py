@@ -320,8 +320,12 @@ def _probe_once(host, port, slice_s, name):
     # A channel of its own (local subchannel pool): no reconnect back-off inherited from an earlier attempt.
     with grpc.insecure_channel(f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         get_version = channel.unary_unary(_GET_VERSION)
+        # The call's future, waited on in this thread: a signal's exception (KeyboardInterrupt, a SIGTERM handler's
+        # SystemExit) leaves the wait, and the call is cancelled. The blocking call waits inside gRPC's completion
+        # queue, which now and then lost a SIGINT that came mid-call (the wait then ran to its timeout).
+        call = get_version.future(b"", timeout=slice_s, wait_for_ready=True)
         try:
-            response = get_version(b"", timeout=slice_s, wait_for_ready=True)
+            response = call.result()
         except grpc.RpcError as error:
             code = error.code()
             if code == grpc.StatusCode.UNIMPLEMENTED:
@@ -332,6 +336,9 @@ def _probe_once(host, port, slice_s, name):
                 ) from None
             name = getattr(code, "name", str(code))
             return None, f"the port accepts TCP connections but no dispatcher answered gRPC GetVersion: {name}"
+        except BaseException:  # a signal's exception: the call ends here too
+            call.cancel()
+            raise
     version = _varint_field_1(response)
     if version is None:
         return None, "the port answered GetVersion with an unreadable response"

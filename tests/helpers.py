@@ -1,9 +1,11 @@
 """Shared test helpers: the repository's ROOT; serialisation round trips for layers and models; running binaries
 in subprocesses (`run_python`, `start_python`, `run_command`, `start_command`, all in `subprocess_env`, with a
-tests/fault_injection.py fault on request)."""
+tests/fault_injection.py fault on request); `session_folder`, where the pytest-xdist workers make a shared run
+once."""
 
 import contextlib
 import copy
+import fcntl
 import os
 import subprocess
 import sys
@@ -120,6 +122,25 @@ def run_python(*args, **kwargs):
 def start_python(*args, **kwargs):
     """`start_command` of this interpreter."""
     return start_command([sys.executable, *args], **kwargs)
+
+
+@contextlib.contextmanager
+def session_folder(tmp_path_factory, name):
+    """`<the test session's temporary folder>/<name>`, created, held under an exclusive lock for the `with` block.
+
+    For a run that several tests read, made once per test session: the pytest-xdist workers share the session's
+    folder (each worker's own lies in it), so the first to enter makes the run inside the block, and the others
+    wait for the lock and then find it there. (`xdist_group` would keep such tests on one worker, but
+    pytest-xdist 3.8 ignores it under pytest 9.2: BUILD_NOTES.md.) The caller checks in the block whether the run
+    is complete, so a run that a failed holder left unfinished is made (or resumed) by the next one.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield folder
 
 
 def run_binary_in_process(module, *flags):

@@ -7,7 +7,6 @@ even though a CPU never runs out of device memory. The smoke tests read one
 run, made once per test session (the `smoke` fixture).
 """
 
-import fcntl
 import json
 import math
 import os
@@ -15,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, run_python, subprocess_env
+from helpers import ROOT, run_python, session_folder, subprocess_env
 
 SCRIPT = os.path.join(ROOT, "benchmarks", "accelerator_check.py")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -40,26 +39,16 @@ def _smoke_test(test):
     return pytest.mark.slow(pytest.mark.xdist_group("accelerator_check_smoke")(test))
 
 
-def _session_dir(tmp_path_factory):
-    """A folder that every process of this test session sees: the session's base temporary folder (under
-    pytest-xdist, each worker's base folder lies in it)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """`(completed process, out_dir, report dict or None)` of the one smoke run of this session.
 
-    The first process of the session to need it makes it, holding a lock in the session's folder; any other
-    (another pytest-xdist worker) waits on that lock and reads the same run. A run that did not complete (e.g. a
-    timeout) leaves no record, so the next process to need it runs it again.
+    The first process of the session to need it makes it in `helpers.session_folder`; any other (another
+    pytest-xdist worker) waits on its lock and reads the same run. A run that did not complete (e.g. a timeout)
+    leaves no record, so the next process to need it runs it again.
     """
-    root = _session_dir(tmp_path_factory) / "accelerator_check_smoke"
-    root.mkdir(exist_ok=True)
-    out_dir, record_path = root / "out", root / "process.json"
-    with open(root / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with session_folder(tmp_path_factory, "accelerator_check_smoke") as root:
+        out_dir, record_path = root / "out", root / "process.json"
         if not record_path.exists():
             args = ["--smoke", "--out_dir", str(out_dir), "--inject_faults", "oom@float32:8,crash@mixed_float16:8"]
             if out_dir.exists():  # left by a run that did not complete

@@ -13,7 +13,6 @@ and run in CI's second stage.
 """
 
 import csv
-import fcntl
 import glob
 import json
 import os
@@ -22,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import assert_refused, image_folder, run_binary_in_process, run_python, start_python
+from helpers import assert_refused, image_folder, run_binary_in_process, run_python, session_folder, start_python
 
 EPOCHS, STEPS, EVERY = 3, 4, 2
 TINY = [
@@ -88,12 +87,8 @@ def reference(tmp_path_factory):
     Trained once per test session: under pytest-xdist the workers share the session's base folder, and the first
     worker to get here trains the run while the others wait on the lock, then read it.
     """
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the session's folder, above each worker's own
-    model_dir = root / "lifecycle-reference" / "run"
-    with open(root / "lifecycle-reference.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with session_folder(tmp_path_factory, "lifecycle-reference") as folder:
+        model_dir = folder / "run"
         if not os.path.exists(model_dir / "FINISHED"):
             result = _run_in_process(model_dir)
             assert result.returncode == 0, result.stderr[-3000:]

@@ -15,8 +15,8 @@ export PYTHONHASHSEED ?= 0
 
 # The tests run in two pytest-xdist worker processes (BUILD_NOTES.md: why, and the times); PYTEST_WORKERS=0 runs
 # them in this process. The default suite keeps a module's tests on one worker (--dist loadscope: a module
-# fixture that trains runs once); the slow tests are spread one by one (--dist loadgroup, which would keep those
-# marked xdist_group together, but pytest-xdist 3.8 ignores the marks under pytest 9.2: BUILD_NOTES.md).
+# fixture that trains runs once); the slow tests are spread one by one, those marked xdist_group kept together
+# (--dist loadgroup; needs the pinned pytest < 9.2: BUILD_NOTES.md).
 PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-all test-slow bench clean

@@ -130,8 +130,8 @@ def session_folder(tmp_path_factory, name):
 
     For a run that several tests read, made once per test session: the pytest-xdist workers share the session's
     folder (each worker's own lies in it), so the first to enter makes the run inside the block, and the others
-    wait for the lock and then find it there. (`xdist_group` would keep such tests on one worker, but
-    pytest-xdist 3.8 ignores it under pytest 9.2: BUILD_NOTES.md.) The caller checks in the block whether the run
+    wait for the lock and then find it there. (`xdist_group` keeps marked tests on one worker under
+    `--dist loadgroup`; this lock serves every other way of running them.) The caller checks in the block whether the run
     is complete, so a run that a failed holder left unfinished is made (or resumed) by the next one.
     """
     base = tmp_path_factory.getbasetemp()

@@ -32,10 +32,8 @@ def _finite_positive(value):
 
 def _smoke_test(test):
     """The smoke run (about 40 s of CPU: a driver and three worker processes, one crashed on purpose) is slow; its
-    tests read one run (the `smoke` fixture). The `xdist_group` mark asks pytest-xdist to keep them on one worker
-    (`make test-slow`: --dist loadgroup), which pytest-xdist 3.8 no longer does under pytest 9.2 (its group suffix
-    goes to a node-id field that pytest 9.2 no longer reads: pytest-xdist issue #1386); the fixture shares the run
-    between workers itself."""
+    tests read one run (the `smoke` fixture). The `xdist_group` mark keeps them on one worker (`make test-slow`:
+    --dist loadgroup); the fixture also shares the run between workers itself, for other ways of running them."""
     return pytest.mark.slow(pytest.mark.xdist_group("accelerator_check_smoke")(test))
 
 

@@ -170,9 +170,8 @@ def _launch_binary_cluster(model_dir, ports, faults=(None, None)):
 
 
 # The uninterrupted binary cluster on BINARY_FLAGS, trained once per test process: the killed cluster below and
-# tests/test_cluster.py's Slurm cluster both compare against it. Their tests share an xdist_group, which would keep
-# them on one worker; pytest-xdist 3.8 ignores the mark under pytest 9.2 (BUILD_NOTES.md), so where they land on
-# two workers each trains its own, as before the sharing.
+# tests/test_cluster.py's Slurm cluster both compare against it. Their tests share an xdist_group, which keeps
+# them on one worker under `--dist loadgroup` (`make test-slow`); run otherwise, each process trains its own.
 _UNINTERRUPTED = {}
 
 

@@ -109,6 +109,23 @@ def _run(seed, stage, monitor_seconds, probe):
             "train_seconds": stage - monitor_seconds + probe}
 
 
+def test_the_selected_tuning_trial_stands_for_the_equal_epoch_run_only_when_it_is_that_run(tmp_path):
+    config = ReportConfig.quick(work_dir=str(tmp_path / "work"))
+    trial = tmp_path / "work" / "tuning" / "supcon" / "trial_0"
+    trial.mkdir(parents=True)
+    tuned = config.stage("supcon", seed=0, epochs=3, learning_rate=0.2, model_dir=str(trial))
+    (trial / "config.json").write_text(json.dumps(tuned.to_dict()))
+    (trial / "FINISHED").write_text("")
+    selected = {"model_dir": str(trial), "status": "COMPLETED"}
+    equal_run = tuned.replace(model_dir=str(tmp_path / "work" / "equal_epochs" / "supcon" / "seed_0"))
+    assert compute._tuning_trial_of(equal_run, selected) == str(trial)
+    for other in (equal_run.replace(seed=1), equal_run.replace(epochs=4), equal_run.replace(temperature=0.5)):
+        assert compute._tuning_trial_of(other, selected) is None
+    assert compute._tuning_trial_of(equal_run, dict(selected, status="FAILED")) is None
+    (trial / "FINISHED").unlink()
+    assert compute._tuning_trial_of(equal_run, selected) is None  # an unfinished trial is not used
+
+
 def test_equal_time_plan_gives_cheaper_methods_more_epochs():
     equal_epochs = {
         "epochs": {"ce": 30, "supcon": 30, "simclr": 30},
@@ -340,6 +357,10 @@ def test_quick_report_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, 
     for method in METHODS:
         for run in saved["comparisons"]["equal_epochs"]["runs"][method]:
             assert len(run["curves"]["knn_top1"]) == run["epochs"]  # one monitor record per epoch
+        # Seed 0 at the selected settings is the tuning trial itself: read from its folder, not trained twice.
+        assert saved["comparisons"]["equal_epochs"]["runs"][method][0]["model_dir"] == (
+            saved["tuning"][method]["selected"]["model_dir"]
+        )
     # Rendering again from the saved file gives the same report.
     assert render.report_markdown(render.load(str(tmp_path / "report" / "results.json"))) == text
 

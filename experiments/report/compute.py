@@ -15,7 +15,9 @@ Phases (each a folder under `work_dir`):
    are flat is selected (if none is, the best one, marked);
 3. equal_epochs/: every method for every seed at the largest selected epoch
    count, with its own selected learning rate (and temperature); CE is also
-   probed linearly;
+   probed linearly. Where the selected tuning trial is that very run (the
+   tuning seed, the same settings: `_tuning_trial_of`), it is used as it is
+   instead of being trained again (CE's trial gets its linear probe);
 4. equal_time/: every method trained for the same training seconds as the
    slowest method's equal-epoch run (epochs from the measured cost per
    epoch); runs within `equal_time_tolerance` of the equal-epoch count are
@@ -339,16 +341,41 @@ def _selected_stage(config, method, selected, **changes):
     return config.stage(method, **hyper)
 
 
+def _tuning_trial_of(stage, selected):
+    """The selected tuning trial's run folder when that trial trained exactly `stage` (its recorded config.json
+    equals `stage`'s, the folder aside) and finished, else None."""
+    folder = selected.get("model_dir")
+    if not folder or selected.get("status") != "COMPLETED":
+        return None
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return None
+    finished = os.path.exists(os.path.join(folder, "FINISHED"))
+    return folder if finished and recorded == stage.replace(model_dir=folder).to_dict() else None
+
+
 def train_equal_epochs(config, tuning):
-    """Every method, every seed, at the largest selected epoch count; returns the comparison's record."""
+    """Every method, every seed, at the largest selected epoch count; returns the comparison's record.
+
+    A run that its method's selected tuning trial already is (`_tuning_trial_of`) is read from the trial's folder
+    instead of being trained a second time.
+    """
     epochs = max(int(tuning[m]["selected"]["epochs"]) for m in METHODS)
     runs = {m: [] for m in METHODS}
     for seed in config.seeds:
         for method in METHODS:
             folder = os.path.join(config.work_dir, "equal_epochs", method, f"seed_{seed}")
             stage = _selected_stage(config, method, tuning[method]["selected"], seed=seed, epochs=epochs, model_dir=folder)
+            trial = _tuning_trial_of(stage, tuning[method]["selected"])
+            if trial is not None:
+                stage = stage.replace(model_dir=trial)
             runs[method].append(train_one(config, stage, probe_ce=method == "ce"))
-            log(f"equal epochs: {method} seed {seed}: val top-1 {runs[method][-1]['val_accuracy']:.4f}")
+            log(
+                f"equal epochs: {method} seed {seed}: val top-1 {runs[method][-1]['val_accuracy']:.4f}"
+                + (" (the selected tuning trial, the same run)" if trial is not None else "")
+            )
     return {"epochs": {m: epochs for m in METHODS}, "runs": runs}
 
 

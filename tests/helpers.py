@@ -153,7 +153,8 @@ def run_binary_in_process(module, *flags):
     test session. The flags are unparsed before and after, and TensorFlow's op determinism (`--deterministic`)
     is put back as it was. A binary that defines its flags in `entry()` (the demo, the report, the export, ...)
     sees only its own, as in its own process: the flags that other project modules defined are set aside for the
-    run (`_own_flags_only`).
+    run (`_own_flags_only`); one that also takes the training flags (the sweep imports experiments.common in
+    `entry()`) gets them from a fresh import of experiments.common, as its own process would.
     """
     import importlib
     import io
@@ -210,9 +211,21 @@ def _own_flags_only(flag_values):
     for name, flag in saved.items():
         if id(flag) in project:
             delattr(flag_values, name)
+    # experiments.common defines the training flags when imported: a binary that imports it in entry() (the sweep)
+    # gets a fresh import, which defines them again; the module in use everywhere else is put back after.
+    import experiments
+
+    common = sys.modules.pop("experiments.common", None)
+    package_common = experiments.__dict__.pop("common", None)
     try:
         yield
     finally:
+        sys.modules.pop("experiments.common", None)
+        experiments.__dict__.pop("common", None)
+        if common is not None:
+            sys.modules["experiments.common"] = common
+        if package_common is not None:
+            experiments.common = package_common
         for name in list(flag_values):
             if saved.get(name) is not flag_values[name]:
                 delattr(flag_values, name)

@@ -12,7 +12,7 @@ import pytest
 from experiments import sweep, training, tuning
 from supcon_tf import data, resilience, runner
 from supcon_tf.config import RunConfig
-from helpers import run_python
+from helpers import run_binary_in_process, run_python
 
 TINY = dict(
     epochs=1, steps_per_epoch=2, batch_size=32, encoder_width=0.25, image_size=8, verbose=0, export=False,
@@ -253,6 +253,11 @@ def _run_binary(*flags):
     return run_python("-m", "experiments.sweep", *flags, timeout=600)
 
 
+def _run_binary_in_process(*flags):
+    """`_run_binary` through the sweep's entry in this process: its flags, its one error line and exit status."""
+    return run_binary_in_process("sweep", *flags)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -261,7 +266,7 @@ def _run_binary(*flags):
     ],
 )
 def test_binary_bad_flags_one_line(tmp_path, flags, message):
-    result = _run_binary(f"--model_dir={tmp_path}", *flags)
+    result = _run_binary_in_process(f"--model_dir={tmp_path}", *flags)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if "error:" in line]

@@ -44,8 +44,20 @@ def _dataset(views):
 def _one_step(strategy, weights, views, **kwargs):
     with strategy.scope():
         model = _make_model(weights, **kwargs)
+    return _fit_one_step(model, views)
+
+
+def _fit_one_step(model, views):
     history = model.fit(_dataset(views), epochs=1, shuffle=False, verbose=0)
     return [w for w in model.get_weights()], history.history["loss"][0]
+
+
+def _single_device_step(views, **kwargs):
+    """`(initial weights, weights after one step, loss)` on one device: the model whose initial weights the
+    mirrored run copies takes the step itself (a second model with the same weights would only repeat it)."""
+    model = _make_model(**kwargs)
+    initial = model.get_weights()
+    return (initial, *_fit_one_step(model, views))
 
 
 CASES = {
@@ -64,8 +76,7 @@ def _max_weight_difference(a, b):
 def test_two_replicas_match_one_device(case):
     kwargs = dict(CASES[case])
     views = kwargs.pop("views")
-    initial = _make_model(**kwargs).get_weights()
-    single_weights, single_loss = _one_step(tf.distribute.get_strategy(), initial, views, **kwargs)
+    initial, single_weights, single_loss = _single_device_step(views, **kwargs)
     mirrored_weights, mirrored_loss = _one_step(_two_cpu_strategy(), initial, views, **kwargs)
     assert _max_weight_difference(initial, single_weights) > 1e-3  # the step did something
     difference = _max_weight_difference(single_weights, mirrored_weights)
@@ -75,8 +86,7 @@ def test_two_replicas_match_one_device(case):
 
 
 def test_without_gathering_the_step_differs():
-    initial = _make_model().get_weights()
-    single_weights, single_loss = _one_step(tf.distribute.get_strategy(), initial, 2)
+    initial, single_weights, single_loss = _single_device_step(2)
     local_weights, local_loss = _one_step(_two_cpu_strategy(), initial, 2, cross_replica=False)
     difference = _max_weight_difference(single_weights, local_weights)
     print(f"no gathering: max |w_mirrored - w_single| = {difference:.3g}")

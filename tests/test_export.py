@@ -214,7 +214,7 @@ def test_saved_model_cli_shows_the_signatures(encoder_export, classifier_exports
         assert "dtype: DT_STRING" in stdout, stdout
 
 
-def test_a_failed_export_leaves_no_folder_and_no_temporary_files(supcon_model, tmp_path, monkeypatch):
+def test_a_failed_export_leaves_no_folder_and_no_temporary_files(supcon_model, classifier_exports, tmp_path, monkeypatch):
     archive_class = type(keras.export.ExportArchive())
     write_out = archive_class.write_out
 
@@ -228,10 +228,11 @@ def test_a_failed_export_leaves_no_folder_and_no_temporary_files(supcon_model, t
         export.export_encoder(supcon_model, tmp_path / "export")
     assert os.listdir(tmp_path) == []
 
-    # Over an existing export: the old one stays, whole.
-    monkeypatch.setattr(archive_class, "write_out", write_out)
-    path = export.export_encoder(supcon_model.encoder, tmp_path / "export")
+    # Over an existing export (a copy of the module's LinearProbe export: other signatures than the encoder
+    # export that crashes over it): the old one stays, whole.
+    path = str(shutil.copytree(classifier_exports["LinearProbe"][1], tmp_path / "export"))
     before = export.saved_model_signatures(path)
+    assert set(before) == CLASSIFIER_SIGNATURES
     monkeypatch.setattr(archive_class, "write_out", write_then_crash)
     with pytest.raises(RuntimeError, match="crash"):
         export.export_encoder(supcon_model, path, overwrite=True)
@@ -322,11 +323,21 @@ def _uint8(shape, seed):
 
 
 def _eval_pixels(images, image_shape):
-    """The evaluation pipeline's input for each uint8 `[h, w, C]` image: `data.make_eval_dataset`, one at a time."""
-    batches = []
+    """The evaluation pipeline's input for each uint8 `[h, w, C]` image: `data.make_eval_dataset`, each run of
+    consecutive images of one size as one batch (the pipeline resizes each image of a batch on its own; one
+    pipeline per image would only trace its map once more per image)."""
+    runs = []
     for image in images:
-        source = data.from_arrays(np.asarray(image)[None], np.zeros([1], np.int32))
-        batch, _ = next(iter(data.make_eval_dataset(source, batch_size=1, image_size=image_shape[:2])))
+        image = np.asarray(image)
+        if runs and runs[-1][0].shape == image.shape:
+            runs[-1].append(image)
+        else:
+            runs.append([image])
+    batches = []
+    for run in runs:
+        source = data.from_arrays(np.stack(run), np.zeros([len(run)], np.int32))
+        batch, _ = next(iter(data.make_eval_dataset(source, batch_size=len(run), image_size=image_shape[:2])))
+        assert batch.shape[0] == len(run)
         batches.append(batch.numpy())
     return np.concatenate(batches)
 
@@ -341,6 +352,13 @@ def rgb_classifier_export(tmp_path_factory):
     model = models.LinearProbe(build_encoder("small_cnn", RGB_SHAPE, width=0.25), NUM_CLASSES)
     _randomize_batch_norm_statistics(model, seed=4)
     return model, export.export_classifier(model, tmp_path_factory.mktemp("rgb") / "export")
+
+
+@pytest.fixture(scope="module")
+def loaded_exports(encoder_export, rgb_classifier_export):
+    """`{export path: its SavedModel loaded}` for the SupConModel's and the RGB LinearProbe's exports: loaded once
+    for the tests that call them (a load per test would read the same files again), kept referenced here."""
+    return {path: tf.saved_model.load(path) for path in (encoder_export, rgb_classifier_export[1])}
 
 
 @pytest.fixture(scope="module")
@@ -375,7 +393,7 @@ def test_uint8_images_of_any_size_get_the_eval_pipeline_pixels_bit_for_bit(pixel
 
 
 def test_uint8_images_of_any_size_match_the_model_on_eval_preprocessed_images(
-    supcon_model, encoder_export, rgb_classifier_export
+    supcon_model, encoder_export, rgb_classifier_export, loaded_exports
 ):
     probe, probe_path = rgb_classifier_export
     cases = [
@@ -383,7 +401,8 @@ def test_uint8_images_of_any_size_match_the_model_on_eval_preprocessed_images(
         (probe, probe_path, "classify_uint8", RGB_SHAPE),
     ]
     for model, path, name, image_shape in cases:
-        loaded = tf.saved_model.load(path)
+        loaded = loaded_exports[path]
+        layer = keras.layers.TFSMLayer(path, call_endpoint=name)  # one layer, called on every size
         for seed, size in enumerate([(13, 5), (4, 4), (33, 20)]):
             images = _uint8((3, *size, image_shape[-1]), seed)
             pixels = augment.NoAugment(image_shape[:2])(images)  # what make_eval_dataset maps over a batch
@@ -391,7 +410,7 @@ def test_uint8_images_of_any_size_match_the_model_on_eval_preprocessed_images(
             routes = (
                 loaded.signatures[name](images=tf.constant(images)),
                 getattr(loaded, name)(images),
-                keras.layers.TFSMLayer(path, call_endpoint=name)(images),
+                layer(images),
             )
             for outputs in routes:
                 outputs = _numpy(outputs)
@@ -400,7 +419,7 @@ def test_uint8_images_of_any_size_match_the_model_on_eval_preprocessed_images(
 
 
 def test_uint8_channels_are_converted_to_the_encoders(
-    pixel_exports, supcon_model, encoder_export, rgb_classifier_export
+    pixel_exports, supcon_model, encoder_export, rgb_classifier_export, loaded_exports
 ):
     # Gray on an RGB model: the gray channel repeated; RGB on a gray model: tf.image.rgb_to_grayscale.
     gray, rgb = _uint8((2, 9, 14, 1), seed=5), _uint8((2, 9, 14, 3), seed=6)
@@ -411,12 +430,12 @@ def test_uint8_channels_are_converted_to_the_encoders(
 
     probe, probe_path = rgb_classifier_export
     expected = _numpy(probe.predict_all(augment.NoAugment(RGB_SHAPE[:2])(tf.image.grayscale_to_rgb(tf.constant(gray)))))
-    loaded = tf.saved_model.load(probe_path)  # kept referenced: its variables die with it
+    loaded = loaded_exports[probe_path]  # kept referenced: its variables die with it
     outputs = _numpy(loaded.classify_uint8(gray))
     for key in expected:
         np.testing.assert_allclose(outputs[key], expected[key], atol=ATOL, rtol=0, err_msg=key)
     expected = _numpy(supcon_model(augment.NoAugment(IMAGE_SHAPE[:2])(tf.image.rgb_to_grayscale(rgb)), training=False))
-    loaded = tf.saved_model.load(encoder_export)
+    loaded = loaded_exports[encoder_export]
     outputs = _numpy(loaded.embed_uint8(rgb))
     for key in expected:
         np.testing.assert_allclose(outputs[key], expected[key], atol=ATOL, rtol=0, err_msg=key)
@@ -439,7 +458,7 @@ def _write_image_files(tmp_path):
 
 
 def test_encoded_jpeg_and_png_files_of_mixed_sizes(
-    tmp_path, pixel_exports, supcon_model, encoder_export, rgb_classifier_export
+    tmp_path, pixel_exports, supcon_model, encoder_export, rgb_classifier_export, loaded_exports
 ):
     contents = _write_image_files(tmp_path)
     assert contents[2][:3] == b"\xff\xd8\xff" and contents[0][:4] == b"\x89PNG"
@@ -457,7 +476,7 @@ def test_encoded_jpeg_and_png_files_of_mixed_sizes(
     for model_fn, path, name, image_shape in cases:
         pixels = _eval_pixels([_decoded(c, image_shape[-1]) for c in contents], image_shape)
         expected = _numpy(model_fn(pixels))
-        loaded = tf.saved_model.load(path)
+        loaded = loaded_exports[path]
         routes = (
             loaded.signatures[name](images=tf.constant(contents)),
             getattr(loaded, name)(contents),
@@ -470,9 +489,9 @@ def test_encoded_jpeg_and_png_files_of_mixed_sizes(
                 np.testing.assert_allclose(outputs[key], expected[key], atol=ATOL, rtol=0, err_msg=key)
 
 
-def test_bad_inputs_raise_naming_the_expected_input(tmp_path, encoder_export, rgb_classifier_export):
-    encoder = tf.saved_model.load(encoder_export)
-    classifier = tf.saved_model.load(rgb_classifier_export[1])
+def test_bad_inputs_raise_naming_the_expected_input(tmp_path, encoder_export, rgb_classifier_export, loaded_exports):
+    encoder = loaded_exports[encoder_export]
+    classifier = loaded_exports[rgb_classifier_export[1]]
     png = tf.io.encode_png(_uint8((6, 6, 3), seed=7)).numpy()
     embed_uint8 = r"embed_uint8 expects images uint8 \[batch, height, width, 1 or 3\]"
     classify_uint8 = r"classify_uint8 expects images uint8 \[batch, height, width, 1 or 3\]"

@@ -309,11 +309,18 @@ def test_get_config_and_keras_file_round_trip_restore_queue_and_momentum_encoder
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def linear_head_model_with_memory():
+    """`_trained_model_with_memory` with a linear head, trained once for both checkpoint formats (which only
+    read it)."""
+    return _trained_model_with_memory(hidden_dims=())
+
+
 @pytest.mark.parametrize("kind", ["tf_checkpoint", "weights_h5"])
-def test_checkpoint_round_trip_restores_queue_and_momentum_encoder(tmp_path, kind):
+def test_checkpoint_round_trip_restores_queue_and_momentum_encoder(tmp_path, kind, linear_head_model_with_memory):
     # A linear head: tf.train.Checkpoint does not reach ProjectionHead's hidden
     # layers (a Python list), for the online head as much as for the key head.
-    model = _trained_model_with_memory(hidden_dims=())
+    model = linear_head_model_with_memory
     fresh = _model(queue_size=20, queue_warmup_steps=1, key_momentum=0.8, hidden_dims=())
     fresh.compile(optimizer=keras.optimizers.SGD(0.3))
     assert int(fresh.memory.filled.numpy()) == 0

@@ -14,9 +14,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
 # The tests run in two pytest-xdist worker processes (BUILD_NOTES.md: why, and the times); PYTEST_WORKERS=0 runs
-# them in this process. The default suite keeps a module's tests on one worker (--dist loadscope: a module
-# fixture that trains runs once); the slow tests are spread one by one, those marked xdist_group kept together
-# (--dist loadgroup; needs the pinned pytest < 9.2: BUILD_NOTES.md).
+# them in this process. Tests go to the workers one by one, except that the tests of one xdist_group stay on one
+# worker (--dist loadgroup; a module whose fixture trains or runs a binary is one group, so the fixture runs
+# once; needs the pinned pytest < 9.2: BUILD_NOTES.md).
 PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-all test-slow bench clean
@@ -33,13 +33,13 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --output_dir runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q -n $(PYTEST_WORKERS) --dist loadscope
+	$(PY) -m pytest -m "not slow" -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Benchmarks (benchmarks/RESULTS.md): installs the optional `bench` extra
 # (torch, pytorch-metric-learning) into .venv, then runs the scripts. Each run

@@ -21,6 +21,9 @@ from supcon_tf.encoders import vit
 from supcon_tf.config import RunConfig
 from helpers import run_binary_in_process
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("backbones")
+
 ONE_STEP = [
     "--preset=digits_supcon", "--epochs=1", "--steps_per_epoch=1", "--batch_size=8", "--verbose=2", "--image_size=32",
 ]

@@ -14,6 +14,9 @@ import pytest
 from experiments import presets
 from helpers import run_binary_in_process, run_python
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("binaries")
+
 TINY = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=64", "--verbose=2", "--encoder_width=0.25"]
 
 

@@ -13,6 +13,9 @@ from supcon_tf import data, export, models
 from supcon_tf.encoders import build_encoder
 from helpers import run_binary_in_process
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("class_names")
+
 IMAGE_SHAPE = (8, 8, 1)
 # Not in sorted order, and not ASCII: ids are positions in this list, names travel as UTF-8.
 NAMES = ["zebra", "cat", "dög"]

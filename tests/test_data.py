@@ -9,6 +9,9 @@ import tensorflow as tf
 
 from supcon_tf import augment, data
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("data")
+
 
 @pytest.fixture(scope="module")
 def digits_train():

@@ -21,6 +21,9 @@ from supcon_tf import augment, data, data_service, runner
 from supcon_tf.config import RunConfig
 from helpers import run_binary_in_process, run_python, start_python
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("data_service")
+
 BATCH = 32  # digits train split: 1,437 images = 44 batches a pass
 
 

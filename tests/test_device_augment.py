@@ -28,6 +28,9 @@ from supcon_tf import config as config_lib
 from supcon_tf.config import RunConfig
 from helpers import with_loss_config
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("device_augment")
+
 BATCH = 32  # digits train split: 1,437 images = 44 batches a pass
 SEED = 3
 

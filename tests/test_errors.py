@@ -33,6 +33,9 @@ from supcon_tf.errors import BadInputFile
 from fault_injection import FaultInjector
 from helpers import run_binary_in_process, run_python
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("errors")
+
 TINY = [
     "--preset=digits_supcon", "--epochs=2", "--steps_per_epoch=2", "--batch_size=32", "--encoder_width=0.25",
     "--backup_every_steps=1", "--verbose=0",

@@ -16,6 +16,9 @@ from supcon_tf.encoders import build_encoder
 from supcon_tf.layers import ProjectionHead
 from helpers import run_python, start_command
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("export")
+
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 3
 ATOL = 1e-5

@@ -13,6 +13,9 @@ from experiments.report import hardness as h
 from loss_reference import reference_loss
 from supcon_tf import losses
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("hardness")
+
 
 def _unit(rng, *shape):
     x = rng.normal(size=shape)

@@ -16,6 +16,9 @@ from supcon_tf.models import SupConModel
 from helpers import assert_serialization_roundtrip, with_loss_config
 from loss_reference import reference_loss
 
+# A module fixture serves several tests: pytest-xdist keeps them on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("memory_queue")
+
 IMAGE_SHAPE = (8, 8, 1)
 DIM = 8
 

@@ -43,3 +43,28 @@ def test_loadgroup_keeps_a_group_on_one_worker(tmp_path):
     assert all(line.rstrip().endswith("@shared") for line in grouped), grouped  # the group reached the node ids
     workers = {line.split("]")[0] + "]" for line in grouped}  # "[gw0]" / "[gw1]"
     assert len(workers) == 1, grouped
+
+
+def test_every_module_with_a_shared_fixture_is_one_group():
+    """A module- or session-scoped fixture in a test module is made once only if its tests stay on one worker: such a
+    module carries `pytestmark = pytest.mark.xdist_group(...)`, or marks the tests that use it with one group
+    (tests/test_accelerator_check.py), or shares what it makes between workers through `helpers.session_folder`
+    (tests/test_run_lifecycle.py, whose tests are spread). Else each worker would make it again."""
+    import ast
+    import glob
+    import os
+
+    from helpers import ROOT
+
+    unmarked = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "test_*.py"))):
+        tree = ast.parse(open(path).read())
+        shared = any(
+            isinstance(keyword.value, ast.Constant) and keyword.arg == "scope" and keyword.value.value in ("module", "session")
+            for node in ast.walk(tree) if isinstance(node, ast.Call) for keyword in node.keywords
+        )
+        source = ast.unparse(tree)
+        grouped = "pytest.mark.xdist_group(" in source or "session_folder(" in source
+        if shared and not grouped:
+            unmarked.append(os.path.basename(path))
+    assert unmarked == [], unmarked

@@ -2,8 +2,9 @@
 --encoder_weights, the ViT size flags, and every documented bad input through the binary.
 
 The binary runs go through the binary's entry in this process (`helpers.run_binary_in_process`: its flags, its
-one error line and exit status), once, in one module fixture; a subprocess would only add a TensorFlow import
-each (the console-script path is tested in tests/test_binaries.py).
+one error line and exit status), once per setting, in two module fixtures: the refusals (`refused`) and the
+backbones trained one step and exported (`runs`, whose tests are slow); a subprocess would only add a TensorFlow
+import each (the console-script path is tested in tests/test_binaries.py).
 """
 
 import os
@@ -142,12 +143,20 @@ CONFIG_ERRORS = {  # found by RunConfig, before anything is imported or read
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, user_dir):
+    """The binary trained one step on each backbone of TRAINED (slow: the MobileNet run alone takes ~20 s)."""
     root = tmp_path_factory.mktemp("backbone_runs")
     flags = {key: [f"--encoder={encoder}"] for key, encoder in TRAINED.items()}
-    flags.update({key: [f"--encoder={encoder}"] for key, (encoder, _) in RUNTIME_ERRORS.items()})
+    return root, {key: _run(root / key, *extra) for key, extra in flags.items()}  # user_dir is on sys.path
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory, user_dir):
+    """The binary on each bad encoder setting: refused before it trains."""
+    root = tmp_path_factory.mktemp("backbone_refusals")
+    flags = {key: [f"--encoder={encoder}"] for key, (encoder, _) in RUNTIME_ERRORS.items()}
     flags["too_small"].append("--image_size=16")
     flags.update({key: extra for key, (extra, _) in CONFIG_ERRORS.items()})
-    return root, {key: _run(root / key, *extra) for key, extra in flags.items()}  # user_dir is on sys.path
+    return root, {key: _run(root / key, *extra) for key, extra in flags.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -363,6 +372,7 @@ def test_vit_sizes_come_from_the_config():
 # Through the binary.
 
 
+@pytest.mark.slow  # the binary trains and exports each backbone (BUILD_NOTES.md: which tests are slow)
 @pytest.mark.parametrize("key", sorted(TRAINED))
 def test_binary_trains_one_step_and_exports(runs, key):
     root, results = runs
@@ -377,6 +387,7 @@ def test_binary_trains_one_step_and_exports(runs, key):
     assert representation.shape[0] == 2 and np.all(np.isfinite(representation.numpy()))
 
 
+@pytest.mark.slow  # the binary trains and exports each backbone (BUILD_NOTES.md: which tests are slow)
 def test_run_model_keras_initialises_a_fresh_encoder_like_the_export(runs):
     root, results = runs
     assert results["vgg16"][0] == 0
@@ -394,16 +405,16 @@ def test_run_model_keras_initialises_a_fresh_encoder_like_the_export(runs):
 
 
 @pytest.mark.parametrize("key", sorted(CONFIG_ERRORS))
-def test_config_errors_exit_2_with_one_line_and_write_nothing(runs, key):
-    root, results = runs
+def test_config_errors_exit_2_with_one_line_and_write_nothing(refused, key):
+    root, results = refused
     code, _, stderr = results[key]
     assert code == 2 and CONFIG_ERRORS[key][1] in _error_line(stderr)
     assert not os.path.exists(root / key)
 
 
 @pytest.mark.parametrize("key", sorted(RUNTIME_ERRORS))
-def test_build_errors_exit_2_with_one_line_naming_the_encoder(runs, key):
-    root, results = runs
+def test_build_errors_exit_2_with_one_line_naming_the_encoder(refused, key):
+    root, results = refused
     code, _, stderr = results[key]
     encoder, expected = RUNTIME_ERRORS[key]
     line = _error_line(stderr)

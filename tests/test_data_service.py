@@ -291,6 +291,7 @@ def test_console_script_serves_the_trainer_and_stops_on_sigterm():
                 process.kill()
 
 
+@pytest.mark.slow  # a console-script process signalled while it waits: seconds of a worker, mostly waiting
 def test_console_script_worker_waiting_for_its_dispatcher_stops_on_sigint():
     worker = _script("--role=worker", f"--dispatcher=localhost:{_free_port()}", f"--port={_free_port()}")
     try:
@@ -535,6 +536,7 @@ print("returned", flush=True)
 """
 
 
+@pytest.mark.slow  # a process signalled while it waits: seconds of a worker, mostly waiting
 def test_signals_stop_wait_for_dispatcher_at_once():
     """SIGINT -> KeyboardInterrupt; an installed SIGTERM handler runs; SIGTERM's default action: each within seconds.
 

@@ -16,6 +16,7 @@ def _run_demo(tmp_path, *flags):
     return run_binary_in_process("demo", f"--output_dir={tmp_path}", *flags)
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds (BUILD_NOTES.md: which tests are slow)
 def test_demo_end_to_end_tiny(tmp_path):
     result = _run_demo(
         tmp_path, "--epochs=1", "--probe_epochs=2", "--methods=supcon,ce", "--batch_size=256", "--verbose=0"

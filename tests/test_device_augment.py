@@ -325,6 +325,7 @@ def supcon_run(tmp_path_factory):
     return config, runner.run(config)
 
 
+@pytest.mark.slow  # end-to-end runs (the `supcon_run` fixture) of several seconds (BUILD_NOTES.md: which tests are slow)
 def test_runner_supcon_with_device_augmentation_saves_and_exports_without_it(supcon_run):
     config, metrics = supcon_run
     assert np.isfinite(metrics["final_train_loss"]) and np.isfinite(metrics["final_logs"]["val_loss"])
@@ -337,6 +338,7 @@ def test_runner_supcon_with_device_augmentation_saves_and_exports_without_it(sup
         assert not any(op.startswith(("StatelessRandom", "CropAndResize")) for op in ops), (name, ops)
 
 
+@pytest.mark.slow  # end-to-end runs of several seconds (BUILD_NOTES.md: which tests are slow)
 def test_runner_trains_simclr_ce_and_the_uncached_probe_with_device_augmentation(supcon_run, tmp_path):
     pretrained = os.path.join(supcon_run[0].model_dir, "model.keras")
     for name, changes in {

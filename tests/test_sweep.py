@@ -129,6 +129,7 @@ def test_ce_grid_with_epochs_and_a_probe(tmp_path, no_test_split, only_runner_fi
     assert [c.method for c in only_runner_fits] == ["ce", "linear"] * 2
 
 
+@pytest.mark.slow  # a search of real trials of several seconds (BUILD_NOTES.md: which tests are slow)
 def test_a_diverged_trial_fails_and_the_search_goes_on(tmp_path, monkeypatch):
     run = runner.run
 
@@ -153,6 +154,7 @@ def test_other_errors_end_the_search_with_their_own_type(tmp_path, monkeypatch):
         tuning.run_sweep(_sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.5)))
 
 
+@pytest.mark.slow  # a search of real trials of several seconds (BUILD_NOTES.md: which tests are slow)
 def test_callbacks_reach_the_training_stage_only(tmp_path):
     seen = []
 
@@ -165,6 +167,7 @@ def test_callbacks_reach_the_training_stage_only(tmp_path):
     assert seen == ["SupConModel"]
 
 
+@pytest.mark.slow  # a search of real trials of several seconds (BUILD_NOTES.md: which tests are slow)
 def test_an_interrupted_sweep_resumes_its_finished_trials(tmp_path, only_runner_fits):
     config = _sweep(tmp_path, "ce", tuner="grid", max_trials=2, learning_rates=(0.01, 0.1))
     first, _ = tuning.run_sweep(config)

@@ -13,7 +13,7 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-# The tests run in two pytest-xdist worker processes (BUILD_NOTES.md: why, and the times); PYTEST_WORKERS=0 runs
+# The tests run in pytest-xdist worker processes (BUILD_NOTES.md: why, and the times); PYTEST_WORKERS=0 runs
 # them in this process. Tests go to the workers one by one, except that the tests of one xdist_group stay on one
 # worker (--dist loadgroup; a module whose fixture trains or runs a binary is one group, so the fixture runs
 # once; needs the pinned pytest < 9.2: BUILD_NOTES.md).

@@ -344,16 +344,19 @@ def _selected_stage(config, method, selected, **changes):
 def _tuning_trial_of(stage, selected):
     """The selected tuning trial's run folder when that trial trained exactly `stage` (its recorded config.json
     equals `stage`'s, the folder aside) and finished, else None."""
+    from supcon_tf.run_folder import RunFolder
+
     folder = selected.get("model_dir")
     if not folder or selected.get("status") != "COMPLETED":
         return None
-    try:
-        with open(os.path.join(folder, "config.json")) as f:
-            recorded = json.load(f)
-    except (OSError, ValueError):
+    run = RunFolder(folder)
+    if run.phase() != "finished":
         return None
-    finished = os.path.exists(os.path.join(folder, "FINISHED"))
-    return folder if finished and recorded == stage.replace(model_dir=folder).to_dict() else None
+    try:
+        recorded = run.recorded_config()
+    except ValueError:  # nothing records its settings: not known to be the same run
+        return None
+    return folder if recorded == stage.replace(model_dir=folder).to_dict() else None
 
 
 def train_equal_epochs(config, tuning):
